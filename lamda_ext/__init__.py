@@ -1,0 +1,19 @@
+"""lamda_ext: the geometry of neural-network losses.
+
+Core API:
+    directional_derivs  batched n-th directional derivatives of the loss ``[B, K, N]`` / ``[K, N]``
+    curvature_rate      λ, the slope of log|d_n| over n
+    random_directions, random_param_directions
+    hvp                 Hessian-vector products (forward-over-reverse, vmapped over K)
+    HessianOperator, hessian_eigs, hessian_trace, hessian_density
+    build_info          what the C++/CUDA extension was built with
+"""
+from .curvature import curvature_rate
+from .derivs import directional_derivs
+from .directions import num_parameters, random_directions, random_param_directions
+from .losses import resolve_loss
+
+__version__ = "0.1.0"
+
+__all__ = ["directional_derivs", "curvature_rate", "random_directions", "random_param_directions",
+           "num_parameters", "resolve_loss"]

@@ -1,0 +1,75 @@
+"""The curvature rate λ: least-squares slope of log|d_n| against n."""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Tuple
+
+import torch
+
+
+def log_abs(derivs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(log|d|, mask) with exact zeros masked out (their log is set to 0 and mask False)."""
+    mask = derivs != 0
+    safe = torch.where(mask, derivs.abs(), torch.ones_like(derivs))
+    return torch.log(safe), mask
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean of ``values`` over ``dim`` using only entries where ``mask``; (mean, any-valid mask)."""
+    w = mask.to(values.dtype)
+    count = w.sum(dim=dim)
+    mean = (values * w).sum(dim=dim) / count.clamp_min(1)
+    return mean, count > 0
+
+
+def fit_slope(logs: torch.Tensor, mask: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """Weighted least-squares slope over the last axis; NaN where fewer than 2 usable points."""
+    w = mask.to(logs.dtype)
+    n = w.sum(-1)
+    xbar = (w * orders).sum(-1) / n.clamp_min(1)
+    ybar = (w * logs).sum(-1) / n.clamp_min(1)
+    dx = (orders - xbar.unsqueeze(-1)) * w
+    sxx = (dx * dx).sum(-1)
+    sxy = (dx * (logs - ybar.unsqueeze(-1))).sum(-1)
+    slope = sxy / torch.where(n >= 2, sxx, torch.ones_like(sxx))
+    return torch.where(n >= 2, slope, torch.full_like(slope, float("nan")))
+
+
+def curvature_rate(derivs: torch.Tensor, orders: Optional[Tuple[int, int]] = None, pool: str = "none") -> torch.Tensor:
+    """λ = slope of log|d_n| over n (least squares over the order window).
+
+    Args:
+        derivs: ``[B, K, N]`` (input space) or ``[K, N]`` (parameter space); last axis is n = 1..N.
+        orders: inclusive window ``(lo, hi)`` of orders (1-based); default all.
+        pool: ``"none"`` → one λ per row (``[B, K]`` or ``[K]``); ``"points"`` → ``[K]``, fitted on the mean
+            over points of log|d_n| (``[B, K, N]`` input only); ``"all"`` → scalar, fitted on the mean over
+            every row of log|d_n|.
+
+    Exact zeros are masked out of the fit, never clamped; a fit with fewer than two usable orders
+    gives NaN, and the number of such fits is reported in a warning.
+    """
+    if not isinstance(derivs, torch.Tensor) or derivs.dim() not in (2, 3):
+        raise ValueError("derivs must be a tensor [B, K, N] or [K, N]")
+    if not derivs.dtype.is_floating_point:
+        raise TypeError(f"derivs must be floating point, got {derivs.dtype}")
+    n_max = derivs.shape[-1]
+    lo, hi = (1, n_max) if orders is None else orders
+    if not (1 <= lo < hi <= n_max):
+        raise ValueError(f"orders must be a window (lo, hi) with 1 ≤ lo < hi ≤ {n_max}, got {orders}")
+    if pool not in ("none", "points", "all"):
+        raise ValueError(f"pool must be 'none', 'points' or 'all', got {pool!r}")
+    if pool == "points" and derivs.dim() != 3:
+        raise ValueError("pool='points' needs input-space derivatives [B, K, N]")
+    d = derivs[..., lo - 1:hi]
+    logs, mask = log_abs(d)
+    if pool == "points":
+        logs, mask = masked_mean(logs, mask, 0)
+    elif pool == "all":
+        logs, mask = masked_mean(logs.reshape(-1, d.shape[-1]), mask.reshape(-1, d.shape[-1]), 0)
+    n = torch.arange(lo, hi + 1, dtype=d.dtype, device=d.device)
+    lam = fit_slope(logs, mask, n)
+    bad = int(torch.isnan(lam).sum())
+    if bad:
+        warnings.warn(f"curvature_rate: {bad} fit(s) had fewer than 2 non-zero orders in {lo}..{hi} and are NaN",
+                      RuntimeWarning, stacklevel=2)
+    return lam

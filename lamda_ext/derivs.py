@@ -1,0 +1,148 @@
+"""``directional_derivs``: batched n-th directional derivatives of the loss (DESIGN.md §1–2)."""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from . import backends
+from ._state import frozen_batchnorm_stats
+from .directions import num_parameters, random_directions, random_param_directions
+from .losses import LOSS_NAMES, LossSpec, check_targets, resolve_loss
+
+MAX_ORDER = 8
+
+
+def _check_model_and_x(model, x):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}; convert it with x.float()")
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"x must have a batch dimension with at least one point, got shape {list(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf values; clean the inputs before measuring derivatives")
+    p = next((q for q in model.parameters() if q.dtype.is_floating_point), None)
+    if p is not None:
+        if p.dtype != x.dtype:
+            raise TypeError(f"dtype mismatch: model parameters are {p.dtype} but x is {x.dtype}; "
+                            f"use model.to({x.dtype}) or x.to({p.dtype})")
+        if p.device != x.device:
+            raise ValueError(f"device mismatch: model parameters are on {p.device} but x is on {x.device}; "
+                             "move both to one device")
+
+
+def _check_order(order):
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"order must be an int in 1..{MAX_ORDER}, got {order!r}")
+    if not 1 <= order <= MAX_ORDER:
+        raise ValueError(f"order must be in 1..{MAX_ORDER}, got {order}")
+
+
+def _check_direction_tensor(d: torch.Tensor, expected: tuple, what: str, x: torch.Tensor):
+    if d.dtype != x.dtype:
+        raise TypeError(f"directions are {d.dtype} but x is {x.dtype}; pass directions of the same dtype")
+    if d.device != x.device:
+        raise ValueError(f"device mismatch: directions are on {d.device} but x is on {x.device}")
+    if d.dim() != len(expected) or tuple(d.shape[1:]) != tuple(expected[1:]) or d.shape[0] < 1:
+        raise ValueError(f"directions must have shape {what}, got {list(d.shape)}")
+    if not bool(torch.isfinite(d).all()):
+        raise ValueError("directions contain NaN or inf values")
+
+
+def _directions(directions, model, x, wrt, generator):
+    if isinstance(directions, torch.Tensor):
+        if wrt == "input":
+            _check_direction_tensor(directions, (0,) + tuple(x.shape), f"[K, *x.shape] = [K, {', '.join(map(str, x.shape))}]", x)
+        else:
+            p = num_parameters(model)
+            _check_direction_tensor(directions, (0, p), f"[K, P] = [K, {p}]", x)
+        return directions
+    if isinstance(directions, bool) or not isinstance(directions, int):
+        raise TypeError(f"directions must be an int K ≥ 1 or a tensor, got {type(directions).__name__}")
+    if directions < 1:
+        raise ValueError(f"directions (K) must be ≥ 1, got {directions}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if wrt == "input":
+        return random_directions(x, directions, generator)
+    return random_param_directions(model, directions, generator)
+
+
+def _fused_available() -> bool:
+    try:
+        from . import ops
+    except ImportError:
+        return False
+    return ops.available()
+
+
+def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, order: int = 6,
+                       directions: Union[int, torch.Tensor] = 15, loss: LossSpec = "cross_entropy",
+                       wrt: str = "input", backend: str = "auto", generator: Optional[torch.Generator] = None,
+                       label_smoothing: float = 0.0) -> torch.Tensor:
+    """n-th directional derivatives of the loss, n = 1..order.
+
+    Args:
+        model: the network; its mode (train/eval) is respected, its state is left unchanged.
+        x: inputs ``[B, *S]`` (floating point, finite, same dtype/device as the model).
+        y: targets: class labels ``[B]`` for cross-entropy, a tensor like the output for MSE.
+        order: highest order N (1..8).
+        directions: K random directions (Gaussian, unit norm per point over all input dims —
+            or over all parameters for ``wrt="params"`` — drawn from ``generator``), or an explicit
+            tensor ``[K, *x.shape]`` (``wrt="input"``) / ``[K, P]`` (``wrt="params"``) used as given.
+        loss: ``"cross_entropy"`` (with ``label_smoothing``), ``"mse"`` (mean over non-batch dims) or a
+            callable ``(output, y) -> per-sample loss [B]``.
+        wrt: ``"input"`` → ``[B, K, order]`` with entry ``[b, k, n-1] = d^n/dt^n loss_b`` at
+            ``x + t·u_k`` (all points move together, each along its own ``u_{k,b}``; without
+            batch-coupled layers this is the per-sample derivative at ``x_b + t·u_{k,b}``).
+            ``"params"`` → ``[K, order]`` derivatives of the batch-mean loss at ``θ + t·v_k``.
+        backend: ``"autograd"`` (reference), ``"func"``, ``"taylor"``, ``"fused"`` or ``"auto"`` (fused when
+            the extension is built, else taylor; an op without a Taylor rule falls back to autograd with a
+            warning naming the op).
+        generator: ``torch.Generator`` for the random directions.
+        label_smoothing: for cross-entropy, as in ``torch.nn.functional.cross_entropy``.
+
+    The result is differentiable with respect to the model parameters when grad mode is on.
+    """
+    _check_model_and_x(model, x)
+    _check_order(order)
+    if wrt not in ("input", "params"):
+        raise ValueError(f"wrt must be 'input' or 'params', got {wrt!r}")
+    if backend not in backends.NAMES:
+        raise ValueError(f"backend must be one of {backends.NAMES}, got {backend!r}")
+    if not (callable(loss) or loss in LOSS_NAMES):
+        raise ValueError(f"loss must be one of {LOSS_NAMES} or a callable (output, y) -> per-sample loss; got {loss!r}")
+    resolve_loss(loss, label_smoothing)
+    check_targets(loss, None, y, x.shape[0])
+    if isinstance(y, torch.Tensor) and y.device != x.device:
+        raise ValueError(f"device mismatch: y is on {y.device} but x is on {x.device}")
+    dirs = _directions(directions, model, x, wrt, generator)
+
+    if backend == "fused" and not _fused_available():
+        raise RuntimeError("backend='fused' needs the compiled extension lamda_ext._C; build it with "
+                           "`pip install --no-build-isolation .` or use backend='taylor'")
+    name = backend if backend != "auto" else ("fused" if _fused_available() else "taylor")
+    with frozen_batchnorm_stats(model):
+        return _run(name, backend == "auto", model, x, y, dirs, order, loss, wrt, label_smoothing)
+
+
+def _run(name, fallback, model, x, y, dirs, order, loss, wrt, ls):
+    impl = backends.BACKENDS[name]
+    fn = impl.input_derivs if wrt == "input" else impl.params_derivs
+    if not fallback:
+        return fn(model, x, y, dirs, order, loss, ls)
+    from ._state import RngReplay
+    replay = RngReplay(x.device)
+    try:
+        return fn(model, x, y, dirs, order, loss, ls)
+    except NotImplementedError as err:
+        warnings.warn(f"backend='auto': {err} Falling back to backend='autograd'.", RuntimeWarning, stacklevel=3)
+        replay.reset()
+        ref = backends.BACKENDS["autograd"]
+        fn = ref.input_derivs if wrt == "input" else ref.params_derivs
+        return fn(model, x, y, dirs, order, loss, ls)

@@ -1,0 +1,100 @@
+"""The Taylor engine: push a degree-1 input (or parameter) series through the model, then
+expand the loss head to order N.
+
+``input`` mode: x + t·u_k for K directions; the primal runs once on ``[B, ...]`` and the
+tangent coefficients run with K folded into the batch. ``params`` mode: every parameter
+becomes ``p + t·v_k``; products of series raise the degree as needed.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from . import op_rules  # noqa: F401  (fills the rule table)
+from .impl import Composite
+from .series import RunContext, TaylorSeries, is_series
+
+_FACT = [float(math.factorial(n)) for n in range(10)]
+
+
+def _head_terms(out, y, loss, label_smoothing: float, ctx: RunContext):
+    """Per-sample loss series as true derivatives ``[K, B, N]``, or None if out is constant."""
+    n = ctx.order
+    if not is_series(out):
+        return None
+    if loss == "cross_entropy":
+        if out.c0.dim() != 2:
+            raise ValueError(f"cross-entropy needs logits of shape [B, classes], the model returned {list(out.shape)}")
+        if out.degree == 1:
+            return ctx.impl.cross_entropy_deg1(out.c0, out.hi[0], y, n, label_smoothing)
+        terms = ctx.impl.cross_entropy(out.terms(), y, n + 1, label_smoothing)
+    elif loss == "mse":
+        diff = op_rules.sub(out, y)
+        sq = op_rules.mul(diff, diff)
+        per = op_rules.reduce(sq, torch.mean, list(range(1, sq.c0.dim())))
+        terms = per.terms() if is_series(per) else [per]
+    elif callable(loss):
+        per = loss(out, y)
+        if not is_series(per):
+            return None
+        if per.c0.dim() != 1:
+            raise ValueError(f"a callable loss must return per-sample losses [B], got shape {list(per.shape)}")
+        terms = per.terms()
+    else:
+        raise ValueError(f"unknown loss {loss!r}")
+    k, b = ctx.k, out.c0.shape[0]
+    derivs = [terms[i].expand(k, b) * _FACT[i] if i < len(terms) else terms[1].new_zeros(k, b)
+              for i in range(1, n + 1)]
+    return torch.stack(derivs, dim=-1)
+
+
+def input_derivs(model: nn.Module, x: torch.Tensor, y, u: torch.Tensor, order: int, loss,
+                 label_smoothing: float = 0.0, impl=None) -> torch.Tensor:
+    """d^n/dt^n loss_b(x + t·u_k), n = 1..order. x ``[B, ...]``, u ``[K, B, ...]`` → ``[B, K, order]``."""
+    ctx = RunContext(order, u.shape[0], impl or Composite(), model)
+    with ctx.active():
+        out = model(TaylorSeries(x, u.unsqueeze(0)))
+        d = _head_terms(out, y, loss, label_smoothing, ctx)
+    if d is None:
+        return x.new_zeros(x.shape[0], u.shape[0], order)
+    return d.transpose(0, 1)
+
+
+@contextlib.contextmanager
+def _series_parameters(model: nn.Module, v: torch.Tensor):
+    """Temporarily replace every parameter p by the series p + t·v_k (v ``[K, P]``, parameters() order)."""
+    swapped, offset = [], 0
+    k = v.shape[0]
+    owners = {}
+    for mod in model.modules():
+        for name, p in mod._parameters.items():
+            if p is not None:
+                owners.setdefault(id(p), []).append((mod, name))
+    try:
+        for p in model.parameters():
+            n = p.numel()
+            s = TaylorSeries(p, v[:, offset:offset + n].reshape((1, k) + tuple(p.shape)))
+            offset += n
+            for mod, name in owners[id(p)]:
+                mod._parameters[name] = s
+                swapped.append((mod, name, p))
+        yield
+    finally:
+        for mod, name, p in swapped:
+            mod._parameters[name] = p
+
+
+def params_derivs(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, order: int, loss,
+                  label_smoothing: float = 0.0, impl=None) -> torch.Tensor:
+    """d^n/dt^n of the batch-mean loss at θ + t·v_k. v ``[K, P]`` → ``[K, order]``."""
+    ctx = RunContext(order, v.shape[0], impl or Composite(), model)
+    with ctx.active(), _series_parameters(model, v):
+        out = model(x)
+        d = _head_terms(out, y, loss, label_smoothing, ctx)
+    if d is None:
+        return x.new_zeros(v.shape[0], order)
+    return d.mean(dim=1)

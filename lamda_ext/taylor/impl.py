@@ -1,0 +1,57 @@
+"""Implementations of the elementwise Taylor rules and the cross-entropy head.
+
+:class:`Composite` runs the recurrences of :mod:`lamda_ext.taylor.rules` in ordinary torch ops
+(the ``taylor`` backend). :class:`Fused` runs the same maths in the C++/CUDA kernels exposed
+by :mod:`lamda_ext.ops` (the ``fused`` backend). Both take and return coefficient lists
+``[c0, c1, ...]`` (c0 without the direction axis), so the engine does not care which runs.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+from . import rules
+
+
+class Composite:
+    name = "taylor"
+
+    def unary(self, kind: str, x, n_out: int, alpha: float = 1.0) -> List[torch.Tensor]:
+        return rules.unary_list(kind, x.terms(), n_out, alpha)
+
+    def cross_entropy(self, z: List[torch.Tensor], target: torch.Tensor, n_out: int, ls: float) -> List[torch.Tensor]:
+        return rules.cross_entropy_list(z, target, n_out, ls)
+
+    def cross_entropy_deg1(self, z0, v, target, order: int, ls: float) -> torch.Tensor:
+        return rules.cross_entropy_deg1(z0, v, target, order, ls)
+
+
+def _stack_full(terms: List[torch.Tensor], n_out: int) -> torch.Tensor:
+    """``[c0, c1.., cD]`` → dense ``[n_out, K, *S]`` (c0 expanded over K, zero padding past D)."""
+    shape = terms[1].shape
+    full = [terms[0].expand(shape)] + list(terms[1:])
+    full += [terms[1].new_zeros(shape)] * (n_out - len(full))
+    return torch.stack(full[:n_out])
+
+
+class Fused(Composite):
+    """Kernels from :mod:`lamda_ext.ops`; gelu/… with options the kernels lack fall back to the composite rules."""
+    name = "fused"
+
+    def __init__(self):
+        from .. import ops
+        self.ops = ops
+
+    def unary(self, kind, x, n_out, alpha=1.0):
+        out = self.ops.unary_coeffs(kind, _stack_full(x.terms(), n_out), alpha)
+        return [out[0, 0]] + list(out[1:].unbind(0))
+
+    def cross_entropy(self, z, target, n_out, ls):
+        full = _stack_full(z, n_out)                       # [C, K, M, classes]
+        c, k, m, classes = full.shape
+        out = self.ops.cross_entropy_coeffs(full.reshape(c, k * m, classes), target.repeat(k), ls).reshape(c, k, m)
+        return [out[0, 0]] + list(out[1:].unbind(0))
+
+    def cross_entropy_deg1(self, z0, v, target, order, ls):
+        return self.ops.cross_entropy_deg1(z0, v, target, order, ls)

@@ -1,0 +1,605 @@
+"""Taylor rules for the ops models use, registered into :data:`series.RULES`.
+
+Degree tracking: linear maps, ReLU/leaky ReLU/abs, max-pool, dropout and eval-mode batch
+norm keep the degree D of their input; products add degrees; smooth nonlinearities raise
+it to the run's order N. A constant operand (plain tensor) is a series of degree 0.
+
+Conventions: ``S`` is the primal shape; a series' higher coefficients are ``[D, K, *S]``.
+Constant-weight linear ops run once on the primal and once on all D·K coefficient
+slices folded into the batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import rules
+from .series import RULES, TaylorSeries, current_context, is_series
+
+
+def register(*names):
+    def deco(fn):
+        for n in names:
+            RULES[n] = fn
+        return fn
+    return deco
+
+
+# ----------------------------------------------------------------------------- helpers
+def order() -> int:
+    return current_context().order
+
+
+def from_terms(terms: Sequence[torch.Tensor]):
+    """Build a series from ``[c0, c1, ...]`` (c0 ``[*S]``; others ``[K, *S]``, broadcastable)."""
+    c0 = terms[0]
+    if len(terms) == 1:
+        return c0
+    shape = torch.broadcast_shapes(c0.shape, *(t.shape[1:] for t in terms[1:]))
+    k = max(t.shape[0] for t in terms[1:])
+    hi = torch.stack([t.expand((k,) + tuple(shape)) for t in terms[1:]])
+    return TaylorSeries(c0.expand(shape), hi)
+
+
+def align(x, ndim: int):
+    """Give a series ``ndim`` primal dims by prepending singleton dims (so terms broadcast right-aligned)."""
+    if not is_series(x) or x.c0.dim() >= ndim:
+        return x
+    extra = ndim - x.c0.dim()
+    c0 = x.c0.reshape((1,) * extra + tuple(x.c0.shape))
+    hi = x.hi.reshape(tuple(x.hi.shape[:2]) + (1,) * extra + tuple(x.c0.shape))
+    return TaylorSeries(c0, hi)
+
+
+def _ndim(x) -> int:
+    if is_series(x):
+        return x.c0.dim()
+    return x.dim() if isinstance(x, torch.Tensor) else 0
+
+
+def terms_of(x):
+    return x.terms() if is_series(x) else [x]
+
+
+def map_linear(x: TaylorSeries, f_primal, f_folded) -> TaylorSeries:
+    """Apply a linear map: ``f_primal`` to c0, ``f_folded`` to hi viewed as ``[D·K, *S]``."""
+    d, k = x.hi.shape[:2]
+    c0 = f_primal(x.c0)
+    hi = f_folded(x.hi.reshape((d * k,) + tuple(x.c0.shape)))
+    return TaylorSeries(c0, hi.reshape((d, k) + tuple(hi.shape[1:])))
+
+
+def map_batched(x: TaylorSeries, f) -> TaylorSeries:
+    """Apply a per-sample linear op taking ``[batch, ...]`` to c0 and to hi folded as ``[D·K·B, ...]``."""
+    b = x.c0.shape[0]
+    return map_linear(x, f, lambda h: _unfold_batch(f(h.reshape((-1,) + tuple(h.shape[2:]))), h.shape[0], b))
+
+
+def _unfold_batch(y, lead, b):
+    return y.reshape((lead, b) + tuple(y.shape[1:]))
+
+
+def scale_by(x: TaylorSeries, m: torch.Tensor) -> TaylorSeries:
+    """Multiply every coefficient by a constant ``m`` broadcastable to the primal (masks, ReLU)."""
+    return TaylorSeries(x.c0 * m, x.hi * m)
+
+
+def shift_dim(d: int, ndim: int) -> int:
+    """Map a primal dim to the corresponding dim of hi (two leading axes D, K)."""
+    if d < 0:
+        d += ndim
+    if not 0 <= d < max(ndim, 1):
+        raise IndexError(f"dimension {d} out of range for a tensor of {ndim} dims")
+    return d + 2
+
+
+# ----------------------------------------------------------------------------- arithmetic
+def add(a, b, alpha=1):
+    if alpha != 1:
+        b = mul(b, alpha)
+    nd = max(_ndim(a), _ndim(b))
+    a, b = align(a, nd), align(b, nd)
+    if not is_series(a):
+        a, b = b, a
+    if not is_series(b):
+        c0 = a.c0 + b
+        return TaylorSeries(c0, a.hi)
+    da, db = a.degree, b.degree
+    if da < db:
+        a, b, da, db = b, a, db, da
+    hi = a.hi.clone() if db < da else a.hi
+    if db < da:
+        hi[:db] = hi[:db] + b.hi
+    else:
+        hi = a.hi + b.hi
+    return TaylorSeries(a.c0 + b.c0, hi)
+
+
+def neg(a):
+    return TaylorSeries(-a.c0, -a.hi) if is_series(a) else -a
+
+
+def sub(a, b, alpha=1):
+    return add(a, neg(b) if alpha == 1 else mul(b, -alpha))
+
+
+def mul(a, b):
+    nd = max(_ndim(a), _ndim(b))
+    a, b = align(a, nd), align(b, nd)
+    if not is_series(a):
+        a, b = b, a
+    if not is_series(b):
+        return TaylorSeries(a.c0 * b, a.hi * b)
+    return from_terms(rules.mul_list(a.terms(), b.terms(), order() + 1))
+
+
+def div(a, b, rounding_mode=None):
+    if rounding_mode is not None:
+        raise NotImplementedError(f"Taylor mode: division with rounding_mode={rounding_mode!r} is not differentiable")
+    if not is_series(b):
+        return mul(a, 1.0 / b)
+    return mul(a, from_terms(rules.recip_list(b.terms(), order() + 1)))
+
+
+def power(a, e):
+    if is_series(e):
+        raise NotImplementedError("Taylor mode: a series as exponent (x ** series) has no rule; use backend='autograd'")
+    if isinstance(e, torch.Tensor):
+        if e.numel() != 1:
+            raise NotImplementedError("Taylor mode: pow with a tensor exponent has no rule; use backend='autograd'")
+        e = e.item()
+    if float(e).is_integer() and e >= 0:
+        out = 1.0
+        for _ in range(int(e)):
+            out = a if isinstance(out, float) else mul(out, a)
+        return out if not isinstance(out, float) else torch.ones_like(a.c0)
+    return from_terms(rules.pow_list(a.terms(), float(e), order() + 1))
+
+
+register("add")(add)
+register("radd")(lambda a, b: add(b, a))
+register("sub")(sub)
+register("rsub")(lambda a, b, alpha=1: sub(b, a) if alpha == 1 else sub(b, mul(a, alpha)))
+register("mul", "rmul")(mul)
+register("div")(div)
+register("rtruediv")(lambda a, b: div(b, a))
+register("neg")(neg)
+register("pow")(power)
+register("square")(lambda a: mul(a, a))
+register("sqrt")(lambda a: power(a, 0.5))
+register("rsqrt")(lambda a: power(a, -0.5))
+register("reciprocal")(lambda a: from_terms(rules.recip_list(a.terms(), order() + 1)))
+
+
+# ----------------------------------------------------------------------------- elementwise
+def unary(kind: str, x: TaylorSeries, alpha: float = 1.0):
+    return from_terms(current_context().impl.unary(kind, x, order() + 1, alpha))
+
+
+for _kind in ("sigmoid", "tanh", "exp", "log", "silu"):
+    register(_kind)(lambda x, *a, _k=_kind, **kw: unary(_k, x))
+
+
+@register("gelu")
+def gelu(x, approximate="none"):
+    if approximate == "none":
+        return unary("gelu", x)
+    if approximate == "tanh":   # 0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³)))
+        inner = mul(add(x, mul(power(x, 3), 0.044715)), math.sqrt(2.0 / math.pi))
+        return mul(mul(x, 0.5), add(unary("tanh", inner), 1.0))
+    raise ValueError(f"unknown gelu approximation {approximate!r}")
+
+
+@register("softplus")
+def softplus(x, beta=1.0, threshold=20.0):
+    y = unary("softplus", mul(x, beta) if beta != 1 else x)
+    if beta != 1:
+        y = mul(y, 1.0 / beta)
+    linear = x.c0 * beta > threshold      # torch reverts to the identity above the threshold
+    if bool(linear.any()):
+        y = from_terms([torch.where(linear, xc, yc) for xc, yc in zip(_pad_terms(x, y.degree), y.terms())])
+    return y
+
+
+def _pad_terms(x: TaylorSeries, degree: int):
+    t = x.terms()
+    return t + [torch.zeros_like(t[1])] * (degree + 1 - len(t))
+
+
+@register("elu")
+def elu(x, alpha=1.0, inplace=False):
+    return unary("elu", x, float(alpha))
+
+
+@register("relu")
+def relu(x, inplace=False):
+    return scale_by(x, (x.c0 > 0).to(x.dtype))
+
+
+@register("leaky_relu")
+def leaky_relu(x, negative_slope=0.01, inplace=False):
+    return scale_by(x, torch.where(x.c0 > 0, 1.0, negative_slope).to(x.dtype))
+
+
+@register("abs")
+def abs_(x):
+    return scale_by(x, torch.sign(x.c0))
+
+
+@register("log_softmax")
+def log_softmax(x, dim=None, _stacklevel=3, dtype=None):
+    if dim is None:
+        raise ValueError("log_softmax needs an explicit dim in Taylor mode")
+    n = order() + 1
+    d = dim if dim >= 0 else dim + x.c0.dim()
+    terms = [t.movedim(d if i == 0 else d + 1, -1) for i, t in enumerate(x.terms())]
+    m = terms[0].detach().amax(dim=-1, keepdim=True)
+    e = rules.exp_list([terms[0] - m] + terms[1:], n)
+    lse = rules.log_list([c.sum(dim=-1, keepdim=True) for c in e], n)
+    lse[0] = lse[0] + m
+    out = [(terms[i] if i < len(terms) else 0.0) - lse[i] for i in range(n)]
+    return from_terms([o.movedim(-1, d if i == 0 else d + 1) for i, o in enumerate(out)])
+
+
+@register("softmax")
+def softmax(x, dim=None, _stacklevel=3, dtype=None):
+    return unary("exp", log_softmax(x, dim))
+
+
+# ----------------------------------------------------------------------------- bilinear
+def bilinear(x, w, op_pp, op_lp, op_pk, op_kk):
+    """Cauchy product of a bilinear op.
+
+    op_pp(x0, w0); op_lp(x_lead [L, *S], w0) with any leading axis L; op_pk(x0, w_k [K, ...]);
+    op_kk(x_k [K, *S], w_k [K, ...]). A constant ``w`` takes the folded fast path.
+    """
+    if not is_series(w):
+        return map_linear(x, lambda c: op_pp(c, w), lambda h: op_lp(h, w))
+    xt, wt = terms_of(x), w.terms()
+    n_out = min(order() + 1, len(xt) + len(wt) - 1)
+    out = []
+    for n in range(n_out):
+        acc = None
+        for i in range(max(0, n - len(wt) + 1), min(n, len(xt) - 1) + 1):
+            j = n - i
+            if i == 0 and j == 0:
+                term = op_pp(xt[0], wt[0])
+            elif j == 0:
+                term = op_lp(xt[i], wt[0])
+            elif i == 0:
+                term = op_pk(xt[0], wt[j])
+            else:
+                term = op_kk(xt[i], wt[j])
+            acc = term if acc is None else acc + term
+        out.append(acc)
+    return from_terms(out)
+
+
+@register("linear")
+def linear(x, weight, bias=None):
+    def pk(x0, wk):          # [*S, in] × [K, out, in] → [K, *S, out]
+        y = torch.matmul(x0.reshape(-1, x0.shape[-1]), wk.transpose(-1, -2))
+        return y.reshape((wk.shape[0],) + tuple(x0.shape[:-1]) + (wk.shape[-2],))
+
+    def kk(xk, wk):          # [K, *S, in] × [K, out, in] → [K, *S, out]
+        y = torch.bmm(xk.reshape(xk.shape[0], -1, xk.shape[-1]), wk.transpose(-1, -2))
+        return y.reshape(tuple(xk.shape[:-1]) + (wk.shape[-2],))
+
+    if is_series(x):
+        out = bilinear(x, weight, F.linear, F.linear, pk, kk)
+    else:   # constant input, series weight: swap roles
+        out = bilinear(weight, x, lambda w0, x0: F.linear(x0, w0), lambda wl, x0: pk(x0, wl),
+                       None, None)
+    return out if bias is None else add(out, bias)
+
+
+def _conv(nd: int):
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+
+    def rule(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        kw = dict(stride=stride, padding=padding, dilation=dilation)
+
+        def pp(x0, w0):
+            return conv(x0, w0, None, groups=groups, **kw)
+
+        def lp(xl, w0):      # [L, B, C, ...] folded into the batch
+            y = conv(xl.reshape((-1,) + tuple(xl.shape[2:])), w0, None, groups=groups, **kw)
+            return y.reshape(tuple(xl.shape[:2]) + tuple(y.shape[1:]))
+
+        def grouped(xb, wk):  # xb [B, K, C, ...], wk [K, O, C/g, ...] → [K, B, O, ...]
+            k, b = wk.shape[0], xb.shape[0]
+            y = conv(xb.reshape((b, -1) + tuple(xb.shape[3:])), wk.reshape((-1,) + tuple(wk.shape[2:])), None,
+                     groups=groups * k, **kw)
+            return y.reshape((b, k, -1) + tuple(y.shape[2:])).movedim(1, 0)
+
+        def pk(x0, wk):
+            return grouped(x0.unsqueeze(1).expand((x0.shape[0], wk.shape[0]) + tuple(x0.shape[1:])), wk)
+
+        def kk(xk, wk):
+            return grouped(xk.movedim(0, 1), wk)
+
+        if is_series(x):
+            out = bilinear(x, weight, pp, lp, pk, kk)
+        else:
+            out = bilinear(weight, x, lambda w0, x0: pp(x0, w0), lambda wl, x0: pk(x0, wl), None, None)
+        if bias is None:
+            return out
+        return add(out, bias.reshape((-1,) + (1,) * nd) if not is_series(bias) else
+                   TaylorSeries(bias.c0.reshape((-1,) + (1,) * nd), bias.hi.reshape(tuple(bias.hi.shape[:3]) + (1,) * nd)))
+    return rule
+
+
+register("conv1d")(_conv(1))
+register("conv2d")(_conv(2))
+register("conv3d")(_conv(3))
+
+
+@register("matmul", "mm")
+def matmul(a, b):
+    if is_series(a) and not is_series(b):
+        return map_linear(a, lambda c: torch.matmul(c, b), lambda h: torch.matmul(h, b))
+    if is_series(b) and not is_series(a):
+        return map_linear(b, lambda c: torch.matmul(a, c), lambda h: torch.matmul(a, h))
+    if a.c0.dim() == 2 and b.c0.dim() == 2:
+        return from_terms(_matmul_terms(a.terms(), b.terms()))
+    raise NotImplementedError("Taylor mode: matmul of two series is supported for 2-D operands only; "
+                              "use backend='autograd'")
+
+
+def _matmul_terms(at, bt):
+    n_out = min(order() + 1, len(at) + len(bt) - 1)
+    out = []
+    for n in range(n_out):
+        acc = None
+        for i in range(max(0, n - len(bt) + 1), min(n, len(at) - 1) + 1):
+            term = torch.matmul(at[i], bt[n - i])
+            acc = term if acc is None else acc + term
+        out.append(acc)
+    return out
+
+
+register("rmatmul")(lambda a, b: matmul(b, a))
+
+
+# ----------------------------------------------------------------------------- pooling, dropout
+@register("max_pool2d", "max_pool1d")
+def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    nd = x.c0.dim() - 2
+    pool = F.max_pool2d if nd == 2 else F.max_pool1d
+    out0, idx = pool(x.c0, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
+    d, k = x.hi.shape[:2]
+    flat = x.hi.reshape(d * k, *x.c0.shape[:2], -1)
+    gidx = idx.reshape(1, *idx.shape[:2], -1).expand(d * k, -1, -1, -1)
+    hi = torch.gather(flat, 3, gidx).reshape((d, k) + tuple(out0.shape))
+    out = TaylorSeries(out0, hi)
+    return (out, idx) if return_indices else out
+
+
+def _linear_pool(fn):
+    def rule(x, *args, **kwargs):
+        return map_batched(x, lambda t: fn(t, *args, **kwargs))
+    return rule
+
+
+for _name, _fn in (("avg_pool1d", F.avg_pool1d), ("avg_pool2d", F.avg_pool2d), ("avg_pool3d", F.avg_pool3d),
+                   ("adaptive_avg_pool1d", F.adaptive_avg_pool1d), ("adaptive_avg_pool2d", F.adaptive_avg_pool2d),
+                   ("adaptive_avg_pool3d", F.adaptive_avg_pool3d)):
+    register(_name)(_linear_pool(_fn))
+
+
+@register("dropout")
+def dropout(x, p=0.5, training=True, inplace=False):
+    if not training or p == 0.0:
+        return x
+    # one mask for every coefficient, drawn exactly as F.dropout would draw it for the primal
+    mask = F.dropout(torch.ones_like(x.c0), p, True)
+    return scale_by(x, mask)
+
+
+def _channel_dropout(fn):
+    def rule(x, p=0.5, training=True, inplace=False):
+        if not training or p == 0.0:
+            return x
+        return scale_by(x, fn(torch.ones_like(x.c0), p, True))
+    return rule
+
+
+register("dropout1d")(_channel_dropout(F.dropout1d))
+register("dropout2d")(_channel_dropout(F.dropout2d))
+register("dropout3d")(_channel_dropout(F.dropout3d))
+
+
+# ----------------------------------------------------------------------------- reductions
+def _dims(dim, ndim):
+    if dim is None:
+        return list(range(ndim))
+    if isinstance(dim, int):
+        dim = [dim]
+    return sorted(d + ndim if d < 0 else d for d in dim)
+
+
+def reduce(x, fn, dim=None, keepdim=False, dtype=None):
+    nd = x.c0.dim()
+    dims = _dims(dim, nd)
+    if not dims:
+        return x
+    c0 = fn(x.c0, dim=dims, keepdim=keepdim)
+    hi = fn(x.hi, dim=[d + 2 for d in dims], keepdim=keepdim)
+    return TaylorSeries(c0, hi)
+
+
+register("sum")(lambda x, dim=None, keepdim=False, dtype=None: reduce(x, torch.sum, dim, keepdim))
+register("mean")(lambda x, dim=None, keepdim=False, dtype=None: reduce(x, torch.mean, dim, keepdim))
+
+
+# ----------------------------------------------------------------------------- normalisation
+def _normalize(x, dims, eps):
+    """(x − mean) / sqrt(var + eps) over ``dims`` (biased variance), as a series."""
+    xc = sub(x, reduce(x, torch.mean, dims, keepdim=True))
+    var = reduce(mul(xc, xc), torch.mean, dims, keepdim=True)
+    return mul(xc, power(add(var, eps), -0.5))
+
+
+def _affine(y, weight, bias, shape):
+    if weight is not None:
+        y = mul(y, weight.reshape(shape) if not is_series(weight) else _reshape_series(weight, shape))
+    if bias is not None:
+        y = add(y, bias.reshape(shape) if not is_series(bias) else _reshape_series(bias, shape))
+    return y
+
+
+def _reshape_series(s, shape):
+    return TaylorSeries(s.c0.reshape(shape), s.hi.reshape(tuple(s.hi.shape[:2]) + tuple(shape)))
+
+
+@register("batch_norm")
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+               cudnn_enabled=None):
+    shape = (1, -1) + (1,) * (x.c0.dim() - 2)
+    if training or running_mean is None:
+        if not is_series(x):
+            return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+        y = _normalize(x, [0] + list(range(2, x.c0.dim())), eps)
+        return _affine(y, weight, bias, shape)
+    # eval: a fixed affine map (keeps the degree)
+    inv = torch.rsqrt(running_var + eps)
+    y = mul(sub(x, running_mean.reshape(shape)), inv.reshape(shape))
+    return _affine(y, weight, bias, shape)
+
+
+@register("layer_norm")
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    n = len(normalized_shape)
+    y = _normalize(x, list(range(x.c0.dim() - n, x.c0.dim())), eps)
+    return _affine(y, weight, bias, tuple(normalized_shape))
+
+
+# ----------------------------------------------------------------------------- shape ops
+def _shape_args(args):
+    if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)):
+        return tuple(args[0])
+    return tuple(args)
+
+
+def _reshape(x, *shape):
+    c0 = x.c0.reshape(_shape_args(shape))
+    return TaylorSeries(c0, x.hi.reshape(tuple(x.hi.shape[:2]) + tuple(c0.shape)))
+
+
+register("view", "reshape")(_reshape)
+register("view_as", "reshape_as")(lambda x, other: _reshape(x, tuple(other.shape)))
+
+
+@register("flatten")
+def flatten(x, start_dim=0, end_dim=-1):
+    nd = x.c0.dim()
+    if nd == 0:
+        return _reshape(x, 1)
+    return TaylorSeries(x.c0.flatten(start_dim, end_dim),
+                        x.hi.flatten(shift_dim(start_dim, nd), shift_dim(end_dim, nd)))
+
+
+@register("permute")
+def permute(x, *dims):
+    dims = _shape_args(dims)
+    nd = x.c0.dim()
+    return TaylorSeries(x.c0.permute(dims), x.hi.permute((0, 1) + tuple(shift_dim(d, nd) for d in dims)))
+
+
+@register("transpose", "swapaxes", "swapdims")
+def transpose(x, d0, d1):
+    nd = x.c0.dim()
+    return TaylorSeries(x.c0.transpose(d0, d1), x.hi.transpose(shift_dim(d0, nd), shift_dim(d1, nd)))
+
+
+register("t")(lambda x: transpose(x, 0, 1))
+
+
+@register("unsqueeze")
+def unsqueeze(x, dim):
+    nd = x.c0.dim() + 1
+    return TaylorSeries(x.c0.unsqueeze(dim), x.hi.unsqueeze(shift_dim(dim, nd)))
+
+
+@register("squeeze")
+def squeeze(x, dim=None):
+    c0 = x.c0.squeeze() if dim is None else x.c0.squeeze(dim)
+    return TaylorSeries(c0, x.hi.reshape(tuple(x.hi.shape[:2]) + tuple(c0.shape)))
+
+
+@register("contiguous", "clone")
+def contiguous(x, *args, **kwargs):
+    return TaylorSeries(x.c0.contiguous(), x.hi.contiguous())
+
+
+@register("expand")
+def expand(x, *sizes):
+    c0 = x.c0.expand(_shape_args(sizes))
+    return TaylorSeries(c0, align(x, c0.dim()).hi.expand(tuple(x.hi.shape[:2]) + tuple(c0.shape)))
+
+
+register("expand_as")(lambda x, other: expand(x, tuple(other.shape)))
+
+
+@register("getitem")
+def getitem(x, index):
+    if not isinstance(index, tuple):
+        index = (index,)
+    if any(is_series(i) for i in index):
+        raise NotImplementedError("Taylor mode: indexing with a series has no rule; use backend='autograd'")
+    c0 = x.c0[index]
+    return TaylorSeries(c0, x.hi[(slice(None), slice(None)) + index])
+
+
+@register("detach")
+def detach(x):
+    return x.c0.detach()
+
+
+@register("to", "type_as")
+def to(x, *args, **kwargs):
+    c0 = x.c0.to(*args, **kwargs) if not isinstance(args[0] if args else None, TaylorSeries) else x.c0
+    return TaylorSeries(c0, x.hi.to(dtype=c0.dtype, device=c0.device))
+
+
+register("float")(lambda x: to(x, torch.float32))
+register("double")(lambda x: to(x, torch.float64))
+
+
+def _join(tensors, dim, fn):
+    tensors = list(tensors)
+    series = [t for t in tensors if is_series(t)]
+    if not series:
+        return fn(tensors, dim)
+    deg = max(s.degree for s in series)
+    k = series[0].hi.shape[1]
+    nd = series[0].c0.dim() + (1 if fn is torch.stack else 0)
+    c0 = fn([t.c0 if is_series(t) else t for t in tensors], dim)
+    his = []
+    for t in tensors:
+        if is_series(t):
+            h = t.hi if t.degree == deg else torch.cat([t.hi, t.hi.new_zeros((deg - t.degree,) + tuple(t.hi.shape[1:]))])
+        else:
+            h = t.new_zeros((deg, k) + tuple(t.shape))
+        his.append(h)
+    return TaylorSeries(c0, fn(his, shift_dim(dim, nd)))
+
+
+register("cat", "concat", "concatenate")(lambda tensors, dim=0: _join(tensors, dim, torch.cat))
+register("stack")(lambda tensors, dim=0: _join(tensors, dim, torch.stack))
+
+
+@register("chunk")
+def chunk(x, chunks, dim=0):
+    nd = x.c0.dim()
+    return tuple(TaylorSeries(a, b) for a, b in zip(x.c0.chunk(chunks, dim), x.hi.chunk(chunks, shift_dim(dim, nd))))
+
+
+@register("split")
+def split(x, split_size_or_sections, dim=0):
+    nd = x.c0.dim()
+    return tuple(TaylorSeries(a, b) for a, b in zip(x.c0.split(split_size_or_sections, dim),
+                                                    x.hi.split(split_size_or_sections, shift_dim(dim, nd))))
