@@ -8,6 +8,7 @@ Core API:
     HessianOperator, hessian_eigs, hessian_trace, hessian_density
     build_info          what the C++/CUDA extension was built with
 """
+from ._ext import build_info
 from .curvature import curvature_rate
 from .derivs import directional_derivs
 from .directions import num_parameters, random_directions, random_param_directions
@@ -16,4 +17,4 @@ from .losses import resolve_loss
 __version__ = "0.1.0"
 
 __all__ = ["directional_derivs", "curvature_rate", "random_directions", "random_param_directions",
-           "num_parameters", "resolve_loss"]
+           "num_parameters", "resolve_loss", "build_info"]

@@ -68,13 +68,19 @@ def _params_derivs(model, x, y, v, order, loss, label_smoothing=0.0):
     return torch.stack(per_dir)
 
 
+def _graded(fn, *args):
+    """Run with grad mode on (nested autograd needs it); detach when the caller had it off."""
+    caller = torch.is_grad_enabled()
+    with HigherOrderSafe(), torch.enable_grad():
+        out = fn(*args)
+    return out if caller else out.detach()
+
+
 def input_derivs(model, x, y, u, order, loss, label_smoothing=0.0):
     """d^n/dt^n loss_b(x + t·u_k): x ``[B, ...]``, u ``[K, B, ...]`` → ``[B, K, order]``."""
-    with HigherOrderSafe():
-        return _input_derivs(model, x, y, u, order, loss, label_smoothing)
+    return _graded(_input_derivs, model, x, y, u, order, loss, label_smoothing)
 
 
 def params_derivs(model, x, y, v, order, loss, label_smoothing=0.0):
     """d^n/dt^n of the batch-mean loss at θ + t·v_k: v ``[K, P]`` → ``[K, order]``."""
-    with HigherOrderSafe():
-        return _params_derivs(model, x, y, v, order, loss, label_smoothing)
+    return _graded(_params_derivs, model, x, y, v, order, loss, label_smoothing)

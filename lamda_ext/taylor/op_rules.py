@@ -221,7 +221,7 @@ def relu(x, inplace=False):
 
 @register("leaky_relu")
 def leaky_relu(x, negative_slope=0.01, inplace=False):
-    return scale_by(x, torch.where(x.c0 > 0, 1.0, negative_slope).to(x.dtype))
+    return scale_by(x, torch.where(x.c0 > 0, torch.ones_like(x.c0), torch.full_like(x.c0, negative_slope)))
 
 
 @register("abs")
@@ -552,6 +552,18 @@ def getitem(x, index):
         raise NotImplementedError("Taylor mode: indexing with a series has no rule; use backend='autograd'")
     c0 = x.c0[index]
     return TaylorSeries(c0, x.hi[(slice(None), slice(None)) + index])
+
+
+def _primal_only(fn):
+    """Ops whose result carries no derivative (comparisons, argmax, sign, ...): evaluated on the primal."""
+    def rule(*args, **kwargs):
+        return fn(*(a.c0 if is_series(a) else a for a in args), **kwargs)
+    return rule
+
+
+for _name in ("gt", "ge", "lt", "le", "eq", "ne", "greater", "less", "argmax", "argmin", "sign", "isnan", "isfinite",
+              "isinf", "any", "all", "argsort"):
+    register(_name)(_primal_only(getattr(torch, _name)))
 
 
 @register("detach")

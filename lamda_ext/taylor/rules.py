@@ -141,7 +141,7 @@ def tanh_list(x: Series, n_out: int) -> Series:
 def softplus_list(x: Series, n_out: int) -> Series:
     # y' = sigmoid(x) x'
     s = sigmoid_list(x, max(n_out - 1, 1))
-    y = [torch.nn.functional.softplus(x[0])]
+    y = [torch.logaddexp(x[0], torch.zeros_like(x[0]))]   # no threshold: the engine applies torch's
     for n in range(1, n_out):
         t = _deriv_recurrence(x, s, n)
         y.append(t if t is not None else _zero_like_series(x))

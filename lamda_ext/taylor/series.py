@@ -155,13 +155,21 @@ class TaylorSeries:
     def __repr__(self) -> str:
         return f"TaylorSeries(shape={tuple(self.shape)}, degree={self.degree}, K={self.hi.shape[1]}, dtype={self.dtype})"
 
-    # ---- values cannot leave the series ----------------------------------------------------
-    def _no_value(self, *a, **k):
-        raise NotImplementedError(
-            f"the model reads the value of a tensor in Python ({current_context().where()}); "
-            "Taylor mode cannot follow data-dependent control flow. Use backend='autograd' or 'func'.")
+    # ---- values read in Python are the primal's (as autograd sees them: constants) ---------
+    def __bool__(self):
+        return bool(self.c0)
 
-    __bool__ = item = tolist = numpy = __float__ = __int__ = __index__ = _no_value
+    def item(self):
+        return self.c0.item()
+
+    def tolist(self):
+        return self.c0.tolist()
+
+    def __float__(self):
+        return float(self.c0)
+
+    def __int__(self):
+        return int(self.c0)
 
     # ---- dispatch ---------------------------------------------------------------------------
     @classmethod
@@ -187,6 +195,17 @@ for _n in ("__add__", "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub__",
            "__rmatmul__", "__getitem__"):
     setattr(TaylorSeries, _n, _binary(_n))
 TaylorSeries.__neg__ = lambda self: dispatch(torch.Tensor.__neg__, (self,), {})
+
+
+def _compare(name):
+    def method(self, other):
+        return getattr(self.c0, name)(other.c0 if isinstance(other, TaylorSeries) else other)
+    return method
+
+
+for _n in ("__gt__", "__ge__", "__lt__", "__le__", "__eq__", "__ne__"):
+    setattr(TaylorSeries, _n, _compare(_n))
+TaylorSeries.__hash__ = object.__hash__
 TaylorSeries.__pos__ = lambda self: self
 
 

@@ -1,0 +1,89 @@
+"""Directional derivatives: every fast path against the autograd reference on the same inputs.
+
+Run:  pytest benchmarks/test_bench_derivs.py --benchmark-only -s
+Cases (issue 2 and 3): MNIST CNN B=32 K=15 N=6; sigmoid MLP B=128 K=15 N=6;
+tanh MLP 784-768-768-512-512-10 B=64 K=8 N=4; all float32. ``floor`` = K+1 plain
+forward passes (one primal batch plus the K·B tangent batch).
+"""
+import pytest
+import torch
+from torch import nn
+
+import lamda_ext
+from lamda.models import MnistCNN, SigmoidMLP
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _tanh_mlp():
+    return SigmoidMLP(hidden=(768, 768, 512, 512), activation="tanh")
+
+
+CASES = {
+    "mnist_cnn_B32_K15_N6": (lambda: MnistCNN().eval(), 32, 15, 6),
+    "sigmoid_mlp_B128_K15_N6": (lambda: SigmoidMLP().eval(), 128, 15, 6),
+    "tanh_mlp_B64_K8_N4": (lambda: _tanh_mlp().eval(), 64, 8, 4),
+}
+BACKENDS = ["floor", "autograd", "taylor", "fused"]
+
+
+def _fused_available():
+    from lamda_ext import ops
+    return ops.available()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_directional_derivs(record, case, backend):
+    make, b, k, n = CASES[case]
+    if backend == "fused" and not _fused_available():
+        pytest.skip("extension lamda_ext._C not built")
+    torch.manual_seed(0)
+    model = make().to(DEVICE)
+    x = torch.randn(b, 1, 28, 28, device=DEVICE)
+    y = torch.randint(0, 10, (b,), device=DEVICE)
+    u = lamda_ext.random_directions(x, k, torch.Generator(device=DEVICE).manual_seed(0))
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+
+    if backend == "floor":
+        xs = torch.cat([x, u.reshape((-1,) + tuple(x.shape[1:]))])
+
+        def fn():
+            with torch.no_grad():
+                model(xs)
+            sync()
+    else:
+        def fn():
+            with torch.no_grad():
+                lamda_ext.directional_derivs(model, x, y, order=n, directions=u, backend=backend)
+            sync()
+    record(case, backend, fn, rounds=3 if backend == "autograd" else 10)
+
+
+def _penalty_step(model, opt, x, y, backend):
+    opt.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(model(x), y)
+    if backend is not None:
+        d = lamda_ext.directional_derivs(model, x, y, order=3, directions=2, backend=backend)
+        loss = loss + 0.01 * d.abs().mean()
+    loss.backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("variant", ["plain", "autograd", "taylor", "fused"])
+def test_lambda_penalty_training_step(record, variant):
+    if variant == "fused" and not _fused_available():
+        pytest.skip("extension lamda_ext._C not built")
+    torch.manual_seed(0)
+    model = MnistCNN().to(DEVICE).train()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x = torch.randn(128, 1, 28, 28, device=DEVICE)
+    y = torch.randint(0, 10, (128,), device=DEVICE)
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+
+    def fn():
+        _penalty_step(model, opt, x, y, None if variant == "plain" else variant)
+        sync()
+    # the table's "floor" column for this case is the plain step
+    record("lambda_penalty_step_MnistCNN_B128", "floor" if variant == "plain" else variant, fn,
+           rounds=3 if variant == "autograd" else 5)

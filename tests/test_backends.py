@@ -1,0 +1,184 @@
+"""Every backend against the nested-autograd reference, float64 (issue 2 acceptance)."""
+import pytest
+import torch
+
+import lamda_ext
+import lamda_ext.ops
+from _models import build, rel_err
+
+MODELS = ["sequential", "functional", "mnist_cnn", "sigmoid_mlp", "cifar_resnet", "resnet18"]
+TOL = 1e-8
+
+
+def _derivs(model, x, y, u, backend, wrt="input", order=6, **kw):
+    torch.manual_seed(1234)     # same dropout mask for every backend
+    return lamda_ext.directional_derivs(model, x, y, order=order, directions=u, backend=backend, wrt=wrt, **kw)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return {}
+
+
+def _reference(cases, name, train, wrt):
+    key = (name, train, wrt)
+    if key not in cases:
+        m, x, y = build(name)
+        m.train(train)
+        g = torch.Generator().manual_seed(7)
+        u = (lamda_ext.random_directions(x, 3, g) if wrt == "input"
+             else lamda_ext.random_param_directions(m, 3, g))
+        with torch.no_grad():
+            ref = _derivs(m, x, y, u, "autograd", wrt)
+        cases[key] = (m, x, y, u, ref)
+    return cases[key]
+
+
+def _needs(backend):
+    if backend == "fused" and not lamda_ext.ops.available():
+        pytest.skip("extension lamda_ext._C not built: " + str(lamda_ext.build_info().get("extension_error")))
+
+
+@pytest.mark.parametrize("backend", ["taylor", "fused"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", MODELS)
+def test_taylor_matches_autograd_input(cases, name, train, backend):
+    _needs(backend)
+    m, x, y, u, ref = _reference(cases, name, train, "input")
+    assert ref.shape == (x.shape[0], 3, 6)
+    assert ref.abs().amax() > 0
+    with torch.no_grad():
+        got = _derivs(m, x, y, u, backend)
+    assert rel_err(got, ref) <= TOL
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", MODELS)
+def test_func_matches_autograd_input(cases, name, train):
+    m, x, y, u, ref = _reference(cases, name, train, "input")
+    with torch.no_grad():
+        got = _derivs(m, x, y, u, "func")
+    assert rel_err(got, ref) <= TOL
+
+
+@pytest.mark.parametrize("backend", ["taylor", "fused", "func"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", ["sequential", "functional", "sigmoid_mlp", "cifar_resnet"])
+def test_params_mode_matches_autograd(cases, name, train, backend):
+    _needs(backend)
+    m, x, y, v, ref = _reference(cases, name, train, "params")
+    assert ref.shape == (3, 6)
+    with torch.no_grad():
+        got = _derivs(m, x, y, v, backend, "params")
+    assert rel_err(got, ref) <= TOL
+
+
+def test_params_mode_mnist_cnn_taylor():
+    m, x, y = build("mnist_cnn")
+    m.eval()
+    v = lamda_ext.random_param_directions(m, 2, torch.Generator().manual_seed(3), normalization="filter")
+    with torch.no_grad():
+        ref = _derivs(m, x[:1], y[:1], v, "autograd", "params", order=4)
+        got = _derivs(m, x[:1], y[:1], v, "taylor", "params", order=4)
+    assert rel_err(got, ref) <= TOL
+
+
+@pytest.mark.parametrize("loss", ["mse", "callable", "smoothing"])
+def test_other_losses(loss):
+    m, x, y = build("functional")
+    kw = {}
+    if loss == "mse":
+        kw = dict(loss="mse")
+        y = torch.randn(x.shape[0], 5, dtype=x.dtype)
+    elif loss == "callable":
+        kw = dict(loss=lambda out, t: ((out - t) ** 2).sum(1) + torch.sigmoid(out).sum(1))
+        y = torch.randn(x.shape[0], 5, dtype=x.dtype)
+    else:
+        kw = dict(label_smoothing=0.15)
+    u = lamda_ext.random_directions(x, 2, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = _derivs(m, x, y, u, "autograd", **kw)
+        for b in ("func", "taylor") + (("fused",) if lamda_ext.ops.available() else ()):
+            assert rel_err(_derivs(m, x, y, u, b, **kw), ref) <= TOL, b
+
+
+@pytest.mark.parametrize("backend", ["taylor", "fused"])
+def test_gradients_through_derivatives_match(backend):
+    """d(mean |d_1..3|)/dθ agrees with autograd (rtol 1e-6, float64)."""
+    _needs(backend)
+    grads = {}
+    for b in ("autograd", backend):
+        m, x, y = build("mnist_cnn")
+        m.train()
+        u = lamda_ext.random_directions(x, 3, torch.Generator().manual_seed(5))
+        d = _derivs(m, x, y, u, b, order=4)
+        d[..., :3].abs().mean().backward()
+        grads[b] = [p.grad.clone() for p in m.parameters()]
+    for ga, gt in zip(grads["autograd"], grads[backend]):
+        torch.testing.assert_close(gt, ga, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["taylor", "fused"])
+def test_gradients_resnet_batchnorm_train(backend):
+    _needs(backend)
+    grads = {}
+    for b in ("autograd", backend):
+        m, x, y = build("cifar_resnet")
+        m.train()
+        u = lamda_ext.random_directions(x, 2, torch.Generator().manual_seed(5))
+        d = _derivs(m, x, y, u, b, order=3)
+        d.abs().mean().backward()
+        grads[b] = [p.grad.clone() for p in m.parameters()]
+    for ga, gt in zip(grads["autograd"], grads[backend]):
+        torch.testing.assert_close(gt, ga, rtol=1e-6, atol=1e-12)
+
+
+def test_measurement_leaves_model_unchanged():
+    m, x, y = build("cifar_resnet")
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    for b in ("autograd", "func", "taylor"):
+        _derivs(m, x, y, 2, b, order=2)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert m.training
+
+
+def test_directions_regenerate_from_seed_and_unit_norm():
+    m, x, y = build("sigmoid_mlp")
+    a = lamda_ext.directional_derivs(m, x, y, order=3, directions=4, generator=torch.Generator().manual_seed(9))
+    b = lamda_ext.directional_derivs(m, x, y, order=3, directions=4, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a, b)
+    u = lamda_ext.random_directions(x, 4, torch.Generator().manual_seed(9))
+    norms = u.reshape(4, x.shape[0], -1).norm(dim=2)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    c = lamda_ext.directional_derivs(m, x, y, order=3, directions=u)
+    torch.testing.assert_close(a, c)
+
+
+def test_first_and_second_derivative_closed_forms():
+    """d_1 = ∇L·u and d_2 = uᵀ H u for one point, from torch.func directly."""
+    m, x, y = build("sigmoid_mlp")
+    m.eval()
+    u = lamda_ext.random_directions(x, 2, torch.Generator().manual_seed(2))
+    d = lamda_ext.directional_derivs(m, x, y, order=2, directions=u, backend="taylor")
+    f = lambda xi: torch.nn.functional.cross_entropy(m(xi[None]), y[:1])
+    g = torch.func.grad(f)(x[0])
+    h = torch.func.hessian(f)(x[0]).reshape(x[0].numel(), -1)
+    for k in range(2):
+        uk = u[k, 0].reshape(-1)
+        torch.testing.assert_close(d[0, k, 0], (g.reshape(-1) * uk).sum())
+        torch.testing.assert_close(d[0, k, 1], uk @ h @ uk)
+
+
+@pytest.mark.parametrize("backend", ["autograd", "func", "taylor", "fused"])
+def test_no_grad_mode_gives_the_same_numbers(backend):
+    _needs(backend)
+    m, x, y = build("sigmoid_mlp")
+    u = lamda_ext.random_directions(x, 2, torch.Generator().manual_seed(0))
+    with_grad = lamda_ext.directional_derivs(m, x, y, order=3, directions=u, backend=backend)
+    with torch.no_grad():
+        without = lamda_ext.directional_derivs(m, x, y, order=3, directions=u, backend=backend)
+    assert not without.requires_grad
+    torch.testing.assert_close(without, with_grad.detach())
+    assert without.abs().amax() > 0
