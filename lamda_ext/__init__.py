@@ -11,10 +11,13 @@ Core API:
 from ._ext import build_info
 from .curvature import curvature_rate
 from .derivs import directional_derivs
+from .hessian import HessianOperator, hessian_density, hessian_eigs, hessian_trace
+from .hvp import hvp
 from .directions import num_parameters, random_directions, random_param_directions
 from .losses import resolve_loss
 
 __version__ = "0.1.0"
 
 __all__ = ["directional_derivs", "curvature_rate", "random_directions", "random_param_directions",
-           "num_parameters", "resolve_loss", "build_info"]
+           "num_parameters", "resolve_loss", "build_info", "hvp", "HessianOperator", "hessian_eigs",
+           "hessian_trace", "hessian_density"]

@@ -1,0 +1,183 @@
+"""Loss surfaces along filter-normalised random directions (Li et al., 2018) and their plots.
+
+A direction d has one tensor per parameter. With ``normalization="filter"`` every filter (slice
+along dim 0 of a weight with ≥ 2 dims) of a Gaussian tensor is rescaled to the norm of the
+matching filter of θ; ``"layer"`` rescales whole tensors; ``"none"`` scales the whole direction to
+unit norm. One-dimensional parameters (biases, batch-norm weights and biases) get a zero direction
+unless ``include_bias_bn=True`` (then they follow the same normalisation, filters being scalars).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from lamda_ext.losses import LossSpec
+
+from .evaluate import evaluate, param_dict
+
+__all__ = ["SurfaceResult", "random_direction", "loss_surface", "plot_surface_1d", "plot_contour", "plot_surface_3d"]
+
+NORMALIZATIONS = ("filter", "layer", "none")
+
+
+@dataclass
+class SurfaceResult:
+    """``alphas [R]`` (and ``betas [R]`` in 2-D); ``losses``/``accuracies`` ``[R]`` or ``[R, R]``
+    (index ``[i, j]`` ↔ ``(alphas[i], betas[j])``); ``directions``: the direction dicts used."""
+    alphas: np.ndarray
+    losses: np.ndarray
+    accuracies: np.ndarray
+    betas: np.ndarray | None = None
+    directions: list = field(default_factory=list)
+
+    @property
+    def ndim(self) -> int:
+        return 1 if self.betas is None else 2
+
+
+def random_direction(model: nn.Module, normalization: str = "filter", include_bias_bn: bool = False,
+                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """A random direction over the trainable parameters, normalised as described in the module docstring."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    out = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        w = p.detach()
+        d = torch.randn(w.shape, generator=generator, dtype=torch.float64).to(w.dtype).to(w.device)
+        if w.dim() <= 1 and not include_bias_bn:
+            d = torch.zeros_like(w)
+        elif normalization == "filter":
+            if w.dim() <= 1:
+                d = d.sign() * w.abs()  # a scalar "filter": |d_i| = |w_i|
+            else:
+                dn = d.reshape(d.shape[0], -1).norm(dim=1).clamp_min(1e-12)
+                wn = w.reshape(w.shape[0], -1).norm(dim=1)
+                d = d * (wn / dn).reshape(-1, *([1] * (d.dim() - 1)))
+        elif normalization == "layer":
+            d = d * (w.norm() / d.norm().clamp_min(1e-12))
+        out[name] = d
+    if normalization == "none":
+        total = torch.sqrt(sum((d.double() ** 2).sum() for d in out.values()))
+        out = {k: d / total.to(d.dtype) if total > 0 else d for k, d in out.items()}
+    return out
+
+
+def loss_surface(model: nn.Module, data, directions: int = 1, span: float = 1.0, resolution: int = 21,
+                 normalization: str = "filter", *, loss: LossSpec = "cross_entropy", include_bias_bn: bool = False,
+                 generator: torch.Generator | None = None, label_smoothing: float = 0.0,
+                 given_directions: list | None = None) -> SurfaceResult:
+    """Loss and accuracy on the line ``θ + α d`` or the plane ``θ + α d1 + β d2``, α, β ∈ [−span, span].
+
+    ``data`` is an ``(x, y)`` pair or an iterable of pairs; the model runs in its current mode
+    (use eval mode) and is not modified. ``given_directions`` reuses direction dicts (e.g. from an
+    earlier result) instead of drawing them from ``generator``.
+    """
+    if directions not in (1, 2):
+        raise ValueError(f"directions must be 1 or 2, got {directions}")
+    if int(resolution) < 2:
+        raise ValueError(f"resolution must be ≥ 2, got {resolution}")
+    if not span > 0:
+        raise ValueError(f"span must be > 0, got {span}")
+    if given_directions is not None:
+        if len(given_directions) != directions:
+            raise ValueError(f"given_directions holds {len(given_directions)} directions, expected {directions}")
+        dirs = list(given_directions)
+    else:
+        dirs = [random_direction(model, normalization, include_bias_bn, generator) for _ in range(directions)]
+    base = param_dict(model)
+    grid = np.linspace(-float(span), float(span), int(resolution))
+
+    def at(coeffs) -> tuple[float, float]:
+        params = dict(base)
+        for c, d in zip(coeffs, dirs):
+            for k, t in d.items():
+                params[k] = params[k] + float(c) * t
+        return evaluate(model, data, loss, params, label_smoothing)
+
+    if directions == 1:
+        vals = [at((a,)) for a in grid]
+        return SurfaceResult(grid, np.array([v[0] for v in vals]), np.array([v[1] for v in vals]), None, dirs)
+    L = np.zeros((len(grid), len(grid)))
+    A = np.zeros_like(L)
+    for i, a in enumerate(grid):
+        for j, b in enumerate(grid):
+            L[i, j], A[i, j] = at((a, b))
+    return SurfaceResult(grid, L, A, grid.copy(), dirs)
+
+
+def _check_dpi(dpi: int) -> int:
+    if not 150 <= int(dpi) <= 300:
+        raise ValueError(f"dpi must be in [150, 300], got {dpi}")
+    return int(dpi)
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_surface_1d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int = 200, title: str = "") -> str:
+    """Loss (left axis) and accuracy (right axis) along the 1-D direction; PNG written atomically."""
+    from ..io import save_figure
+    if result.ndim != 1:
+        raise ValueError("plot_surface_1d needs a 1-D result (loss_surface(..., directions=1))")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(result.alphas, result.losses, "b-", lw=1.5, label="loss")
+    ax.set_xlabel("α (filter-normalised direction)")
+    ax.set_ylabel("loss", color="b")
+    if np.isfinite(result.accuracies).any():
+        ax2 = ax.twinx()
+        ax2.plot(result.alphas, result.accuracies, "r--", lw=1.2, label="accuracy")
+        ax2.set_ylabel("accuracy", color="r")
+    ax.set_title(title or "1-D loss surface", fontsize=9)
+    save_figure(fig, path, dpi=_check_dpi(dpi))
+    return str(path)
+
+
+def plot_contour(result: SurfaceResult, path: str | os.PathLike, *, levels: int = 30, dpi: int = 200,
+                 title: str = "") -> str:
+    """Filled contour plot of the 2-D loss surface; PNG written atomically."""
+    from ..io import save_figure
+    if result.ndim != 2:
+        raise ValueError("plot_contour needs a 2-D result (loss_surface(..., directions=2))")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    B, A = np.meshgrid(result.betas, result.alphas)
+    cs = ax.contourf(A, B, result.losses, levels=int(levels), cmap="viridis")
+    ax.contour(A, B, result.losses, levels=int(levels), colors="k", linewidths=0.3)
+    fig.colorbar(cs, ax=ax, label="loss")
+    ax.plot([0], [0], "r*", ms=8)
+    ax.set_xlabel("α")
+    ax.set_ylabel("β")
+    ax.set_title(title or "loss contours", fontsize=9)
+    save_figure(fig, path, dpi=_check_dpi(dpi))
+    return str(path)
+
+
+def plot_surface_3d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int = 200, title: str = "",
+                    elev: float = 35.0, azim: float = -60.0) -> str:
+    """3-D surface plot of the 2-D loss surface; PNG written atomically."""
+    from ..io import save_figure
+    if result.ndim != 2:
+        raise ValueError("plot_surface_3d needs a 2-D result (loss_surface(..., directions=2))")
+    plt = _plt()
+    fig = plt.figure(figsize=(5.2, 4.4))
+    ax = fig.add_subplot(111, projection="3d")
+    B, A = np.meshgrid(result.betas, result.alphas)
+    ax.plot_surface(A, B, result.losses, cmap="viridis", linewidth=0, antialiased=True)
+    ax.view_init(elev=elev, azim=azim)
+    ax.set_xlabel("α")
+    ax.set_ylabel("β")
+    ax.set_zlabel("loss", labelpad=10)
+    ax.set_title(title or "loss surface", fontsize=9)
+    save_figure(fig, path, dpi=_check_dpi(dpi))
+    return str(path)

@@ -1,0 +1,86 @@
+"""Data-parallel Hessian tools: 2 CPU processes with gloo give the same numbers as one process."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lamda_ext.hessian import HessianOperator, hessian_density, hessian_eigs, hessian_trace
+import os as _os
+import sys as _sys
+
+if _os.path.dirname(_os.path.abspath(__file__)) not in _sys.path:  # shared helpers live in test_hvp.py
+    _sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
+from test_hvp import DT, batch, mlp, train_briefly
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+
+def _problem():
+    model = mlp(seed=0)
+    x, y = batch(model, B=60, seed=1)
+    train_briefly(model, x, y, steps=20)
+    return model, x, y
+
+
+def _measure(model, data) -> dict:
+    op = HessianOperator(model, "cross_entropy", data)
+    v = torch.randn(op.size, generator=torch.Generator().manual_seed(0), dtype=DT)
+    vals, vecs = hessian_eigs(op, k=5, generator=torch.Generator().manual_seed(1))
+    vals_s, _ = hessian_eigs(op, k=5, method="eigsh", generator=torch.Generator().manual_seed(1))
+    hv = op @ v
+    return {
+        "hv": hv,
+        "local_samples": op.local_samples,
+        "eigs": vals,
+        "eigs_eigsh": vals_s,
+        "vec0": vecs[0] * torch.sign(vecs[0].sum()),
+        "trace": torch.tensor(hessian_trace(op, probes=40, generator=torch.Generator().manual_seed(2))),
+        "density": hessian_density(op, iters=10, probes=4, grid=50, generator=torch.Generator().manual_seed(3))[1],
+    }
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        model, x, y = _problem()
+        single = _measure(model, (x, y))                                       # a single batch: split by samples
+        parts = [(x[i:i + 13], y[i:i + 13]) for i in range(0, x.shape[0], 13)]  # 5 uneven batches: split by batch
+        multi = _measure(model, parts)
+        torch.save({"single": single, "multi": multi}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    torch.set_num_threads(1)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    model, x, y = _problem()
+    ref = _measure(model, (x, y))
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for res in results:
+        for key in ("single", "multi"):
+            got = res[key]
+            torch.testing.assert_close(got["hv"], ref["hv"], rtol=1e-10, atol=1e-13)
+            torch.testing.assert_close(got["eigs"], ref["eigs"], rtol=1e-8, atol=1e-12)
+            torch.testing.assert_close(got["eigs_eigsh"], ref["eigs"], rtol=1e-8, atol=1e-12)
+            torch.testing.assert_close(got["vec0"], ref["vec0"], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got["trace"], ref["trace"], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(got["density"], ref["density"], rtol=1e-6, atol=1e-8)
+    # the data was really split: samples 0-29 / 30-59 of the single batch, batches {0, 2, 4} / {1, 3}
+    assert [r["single"]["local_samples"] for r in results] == [30, 30]
+    assert [r["multi"]["local_samples"] for r in results] == [13 + 13 + 8, 13 + 13]
+    assert ref["local_samples"] == 60
+    # both ranks hold identical results
+    torch.testing.assert_close(results[0]["multi"]["eigs"], results[1]["multi"]["eigs"], rtol=0, atol=0)

@@ -1,0 +1,212 @@
+"""lamda_ext.hvp: forward-over-reverse HVPs against dense torch.func.hessian products (float64)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from lamda_ext.hvp import (flatten_params, hvp, hvp_double_backward, hvp_finite_difference,
+                           trainable_parameters, unflatten_params)
+
+DT = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These models are tiny: one thread avoids oversubscription on shared 2-core machines (50x slower there)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 12), nn.Softplus(), nn.Linear(12, 4)).to(DT)
+
+
+def tiny_cnn(seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Conv2d(3, 4, 3, stride=2),
+                      nn.BatchNorm2d(4), nn.Tanh(), nn.Flatten(), nn.Linear(16, 3)).to(DT)
+    for mod in m:
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.3, 0.3)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return m.eval()
+
+
+def batch(model, B=10, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(model[0], nn.Conv2d):
+        return torch.randn(B, 1, 8, 8, generator=g, dtype=DT), torch.randint(0, 3, (B,), generator=g)
+    return torch.randn(B, 6, generator=g, dtype=DT), torch.randint(0, 4, (B,), generator=g)
+
+
+def train_briefly(model, x, y, steps=100, lr=1e-2):
+    """A few full-batch Adam steps (BN stays in its mode; eval-mode BN keeps its running stats)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model
+
+
+def dense_param_hessian(model, x, y, loss=None):
+    """Reference: torch.func.hessian of the batch-mean loss w.r.t. the flat parameter vector."""
+    loss = loss or (lambda out, t: nn.functional.cross_entropy(out, t, reduction="none"))
+    params = trainable_parameters(model)
+    bufs = dict(model.named_buffers())
+    theta = flatten_params(params).detach()
+
+    def f(flat):
+        out = functional_call(model, (unflatten_params(flat, params), bufs), (x,))
+        return loss(out, y).mean()
+
+    return torch.func.hessian(f)(theta)
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("make", [mlp, tiny_cnn])
+def test_hvp_matches_dense_hessian_one_vector_and_batch_of_8(make):
+    model = make()
+    x, y = batch(model)
+    H = dense_param_hessian(model, x, y)
+    P = H.shape[0]
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(P, generator=g, dtype=DT)
+    V = torch.randn(8, P, generator=g, dtype=DT)
+    hv = hvp(model, x, y, v)
+    assert hv.shape == (P,)
+    torch.testing.assert_close(hv, H @ v, rtol=1e-8, atol=1e-12)
+    HV = hvp(model, x, y, V)
+    assert HV.shape == (8, P)
+    torch.testing.assert_close(HV, V @ H, rtol=1e-8, atol=1e-12)
+
+
+def test_references_agree_with_forward_over_reverse():
+    model = tiny_cnn()
+    x, y = batch(model)
+    P = sum(p.numel() for p in model.parameters())
+    V = torch.randn(3, P, generator=torch.Generator().manual_seed(4), dtype=DT)
+    fwd = hvp(model, x, y, V)
+    assert rel(hvp_double_backward(model, x, y, V), fwd) < 1e-12
+    assert rel(hvp_double_backward(model, x, y, V[0]), fwd[0]) < 1e-12
+    assert rel(hvp_finite_difference(model, x, y, V), fwd) < 1e-6
+    assert rel(hvp_finite_difference(model, x, y, V[1]), fwd[1]) < 1e-6
+
+
+@pytest.mark.parametrize("loss,ls", [("mse", 0.0), ("cross_entropy", 0.1), ("callable", 0.0)])
+def test_losses_and_label_smoothing(loss, ls):
+    model = mlp()
+    x, y = batch(model)
+    if loss == "mse":
+        y = torch.randn(x.shape[0], 4, generator=torch.Generator().manual_seed(5), dtype=DT)
+        ref = lambda out, t: ((out - t) ** 2).mean(dim=1)
+        spec = "mse"
+    elif loss == "callable":
+        spec = ref = lambda out, t: torch.logsumexp(out, dim=1) - out[torch.arange(len(t)), t] + 0.1 * (out ** 4).sum(1)
+    else:
+        spec = "cross_entropy"
+        ref = lambda out, t: nn.functional.cross_entropy(out, t, reduction="none", label_smoothing=ls)
+    H = dense_param_hessian(model, x, y, ref)
+    V = torch.randn(2, H.shape[0], generator=torch.Generator().manual_seed(6), dtype=DT)
+    torch.testing.assert_close(hvp(model, x, y, V, loss=spec, label_smoothing=ls), V @ H, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [mlp, tiny_cnn])
+def test_input_space_per_sample_hvp(make):
+    model = make()
+    x, y = batch(model, B=4)
+    g = torch.Generator().manual_seed(7)
+    V = torch.randn(3, *x.shape, generator=g, dtype=DT)
+    out = hvp(model, x, y, V, wrt="input")
+    one = hvp(model, x, y, V[0], wrt="input")
+    assert out.shape == V.shape and one.shape == x.shape
+    torch.testing.assert_close(one, out[0], rtol=1e-12, atol=1e-14)
+    for b in range(x.shape[0]):
+        def f(xb):
+            return nn.functional.cross_entropy(model(xb.unsqueeze(0)), y[b:b + 1])
+        Hb = torch.func.hessian(f)(x[b]).reshape(x[b].numel(), x[b].numel())
+        for k in range(3):
+            torch.testing.assert_close(out[k, b].reshape(-1), Hb @ V[k, b].reshape(-1), rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(hvp_double_backward(model, x, y, V, wrt="input"), out, rtol=1e-10, atol=1e-13)
+    assert rel(hvp_finite_difference(model, x, y, V, wrt="input"), out) < 1e-6
+
+
+def test_train_mode_batch_norm_uses_batch_stats_and_mutates_nothing():
+    model = tiny_cnn().train()
+    x, y = batch(model)
+    before = {k: b.clone() for k, b in model.named_buffers()}
+    params = trainable_parameters(model)
+    theta = flatten_params(params).detach()
+
+    def f(flat):  # batch statistics, no running-stat update: track_running_stats off on a copy
+        import copy
+        m2 = copy.deepcopy(model)
+        for mod in m2.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.track_running_stats = False
+                mod.running_mean = mod.running_var = None
+        return nn.functional.cross_entropy(functional_call(m2, unflatten_params(flat, params), (x,)), y)
+
+    # reverse-over-reverse dense reference: torch.func.hessian (jacfwd of jacrev) disagrees with autograd
+    # for train-mode batch norm in torch 2.14 (relative error ~5e-2), so it is not used here
+    H = torch.autograd.functional.hessian(f, theta, vectorize=True)
+    V = torch.randn(2, H.shape[0], generator=torch.Generator().manual_seed(8), dtype=DT)
+    torch.testing.assert_close(hvp(model, x, y, V), V @ H, rtol=1e-8, atol=1e-12)
+    for k, b in model.named_buffers():
+        assert torch.equal(b, before[k]), f"buffer {k} was mutated"
+
+
+def test_dropout_mask_shared_across_vmapped_directions():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 4)).to(DT).train()
+    x, y = batch(mlp())
+    P = sum(p.numel() for p in model.parameters())
+    v = torch.randn(P, dtype=DT)
+    out = hvp(model, x, y, torch.stack([v, v, v]))
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+    torch.testing.assert_close(out[0], out[2], rtol=0, atol=0)
+
+
+def test_parameters_without_grad_are_excluded():
+    model = mlp()
+    model[0].weight.requires_grad_(False)
+    x, y = batch(model)
+    P = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    H = dense_param_hessian(model, x, y)
+    assert H.shape == (P, P)
+    v = torch.randn(P, dtype=DT)
+    torch.testing.assert_close(hvp(model, x, y, v), H @ v, rtol=1e-8, atol=1e-12)
+
+
+def test_bad_inputs():
+    model = mlp()
+    x, y = batch(model)
+    P = sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="v must have shape"):
+        hvp(model, x, y, torch.zeros(P + 1, dtype=DT))
+    with pytest.raises(ValueError, match="v must have shape"):
+        hvp(model, x, y, torch.zeros(2, 3, P, dtype=DT))
+    with pytest.raises(TypeError, match="dtype mismatch"):
+        hvp(model, x, y, torch.zeros(P, dtype=torch.float32))
+    with pytest.raises(TypeError, match="dtype mismatch"):
+        hvp(model, x.float(), y, torch.zeros(P, dtype=DT))
+    with pytest.raises(ValueError, match="v must have shape"):
+        hvp(model, x, y, torch.zeros(3, 5, dtype=DT), wrt="input")
+    with pytest.raises(ValueError, match="wrt must be"):
+        hvp(model, x, y, torch.zeros(P, dtype=DT), wrt="weights")
+    with pytest.raises(ValueError, match="needs targets"):
+        hvp(model, x, None, torch.zeros(P, dtype=DT))
+    with pytest.raises(TypeError, match="v must be a torch.Tensor"):
+        hvp(model, x, y, [0.0] * P)
+    with pytest.raises(ValueError, match="NaN"):
+        hvp(model, x * float("nan"), y, torch.zeros(P, dtype=DT))
