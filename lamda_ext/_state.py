@@ -71,13 +71,19 @@ def _composite_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1
     return out
 
 
+def _composite_silu(input, inplace=False):
+    return input * torch.sigmoid(input)
+
+
 _COMPOSITES = {torch.nn.functional.batch_norm: _composite_batch_norm,
-               torch.nn.functional.layer_norm: _composite_layer_norm}
+               torch.nn.functional.layer_norm: _composite_layer_norm,
+               torch.nn.functional.silu: _composite_silu}
 
 
 class HigherOrderSafe(torch.overrides.TorchFunctionMode):
-    """Routes batch/layer norm to elementary ops: the native kernels' nested derivatives stop at
-    order 2 (batch norm) or are wrong past it (layer norm), so the references must not use them."""
+    """Routes batch/layer norm and SiLU to elementary ops: the native kernels' nested derivatives
+    stop at order 2 (batch norm), are wrong past it (layer norm) or lack forward-mode AD in their
+    backward (SiLU), so the references must not use them."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

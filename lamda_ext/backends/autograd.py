@@ -26,7 +26,7 @@ def _nested(s: torch.Tensor, t: torch.Tensor, order: int, read) -> list:
     return out
 
 
-def _input_derivs(model, x, y, u, order, loss, label_smoothing=0.0):
+def _input_derivs(model, x, y, u, order, loss, label_smoothing=0.0, keep_graph=True):
     loss_fn = resolve_loss(loss, label_smoothing)
     replay = RngReplay(x.device)
     per_dir = []
@@ -36,8 +36,8 @@ def _input_derivs(model, x, y, u, order, loss, label_smoothing=0.0):
         per_sample = loss_fn(model(x + t * u[k]), y)
         w = torch.ones_like(per_sample, requires_grad=True)
         ds = _nested((w * per_sample).sum(), t, order,
-                     lambda s: torch.autograd.grad(s, w, create_graph=True, allow_unused=True)[0]
-                     if s.requires_grad else None)
+                     lambda s: torch.autograd.grad(s, w, create_graph=keep_graph, retain_graph=True,
+                                                   allow_unused=True)[0] if s.requires_grad else None)
         ds = [d if d is not None else x.new_zeros(x.shape[0]) for d in ds]
         ds += [x.new_zeros(x.shape[0])] * (order - len(ds))
         per_dir.append(torch.stack(ds, dim=-1))
@@ -54,7 +54,7 @@ def perturbed_call(model, x, v_k: torch.Tensor, t: torch.Tensor):
     return functional_call(model, {**params, **buffers}, (x,))
 
 
-def _params_derivs(model, x, y, v, order, loss, label_smoothing=0.0):
+def _params_derivs(model, x, y, v, order, loss, label_smoothing=0.0, keep_graph=True):
     loss_fn = resolve_loss(loss, label_smoothing)
     replay = RngReplay(x.device)
     per_dir = []
@@ -72,7 +72,7 @@ def _graded(fn, *args):
     """Run with grad mode on (nested autograd needs it); detach when the caller had it off."""
     caller = torch.is_grad_enabled()
     with HigherOrderSafe(), torch.enable_grad():
-        out = fn(*args)
+        out = fn(*args, keep_graph=caller)
     return out if caller else out.detach()
 
 

@@ -1,0 +1,1 @@
+"""Post-hoc analyses that run on saved results alone (no training)."""

@@ -1,0 +1,149 @@
+"""λ measurement on a fixed set of points with regenerable directions.
+
+A :class:`LambdaMeter` holds P measurement points ``x [P, C, H, W]``, ``y [P]`` and measures, for the
+current model, the directional derivatives ``d_n`` (n = 1..order) of the per-sample loss along K
+random unit input directions per point, using ``lamda_ext.directional_derivs``.  Points are processed
+in chunks of ``chunk_size``; chunk ``c`` draws its directions from a ``torch.Generator`` seeded with
+``direction_seeds[c] = seed + c``, so every direction can be regenerated with
+:func:`regenerate_directions` from the stored seeds.  The same directions are used at every
+measurement of a run, so per-direction λ can be followed over training.
+
+One measurement (:meth:`LambdaMeter.measure`) returns
+
+- ``derivatives_per_point [P, K, N]``: d_n per point,
+- ``derivatives [K, N]``: mean over points of d_n,
+- ``log_abs_derivatives [K, N]``: mean over points of log|d_n| (exact zeros masked),
+- ``lambda_values [K]``: per-direction curvature rate fitted on ``log_abs_derivatives``
+  (``lamda_ext.curvature_rate(..., pool="points")``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["MeasureConfig", "LambdaMeter", "fit_lambda", "log_abs_mean", "regenerate_directions"]
+
+
+@dataclass
+class MeasureConfig:
+    """``points``: P; ``directions``: K; ``order``: N; ``seed``: base direction seed."""
+
+    points: int = 100
+    directions: int = 15
+    order: int = 6
+    seed: int = 1234
+    chunk_size: int = 25
+    backend: str = "auto"
+    loss: str = "cross_entropy"
+
+    def __post_init__(self):
+        if self.points < 1 or self.directions < 1 or self.chunk_size < 1:
+            raise ValueError(f"points, directions and chunk_size must be >= 1, got {self}")
+        if not 1 <= self.order <= 8:
+            raise ValueError(f"order must be in 1..8, got {self.order}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def log_abs_mean(d: np.ndarray | torch.Tensor, axis: int = 0) -> np.ndarray:
+    """Mean over ``axis`` of log|d| with exact zeros masked (NaN where every entry is zero)."""
+    a = np.abs(np.asarray(d, dtype=np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(a > 0, np.log(np.where(a > 0, a, 1.0)), np.nan)
+    cnt = np.sum(np.isfinite(logs), axis=axis)
+    s = np.nansum(logs, axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, s / np.maximum(cnt, 1), np.nan)
+
+
+def fit_lambda(log_abs: np.ndarray, orders: tuple[int, int] | None = None) -> np.ndarray:
+    """Least-squares slope of ``log_abs[..., n-1]`` against n over an order window.
+
+    Args:
+        log_abs: ``[..., N]`` values of log|d_n| for n = 1..N (NaN = masked).
+        orders: inclusive window ``(lo, hi)`` with 1 ≤ lo < hi ≤ N; default ``(1, N)``.
+    Returns:
+        slopes ``[...]``; NaN where fewer than two finite values lie in the window.
+    """
+    log_abs = np.asarray(log_abs, dtype=np.float64)
+    N = log_abs.shape[-1]
+    lo, hi = (1, N) if orders is None else orders
+    if not (1 <= lo < hi <= N):
+        raise ValueError(f"order window must satisfy 1 <= lo < hi <= {N}, got {(lo, hi)}")
+    y = log_abs[..., lo - 1:hi]
+    n = np.arange(lo, hi + 1, dtype=np.float64)
+    mask = np.isfinite(y)
+    w = mask.astype(np.float64)
+    cnt = w.sum(-1)
+    yz = np.where(mask, y, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nbar = (w * n).sum(-1) / cnt
+        ybar = yz.sum(-1) / cnt
+        dn = (n - nbar[..., None]) * w
+        slope = (dn * (yz - ybar[..., None])).sum(-1) / (dn * dn).sum(-1)
+    return np.where(cnt >= 2, slope, np.nan)
+
+
+def _directional_derivs(model, x, y, cfg: MeasureConfig, generator):
+    import lamda_ext
+    return lamda_ext.directional_derivs(model, x, y, order=cfg.order, directions=cfg.directions, loss=cfg.loss,
+                                        wrt="input", backend=cfg.backend, generator=generator)
+
+
+def regenerate_directions(x_points: torch.Tensor, directions: int, direction_seeds, chunk_size: int) -> torch.Tensor:
+    """The unit directions a :class:`LambdaMeter` used: ``[P, K, *x.shape[1:]]``."""
+    import lamda_ext
+    out = []
+    for c, seed in enumerate(np.asarray(direction_seeds).tolist()):
+        xc = x_points[c * chunk_size:(c + 1) * chunk_size]
+        g = torch.Generator().manual_seed(int(seed))   # CPU generator: same directions on every device
+        out.append(lamda_ext.random_directions(xc, directions, generator=g).transpose(0, 1))
+    return torch.cat(out, 0)
+
+
+class LambdaMeter:
+    """Measures λ on fixed points ``x [P, ...]``, ``y [P]`` with fixed, seeded directions."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, cfg: MeasureConfig):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} points but y has {y.shape[0]} labels")
+        self.x, self.y, self.cfg = x, y, cfg
+        n_chunks = (x.shape[0] + cfg.chunk_size - 1) // cfg.chunk_size
+        self.direction_seeds = np.array([cfg.seed + c for c in range(n_chunks)], dtype=np.int64)
+
+    @property
+    def points(self) -> int:
+        return int(self.x.shape[0])
+
+    def measure(self, model: nn.Module) -> dict[str, np.ndarray]:
+        """One measurement in eval mode (the model's train/eval state is restored afterwards)."""
+        was_training = model.training
+        model.eval()
+        try:
+            per_point = []
+            cs = self.cfg.chunk_size
+            for c, seed in enumerate(self.direction_seeds.tolist()):
+                xc, yc = self.x[c * cs:(c + 1) * cs], self.y[c * cs:(c + 1) * cs]
+                g = torch.Generator().manual_seed(int(seed))   # CPU generator: device-independent directions
+                d = _directional_derivs(model, xc, yc, self.cfg, g)
+                per_point.append(d.detach().to("cpu", torch.float64))
+            dpp = torch.cat(per_point, 0).numpy()                                   # [P, K, N]
+        finally:
+            model.train(was_training)
+        if not np.all(np.isfinite(dpp)):
+            raise FloatingPointError("directional derivatives contain NaN/inf; the model has diverged")
+        log_abs = log_abs_mean(dpp, axis=0)                                         # [K, N]
+        lam = _curvature_rate_points(dpp)
+        return {"derivatives_per_point": dpp, "derivatives": dpp.mean(0), "log_abs_derivatives": log_abs,
+                "lambda_values": lam}
+
+
+def _curvature_rate_points(dpp: np.ndarray) -> np.ndarray:
+    """Per-direction λ pooled over points ``[P, K, N]`` → ``[K]`` (lamda_ext.curvature_rate, pool='points')."""
+    import lamda_ext
+    lam = lamda_ext.curvature_rate(torch.from_numpy(dpp), pool="points")
+    return lam.detach().cpu().numpy().astype(np.float64)

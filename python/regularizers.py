@@ -1,0 +1,259 @@
+"""Regularisers as composable pieces.
+
+Each piece changes one part of training through a hook the trainer calls:
+
+================================  ==========================================================
+piece                             hook
+================================  ==========================================================
+:class:`Dropout` (p)              ``configure_model``: sets ``p`` of every ``nn.Dropout``
+:class:`WeightDecay` (wd)         ``optimizer_kwargs``: ``weight_decay`` of the optimiser
+:class:`Augmentation`             ``transform``: random affine batch augmentation
+:class:`LabelSmoothing` (ε)       ``label_smoothing``: the data loss's smoothing
+:class:`SAM` (ρ)                  ``sam_rho``: the trainer wraps the optimiser in ``lamda.sam.SAM``
+:class:`InputGradientPenalty`     ``penalty``: ``scale · mean_i ||∇_x loss_i||²``
+:class:`LambdaPenalty`            ``penalty``: ``scale · mean |d_n|`` over n ≤ order, K directions,
+                                  optionally only on samples whose label is in ``classes``
+================================  ==========================================================
+
+:class:`RegularizerSet` combines any number of pieces (at most one of each kind for the
+non-additive ones) and is what the trainer consumes.  Penalties return a differentiable scalar
+so their value (and share of the loss) can be logged.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .data import Augmenter
+
+__all__ = ["Regularizer", "Dropout", "WeightDecay", "Augmentation", "LabelSmoothing", "SAM",
+           "InputGradientPenalty", "LambdaPenalty", "RegularizerSet"]
+
+
+class Regularizer:
+    """Base class: every hook is a no-op."""
+
+    name = "regularizer"
+
+    def configure_model(self, model: nn.Module) -> None:
+        pass
+
+    def optimizer_kwargs(self) -> dict:
+        return {}
+
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return x
+
+    label_smoothing: float = 0.0
+    sam_rho: float | None = None
+
+    def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+def _check_nonneg(name, v):
+    if not isinstance(v, (int, float)) or v < 0:
+        raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    return float(v)
+
+
+class Dropout(Regularizer):
+    name = "dropout"
+
+    def __init__(self, p: float):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def configure_model(self, model):
+        mods = [m for m in model.modules() if isinstance(m, (nn.Dropout, nn.Dropout2d))]
+        if not mods:
+            raise ValueError(f"{type(model).__name__} has no nn.Dropout module to set p={self.p} on")
+        for m in mods:
+            m.p = self.p
+
+    def describe(self):
+        return {"name": self.name, "p": self.p}
+
+
+class WeightDecay(Regularizer):
+    name = "weight_decay"
+
+    def __init__(self, weight_decay: float):
+        self.weight_decay = _check_nonneg("weight_decay", weight_decay)
+
+    def optimizer_kwargs(self):
+        return {"weight_decay": self.weight_decay}
+
+    def describe(self):
+        return {"name": self.name, "weight_decay": self.weight_decay}
+
+
+class Augmentation(Regularizer):
+    name = "augmentation"
+
+    def __init__(self, augmenter: Augmenter):
+        self.augmenter = augmenter
+
+    @classmethod
+    def for_dataset(cls, dataset: str, rotation: float | None = None) -> "Augmentation":
+        return cls(Augmenter.for_dataset(dataset, rotation=rotation))
+
+    def transform(self, x, generator):
+        return self.augmenter(x, generator)
+
+    def describe(self):
+        return {"name": self.name, **self.augmenter.describe()}
+
+
+class LabelSmoothing(Regularizer):
+    name = "label_smoothing"
+
+    def __init__(self, epsilon: float):
+        if not 0.0 <= epsilon < 1.0:
+            raise ValueError(f"label smoothing must be in [0, 1), got {epsilon}")
+        self.label_smoothing = float(epsilon)
+
+    def describe(self):
+        return {"name": self.name, "epsilon": self.label_smoothing}
+
+
+class SAM(Regularizer):
+    name = "sam"
+
+    def __init__(self, rho: float):
+        if not rho > 0:
+            raise ValueError(f"SAM rho must be > 0, got {rho}")
+        self.sam_rho = float(rho)
+
+    def describe(self):
+        return {"name": self.name, "rho": self.sam_rho}
+
+
+class InputGradientPenalty(Regularizer):
+    """``scale · mean_i ||∂ loss_i / ∂ x_i||²`` (double back-propagation)."""
+
+    name = "input_gradient_penalty"
+
+    def __init__(self, scale: float, label_smoothing: float = 0.0):
+        self.scale = _check_nonneg("input gradient penalty scale", scale)
+        self.ls = float(label_smoothing)
+
+    def penalty(self, model, x, y):
+        x = x.detach().requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(x), y, reduction="sum", label_smoothing=self.ls)
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+        return self.scale * g.pow(2).flatten(1).sum(1).mean()
+
+    def describe(self):
+        return {"name": self.name, "scale": self.scale}
+
+
+class LambdaPenalty(Regularizer):
+    """``scale · mean |d_n|`` over n = 1..order, K random input directions and the selected samples.
+
+    ``classes``: only samples whose (training) label is in this set are penalised; with no selected
+    sample in a batch the penalty is 0.  ``max_points`` caps the number of samples per batch
+    (the first ones of the shuffled batch).  The derivatives come from
+    ``lamda_ext.directional_derivs`` (differentiable with respect to the parameters).
+    """
+
+    name = "lambda_penalty"
+
+    def __init__(self, scale: float, order: int = 3, directions: int = 2, classes: Iterable[int] | None = None,
+                 backend: str = "auto", max_points: int | None = None, seed: int = 0):
+        self.scale = _check_nonneg("lambda penalty scale", scale)
+        if not 1 <= order <= 8:
+            raise ValueError(f"order must be in 1..8, got {order}")
+        if directions < 1:
+            raise ValueError(f"directions must be >= 1, got {directions}")
+        self.order, self.directions, self.backend = int(order), int(directions), backend
+        self.classes = None if classes is None else sorted({int(c) for c in classes})
+        self.max_points = max_points
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def select(self, y: torch.Tensor) -> torch.Tensor:
+        """Boolean mask ``[B]`` of the samples the penalty applies to."""
+        if self.classes is None:
+            m = torch.ones_like(y, dtype=torch.bool)
+        else:
+            m = torch.isin(y, torch.tensor(self.classes, device=y.device))
+        if self.max_points is not None:
+            m &= torch.cumsum(m.long(), 0) <= self.max_points
+        return m
+
+    def penalty(self, model, x, y):
+        import lamda_ext
+        m = self.select(y)
+        if not bool(m.any()):
+            return x.new_zeros(())
+        d = lamda_ext.directional_derivs(model, x[m], y[m], order=self.order, directions=self.directions,
+                                         wrt="input", backend=self.backend, generator=self.generator)
+        return self.scale * d.abs().mean()
+
+    def describe(self):
+        return {"name": self.name, "scale": self.scale, "order": self.order, "directions": self.directions,
+                "classes": self.classes, "backend": self.backend, "max_points": self.max_points}
+
+
+class RegularizerSet:
+    """A combination of regularisers, queried by the trainer."""
+
+    def __init__(self, pieces: Sequence[Regularizer] = ()):
+        pieces = list(pieces)
+        for p in pieces:
+            if not isinstance(p, Regularizer):
+                raise TypeError(f"expected Regularizer pieces, got {type(p).__name__}")
+        for kind in ("dropout", "weight_decay", "augmentation", "label_smoothing", "sam"):
+            if sum(p.name == kind for p in pieces) > 1:
+                raise ValueError(f"at most one {kind} regulariser per run, got {sum(p.name == kind for p in pieces)}")
+        self.pieces = pieces
+
+    def __iter__(self):
+        return iter(self.pieces)
+
+    def configure_model(self, model: nn.Module) -> nn.Module:
+        for p in self.pieces:
+            p.configure_model(model)
+        return model
+
+    def optimizer_kwargs(self) -> dict:
+        out: dict = {}
+        for p in self.pieces:
+            out.update(p.optimizer_kwargs())
+        return out
+
+    def transform(self, x, generator):
+        for p in self.pieces:
+            x = p.transform(x, generator)
+        return x
+
+    @property
+    def label_smoothing(self) -> float:
+        return max((p.label_smoothing for p in self.pieces), default=0.0)
+
+    @property
+    def sam_rho(self) -> float | None:
+        rhos = [p.sam_rho for p in self.pieces if p.sam_rho is not None]
+        return rhos[0] if rhos else None
+
+    @property
+    def has_penalty(self) -> bool:
+        return any(type(p).penalty is not Regularizer.penalty for p in self.pieces)
+
+    def penalties(self, model, x, y) -> dict[str, torch.Tensor]:
+        """Every penalty's differentiable value, keyed by name."""
+        out = {}
+        for p in self.pieces:
+            v = p.penalty(model, x, y)
+            if v is not None:
+                out[p.name] = out[p.name] + v if p.name in out else v
+        return out
+
+    def describe(self) -> list[dict]:
+        return [p.describe() for p in self.pieces]

@@ -1,0 +1,253 @@
+"""`lamda run diagnostic` / `lamda analyze`: output tree, npz keys and shapes, sharding, kill-and-resume."""
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lamda import io as lio
+from lamda.cli import main
+
+FAMILY_FILES = {
+    "01_baseline": "baseline_comparison.png",
+    "02_dropout": "dropout_comparison.png",
+    "03_weight_decay": "weight_decay_comparison.png",
+    "04_data_augmentation": "data_augmentation_comparison.png",
+    "05_label_smoothing": "label_smoothing_comparison.png",
+    "06_sam": "sam_comparison.png",
+    "07_input_gradient_penalty": "input_gradient_penalty_comparison.png",
+}
+# the smoke preset: every method at one (the middle) strength
+SMOKE_RUNS = ["01_baseline", "02_dropout/dropout_0.5", "03_weight_decay/weight_decay_0.001",
+              "04_data_augmentation/rotation_translation", "05_label_smoothing/label_smoothing_0.1",
+              "06_sam/sam_rho_0.1", "07_input_gradient_penalty/igp_0.1"]
+RUN_FILES = ["training_metrics.csv", "lambda_data.npz", "lambda_evolution.png", "final_model.pt"]
+SUMMARY_FILES = ["all_methods_comparison.png", "performance_vs_lambda.png", "generalization_gap_vs_lambda.png",
+                 "calibration_vs_lambda.png", "summary_statistics.csv"]
+VALIDATION_FILES = [
+    "direction_convergence/direction_convergence.png",
+    "order_sensitivity/order_sensitivity.png",
+    "temporal_directional_stability/spaghetti_plots.png",
+    "temporal_directional_stability/violin_evolution.png",
+    "temporal_directional_stability/cv_over_time.png",
+    "temporal_directional_stability/direction_correlation_matrix.png",
+    "joint_K_order_optimization/lambda_heatmap.png",
+    "joint_K_order_optimization/stderr_heatmap.png",
+    "joint_K_order_optimization/cv_heatmap.png",
+    "joint_K_order_optimization/deviation_heatmap.png",
+    "joint_K_order_optimization/pareto_frontier.png",
+    "joint_K_order_optimization/per_method_grid.png",
+    "joint_K_order_optimization/temporal_evolution.gif",
+    "joint_K_order_optimization/optimal_config_recommendations.txt",
+]
+
+
+def check_dataset_tree(root: pathlib.Path, runs, epochs: int, points: int):
+    """Every file of the issue's tree, and the npz keys/shapes of every run."""
+    M = len([e for e in range(epochs + 1) if e <= 10 or e == epochs])   # schedule for epochs <= 11
+    for f in SUMMARY_FILES:
+        assert (root / "00_summary" / f).is_file(), f
+    for f in VALIDATION_FILES:
+        assert (root / "validation_analysis" / f).is_file(), f
+    fams = {r.split("/")[0] for r in runs}
+    for fam in fams:
+        assert (root / fam / FAMILY_FILES[fam]).is_file(), fam
+    for r in runs:
+        for f in RUN_FILES:
+            assert (root / r / f).is_file(), f"{r}/{f}"
+        z = lio.read_npz(root / r / "lambda_data.npz")
+        assert z["derivatives"].shape == (M, 15, 6)
+        assert z["log_abs_derivatives"].shape == (M, 15, 6)
+        assert z["derivatives_per_point"].shape == (M, points, 15, 6)
+        assert z["lambda_values"].shape == (M, 15)
+        for k in ("epochs", "train_acc", "test_acc", "train_loss", "test_loss"):
+            assert z[k].shape == (M,), k
+        assert z["direction_seeds"].ndim == 1 and z["measurement_indices"].shape == (points,)
+        assert np.all(np.isfinite(z["lambda_values"]))
+        assert not (root / r / "checkpoint.pt").exists()
+        rows = lio.read_csv(root / r / "training_metrics.csv")
+        assert [row["epoch"] for row in rows] == list(range(epochs + 1))
+        for col in ("train_acc", "test_acc", "train_loss", "test_loss", "gap", "ece", "lambda_mean"):
+            assert col in rows[0]
+        assert lio.load_checkpoint(root / r / "final_model.pt")["complete"]
+    stats = lio.read_csv(root / "00_summary" / "summary_statistics.csv")
+    assert len(stats) == len(runs)
+
+
+def check_every_file_loads(out: pathlib.Path):
+    from PIL import Image
+    for p in out.rglob("*"):
+        if p.is_dir():
+            continue
+        assert ".tmp" not in p.name and p.name != "checkpoint.pt", p
+        if p.suffix == ".npz":
+            lio.read_npz(p)
+        elif p.suffix == ".csv":
+            assert lio.read_csv(p)
+        elif p.suffix == ".json":
+            lio.read_json(p)
+        elif p.suffix == ".pt":
+            lio.load_checkpoint(p)
+        elif p.suffix in (".png", ".gif"):
+            with Image.open(p) as im:
+                im.verify()
+
+
+def test_smoke_mnist_acceptance(data_root, tmp_path):
+    """The issue's acceptance command: smoke preset on MNIST, whole tree, then `lamda analyze` from disk."""
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    assert main(["run", "diagnostic", "--dataset", "mnist", "--preset", "smoke", "--data-root", str(data_root),
+                 "--out", str(out), "--no-progress"]) == 0
+    elapsed = time.perf_counter() - t0
+    assert (out / "experiment_config.json").is_file() and (out / "summary.md").is_file()
+    check_dataset_tree(out, SMOKE_RUNS, epochs=2, points=8)
+    check_every_file_loads(out)
+    summary = (out / "summary.md").read_text()
+    assert "| method | test acc |" in summary
+    assert summary.count("**H") == 4 and ("Pearson r" in summary or "not enough data" in summary)
+    for r in SMOKE_RUNS:
+        assert f"| {lio.read_json(out / r / 'config.json')['label']} |" in summary
+    # regenerate every analysis from disk alone
+    before = summary
+    for d in ("00_summary", "validation_analysis"):
+        shutil.rmtree(out / d)
+    (out / "summary.md").unlink()
+    for r in SMOKE_RUNS:
+        (out / r / "lambda_evolution.png").unlink()
+    for fam, f in FAMILY_FILES.items():
+        (out / fam / f).unlink()
+    assert main(["analyze", str(out)]) == 0
+    check_dataset_tree(out, SMOKE_RUNS, epochs=2, points=8)
+    assert (out / "summary.md").read_text() == before
+    print(f"smoke mnist: {elapsed:.1f} s")
+
+
+def test_offline_digits_with_shards(tmp_path):
+    """Digits needs no data root; two shards fill one grid and the second one writes the analyses."""
+    out = tmp_path / "out"
+    common = ["run", "diagnostic", "--preset", "smoke", "--methods", "baseline,dropout,sam", "--epochs", "1",
+              "--points", "4", "--out", str(out), "--no-progress"]
+    assert main(common + ["--shard", "0/2"]) == 0
+    assert (out / "01_baseline" / "final_model.pt").is_file() and (out / "06_sam" / "sam_rho_0.1" / "final_model.pt").is_file()
+    assert not (out / "02_dropout" / "dropout_0.5" / "final_model.pt").exists()
+    assert not (out / "summary.md").exists()
+    assert main(common + ["--shard", "1/2"]) == 0
+    runs = ["01_baseline", "02_dropout/dropout_0.5", "06_sam/sam_rho_0.1"]
+    check_dataset_tree(out, runs, epochs=1, points=4)
+    assert "## digits" in (out / "summary.md").read_text()
+    # a different configuration in the same folder is refused
+    assert main(["run", "diagnostic", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 2
+    with pytest.raises(SystemExit):
+        main(common + ["--shard", "2/2", "--bogus"])
+    assert main(common + ["--shard", "2/2"]) == 2
+
+
+def test_both_datasets_put_cifar_in_a_subtree(data_root, tmp_path):
+    if not (data_root / "CIFAR10-jpeg").is_dir():
+        pytest.skip("CIFAR10-jpeg not in the data root")
+    out = tmp_path / "out"
+    assert main(["run", "diagnostic", "--dataset", "both", "--preset", "smoke", "--methods", "baseline,augmentation",
+                 "--epochs", "1", "--points", "4", "--data-root", str(data_root), "--out", str(out),
+                 "--no-progress"]) == 0
+    check_dataset_tree(out, ["01_baseline", "04_data_augmentation/rotation_translation"], epochs=1, points=4)
+    check_dataset_tree(out / "cifar10", ["01_baseline", "04_data_augmentation/crop_flip_rotation"], epochs=1, points=4)
+    s = (out / "summary.md").read_text()
+    assert "## mnist" in s and "## cifar10" in s
+
+
+def test_kill_and_resume(tmp_path):
+    """Kill the CLI mid-run (a checkpoint on disk), start it again: same tree, every file loads."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lamda.cli", "run", "diagnostic", "--preset", "smoke", "--methods",
+           "baseline,dropout,weight_decay", "--points", "4", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    target = out / "02_dropout" / "dropout_0.5" / "checkpoint.pt"
+    deadline = time.time() + 240
+    try:
+        while not target.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert target.exists(), f"no mid-run checkpoint appeared (rc={proc.poll()}): {proc.stderr.read()[-2000:]!r}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert not (out / "summary.md").exists()
+    base_mtime = (out / "01_baseline" / "final_model.pt").stat().st_mtime_ns
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "01_baseline finished earlier, skipped" in done.stdout
+    assert (out / "01_baseline" / "final_model.pt").stat().st_mtime_ns == base_mtime
+    runs = ["01_baseline", "02_dropout/dropout_0.5", "03_weight_decay/weight_decay_0.001"]
+    check_dataset_tree(out, runs, epochs=2, points=4)
+    check_every_file_loads(out)
+
+
+def test_registry_and_shard_parsing():
+    from lamda.experiments import get, parse_shard, registry
+    assert "diagnostic" in registry() and get("diagnostic").analyze is not None
+    assert parse_shard(None) == (0, 1) and parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "1", "a/b", "0/0"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+    with pytest.raises(ValueError, match="unknown experiment"):
+        get("nope")
+
+
+def test_plan_runs_matches_the_issue():
+    from lamda.experiments.diagnostic import plan_runs
+    full = [s.rel for s in plan_runs("mnist", "full")]
+    assert len(full) == 17 and full[0] == "01_baseline" and full[1] == "02_dropout/dropout_0.3"
+    assert full[-1] == "07_input_gradient_penalty/igp_1.0"
+    assert "04_data_augmentation/rotation_translation" in full
+    assert [s.rel for s in plan_runs("mnist", "smoke")] == SMOKE_RUNS
+    cifar = [s.rel for s in plan_runs("cifar10", "full")]
+    assert len(cifar) == 18
+    assert "04_data_augmentation/crop_flip" in cifar and "04_data_augmentation/crop_flip_rotation" in cifar
+    s = plan_runs("cifar10", "full")[0].settings
+    assert (s["train"], s["test"], s["epochs"], s["lr"], s["schedule"]) == (10000, 1000, 100, 3e-3, "cosine")
+    with pytest.raises(ValueError, match="unknown method"):
+        plan_runs("mnist", "smoke", ["bogus"])
+
+
+def test_onset_rules_on_hand_made_series():
+    from lamda.analysis.diagnostic import accuracy_degradation_onset, convergence_epoch, lambda_onset
+    acc = [0.1, 0.8, 0.9, 0.95, 0.949, 0.93, 0.92]
+    rows = [{"epoch": e, "test_acc": a} for e, a in enumerate(acc)]
+    assert accuracy_degradation_onset(rows) == 5          # from epoch 5 on ≥ 1 pp below the 0.95 peak (epoch 3)
+    dip = [{"epoch": e, "test_acc": a} for e, a in enumerate([0.1, 0.9, 0.95, 0.93, 0.95, 0.92, 0.93, 0.94])]
+    assert accuracy_degradation_onset(dip) == 5           # the one-epoch dip at 3 recovers; 5.. stays below 0.94
+    assert accuracy_degradation_onset(dip[:5]) is None
+    assert convergence_epoch(rows) == 3
+    assert accuracy_degradation_onset(rows[:5]) is None
+    epochs = np.array([0, 1, 2, 3, 4, 5, 6])
+    base = np.array([-6.0, -4.0, -3.5, -3.0, -3.0, -2.5, -2.4])
+    lam = base[:, None] + np.array([-0.01, 0.0, 0.01])[None, :]    # se = 0.01/sqrt(3)
+    assert lambda_onset(epochs, lam, ref_epoch=3) == 5
+    assert lambda_onset(epochs[:5], lam[:5], ref_epoch=3) is None
+    assert lambda_onset(epochs, lam, ref_epoch=0) == 1
+
+
+def test_joint_metrics_on_exact_lines():
+    """log|d_n| exactly linear in n with slope s_k per direction: every window gives λ_k = s_k."""
+    from lamda.analysis.diagnostic import WINDOWS, joint_metrics, meets
+    s = np.linspace(-2.0, -1.0, 15)
+    n = np.arange(1, 7)
+    log_abs = (0.3 + s[:, None] * n[None, :])[None].repeat(2, 0)            # [M=2, 15, 6]
+    jm = joint_metrics(log_abs, ks=(1, 5, 15), windows=WINDOWS, n_subsets=400, seed=1)
+    sd = s.std(ddof=1)
+    np.testing.assert_allclose(jm["lambda"][:, 2, :], s.mean())
+    np.testing.assert_allclose(jm["deviation"][:, 2, :], 0.0, atol=1e-12)
+    np.testing.assert_allclose(jm["stderr"][:, 0, :], sd)
+    np.testing.assert_allclose(jm["stderr"][:, 1, :], sd / np.sqrt(5))
+    np.testing.assert_allclose(jm["cv"][:, 2, :], sd / np.sqrt(15) / abs(s.mean()))
+    # K = 1: expected |s_k − mean| / |mean| averaged over k (400 random draws of one direction)
+    exp1 = np.mean(np.abs(s - s.mean())) / abs(s.mean())
+    assert jm["deviation"][0, 0, 0] == pytest.approx(exp1, rel=0.1)
+    ok = meets(jm, -1)
+    assert ok[2].all() and not ok[0].any()           # stderr at K=1 is sd ≈ 0.31 > 0.1
