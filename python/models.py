@@ -20,16 +20,19 @@ __all__ = ["MnistCNN", "SigmoidMLP", "CifarCNN", "CifarResNet", "BasicBlock",
 
 
 class MnistCNN(nn.Module):
-    """The classic Keras MNIST CNN. Input ``[B, 1, 28, 28]`` → logits ``[B, 10]``."""
+    """The classic Keras MNIST CNN. Input ``[B, 1, 28, 28]`` → logits ``[B, 10]``.
 
-    def __init__(self, dropout: float = 0.25, dropout_fc: float | None = None, num_classes: int = 10):
+    ``dropout`` follows the pooled conv features, ``dropout_fc`` the 128-unit layer (Keras: 0.25, 0.5).
+    """
+
+    def __init__(self, dropout: float = 0.25, dropout_fc: float = 0.5, num_classes: int = 10):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, 3)
         self.conv2 = nn.Conv2d(32, 64, 3)
         self.pool = nn.MaxPool2d(2)
         self.drop1 = nn.Dropout(dropout)
         self.fc1 = nn.Linear(9216, 128)
-        self.drop2 = nn.Dropout(2 * dropout if dropout_fc is None else dropout_fc)
+        self.drop2 = nn.Dropout(dropout_fc)
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x):

@@ -1,0 +1,128 @@
+"""Plumbing shared by the ``selective``, ``landscape``, ``spectrum`` and ``probe`` experiments.
+
+- :func:`parse_seeds`: ``--seeds 42,43`` → ``[42, 43]`` (default: ``n`` seeds from ``--seed``).
+- :func:`open_results_folder`: writes ``config.json`` (and ``experiment_config.json``, which
+  ``lamda analyze DIR`` reads) or, on a restart, checks that the folder holds the same settings.
+- :func:`load_mnist_like`: MNIST from the data root, or the offline ``digits`` set when it is absent.
+- :func:`group_mean_std`, :func:`markdown_table`, :func:`pm`: tables for ``summary.md``.
+- :func:`my_cells`: the cells of a grid that ``--shard i/n`` gives to this process.
+"""
+from __future__ import annotations
+
+import pathlib
+import warnings
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .. import io as lio
+from ..analysis.stats import fmt
+from ..data import load_dataset
+from . import parse_shard
+
+__all__ = ["parse_seeds", "open_results_folder", "load_mnist_like", "group_mean_std", "markdown_table", "pm",
+           "my_cells", "fmt", "finite_mean_std"]
+
+
+def parse_seeds(spec: str | None, base: int, n: int) -> list[int]:
+    """``"42,43,44"`` → ``[42, 43, 44]``; None/"" → ``[base, base + 1, …]`` (``n`` seeds)."""
+    if spec is None or str(spec).strip() == "":
+        return [int(base) + i for i in range(int(n))]
+    try:
+        seeds = [int(s) for s in str(spec).split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be a comma-separated list of integers, got {spec!r}") from None
+    if not seeds:
+        raise ValueError(f"--seeds holds no seed: {spec!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds repeats a seed: {spec!r}")
+    return seeds
+
+
+def open_results_folder(out: pathlib.Path, config: dict, identity: Sequence[str]) -> None:
+    """Write ``config.json`` + ``experiment_config.json`` under ``out``; on a restart compare ``identity`` keys.
+
+    Raises ``ValueError`` when ``out`` already holds a run with other settings (resuming needs the same ones).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "experiment_config.json"
+    if path.exists():
+        old = lio.read_json(path)
+        new = lio._jsonable(config)
+        diff = [k for k in identity if old.get(k) != new.get(k)]
+        if diff:
+            raise ValueError(f"{out} holds a different run ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
+                             f"choose another --out or repeat the same settings to resume")
+    lio.write_json(path, config)
+    lio.write_json(out / "config.json", config)
+
+
+def load_mnist_like(dataset: str, root, *, train_size: int | None, test_size: int | None, seed: int,
+                    label_noise: float = 0.0, download: bool = False):
+    """``dataset`` = ``"mnist"``, ``"digits"`` or ``"auto"`` (MNIST when found under ``root``, else digits).
+
+    Returns ``(data, name, note)``; ``note`` says why digits were used ("" otherwise). Subset sizes larger
+    than the digits set are clipped for digits (it has 1200 train / 597 test images).
+    """
+    if dataset not in ("auto", "mnist", "digits"):
+        raise ValueError(f"dataset must be auto, mnist or digits, got {dataset!r}")
+    if dataset in ("auto", "mnist"):
+        try:
+            data = load_dataset("mnist", root=root, train_size=train_size, test_size=test_size, seed=seed,
+                                label_noise=label_noise, download=download)
+            return data, "mnist", ""
+        except FileNotFoundError as exc:
+            if dataset == "mnist":
+                raise
+            note = f"MNIST not found ({str(exc).splitlines()[0]}); used the offline digits set instead"
+            warnings.warn(note)
+    else:
+        note = "the offline digits set was asked for"
+    tr = None if train_size is None else min(train_size, 1200)
+    te = None if test_size is None else min(test_size, 597)
+    data = load_dataset("digits", train_size=tr, test_size=te, seed=seed, label_noise=label_noise)
+    return data, "digits", note
+
+
+def finite_mean_std(values: Iterable) -> tuple[float, float, int]:
+    """Mean, sample std (ddof=1; 0 for one value) and count of the finite values (NaN, NaN, 0 when none)."""
+    v = np.array([float(x) if x is not None else np.nan for x in values], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+
+
+def group_mean_std(rows: list[dict], key: str, columns: Sequence[str], order: Sequence | None = None) -> list[dict]:
+    """One row per value of ``key``: ``{key, n, <col>_mean, <col>_std, <col>_n}`` over the finite values."""
+    groups = list(order) if order is not None else list(dict.fromkeys(r[key] for r in rows))
+    out = []
+    for g in groups:
+        sel = [r for r in rows if r[key] == g]
+        if not sel:
+            continue
+        row = {key: g, "n": len(sel)}
+        for c in columns:
+            m, s, n = finite_mean_std(r.get(c) for r in sel)
+            row[f"{c}_mean"], row[f"{c}_std"], row[f"{c}_n"] = m, s, n
+        out.append(row)
+    return out
+
+
+def pm(mean, std, spec: str = ".3f") -> str:
+    """``"m ± s"`` (``"n/a"`` for missing values)."""
+    if mean is None or not np.isfinite(float(mean)):
+        return "n/a"
+    return f"{fmt(mean, spec)} ± {fmt(std, spec)}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def my_cells(cells: list, shard_spec: str | None) -> list:
+    """The cells (in order) that ``--shard i/n`` assigns to this process: every n-th, starting at i."""
+    i, n = parse_shard(shard_spec)
+    return [c for j, c in enumerate(cells) if j % n == i]
