@@ -84,7 +84,7 @@ def _fused_available() -> bool:
 def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, order: int = 6,
                        directions: Union[int, torch.Tensor] = 15, loss: LossSpec = "cross_entropy",
                        wrt: str = "input", backend: str = "auto", generator: Optional[torch.Generator] = None,
-                       label_smoothing: float = 0.0) -> torch.Tensor:
+                       label_smoothing: float = 0.0, return_loss: bool = False):
     """n-th directional derivatives of the loss, n = 1..order.
 
     Args:
@@ -106,8 +106,12 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
             warning naming the op).
         generator: ``torch.Generator`` for the random directions.
         label_smoothing: for cross-entropy, as in ``torch.nn.functional.cross_entropy``.
+        return_loss: also return the per-sample loss at t = 0, ``[B]``, from the same forward pass
+            (one dropout mask; batch-norm running statistics are not updated), so a penalised training
+            step ``loss.mean() + scale * d.abs().mean()`` needs no second forward pass.
 
-    The result is differentiable with respect to the model parameters when grad mode is on.
+    Returns ``derivs`` or ``(derivs, loss)``; both are differentiable with respect to the model
+    parameters when grad mode is on.
     """
     _check_model_and_x(model, x)
     _check_order(order)
@@ -128,7 +132,8 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
                            "`pip install --no-build-isolation .` or use backend='taylor'")
     name = backend if backend != "auto" else ("fused" if _fused_available() else "taylor")
     with frozen_batchnorm_stats(model):
-        return _run(name, backend == "auto", model, x, y, dirs, order, loss, wrt, label_smoothing)
+        derivs, loss0 = _run(name, backend == "auto", model, x, y, dirs, order, loss, wrt, label_smoothing)
+    return (derivs, loss0) if return_loss else derivs
 
 
 def _run(name, fallback, model, x, y, dirs, order, loss, wrt, ls):

@@ -195,3 +195,21 @@ def test_no_grad_mode_gives_the_same_numbers(backend):
     assert not without.requires_grad
     torch.testing.assert_close(without, with_grad.detach())
     assert without.abs().amax() > 0
+
+
+@pytest.mark.parametrize("wrt", ["input", "params"])
+@pytest.mark.parametrize("backend", ["autograd", "func", "taylor", "fused"])
+def test_return_loss_is_the_loss_at_t0_with_the_same_dropout_mask(backend, wrt):
+    """The per-sample loss comes from the same pass (same dropout mask) and trains like a plain forward."""
+    _needs(backend)
+    m, x, y = build("sequential")
+    m.train()
+    torch.manual_seed(11)
+    d, loss = lamda_ext.directional_derivs(m, x, y, order=3, directions=2, backend=backend, wrt=wrt,
+                                           return_loss=True, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(11)
+    want = torch.nn.functional.cross_entropy(m(x), y, reduction="none")
+    torch.testing.assert_close(loss, want)
+    assert d.shape == ((x.shape[0], 2, 3) if wrt == "input" else (2, 3))
+    (loss.mean() + d.abs().mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())

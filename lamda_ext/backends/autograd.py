@@ -29,11 +29,12 @@ def _nested(s: torch.Tensor, t: torch.Tensor, order: int, read) -> list:
 def _input_derivs(model, x, y, u, order, loss, label_smoothing=0.0, keep_graph=True):
     loss_fn = resolve_loss(loss, label_smoothing)
     replay = RngReplay(x.device)
-    per_dir = []
+    per_dir, loss0 = [], None
     for k in range(u.shape[0]):
         replay.reset()
         t = x.new_zeros((), requires_grad=True)
         per_sample = loss_fn(model(x + t * u[k]), y)
+        loss0 = per_sample if loss0 is None else loss0
         w = torch.ones_like(per_sample, requires_grad=True)
         ds = _nested((w * per_sample).sum(), t, order,
                      lambda s: torch.autograd.grad(s, w, create_graph=keep_graph, retain_graph=True,
@@ -41,7 +42,7 @@ def _input_derivs(model, x, y, u, order, loss, label_smoothing=0.0, keep_graph=T
         ds = [d if d is not None else x.new_zeros(x.shape[0]) for d in ds]
         ds += [x.new_zeros(x.shape[0])] * (order - len(ds))
         per_dir.append(torch.stack(ds, dim=-1))
-    return torch.stack(per_dir, dim=1)
+    return torch.stack(per_dir, dim=1), loss0
 
 
 def perturbed_call(model, x, v_k: torch.Tensor, t: torch.Tensor):
@@ -57,30 +58,32 @@ def perturbed_call(model, x, v_k: torch.Tensor, t: torch.Tensor):
 def _params_derivs(model, x, y, v, order, loss, label_smoothing=0.0, keep_graph=True):
     loss_fn = resolve_loss(loss, label_smoothing)
     replay = RngReplay(x.device)
-    per_dir = []
+    per_dir, loss0 = [], None
     for k in range(v.shape[0]):
         replay.reset()
         t = x.new_zeros((), requires_grad=True)
-        s = loss_fn(perturbed_call(model, x, v[k], t), y).mean()
+        per_sample = loss_fn(perturbed_call(model, x, v[k], t), y)
+        loss0 = per_sample if loss0 is None else loss0
+        s = per_sample.mean()
         ds = _nested(s, t, order, lambda s: s)
         ds += [x.new_zeros(())] * (order - len(ds))
         per_dir.append(torch.stack(ds))
-    return torch.stack(per_dir)
+    return torch.stack(per_dir), loss0
 
 
 def _graded(fn, *args):
     """Run with grad mode on (nested autograd needs it); detach when the caller had it off."""
     caller = torch.is_grad_enabled()
     with HigherOrderSafe(), torch.enable_grad():
-        out = fn(*args, keep_graph=caller)
-    return out if caller else out.detach()
+        derivs, loss0 = fn(*args, keep_graph=caller)
+    return (derivs, loss0) if caller else (derivs.detach(), loss0.detach())
 
 
 def input_derivs(model, x, y, u, order, loss, label_smoothing=0.0):
-    """d^n/dt^n loss_b(x + t·u_k): x ``[B, ...]``, u ``[K, B, ...]`` → ``[B, K, order]``."""
+    """d^n/dt^n loss_b(x + t·u_k): x ``[B, ...]``, u ``[K, B, ...]`` → (``[B, K, order]``, loss ``[B]``)."""
     return _graded(_input_derivs, model, x, y, u, order, loss, label_smoothing)
 
 
 def params_derivs(model, x, y, v, order, loss, label_smoothing=0.0):
-    """d^n/dt^n of the batch-mean loss at θ + t·v_k: v ``[K, P]`` → ``[K, order]``."""
+    """d^n/dt^n of the batch-mean loss at θ + t·v_k: v ``[K, P]`` → (``[K, order]``, loss ``[B]``)."""
     return _graded(_params_derivs, model, x, y, v, order, loss, label_smoothing)

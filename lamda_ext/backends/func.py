@@ -27,7 +27,7 @@ def _input_derivs(model, x, y, u, order, loss, label_smoothing=0.0):
         replay.reset()
         vals = _all_orders(lambda t: loss_fn(model(x + t * u[k]), y), x.new_zeros(()), order)
         per_dir.append(torch.stack(vals[1:], dim=-1))
-    return torch.stack(per_dir, dim=1)
+    return torch.stack(per_dir, dim=1), vals[0]
 
 
 def _params_derivs(model, x, y, v, order, loss, label_smoothing=0.0):
@@ -36,9 +36,15 @@ def _params_derivs(model, x, y, v, order, loss, label_smoothing=0.0):
     per_dir = []
     for k in range(v.shape[0]):
         replay.reset()
-        vals = _all_orders(lambda t: loss_fn(perturbed_call(model, x, v[k], t), y).mean(), x.new_zeros(()), order)
-        per_dir.append(torch.stack(vals[1:]))
-    return torch.stack(per_dir)
+        vals = _all_orders(lambda t: _mean_with_samples(loss_fn(perturbed_call(model, x, v[k], t), y)),
+                           x.new_zeros(()), order)
+        per_dir.append(torch.stack([val[0] for val in vals[1:]]))
+    return torch.stack(per_dir), vals[0][1]
+
+
+def _mean_with_samples(per_sample: torch.Tensor):
+    """(batch mean, per-sample losses): the mean is differentiated, the samples ride along."""
+    return per_sample.mean(), per_sample
 
 
 def input_derivs(model, x, y, u, order, loss, label_smoothing=0.0):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import op_rules  # noqa: F401  (fills the rule table)
+from ..losses import cross_entropy_per_sample, resolve_loss
 from .impl import Composite
 from .series import RunContext, TaylorSeries, is_series
 
@@ -22,15 +23,16 @@ _FACT = [float(math.factorial(n)) for n in range(10)]
 
 
 def _head_terms(out, y, loss, label_smoothing: float, ctx: RunContext):
-    """Per-sample loss series as true derivatives ``[K, B, N]``, or None if out is constant."""
+    """Per-sample loss at t = 0 ``[B]`` and its derivatives ``[K, B, N]`` (None if out is constant in t)."""
     n = ctx.order
     if not is_series(out):
-        return None
+        return resolve_loss(loss, label_smoothing)(out, y), None
     if loss == "cross_entropy":
         if out.c0.dim() != 2:
             raise ValueError(f"cross-entropy needs logits of shape [B, classes], the model returned {list(out.shape)}")
         if out.degree == 1:
-            return ctx.impl.cross_entropy_deg1(out.c0, out.hi[0], y, n, label_smoothing)
+            return (cross_entropy_per_sample(out.c0, y, label_smoothing),
+                    ctx.impl.cross_entropy_deg1(out.c0, out.hi[0], y, n, label_smoothing))
         terms = ctx.impl.cross_entropy(out.terms(), y, n + 1, label_smoothing)
     elif loss == "mse":
         diff = op_rules.sub(out, y)
@@ -40,28 +42,31 @@ def _head_terms(out, y, loss, label_smoothing: float, ctx: RunContext):
     elif callable(loss):
         per = loss(out, y)
         if not is_series(per):
-            return None
+            return per, None
         if per.c0.dim() != 1:
             raise ValueError(f"a callable loss must return per-sample losses [B], got shape {list(per.shape)}")
         terms = per.terms()
     else:
         raise ValueError(f"unknown loss {loss!r}")
     k, b = ctx.k, out.c0.shape[0]
+    if len(terms) == 1:
+        return terms[0], None
     derivs = [terms[i].expand(k, b) * _FACT[i] if i < len(terms) else terms[1].new_zeros(k, b)
               for i in range(1, n + 1)]
-    return torch.stack(derivs, dim=-1)
+    return terms[0], torch.stack(derivs, dim=-1)
 
 
 def input_derivs(model: nn.Module, x: torch.Tensor, y, u: torch.Tensor, order: int, loss,
-                 label_smoothing: float = 0.0, impl=None) -> torch.Tensor:
-    """d^n/dt^n loss_b(x + t·u_k), n = 1..order. x ``[B, ...]``, u ``[K, B, ...]`` → ``[B, K, order]``."""
+                 label_smoothing: float = 0.0, impl=None):
+    """d^n/dt^n loss_b(x + t·u_k), n = 1..order. x ``[B, ...]``, u ``[K, B, ...]`` →
+    (``[B, K, order]``, per-sample loss at t = 0 ``[B]``)."""
     ctx = RunContext(order, u.shape[0], impl or Composite(), model)
     with ctx.active():
         out = model(TaylorSeries(x, u.unsqueeze(0)))
-        d = _head_terms(out, y, loss, label_smoothing, ctx)
+        loss0, d = _head_terms(out, y, loss, label_smoothing, ctx)
     if d is None:
-        return x.new_zeros(x.shape[0], u.shape[0], order)
-    return d.transpose(0, 1)
+        return x.new_zeros(x.shape[0], u.shape[0], order), loss0
+    return d.transpose(0, 1), loss0
 
 
 @contextlib.contextmanager
@@ -89,12 +94,12 @@ def _series_parameters(model: nn.Module, v: torch.Tensor):
 
 
 def params_derivs(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, order: int, loss,
-                  label_smoothing: float = 0.0, impl=None) -> torch.Tensor:
-    """d^n/dt^n of the batch-mean loss at θ + t·v_k. v ``[K, P]`` → ``[K, order]``."""
+                  label_smoothing: float = 0.0, impl=None):
+    """d^n/dt^n of the batch-mean loss at θ + t·v_k. v ``[K, P]`` → (``[K, order]``, per-sample loss ``[B]``)."""
     ctx = RunContext(order, v.shape[0], impl or Composite(), model)
     with ctx.active(), _series_parameters(model, v):
         out = model(x)
-        d = _head_terms(out, y, loss, label_smoothing, ctx)
+        loss0, d = _head_terms(out, y, loss, label_smoothing, ctx)
     if d is None:
-        return x.new_zeros(v.shape[0], order)
-    return d.mean(dim=1)
+        return x.new_zeros(v.shape[0], order), loss0
+    return d.mean(dim=1), loss0

@@ -8,7 +8,9 @@ degree (coefficients past D are exactly zero).
 It is not a ``torch.Tensor``: it implements ``__torch_function__``, so torch functions,
 ``torch.nn.functional`` calls and tensor methods used by a model's ``forward`` are
 routed to the rule table in :mod:`lamda_ext.taylor.op_rules`. An op without a rule
-raises ``NotImplementedError`` naming the op and the module that called it.
+raises ``NotImplementedError`` naming the op and the module that called it. Values read
+in Python (``bool(x.sum() > 0)``, ``x.item()``, comparisons) are the primal's, which is
+exactly what autograd differentiates through: branches are taken at t = 0.
 """
 from __future__ import annotations
 
