@@ -9,6 +9,7 @@ Core API:
     build_info          what the C++/CUDA extension was built with
 """
 from ._ext import build_info
+from ._state import frozen_batchnorm_stats
 from .curvature import curvature_rate
 from .derivs import directional_derivs
 from .hessian import HessianOperator, hessian_density, hessian_eigs, hessian_trace
@@ -20,4 +21,4 @@ __version__ = "0.1.0"
 
 __all__ = ["directional_derivs", "curvature_rate", "random_directions", "random_param_directions",
            "num_parameters", "resolve_loss", "build_info", "hvp", "HessianOperator", "hessian_eigs",
-           "hessian_trace", "hessian_density"]
+           "hessian_trace", "hessian_density", "frozen_batchnorm_stats"]

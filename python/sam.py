@@ -5,7 +5,7 @@ One SAM update: the gradient g at w (first, unperturbed pass) gives the ascent s
 ``w + e`` (second pass) is then applied at w by the base optimizer.
 
 Batch-norm statistics are taken from the unperturbed pass: with ``model=`` given, ``first_step``
-freezes the running statistics of every batch-norm module (momentum 0, counters restored) and
+freezes the running statistics of every train-mode batch norm (lamda_ext.frozen_batchnorm_stats) and
 ``second_step`` releases them, so the second forward pass normalises with its batch statistics but
 leaves the running averages untouched. :func:`bn_frozen` does the same as a context manager.
 
@@ -26,43 +26,20 @@ or with a closure that computes the loss and calls ``backward`` (SAM zeroes the 
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 
-__all__ = ["SAM", "bn_frozen", "freeze_bn_stats", "restore_bn_stats"]
+from lamda_ext import frozen_batchnorm_stats
+
+__all__ = ["SAM", "bn_frozen"]
 
 
-def freeze_bn_stats(model: nn.Module) -> list:
-    """Stop every batch norm of ``model`` from updating its running statistics; returns what
-    :func:`restore_bn_stats` needs to undo it."""
-    saved = []
-    for mod in model.modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
-            nbt = mod.num_batches_tracked.clone() if mod.num_batches_tracked is not None else None
-            saved.append((mod, mod.momentum, nbt))
-            mod.momentum = 0.0  # running = (1 - 0) · running + 0 · batch
-    return saved
-
-
-def restore_bn_stats(saved: list) -> None:
-    """Undo :func:`freeze_bn_stats` (momenta and ``num_batches_tracked`` counters)."""
-    for mod, momentum, nbt in saved:
-        mod.momentum = momentum
-        if nbt is not None:
-            mod.num_batches_tracked.copy_(nbt)
-
-
-@contextlib.contextmanager
-def bn_frozen(model: nn.Module) -> Iterator[None]:
-    """Within the block, batch norms normalise as usual but their running statistics stay fixed."""
-    saved = freeze_bn_stats(model)
-    try:
-        yield
-    finally:
-        restore_bn_stats(saved)
+def bn_frozen(model: nn.Module):
+    """Within the block, batch norms normalise with batch statistics but their running statistics stay
+    fixed (the same mechanism a λ measurement uses: :func:`lamda_ext.frozen_batchnorm_stats`)."""
+    return frozen_batchnorm_stats(model)
 
 
 class SAM(torch.optim.Optimizer):
@@ -120,7 +97,8 @@ class SAM(torch.optim.Optimizer):
                 p.add_(e)
                 self.state[p]["e_w"] = e
         if self.model is not None:
-            self._bn_saved = freeze_bn_stats(self.model)
+            self._bn_saved = bn_frozen(self.model)
+            self._bn_saved.__enter__()
         if zero_grad:
             self.zero_grad()
 
@@ -133,7 +111,7 @@ class SAM(torch.optim.Optimizer):
                 if e is not None:
                     p.sub_(e)
         if self._bn_saved is not None:
-            restore_bn_stats(self._bn_saved)
+            self._bn_saved.__exit__(None, None, None)
             self._bn_saved = None
         self.base_optimizer.step()
         self._opt_called = True  # an optimizer step happened (what LR schedulers attached to SAM check)

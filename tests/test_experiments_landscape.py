@@ -1,7 +1,5 @@
 """`lamda run landscape --preset smoke` (CIFAR-10): the results folder, its column names, and consistency."""
 import numpy as np
-import pytest
-import torch
 
 from lamda import io as lio
 from lamda.cli import main
@@ -13,15 +11,6 @@ TOP_FILES = ["config.json", "experiment_config.json", "summary.md", "summary_tab
              "surface_contour_cnn.png", "surface_3d_cnn.png", "surface_contour_resnet.png", "surface_3d_resnet.png"]
 RUN_FILES = ["training_metrics.csv", "config.json", "final_model.pt", "analysis.json", "hessian.npz"]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded: on a shared 2-core machine two OpenMP threads per process oversubscribe the cores and
-    slow these small-tensor workloads 10-30x (measured); results do not depend on the thread count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_landscape_smoke_writes_every_file(data_root, tmp_path, capsys):

@@ -2,8 +2,6 @@
 import math
 
 import numpy as np
-import pytest
-import torch
 
 from lamda import io as lio
 from lamda.cli import main
@@ -14,15 +12,6 @@ TOP_FILES = ["config.json", "experiment_config.json", "summary.md", "results.csv
 RESULT_COLUMNS = ["optimizer", "seed", "final_test_acc", "final_test_loss", "final_train_loss", "mean_curvature",
                   "final_curvature", "final_lr", "train_time_s"]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded: on a shared 2-core machine two OpenMP threads per process oversubscribe the cores and
-    slow these small-tensor workloads 10-30x (measured); results do not depend on the thread count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_probe_smoke_writes_every_file(data_root, tmp_path, capsys):

@@ -16,15 +16,6 @@ TOP_FILES = ["config.json", "experiment_config.json", "summary.md", "results.csv
 RUN_FILES = ["training_metrics.csv", "config.json", "boundary_lambda.npz", "boundary_lambda.json", "final_model.pt"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded: on a shared 2-core machine two OpenMP threads per process oversubscribe the cores and
-    slow these small-tensor workloads 10-30x (measured); results do not depend on the thread count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_boundary_points_hand_made():
     # rows: top-2 = {4, 9} with p_max 0.5 (margin 0.1); {4, 9} with p_max 0.9 (outside [0.2, 0.8]);

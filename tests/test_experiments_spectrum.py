@@ -13,15 +13,6 @@ from lamda.experiments.spectrum import MODEL_COLUMNS, l2_grid, l2_label
 from lamda.models import SigmoidMLP
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded: on a shared 2-core machine two OpenMP threads per process oversubscribe the cores and
-    slow these small-tensor workloads 10-30x (measured); results do not depend on the thread count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_l2_grid_is_the_studys_grid():
     g = l2_grid(0.09, 451)

@@ -12,7 +12,7 @@ import sys as _sys
 
 if _os.path.dirname(_os.path.abspath(__file__)) not in _sys.path:  # shared helpers live in test_hvp.py
     _sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
-from test_hvp import DT, batch, dense_param_hessian, mlp, rel, single_thread, tiny_cnn, train_briefly  # noqa: F401
+from test_hvp import DT, batch, dense_param_hessian, mlp, rel, tiny_cnn, train_briefly  # noqa: F401
 
 MODELS = {"mlp": mlp, "cnn": tiny_cnn}
 

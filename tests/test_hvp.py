@@ -12,14 +12,6 @@ from lamda_ext.hvp import (flatten_params, hvp, hvp_double_backward, hvp_finite_
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These models are tiny: one thread avoids oversubscription on shared 2-core machines (50x slower there)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def mlp(seed=0):
     torch.manual_seed(seed)

@@ -1,7 +1,5 @@
 """Atomic writes and safe checkpoint loading (lamda.io)."""
-import math
 import os
-import pickle
 
 import numpy as np
 import pytest

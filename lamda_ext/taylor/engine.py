@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Optional
+
 
 import torch
 from torch import nn
