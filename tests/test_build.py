@@ -58,7 +58,6 @@ def test_cpp_recurrences_ctest(tmp_path):
     _cmake_build(tmp_path, "-DLAMDA_EXT_BUILD_LIBRARY=OFF", timeout=300)
 
 
-@pytest.mark.slow
 def test_cmake_libtorch_build_and_ctest(tmp_path):
     """The op library built against libtorch with CMake, plus a dispatcher test (~40 s on 2 cores)."""
     _cmake_build(tmp_path, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", timeout=900)
