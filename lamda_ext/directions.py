@@ -25,6 +25,18 @@ def random_directions(x: torch.Tensor, k: int, generator: Optional[torch.Generat
     return u / norm
 
 
+def filter_normalize(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Scale every output filter (slice along w's dim 0) of ``d`` to the norm of the same filter of ``w``.
+
+    d ``[*lead, *w.shape]`` (any leading batch dims), w with ``w.dim() ≥ 2`` → same shape as d.
+    """
+    lead = d.dim() - w.dim()
+    dn = d.reshape(tuple(d.shape[:lead]) + (w.shape[0], -1)).norm(dim=-1)
+    wn = w.detach().reshape(w.shape[0], -1).norm(dim=1)
+    scale = wn / dn.clamp_min(torch.finfo(d.dtype).tiny)
+    return d * scale.reshape(tuple(scale.shape) + (1,) * (w.dim() - 1))
+
+
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -49,11 +61,6 @@ def random_param_directions(model: nn.Module, k: int, generator: Optional[torch.
         n = p.numel()
         d = v[:, offset:offset + n].reshape((k,) + tuple(p.shape))
         offset += n
-        if p.dim() <= 1:
-            d = torch.zeros_like(d)
-        else:
-            dn = d.reshape(k, p.shape[0], -1).norm(dim=2)
-            wn = p.detach().reshape(p.shape[0], -1).norm(dim=1)
-            d = d * (wn / dn.clamp_min(torch.finfo(d.dtype).tiny)).reshape((k, p.shape[0]) + (1,) * (p.dim() - 1))
+        d = torch.zeros_like(d) if p.dim() <= 1 else filter_normalize(d, p)
         out.append(d.reshape(k, n))
     return torch.cat(out, dim=1)

@@ -201,3 +201,19 @@ def test_return_loss_is_the_loss_at_t0_with_the_same_dropout_mask(backend, wrt):
     assert d.shape == ((x.shape[0], 2, 3) if wrt == "input" else (2, 3))
     (loss.mean() + d.abs().mean()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_filter_normalised_parameter_directions():
+    m, _, _ = build("mnist_cnn")
+    v = lamda_ext.random_param_directions(m, 2, torch.Generator().manual_seed(0), normalization="filter")
+    offset = 0
+    for p in m.parameters():
+        d = v[:, offset:offset + p.numel()].reshape((2,) + tuple(p.shape))
+        offset += p.numel()
+        if p.dim() <= 1:
+            assert torch.count_nonzero(d) == 0
+        else:
+            torch.testing.assert_close(d.reshape(2, p.shape[0], -1).norm(dim=2),
+                                       p.detach().reshape(p.shape[0], -1).norm(dim=1).expand(2, -1))
+    u = lamda_ext.random_param_directions(m, 3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(u.norm(dim=1), torch.ones(3, dtype=u.dtype))

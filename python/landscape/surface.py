@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lamda_ext.directions import filter_normalize
 from lamda_ext.losses import LossSpec
 
 from .evaluate import evaluate, param_dict
@@ -56,9 +57,7 @@ def random_direction(model: nn.Module, normalization: str = "filter", include_bi
             if w.dim() <= 1:
                 d = d.sign() * w.abs()  # a scalar "filter": |d_i| = |w_i|
             else:
-                dn = d.reshape(d.shape[0], -1).norm(dim=1).clamp_min(1e-12)
-                wn = w.reshape(w.shape[0], -1).norm(dim=1)
-                d = d * (wn / dn).reshape(-1, *([1] * (d.dim() - 1)))
+                d = filter_normalize(d, w)
         elif normalization == "layer":
             d = d * (w.norm() / d.norm().clamp_min(1e-12))
         out[name] = d
