@@ -468,7 +468,8 @@ def hypotheses(runs: list[RunData], stats: list[dict]) -> list[str]:
     c_acc, c_gap = pearson(lam, [s["test_acc"] for s in stats]), pearson(lam, [s["gap"] for s in stats])
     out.append("**H1 — λ vs generalisation.** Final λ (mean over directions) against final test accuracy: "
                f"{c_acc.text()}; against the generalisation gap: {c_gap.text()}."
-               + (f" {_significance(c_acc, 'higher (less negative) λ', 'test accuracy')}" if c_acc.ok else ""))
+               + (f" {_significance(c_acc, 'higher (less negative) λ', 'test accuracy')}" if c_acc.ok else "")
+               + (f" {_significance(c_gap, 'higher (less negative) λ', 'generalisation gap')}" if c_gap.ok else ""))
     base = next((s for s in stats if s["family"] == "baseline"), None)
     fam_lines = []
     if base is None or not np.isfinite(base["lambda_final"]):
@@ -528,7 +529,7 @@ def hypotheses(runs: list[RunData], stats: list[dict]) -> list[str]:
 
 def _significance(c, xname, what) -> str:
     sig = "significant" if c.p < 0.05 else "not significant"
-    return (f"At the 5 % level this is {sig}; the sign says {xname} goes with "
+    return (f"Against {what}, the correlation is {sig} at the 5 % level; its sign says {xname} goes with "
             f"{'higher' if c.r > 0 else 'lower'} {what}.")
 
 
