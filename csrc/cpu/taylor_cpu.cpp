@@ -1,7 +1,8 @@
 // CPU kernels of the lamda_ext Taylor ops, parallelised with at::parallel_for.
 // Layouts (all made contiguous first):
-//   unary:   coeffs [C, E] (E = product of the batch shape), chunks of elements per task, 8 lanes at
-//            a time through taylor::Pack (ELU: one element at a time, its branch is per element)
+//   unary:   coeffs [C, E] (E = product of the batch shape); the transcendental of x0 [E] first with
+//            torch's vectorised ops, then the recurrence over blocks of kBlock elements laid out
+//            [C][kBlock] (cpu/pack.h), whose element loops vectorise; several blocks per task
 //   CE:      logit_coeffs [C, M, classes] -> [C, M], one row per task
 //   deg-1:   z0 [B, classes], v [K, B, classes] -> [K, B, order], one (k, b) row per task;
 //            its backward runs one b per task and loops over k (grad_z0 sums over k).
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "cpu/pack.h"
 #include "ops.h"
@@ -22,72 +24,90 @@ namespace {
 using taylor::Kind;
 using taylor::kMaxCoeffs;
 
-constexpr int64_t kElemGrain = 2048;
 constexpr int64_t kRowGrain = 16;   // rows (samples) per task
 constexpr int64_t kBatchGrain = 4;  // samples per task of the deg-1 backward (each loops over K directions)
 
-// Elements [i, i + W) of the unary forward (W = 1: scalar; W > 1: Pack lanes, whose
-// elementwise loops the compiler vectorises). ELU branches per element: scalar only.
-template <Kind K, typename T, int W>
-inline void unary_forward_block(const T* x, T* y, int64_t E, int64_t i, int C, T alpha) {
-  using P = std::conditional_t<W == 1, T, taylor::Pack<T, W>>;
-  P xs[kMaxCoeffs] = {}, ys[kMaxCoeffs] = {}, gs[kMaxCoeffs] = {};
-  for (int c = 0; c < C; ++c) {
-    if constexpr (W == 1) xs[c] = x[c * E + i];
-    else xs[c] = P::load(x + c * E + i);
-  }
-  taylor::unary_series<K>(xs, ys, gs, C, P(alpha));
-  for (int c = 0; c < C; ++c) {
-    if constexpr (W == 1) y[c * E + i] = ys[c];
-    else ys[c].store(y + c * E + i);
-  }
-}
+// Unary: blocks of taylor::pack::kBlock elements; each block is copied into [C][kBlock] local rows
+// (the input rows are already stride 1 over elements), run through the block recurrences and
+// written back. The transcendental of x0 comes precomputed (unary_primal).
+namespace pk = taylor::pack;
+constexpr int64_t kBlock = pk::kBlock;
 
-template <Kind K, typename T, int W>
-inline void unary_backward_block(const T* gy, const T* x, T* gx, int64_t E, int64_t i, int C, T alpha) {
-  using P = std::conditional_t<W == 1, T, taylor::Pack<T, W>>;
-  P xs[kMaxCoeffs] = {}, ys[kMaxCoeffs] = {}, gs[kMaxCoeffs] = {}, gys[kMaxCoeffs] = {}, gxs[kMaxCoeffs] = {};
-  for (int c = 0; c < C; ++c) {
-    if constexpr (W == 1) {
-      xs[c] = x[c * E + i];
-      gys[c] = gy[c * E + i];
-    } else {
-      xs[c] = P::load(x + c * E + i);
-      gys[c] = P::load(gy + c * E + i);
+// The transcendentals of the constant coefficient x0 [E] that the block recurrences of kind K need
+// (see pack.h), computed with torch's vectorised elementwise ops. Undefined tensors where unused.
+std::pair<at::Tensor, at::Tensor> unary_primal(Kind k, const at::Tensor& x0) {
+  switch (k) {
+    case Kind::Sigmoid:
+    case Kind::Silu:
+      return {at::abs(x0).neg_().exp_(), at::Tensor()};
+    case Kind::Softplus: {
+      at::Tensor e = at::abs(x0).neg_().exp_();
+      return {e, at::log1p(e)};
     }
+    case Kind::Tanh:
+      return {at::tanh(x0), at::Tensor()};
+    case Kind::Gelu:
+      return {at::mul(x0, x0).mul_(-0.5).exp_(),
+              at::mul(x0, -0.70710678118654752440084436210485).erfc_()};
+    case Kind::Elu:
+      return {at::exp(x0), at::expm1(x0)};
+    case Kind::Exp:
+      return {at::exp(x0), at::Tensor()};
+    case Kind::Log:
+      return {at::log(x0), at::Tensor()};
   }
-  taylor::unary_series<K>(xs, ys, gs, C, P(alpha));
-  taylor::toeplitz_adjoint(gys, gs, gxs, C);
+  return {};
+}
+
+template <typename T>
+inline void load_rows(const T* src, pk::Row<T>* dst, int64_t E, int64_t i, int C, int nb) {
   for (int c = 0; c < C; ++c) {
-    if constexpr (W == 1) gx[c * E + i] = gxs[c];
-    else gxs[c].store(gx + c * E + i);
+    const T* __restrict s = src + c * E + i;
+    T* __restrict d = dst[c];
+    for (int j = 0; j < nb; ++j) d[j] = s[j];
   }
 }
 
-constexpr int kLanes = 8;
-
-template <Kind K>
-constexpr int lanes_for() {
-  return K == Kind::Elu ? 1 : kLanes;
+template <typename T>
+inline void store_rows(const pk::Row<T>* src, T* dst, int64_t E, int64_t i, int C, int nb) {
+  for (int c = 0; c < C; ++c) {
+    const T* __restrict s = src[c];
+    T* __restrict d = dst + c * E + i;
+    for (int j = 0; j < nb; ++j) d[j] = s[j];
+  }
 }
+
+constexpr int64_t kBlockGrain = 2048 / kBlock;  // blocks per task
 
 template <Kind K, typename T>
-void unary_forward_loop(const T* x, T* y, int64_t E, int C, T alpha) {
-  at::parallel_for(0, E, kElemGrain, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    if constexpr (lanes_for<K>() > 1)
-      for (; i + kLanes <= end; i += kLanes) unary_forward_block<K, T, kLanes>(x, y, E, i, C, alpha);
-    for (; i < end; ++i) unary_forward_block<K, T, 1>(x, y, E, i, C, alpha);
+void unary_forward_loop(const T* x, const T* p0, const T* p1, T* y, int64_t E, int C, T alpha) {
+  const int64_t nblocks = (E + kBlock - 1) / kBlock;
+  at::parallel_for(0, nblocks, kBlockGrain, [&](int64_t begin, int64_t end) {
+    pk::Row<T> xs[kMaxCoeffs], ys[kMaxCoeffs], gs[kMaxCoeffs];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t i = blk * kBlock;
+      const int nb = static_cast<int>(std::min<int64_t>(kBlock, E - i));
+      load_rows(x, xs, E, i, C, nb);
+      pk::unary_series<K, false>(xs, p0 + i, p1 ? p1 + i : nullptr, ys, gs, C, alpha, nb);
+      store_rows(ys, y, E, i, C, nb);
+    }
   });
 }
 
 template <Kind K, typename T>
-void unary_backward_loop(const T* gy, const T* x, T* gx, int64_t E, int C, T alpha) {
-  at::parallel_for(0, E, kElemGrain, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    if constexpr (lanes_for<K>() > 1)
-      for (; i + kLanes <= end; i += kLanes) unary_backward_block<K, T, kLanes>(gy, x, gx, E, i, C, alpha);
-    for (; i < end; ++i) unary_backward_block<K, T, 1>(gy, x, gx, E, i, C, alpha);
+void unary_backward_loop(const T* gy, const T* x, const T* p0, const T* p1, T* gx, int64_t E, int C, T alpha) {
+  const int64_t nblocks = (E + kBlock - 1) / kBlock;
+  at::parallel_for(0, nblocks, kBlockGrain, [&](int64_t begin, int64_t end) {
+    pk::Row<T> xs[kMaxCoeffs], ys[kMaxCoeffs], gs[kMaxCoeffs], gys[kMaxCoeffs], gxs[kMaxCoeffs];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t i = blk * kBlock;
+      const int nb = static_cast<int>(std::min<int64_t>(kBlock, E - i));
+      load_rows(x, xs, E, i, C, nb);
+      load_rows(gy, gys, E, i, C, nb);
+      pk::unary_series<K, true>(xs, p0 + i, p1 ? p1 + i : nullptr, ys, gs, C, alpha, nb);
+      pk::toeplitz_adjoint(gys, gs, gxs, C, nb);
+      store_rows(gxs, gx, E, i, C, nb);
+    }
   });
 }
 
@@ -270,10 +290,13 @@ at::Tensor taylor_unary_cpu(const at::Tensor& coeffs, c10::string_view kind, dou
   const int C = static_cast<int>(x.size(0));
   const int64_t E = C ? x.numel() / C : 0;
   if (E == 0) return y;
+  const std::pair<at::Tensor, at::Tensor> primal = unary_primal(k, x.reshape({C, E}).select(0, 0));
+  const at::Tensor &p0 = primal.first, &p1 = primal.second;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "taylor_unary_cpu", [&] {
     dispatch_kind(k, [&](auto kc) {
-      unary_forward_loop<decltype(kc)::value, scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), E, C,
-                                                        static_cast<scalar_t>(alpha));
+      unary_forward_loop<decltype(kc)::value, scalar_t>(
+          x.data_ptr<scalar_t>(), p0.data_ptr<scalar_t>(), p1.defined() ? p1.data_ptr<scalar_t>() : nullptr,
+          y.data_ptr<scalar_t>(), E, C, static_cast<scalar_t>(alpha));
     });
   });
   return y;
@@ -289,10 +312,14 @@ at::Tensor taylor_unary_backward_cpu(const at::Tensor& grad, const at::Tensor& c
   const int C = static_cast<int>(x.size(0));
   const int64_t E = C ? x.numel() / C : 0;
   if (E == 0) return gx;
+  const std::pair<at::Tensor, at::Tensor> primal = unary_primal(k, x.reshape({C, E}).select(0, 0));
+  const at::Tensor &p0 = primal.first, &p1 = primal.second;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "taylor_unary_backward_cpu", [&] {
     dispatch_kind(k, [&](auto kc) {
-      unary_backward_loop<decltype(kc)::value, scalar_t>(gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                                                         gx.data_ptr<scalar_t>(), E, C, static_cast<scalar_t>(alpha));
+      unary_backward_loop<decltype(kc)::value, scalar_t>(
+          gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), p0.data_ptr<scalar_t>(),
+          p1.defined() ? p1.data_ptr<scalar_t>() : nullptr, gx.data_ptr<scalar_t>(), E, C,
+          static_cast<scalar_t>(alpha));
     });
   });
   return gx;

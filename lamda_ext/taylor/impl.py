@@ -3,7 +3,7 @@
 :class:`Composite` runs the recurrences of :mod:`lamda_ext.taylor.rules` in ordinary torch ops
 (the ``taylor`` backend). :class:`Fused` runs the same maths in the C++/CUDA kernels exposed
 by :mod:`lamda_ext.ops` (the ``fused`` backend). Both take and return coefficient lists
-``[c0, c1, ...]`` (c0 without the direction axis), so the engine does not care which runs.
+``[c0, c1, ...]`` (c0 without the direction axis) or series, so the engine does not care which runs.
 """
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from typing import List
 import torch
 
 from . import rules
+from .op_rules import from_terms
+from .series import TaylorSeries
 
 
 class Composite:
     name = "taylor"
 
-    def unary(self, kind: str, x, n_out: int, alpha: float = 1.0) -> List[torch.Tensor]:
-        return rules.unary_list(kind, x.terms(), n_out, alpha)
+    def unary(self, kind: str, x: TaylorSeries, n_out: int, alpha: float = 1.0) -> TaylorSeries:
+        return from_terms(rules.unary_list(kind, x.terms(), n_out, alpha))
 
     def cross_entropy(self, z: List[torch.Tensor], target: torch.Tensor, n_out: int, ls: float) -> List[torch.Tensor]:
         return rules.cross_entropy_list(z, target, n_out, ls)
@@ -44,8 +46,12 @@ class Fused(Composite):
         self.ops = ops
 
     def unary(self, kind, x, n_out, alpha=1.0):
-        out = self.ops.unary_coeffs(kind, _stack_full(x.terms(), n_out), alpha)
-        return [out[0, 0]] + list(out[1:].unbind(0))
+        hi = x.hi                                           # [D, K, *S]
+        parts = [x.c0.expand(hi.shape[1:]).unsqueeze(0), hi]
+        if n_out - 1 > hi.shape[0]:
+            parts.append(hi.new_zeros((n_out - 1 - hi.shape[0],) + tuple(hi.shape[1:])))
+        out = self.ops.unary_coeffs(kind, torch.cat(parts), alpha)   # [n_out, K, *S]
+        return TaylorSeries(out[0, 0], out[1:])
 
     def cross_entropy(self, z, target, n_out, ls):
         full = _stack_full(z, n_out)                       # [C, K, M, classes]

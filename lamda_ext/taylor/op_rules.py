@@ -176,7 +176,7 @@ register("reciprocal")(lambda a: from_terms(rules.recip_list(a.terms(), order() 
 
 # ----------------------------------------------------------------------------- elementwise
 def unary(kind: str, x: TaylorSeries, alpha: float = 1.0):
-    return from_terms(current_context().impl.unary(kind, x, order() + 1, alpha))
+    return current_context().impl.unary(kind, x, order() + 1, alpha)
 
 
 for _kind in ("sigmoid", "tanh", "exp", "log", "silu"):
