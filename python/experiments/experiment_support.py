@@ -10,14 +10,16 @@
 from __future__ import annotations
 
 import pathlib
+import time
 import warnings
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from .. import io as lio
 from ..analysis.stats import fmt
 from ..data import load_dataset
+from ..trainer import run_is_complete
 from . import parse_shard
 
 __all__ = ["parse_seeds", "open_results_folder", "load_mnist_like", "group_mean_std", "markdown_table", "pm",
@@ -126,3 +128,29 @@ def my_cells(cells: list, shard_spec: str | None) -> list:
     """The cells (in order) that ``--shard i/n`` assigns to this process: every n-th, starting at i."""
     i, n = parse_shard(shard_spec)
     return [c for j, c in enumerate(cells) if j % n == i]
+
+
+def run_seeded_grid(tag: str, out: pathlib.Path, cells: list, shard_spec: str | None,
+                    train_cell: Callable[[str, int, pathlib.Path], None], analyze: Callable) -> int:
+    """Train every (name, seed) cell of this shard into ``out/runs/<name>/seed_<seed>`` (finished cells are
+    skipped), then run ``analyze(out)`` once every cell of every shard is finished."""
+    def run_dir(name, seed):
+        return out / "runs" / name / f"seed_{seed}"
+
+    t0 = time.perf_counter()
+    for name, seed in my_cells(cells, shard_spec):
+        rd = run_dir(name, seed)
+        if run_is_complete(rd):
+            print(f"[{tag}] {name}/seed_{seed} finished earlier, skipped", flush=True)
+            continue
+        t = time.perf_counter()
+        train_cell(name, seed, rd)
+        print(f"[{tag}] {name}/seed_{seed} done in {time.perf_counter() - t:.1f} s", flush=True)
+    missing = [c for c in cells if not run_is_complete(run_dir(*c))]
+    if missing:
+        print(f"[{tag}] {len(missing)} run(s) of other shards are not finished; run `lamda analyze {out}` "
+              f"when every shard is done", flush=True)
+        return 0
+    analyze(out)
+    print(f"[{tag}] done in {time.perf_counter() - t0:.1f} s; see {out / 'summary.md'}", flush=True)
+    return 0

@@ -39,10 +39,10 @@ from ..data import batches
 from ..landscape import CurvatureAdaptiveLR, CurvatureProbe
 from ..models import build_model
 from ..sam import SAM
-from ..trainer import evaluate, resolve_device, run_is_complete
+from ..trainer import evaluate, resolve_device
 from . import Experiment, register
-from .experiment_support import (fmt, group_mean_std, load_mnist_like, markdown_table, my_cells,
-                                 open_results_folder, parse_seeds, pm)
+from .experiment_support import (fmt, group_mean_std, load_mnist_like, markdown_table, open_results_folder,
+                                 parse_seeds, pm, run_seeded_grid)
 
 __all__ = ["PRESETS", "OPTIMIZERS", "STEP_COLUMNS", "EPOCH_COLUMNS", "train_one", "run", "analyze"]
 
@@ -163,23 +163,8 @@ def run(args) -> int:
     open_results_folder(out, config, ("experiment", "preset", "seed", "seeds", "optimizers", "dataset", "settings",
                                       "max_scale"))
     cells = [(o, sd) for sd in seeds for o in opts]
-    t0 = time.perf_counter()
-    for o, sd in my_cells(cells, args.shard):
-        rd = out / "runs" / o / f"seed_{sd}"
-        if run_is_complete(rd):
-            print(f"[probe] {o}/seed_{sd} finished earlier, skipped", flush=True)
-            continue
-        t = time.perf_counter()
-        train_one(o, sd, data, s, args, rd)
-        print(f"[probe] {o}/seed_{sd} done in {time.perf_counter() - t:.1f} s", flush=True)
-    missing = [c for c in cells if not run_is_complete(out / "runs" / c[0] / f"seed_{c[1]}")]
-    if missing:
-        print(f"[probe] {len(missing)} run(s) of other shards are not finished; run `lamda analyze {out}` "
-              f"when every shard is done", flush=True)
-        return 0
-    analyze(out)
-    print(f"[probe] done in {time.perf_counter() - t0:.1f} s; see {out / 'summary.md'}", flush=True)
-    return 0
+    return run_seeded_grid("probe", out, cells, args.shard,
+                           lambda o, sd, rd: train_one(o, sd, data, s, args, rd), analyze)
 
 
 def analyze(out) -> int:

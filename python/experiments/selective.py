@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import pathlib
-import time
 
 import numpy as np
 import torch
@@ -38,10 +37,10 @@ from .. import plots
 from ..measure import LambdaMeter, MeasureConfig
 from ..models import build_model
 from ..regularizers import LambdaPenalty, RegularizerSet
-from ..trainer import Trainer, TrainConfig, evaluate, run_is_complete, train_run
+from ..trainer import Trainer, TrainConfig, evaluate, train_run
 from . import Experiment, register
-from .experiment_support import (fmt, group_mean_std, load_mnist_like, markdown_table, my_cells,
-                                 open_results_folder, parse_seeds, pm)
+from .experiment_support import (fmt, group_mean_std, load_mnist_like, markdown_table, open_results_folder,
+                                 parse_seeds, pm, run_seeded_grid)
 
 __all__ = ["PRESETS", "CONDITIONS", "PAIRS", "boundary_points", "selectivity_rows", "run", "analyze"]
 
@@ -174,23 +173,8 @@ def run(args) -> int:
     open_results_folder(out, config, ("experiment", "preset", "seed", "seeds", "conditions", "scale",
                                       "label_noise", "dataset", "settings"))
     cells = [(c, sd) for sd in seeds for c in conditions]
-    t0 = time.perf_counter()
-    for c, sd in my_cells(cells, args.shard):
-        rd = out / "runs" / c / f"seed_{sd}"
-        if run_is_complete(rd):
-            print(f"[selective] {c}/seed_{sd} finished earlier, skipped", flush=True)
-            continue
-        t = time.perf_counter()
-        _train_one(c, sd, data, rd, s, args)
-        print(f"[selective] {c}/seed_{sd} done in {time.perf_counter() - t:.1f} s", flush=True)
-    missing = [cell for cell in cells if not run_is_complete(out / "runs" / cell[0] / f"seed_{cell[1]}")]
-    if missing:
-        print(f"[selective] {len(missing)} run(s) of other shards are not finished; run `lamda analyze {out}` "
-              f"when every shard is done", flush=True)
-        return 0
-    analyze(out)
-    print(f"[selective] done in {time.perf_counter() - t0:.1f} s; see {out / 'summary.md'}", flush=True)
-    return 0
+    return run_seeded_grid("selective", out, cells, args.shard,
+                           lambda c, sd, rd: _train_one(c, sd, data, rd, s, args), analyze)
 
 
 # ------------------------------------------------------------------------------------------ analysis
