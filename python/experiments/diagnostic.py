@@ -267,5 +267,5 @@ def add_arguments(p) -> None:
     p.add_argument("--points", type=int, default=None, help="override the preset's number of measurement points")
 
 
-register(Experiment(name=NAME, help="λ as a training diagnostic across seven regularisers (issue 5)",
+register(Experiment(name=NAME, help="λ as a training diagnostic across seven regularisers",
                     add_arguments=add_arguments, run=run, analyze=analyze))

@@ -378,5 +378,5 @@ def add_arguments(p) -> None:
     p.add_argument("--k", type=int, default=None, help="number of top Hessian eigenvalues (>= 15)")
 
 
-register(Experiment(name=NAME, help="plain CNN vs ResNet on CIFAR-10: Hessian, sharpness, connectivity, surfaces "
-                                    "(issue 6)", add_arguments=add_arguments, run=run, analyze=analyze))
+register(Experiment(name=NAME, help="plain CNN vs ResNet on CIFAR-10: Hessian, sharpness, connectivity, surfaces",
+                    add_arguments=add_arguments, run=run, analyze=analyze))

@@ -296,5 +296,5 @@ def add_arguments(p) -> None:
                    help="largest lr multiplier of the probe optimizer in flat regions (default 2.0)")
 
 
-register(Experiment(name=NAME, help="curvature-probe optimizer vs SGD, Adam and SAM on MNIST (issue 6)",
+register(Experiment(name=NAME, help="curvature-probe optimizer vs SGD, Adam and SAM on MNIST",
                     add_arguments=add_arguments, run=run, analyze=analyze))

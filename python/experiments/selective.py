@@ -400,5 +400,5 @@ def add_arguments(p) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
 
 
-register(Experiment(name=NAME, help="class-selective λ regularisation on noisy MNIST (issue 6)",
+register(Experiment(name=NAME, help="class-selective λ regularisation on noisy MNIST",
                     add_arguments=add_arguments, run=run, analyze=analyze))

@@ -385,5 +385,5 @@ def add_arguments(p) -> None:
     p.add_argument("--method", choices=("lanczos", "eigsh"), default="lanczos", help="eigen-solver (default lanczos)")
 
 
-register(Experiment(name=NAME, help="weight-decay sweep vs top-k Hessian spectrum of a sigmoid MLP (issue 6)",
+register(Experiment(name=NAME, help="weight-decay sweep vs top-k Hessian spectrum of a sigmoid MLP",
                     add_arguments=add_arguments, run=run, analyze=analyze))
