@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -44,28 +43,25 @@ def _measure(model, data) -> dict:
     }
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file rendezvous: no rank owns a store server that the other still needs while shutting down
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank,
+                            world_size=world)
     try:
         model, x, y = _problem()
         single = _measure(model, (x, y))                                       # a single batch: split by samples
         parts = [(x[i:i + 13], y[i:i + 13]) for i in range(0, x.shape[0], 13)]  # 5 uneven batches: split by batch
         multi = _measure(model, parts)
         torch.save({"single": single, "multi": multi}, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()          # nobody tears gloo down while the other rank still exchanges messages
     finally:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_match_one_process(tmp_path):
     torch.set_num_threads(1)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     model, x, y = _problem()
     ref = _measure(model, (x, y))
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
