@@ -79,6 +79,15 @@ LX_HD T factorial(int n) {
 
 // ---- generic series operations ---------------------------------------------
 
+// Coefficient n >= 1 of y where y' = w x' (chain rule on series): (1/n) sum_{k=1}^n k x_k w_{n-k}.
+template <typename T>
+LX_HD T chain_coeff(const T* x, const T* w, int n) {
+  T acc = T(0);
+  LX_UNROLL
+  for (int k = 1; k <= n; ++k) acc += T(k) * x[k] * w[n - k];
+  return acc / T(n);
+}
+
 // y = exp(a) given y0 = exp(a0) (lets callers shift a0, e.g. by a max):
 // n y_n = sum_{k=1}^n k a_k y_{n-k}.
 template <typename T>
@@ -87,10 +96,7 @@ LX_HD void exp_series_from(T y0, const T* a, T* y, int C) {
   LX_UNROLL
   for (int n = 1; n < kMaxCoeffs; ++n) {
     if (n >= C) break;
-    T acc = T(0);
-    LX_UNROLL
-    for (int k = 1; k <= n; ++k) acc += T(k) * a[k] * y[n - k];
-    y[n] = acc / T(n);
+    y[n] = chain_coeff(a, y, n);
   }
 }
 
@@ -168,10 +174,7 @@ LX_HD void sigmoid_series(const T* x, T* s, T* w, int C) {
   LX_UNROLL
   for (int n = 1; n < kMaxCoeffs; ++n) {
     if (n >= C) break;
-    T acc = T(0);
-    LX_UNROLL
-    for (int k = 1; k <= n; ++k) acc += T(k) * x[k] * w[n - k];
-    s[n] = acc / T(n);
+    s[n] = chain_coeff(x, w, n);
     T sq = T(0);  // sum_{i=1}^{n-1} s_i s_{n-i}
     LX_UNROLL
     for (int i = 1; i < n; ++i) sq += s[i] * s[n - i];
@@ -191,10 +194,7 @@ LX_HD void unary_series(const T* x, T* y, T* g, int C, T alpha) {
     LX_UNROLL
     for (int n = 1; n < kMaxCoeffs; ++n) {
       if (n >= C) break;
-      T acc = T(0);
-      LX_UNROLL
-      for (int k = 1; k <= n; ++k) acc += T(k) * x[k] * g[n - k];
-      y[n] = acc / T(n);
+      y[n] = chain_coeff(x, g, n);
       T sq = T(0);
       LX_UNROLL
       for (int i = 0; i <= n; ++i) sq += y[i] * y[n - i];
@@ -207,10 +207,7 @@ LX_HD void unary_series(const T* x, T* y, T* g, int C, T alpha) {
     LX_UNROLL
     for (int n = 1; n < kMaxCoeffs; ++n) {
       if (n >= C) break;
-      T acc = T(0);
-      LX_UNROLL
-      for (int k = 1; k <= n; ++k) acc += T(k) * x[k] * g[n - k];
-      y[n] = acc / T(n);
+      y[n] = chain_coeff(x, g, n);
     }
   } else if constexpr (K == Kind::Silu) {
     T s[kMaxCoeffs] = {}, w[kMaxCoeffs] = {}, xw[kMaxCoeffs] = {};
@@ -225,13 +222,11 @@ LX_HD void unary_series(const T* x, T* y, T* g, int C, T alpha) {
   } else if constexpr (K == Kind::Gelu) {
     // phi = exp(-x^2/2)/sqrt(2 pi), Phi' = phi x', y = x Phi, g = Phi + x phi
     T e[kMaxCoeffs] = {}, phi[kMaxCoeffs] = {}, Phi[kMaxCoeffs] = {}, xphi[kMaxCoeffs] = {};
+    product_series(x, x, e, C);  // e = -x^2/2
     LX_UNROLL
     for (int n = 0; n < kMaxCoeffs; ++n) {
       if (n >= C) break;
-      T acc = T(0);
-      LX_UNROLL
-      for (int i = 0; i <= n; ++i) acc += x[i] * x[n - i];
-      e[n] = T(-0.5) * acc;
+      e[n] *= T(-0.5);
     }
     const T inv_sqrt_2pi = T(0.39894228040143267793994605993438);
     const T inv_sqrt_2 = T(0.70710678118654752440084436210485);
@@ -240,10 +235,7 @@ LX_HD void unary_series(const T* x, T* y, T* g, int C, T alpha) {
     LX_UNROLL
     for (int n = 1; n < kMaxCoeffs; ++n) {
       if (n >= C) break;
-      T acc = T(0);
-      LX_UNROLL
-      for (int k = 1; k <= n; ++k) acc += T(k) * x[k] * phi[n - k];
-      Phi[n] = acc / T(n);
+      Phi[n] = chain_coeff(x, phi, n);
     }
     product_series(x, Phi, y, C);
     product_series(x, phi, xphi, C);
