@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import backends
-from ._state import frozen_batchnorm_stats
+from ._state import RngReplay, frozen_batchnorm_stats
 from .directions import num_parameters, random_directions, random_param_directions
 from .losses import LOSS_NAMES, LossSpec, check_targets, resolve_loss
 
@@ -122,7 +122,7 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
     if not (callable(loss) or loss in LOSS_NAMES):
         raise ValueError(f"loss must be one of {LOSS_NAMES} or a callable (output, y) -> per-sample loss; got {loss!r}")
     resolve_loss(loss, label_smoothing)
-    check_targets(loss, None, y, x.shape[0])
+    check_targets(loss, y, x.shape[0])
     if isinstance(y, torch.Tensor) and y.device != x.device:
         raise ValueError(f"device mismatch: y is on {y.device} but x is on {x.device}")
     dirs = _directions(directions, model, x, wrt, generator)
@@ -141,7 +141,6 @@ def _run(name, fallback, model, x, y, dirs, order, loss, wrt, ls):
     fn = impl.input_derivs if wrt == "input" else impl.params_derivs
     if not fallback:
         return fn(model, x, y, dirs, order, loss, ls)
-    from ._state import RngReplay
     replay = RngReplay(x.device)
     try:
         return fn(model, x, y, dirs, order, loss, ls)

@@ -125,7 +125,7 @@ def _check_common(model: nn.Module, x: torch.Tensor, y, loss: LossSpec, wrt: str
         if p.device != x.device:
             raise ValueError(f"device mismatch: model parameters are on {p.device} but x is on {x.device}")
     if isinstance(loss, str):
-        check_targets(loss, None, y, x.shape[0])
+        check_targets(loss, y, x.shape[0])
 
 
 def _check_v(v, shape_one: tuple[int, ...], ref: torch.Tensor, what: str) -> bool:

@@ -42,7 +42,7 @@ def resolve_loss(loss: LossSpec, label_smoothing: float = 0.0) -> Callable[[torc
     raise ValueError(f"loss must be one of {LOSS_NAMES} or a callable (output, y) -> per-sample loss; got {loss!r}")
 
 
-def check_targets(loss: LossSpec, out_shape: torch.Size, y, batch: int) -> None:
+def check_targets(loss: LossSpec, y, batch: int) -> None:
     """Validate targets against a loss spec (raises ValueError/TypeError with an actionable message)."""
     if loss == "cross_entropy":
         if y is None:
