@@ -80,15 +80,23 @@ _COMPOSITES = {torch.nn.functional.batch_norm: _composite_batch_norm,
                torch.nn.functional.silu: _composite_silu}
 
 
-class HigherOrderSafe(torch.overrides.TorchFunctionMode):
+class RoutingMode(torch.overrides.TorchFunctionMode):
+    """While active, calls of the functions in ``routes`` go to their replacements (same values)."""
+
+    routes: dict = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        route = self.routes.get(func)
+        if route is not None:
+            return route(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+class HigherOrderSafe(RoutingMode):
     """Routes batch/layer norm and SiLU to elementary ops: the native kernels' nested derivatives
     stop at order 2 (batch norm), are wrong past it (layer norm) or lack forward-mode AD in their
     backward (SiLU), so the references must not use them."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        composite = _COMPOSITES.get(func)
-        if composite is not None:
-            return composite(*args, **kwargs)
-        return func(*args, **kwargs)
+    routes = _COMPOSITES
 

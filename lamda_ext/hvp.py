@@ -23,15 +23,20 @@ Conventions shared by the three functions:
   (it normalises with the batch statistics, exactly as in the forward pass,
   but its running buffers are not updated).
 * Under ``vmap`` dropout draws one mask shared by all K directions.
+* ReLU runs in a formulation with a cheaper forward-over-reverse derivative
+  (:mod:`lamda_ext._hvp_ops`); the values are those of the native op.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, linearize, vmap
 
+from ._hvp_ops import ForwardOverReverseOps
+from ._state import RngReplay
 from .losses import LossSpec, check_targets, resolve_loss
 
 __all__ = ["hvp", "hvp_double_backward", "hvp_finite_difference", "grad_params",
@@ -147,43 +152,71 @@ def _check_v(v, shape_one: tuple[int, ...], ref: torch.Tensor, what: str) -> boo
 # ----------------------------------------------------------------------------------------------
 # the HVP
 # ----------------------------------------------------------------------------------------------
-def _params_hvp(model, x, y, v, loss_fn, params: dict[str, torch.Tensor]) -> torch.Tensor:
+def _default_chunk(v: torch.Tensor) -> int | None:
+    """Directions per vmapped evaluation: all of them on a GPU; one at a time on the CPU.
+
+    On the CPU the tangent passes are bound by memory traffic: K-batched activations ([K·B, ...])
+    stream through DRAM while one direction's stay in cache. MNIST CNN, batch 128, K = 16, 2 cores:
+    one direction at a time 2.0–2.3 gradient-times per direction, all 16 at once 3.0–3.2 (benchmarks/README.md).
+    """
+    return 1 if v.device.type == "cpu" else None
+
+
+def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, unpack: Callable, pack: Callable,
+                          chunk_size: int | None) -> torch.Tensor:
+    """``jvp`` of the gradient map ``g`` at ``primal`` along one direction or each row of ``v``.
+
+    For K > 1 directions ``torch.func.linearize`` evaluates the forward-over-reverse pass once and
+    keeps its tangent part as a graph; that graph is then vmapped over the directions (``chunk_size``
+    at a time, see :func:`_default_chunk`), so the primal forward and backward are not repeated per
+    direction or per chunk. ``unpack`` turns a direction into the tangent pytree, ``pack`` the
+    resulting tangent pytree into the output layout.
+    """
+    with ForwardOverReverseOps():
+        if not batched or v.shape[0] == 1:
+            vs = v if not batched else v[0]
+            out = pack(jvp(g, (primal,), (unpack(vs),))[1])
+            return out if not batched else out.unsqueeze(0)
+        # random ops (dropout) stay in the traced graph and draw again on every replay: each replay
+        # restarts the generator where the trace started, so every direction sees the mask that a
+        # single-direction HVP would draw, and the generator ends one draw on, as after that HVP
+        start = RngReplay(v.device)
+        with warnings.catch_warnings():   # torch's constant folding warns about its own get_attr nodes
+            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
+            _, tangent_map = linearize(g, primal)
+
+        def one(vec: torch.Tensor) -> torch.Tensor:
+            start.reset()
+            return pack(tangent_map(unpack(vec)))
+
+        chunk = _default_chunk(v) if chunk_size is None else int(chunk_size)
+        if chunk == 1:
+            return torch.stack([one(vec) for vec in v])
+        return vmap(one, chunk_size=chunk, randomness="same")(v)
+
+
+def _params_hvp(model, x, y, v, loss_fn, params: dict[str, torch.Tensor],
+                chunk_size: int | None = None) -> torch.Tensor:
     """Forward-over-reverse HVP w.r.t. ``params`` (a name → tensor dict); v ``[P]`` or ``[K, P]``."""
-    names = list(params)
-    f = model_loss_fn(model, x, y, loss_fn, names)
+    f = model_loss_fn(model, x, y, loss_fn, list(params))
     primal = {k: t.detach() for k, t in params.items()}
-    g = grad(f)
-
-    def one(vec: torch.Tensor) -> torch.Tensor:
-        tangent = unflatten_params(vec, primal)
-        _, hv = jvp(g, (primal,), (tangent,))
-        return flatten_params(hv)
-
-    if v.dim() == 1:
-        return one(v)
-    return vmap(one, randomness="same")(v)
+    return _forward_over_reverse(grad(f), primal, v, v.dim() == 2, lambda vec: unflatten_params(vec, primal),
+                                 flatten_params, chunk_size)
 
 
-def _input_hvp(model, x, y, v, loss_fn) -> torch.Tensor:
+def _input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.Tensor:
     """Per-sample input-space HVPs; v shaped like x or ``[K, *x.shape]``."""
     state = functional_state(model, set())
-    x0 = x.detach()
 
     def total(xx: torch.Tensor) -> torch.Tensor:
         return loss_fn(functional_call(model, (state,), (xx,)), y).sum()
 
-    g = grad(total)
-
-    def one(vec: torch.Tensor) -> torch.Tensor:
-        return jvp(g, (x0,), (vec,))[1]
-
-    if v.dim() == x.dim():
-        return one(v)
-    return vmap(one, randomness="same")(v)
+    return _forward_over_reverse(grad(total), x.detach(), v, v.dim() == x.dim() + 1, lambda vec: vec,
+                                 lambda out: out, chunk_size)
 
 
 def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec = "cross_entropy",
-        wrt: str = "params", label_smoothing: float = 0.0) -> torch.Tensor:
+        wrt: str = "params", label_smoothing: float = 0.0, chunk_size: int | None = None) -> torch.Tensor:
     """Hessian-vector product(s) of the loss by forward-over-reverse.
 
     Args:
@@ -193,6 +226,8 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
             ``model.parameters()`` order). ``wrt="input"``: ``[B, ...]`` like x, or ``[K, B, ...]``.
         loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(output, y) -> [B]``.
         label_smoothing: for cross-entropy.
+        chunk_size: directions per vmapped tangent evaluation (K directions share one primal pass
+            either way); None = one at a time on the CPU, all at once elsewhere.
 
     Returns:
         ``H v`` with the shape of ``v``. For ``wrt="params"`` H is the Hessian of the batch-mean loss;
@@ -200,6 +235,8 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
         The result is detached (not differentiable w.r.t. the parameters).
     """
     _check_common(model, x, y, loss, wrt)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     loss_fn = resolve_loss(loss, label_smoothing)
     if wrt == "params":
         params = trainable_parameters(model)
@@ -209,10 +246,10 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
         P = sum(p.numel() for p in params.values())
         _check_v(v, (P,), ref, "model parameters")
         with torch.enable_grad():
-            return _params_hvp(model, x, y, v, loss_fn, params).detach()
+            return _params_hvp(model, x, y, v, loss_fn, params, chunk_size).detach()
     _check_v(v, tuple(x.shape), x, "inputs x")
     with torch.enable_grad():
-        return _input_hvp(model, x, y, v, loss_fn).detach()
+        return _input_hvp(model, x, y, v, loss_fn, chunk_size).detach()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -95,6 +95,45 @@ def test_references_agree_with_forward_over_reverse():
     assert rel(hvp_finite_difference(model, x, y, V[1]), fwd[1]) < 1e-6
 
 
+class _InplaceReluBlock(nn.Module):
+    """Residual block calling in-place ReLU three ways (module, functional, tensor method)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(2 * 16, 3)
+
+    def forward(self, x):
+        h = self.relu(self.conv1(x))
+        h = nn.functional.relu(self.conv2(h), inplace=True) + x
+        return self.head(torch.flatten(h.relu_(), 1))
+
+
+def _relu_models():
+    torch.manual_seed(5)
+    return {"relu_mlp": nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.SiLU(),
+                                      nn.Linear(12, 4)).to(DT),
+            "inplace_relu_block": _InplaceReluBlock().to(DT)}
+
+
+@pytest.mark.parametrize("name", ["relu_mlp", "inplace_relu_block"])
+def test_relu_route_matches_dense_hessian(name):
+    """hvp computes ReLU through its own formulation (lamda_ext._hvp_ops): same Hessian, params and input."""
+    model = _relu_models()[name]
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randn(7, 6, generator=g, dtype=DT) if name == "relu_mlp"
+         else torch.randn(7, 2, 4, 4, generator=g, dtype=DT))
+    y = torch.randint(0, model[-1].out_features if name == "relu_mlp" else 3, (7,), generator=g)
+    before = {k: t.clone() for k, t in model.state_dict().items()}
+    H = dense_param_hessian(model, x, y)
+    V = torch.randn(4, H.shape[0], generator=g, dtype=DT)
+    torch.testing.assert_close(hvp(model, x, y, V), V @ H, rtol=1e-10, atol=1e-13)
+    U = torch.randn(2, *x.shape, generator=g, dtype=DT)
+    assert rel(hvp(model, x, y, U, wrt="input"), hvp_double_backward(model, x, y, U, wrt="input")) < 1e-12
+    assert all(torch.equal(before[k], t) for k, t in model.state_dict().items())
+
+
 @pytest.mark.parametrize("loss,ls", [("mse", 0.0), ("cross_entropy", 0.1), ("callable", 0.0)])
 def test_losses_and_label_smoothing(loss, ls):
     model = mlp()
@@ -167,6 +206,32 @@ def test_dropout_mask_shared_across_vmapped_directions():
     out = hvp(model, x, y, torch.stack([v, v, v]))
     torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
     torch.testing.assert_close(out[0], out[2], rtol=0, atol=0)
+    # the mask is the one a single-direction HVP (and the double-backward reference) draws from the same
+    # seed, whether the directions run one at a time or vmapped; the generator advances by one draw
+    V = torch.stack([v, 2 * v, -v])
+    results = []
+    for chunk in (None, 1, 2, 3):
+        torch.manual_seed(11)
+        results.append(hvp(model, x, y, V, chunk_size=chunk))
+        results.append(torch.rand(1))
+    torch.manual_seed(11)
+    one = hvp(model, x, y, v)
+    after_one = torch.rand(1)
+    torch.manual_seed(11)
+    ref = hvp_double_backward(model, x, y, v)
+    assert rel(one, ref) < 1e-12
+    for i in range(0, len(results), 2):
+        torch.testing.assert_close(results[i], torch.stack([one, 2 * one, -one]), rtol=1e-12, atol=1e-14)
+        assert torch.equal(results[i + 1], after_one)
+
+
+def test_chunk_size_validation():
+    model = mlp()
+    x, y = batch(model)
+    V = torch.randn(2, sum(p.numel() for p in model.parameters()), dtype=DT)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+            hvp(model, x, y, V, chunk_size=bad)
 
 
 def test_parameters_without_grad_are_excluded():

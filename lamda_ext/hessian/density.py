@@ -119,7 +119,9 @@ def hessian_density(model, loss: LossSpec = "cross_entropy", data=None, iters: i
             raise ValueError(f"grid must be ≥ 2 points, got {grid}")
         n = int(grid)
         # at least ~6 points per σ so that the trapezoid rule integrates each Gaussian exactly
-        n = max(n, int(math.ceil((spread + 16 * sigma) / (sigma / 6))) + 1) if spread / sigma < 1e4 else n
+        # (the 1e-6 slack keeps the count independent of rounding: CPU and GPU nodes give the same grid)
+        ratio = spread / sigma
+        n = max(n, int(math.ceil(6 * (ratio + 16) - 1e-6)) + 1) if ratio < 1e4 else n
         t = torch.linspace(lo - 8 * sigma, hi + 8 * sigma, n, dtype=torch.float64)
     z = (t[:, None] - th[None, :]) / sigma
     dens = (w[None, :] * torch.exp(-0.5 * z * z)).sum(dim=1) / (sigma * math.sqrt(2 * math.pi))

@@ -66,7 +66,8 @@ class HessianOperator:
         shard: with ``torch.distributed`` initialised, split ``data`` across ranks (default). Pass
             ``False`` when every rank already holds only its own share (e.g. a ``DistributedSampler``);
             the products are all-reduced in both cases.
-        chunk: the most directions one vmapped HVP evaluates at once (bounds memory); None = all.
+        chunk: the most directions one vmapped tangent evaluation takes at once (bounds memory; all
+            directions share one primal pass); None = one at a time on the CPU, all at once on a GPU.
 
     ``H @ v`` takes ``v`` of shape ``[P]`` or a block ``[P, K]`` and returns the same shape;
     ``to_scipy()`` gives a ``scipy.sparse.linalg.LinearOperator`` (float64 numpy in and out).
@@ -130,11 +131,9 @@ class HessianOperator:
             if n == 0:
                 continue
             _check_common(self.model, x, y, self.loss, "params")
-            step = V.shape[0] if self.chunk is None else self.chunk
             with torch.enable_grad():
-                for i in range(0, V.shape[0], step):
-                    hv = _params_hvp(self.model, x, y, V[i:i + step], self.loss_fn, self.params)
-                    acc[i:i + step].add_(hv.detach(), alpha=float(n))
+                hv = _params_hvp(self.model, x, y, V, self.loss_fn, self.params, self.chunk)
+            acc.add_(hv.detach(), alpha=float(n))
             count += n
         total = torch.tensor([float(count)], dtype=torch.float64, device=acc.device)
         if world > 1:

@@ -1,0 +1,61 @@
+"""Formulations of common ops that are cheaper under forward-over-reverse (``jvp`` of ``grad``, vmapped).
+
+The HVP differentiates the *backward* pass with forward mode, so what matters is the forward-mode
+formula of each op's backward kernel. For ReLU that formula is wasteful: the tangent of
+``threshold_backward(g, x)`` is built as ``zeros_like(ẋ) + threshold_backward(ġ, x)`` — three passes
+over a K-batched activation where one suffices. Measured on the MNIST CNN (batch 128, K = 16, CPU)
+the ReLU backward tangents alone took ~0.3 s of a ~2.1 s HVP.
+
+:class:`ForwardOverReverseOps` is a ``TorchFunctionMode`` that, while active, computes ReLU as an
+``autograd.Function`` with a saved 0/1 mask: forward ``x.clamp_min(0)``, backward ``g · mask``,
+forward-mode ``ẋ · mask``; the forward tangent of the backward is then one multiplication
+``ġ · mask``. The values are identical (the derivative at exactly 0 is 0, as in autograd).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._state import RoutingMode
+
+__all__ = ["ForwardOverReverseOps"]
+
+
+class _MaskedReLU(torch.autograd.Function):
+    """ReLU whose backward and tangent are one multiplication by the saved mask ``(x > 0)``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x.clamp_min(0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (x,) = inputs
+        mask = (x > 0).to(x.dtype)      # same dtype as the gradients: no promotion pass
+        ctx.save_for_backward(mask)
+        ctx.save_for_forward(mask)
+        ctx.mask = mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask
+
+    @staticmethod
+    def jvp(ctx, x_t):
+        return x_t * ctx.mask
+
+
+def _relu(input, inplace=False):
+    # in-place callers (nn.ReLU(inplace=True), torchvision's ResNet) use the returned tensor;
+    # under the functional transforms an out-of-place result is what they receive
+    return _MaskedReLU.apply(input)
+
+
+class ForwardOverReverseOps(RoutingMode):
+    """Route ReLU to a formulation whose forward-over-reverse derivative is one multiplication."""
+
+    routes = {F.relu: _relu, torch.relu: _relu, torch.relu_: _relu, torch.Tensor.relu: _relu,
+              torch.Tensor.relu_: _relu}
