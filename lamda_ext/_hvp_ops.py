@@ -36,7 +36,6 @@ class _MaskedReLU(torch.autograd.Function):
         mask = (x > 0).to(x.dtype)      # same dtype as the gradients: no promotion pass
         ctx.save_for_backward(mask)
         ctx.save_for_forward(mask)
-        ctx.mask = mask
 
     @staticmethod
     def backward(ctx, grad):
@@ -45,7 +44,8 @@ class _MaskedReLU(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_t):
-        return x_t * ctx.mask
+        (mask,) = ctx.saved_tensors
+        return x_t * mask
 
 
 def _relu(input, inplace=False):

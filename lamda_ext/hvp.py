@@ -22,7 +22,8 @@ Conventions shared by the three functions:
   a batch-norm module in train mode is called without its running statistics
   (it normalises with the batch statistics, exactly as in the forward pass,
   but its running buffers are not updated).
-* Under ``vmap`` dropout draws one mask shared by all K directions.
+* Dropout draws one mask, shared by all K directions: the one a single-direction
+  ``hvp`` draws from the same generator state.
 * ReLU runs in a formulation with a cheaper forward-over-reverse derivative
   (:mod:`lamda_ext._hvp_ops`); the values are those of the native op.
 """
@@ -133,20 +134,34 @@ def _check_common(model: nn.Module, x: torch.Tensor, y, loss: LossSpec, wrt: str
         check_targets(loss, y, x.shape[0])
 
 
-def _check_v(v, shape_one: tuple[int, ...], ref: torch.Tensor, what: str) -> bool:
-    """Validate ``v`` against one direction of shape ``shape_one``; return True when batched [K, ...]."""
+def _check_vector_like(v, dtype: torch.dtype, device: torch.device, what: str) -> None:
+    """``v`` must be a tensor of ``dtype`` on ``device`` (those of ``what``, named in the errors)."""
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
-    if v.dtype != ref.dtype:
-        raise TypeError(f"dtype mismatch: v is {v.dtype} but the {what} are {ref.dtype}")
-    if v.device != ref.device:
-        raise ValueError(f"device mismatch: v is on {v.device} but the {what} are on {ref.device}")
+    if v.dtype != dtype:
+        raise TypeError(f"dtype mismatch: v is {v.dtype} but the {what} are {dtype}")
+    if v.device != device:
+        raise ValueError(f"device mismatch: v is on {v.device} but the {what} are on {device}")
+
+
+def _check_v(v, shape_one: tuple[int, ...], ref: torch.Tensor, what: str) -> bool:
+    """Validate ``v`` against one direction of shape ``shape_one``; return True when batched [K, ...]."""
+    _check_vector_like(v, ref.dtype, ref.device, what)
     if tuple(v.shape) == shape_one:
         return False
     if v.dim() == len(shape_one) + 1 and tuple(v.shape[1:]) == shape_one and v.shape[0] >= 1:
         return True
     raise ValueError(f"v must have shape {list(shape_one)} (one direction) or [K, {', '.join(map(str, shape_one))}]"
                      f" (K directions); got {list(v.shape)}")
+
+
+def _params_and_v(model: nn.Module, v) -> tuple[dict[str, torch.Tensor], bool]:
+    """The differentiated parameters, after checking ``v`` against them; True when ``v`` is ``[K, P]``."""
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("the model has no parameters with requires_grad=True")
+    P = sum(p.numel() for p in params.values())
+    return params, _check_v(v, (P,), next(iter(params.values())), "model parameters")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,7 +204,7 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
             start.reset()
             return pack(tangent_map(unpack(vec)))
 
-        chunk = _default_chunk(v) if chunk_size is None else int(chunk_size)
+        chunk = _default_chunk(v) if chunk_size is None else chunk_size
         if chunk == 1:
             return torch.stack([one(vec) for vec in v])
         return vmap(one, chunk_size=chunk, randomness="same")(v)
@@ -239,12 +254,7 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     loss_fn = resolve_loss(loss, label_smoothing)
     if wrt == "params":
-        params = trainable_parameters(model)
-        if not params:
-            raise ValueError("the model has no parameters with requires_grad=True")
-        ref = next(iter(params.values()))
-        P = sum(p.numel() for p in params.values())
-        _check_v(v, (P,), ref, "model parameters")
+        params, _ = _params_and_v(model, v)
         with torch.enable_grad():
             return _params_hvp(model, x, y, v, loss_fn, params, chunk_size).detach()
     _check_v(v, tuple(x.shape), x, "inputs x")
@@ -295,11 +305,7 @@ def hvp_double_backward(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *
     _check_common(model, x, y, loss, wrt)
     loss_fn = resolve_loss(loss, label_smoothing)
     if wrt == "params":
-        params = trainable_parameters(model)
-        if not params:
-            raise ValueError("the model has no parameters with requires_grad=True")
-        P = sum(p.numel() for p in params.values())
-        batched = _check_v(v, (P,), next(iter(params.values())), "model parameters")
+        params, batched = _params_and_v(model, v)
         with torch.enable_grad():
             g, leaves = grad_params(model, x, y, loss_fn, params, create_graph=True)
             vs = v if batched else v.unsqueeze(0)
@@ -335,11 +341,7 @@ def hvp_finite_difference(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor,
     base_eps = torch.finfo(x.dtype).eps ** 0.5
 
     if wrt == "params":
-        params = trainable_parameters(model)
-        if not params:
-            raise ValueError("the model has no parameters with requires_grad=True")
-        P = sum(p.numel() for p in params.values())
-        batched = _check_v(v, (P,), next(iter(params.values())), "model parameters")
+        params, batched = _params_and_v(model, v)
         theta_norm = float(flatten_params([p.detach() for p in params.values()]).norm())
         vs = v if batched else v.unsqueeze(0)
         out = []

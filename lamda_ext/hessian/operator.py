@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..hvp import _check_common, _params_hvp, trainable_parameters
+from ..hvp import _check_common, _params_hvp, _check_vector_like, trainable_parameters
 from ..losses import LossSpec, resolve_loss
 from .data import check_deterministic, dist_info, shard_batches
 
@@ -147,12 +147,7 @@ class HessianOperator:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for ``v`` of shape ``[P]`` or a block ``[P, K]`` (same shape out)."""
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
-        if v.dtype != self.dtype:
-            raise TypeError(f"dtype mismatch: v is {v.dtype} but the parameters are {self.dtype}")
-        if v.device != self.device:
-            raise ValueError(f"device mismatch: v is on {v.device} but the parameters are on {self.device}")
+        _check_vector_like(v, self.dtype, self.device, "parameters")
         if v.dim() == 1 and v.shape[0] == self.size:
             return self._rows(v.unsqueeze(0))[0]
         if v.dim() == 2 and v.shape[0] == self.size:

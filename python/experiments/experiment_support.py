@@ -59,6 +59,15 @@ def open_results_folder(out: pathlib.Path, config: dict, identity: Sequence[str]
     lio.write_json(out / "config.json", config)
 
 
+MNIST_LIKE = ("auto", "mnist", "digits")
+
+
+def add_mnist_like_argument(p) -> None:
+    """The ``--dataset`` option of the experiments that read their data through :func:`load_mnist_like`."""
+    p.add_argument("--dataset", choices=MNIST_LIKE, default="auto",
+                   help="auto (default): MNIST when found under the data root, else the offline digits set")
+
+
 def load_mnist_like(dataset: str, root, *, train_size: int | None, test_size: int | None, seed: int,
                     label_noise: float = 0.0, download: bool = False):
     """``dataset`` = ``"mnist"``, ``"digits"`` or ``"auto"`` (MNIST when found under ``root``, else digits).
@@ -66,7 +75,7 @@ def load_mnist_like(dataset: str, root, *, train_size: int | None, test_size: in
     Returns ``(data, name, note)``; ``note`` says why digits were used ("" otherwise). Subset sizes larger
     than the digits set are clipped for digits (it has 1200 train / 597 test images).
     """
-    if dataset not in ("auto", "mnist", "digits"):
+    if dataset not in MNIST_LIKE:
         raise ValueError(f"dataset must be auto, mnist or digits, got {dataset!r}")
     if dataset in ("auto", "mnist"):
         try:

@@ -41,8 +41,8 @@ from ..models import build_model
 from ..sam import SAM
 from ..trainer import evaluate, resolve_device
 from . import Experiment, register
-from .experiment_support import (fmt, group_mean_std, load_mnist_like, markdown_table, open_results_folder,
-                                 parse_seeds, pm, run_seeded_grid)
+from .experiment_support import (add_mnist_like_argument, fmt, group_mean_std, load_mnist_like, markdown_table,
+                                 open_results_folder, parse_seeds, pm, run_seeded_grid)
 
 __all__ = ["PRESETS", "OPTIMIZERS", "STEP_COLUMNS", "EPOCH_COLUMNS", "train_one", "run", "analyze"]
 
@@ -284,8 +284,7 @@ def analyze(out) -> int:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--dataset", choices=("auto", "mnist", "digits"), default="auto",
-                   help="auto (default): MNIST when found under the data root, else the offline digits set")
+    add_mnist_like_argument(p)
     p.add_argument("--seeds", default=None, help="comma-separated run seeds (default: the preset's count from --seed)")
     p.add_argument("--optimizers", default=None, help=f"comma-separated subset of {', '.join(OPTIMIZERS)}")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")

@@ -39,8 +39,8 @@ from ..models import build_model
 from ..regularizers import LambdaPenalty, RegularizerSet
 from ..trainer import Trainer, TrainConfig, evaluate, train_run
 from . import Experiment, register
-from .experiment_support import (fmt, group_mean_std, load_mnist_like, markdown_table, open_results_folder,
-                                 parse_seeds, pm, run_seeded_grid)
+from .experiment_support import (add_mnist_like_argument, fmt, group_mean_std, load_mnist_like, markdown_table,
+                                 open_results_folder, parse_seeds, pm, run_seeded_grid)
 
 __all__ = ["PRESETS", "CONDITIONS", "PAIRS", "boundary_points", "selectivity_rows", "run", "analyze"]
 
@@ -388,8 +388,7 @@ def analyze(out) -> int:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--dataset", choices=("auto", "mnist", "digits"), default="auto",
-                   help="auto (default): MNIST when found under the data root, else the offline digits set")
+    add_mnist_like_argument(p)
     p.add_argument("--seeds", default=None, help="comma-separated run seeds (default: the preset's count from --seed)")
     p.add_argument("--scale", type=float, default=100.0,
                    help="λ penalty scale (default 100: mean |d_n| is ~1e-3 on this model, so 100 makes the "

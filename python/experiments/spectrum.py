@@ -40,7 +40,8 @@ from ..data import batches
 from ..models import SigmoidMLP
 from ..trainer import resolve_device
 from . import Experiment, register
-from .experiment_support import fmt, load_mnist_like, markdown_table, my_cells, open_results_folder, parse_seeds
+from .experiment_support import (add_mnist_like_argument, fmt, load_mnist_like, markdown_table, my_cells,
+                                 open_results_folder, parse_seeds)
 
 __all__ = ["PRESETS", "l2_grid", "l2_label", "train_model", "hessian_data", "run", "analyze", "MODEL_COLUMNS"]
 
@@ -369,8 +370,7 @@ def analyze(out) -> int:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--dataset", choices=("auto", "mnist", "digits"), default="auto",
-                   help="auto (default): MNIST when found under the data root, else the offline digits set")
+    add_mnist_like_argument(p)
     p.add_argument("--seeds", default=None, help="comma-separated run IDs/seeds (default: --seed)")
     p.add_argument("--steps", type=int, default=None, help="number of L2 values on the grid (full: 451)")
     p.add_argument("--l2-max", type=float, default=None, help="largest L2 strength (default 0.09)")
