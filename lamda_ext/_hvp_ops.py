@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._state import RoutingMode
+from .routing import RoutingMode
 
 __all__ = ["ForwardOverReverseOps"]
 

@@ -9,58 +9,17 @@ from torch import nn
 
 from . import backends
 from ._state import RngReplay, frozen_batchnorm_stats
+from .checks import check_direction_tensor, check_model_and_x, check_order, check_wrt
 from .directions import num_parameters, random_directions, random_param_directions
 from .losses import LOSS_NAMES, LossSpec, check_targets, resolve_loss
-
-MAX_ORDER = 8
-
-
-def _check_model_and_x(model, x):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}; convert it with x.float()")
-    if x.dim() < 1 or x.shape[0] < 1:
-        raise ValueError(f"x must have a batch dimension with at least one point, got shape {list(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or inf values; clean the inputs before measuring derivatives")
-    p = next((q for q in model.parameters() if q.dtype.is_floating_point), None)
-    if p is not None:
-        if p.dtype != x.dtype:
-            raise TypeError(f"dtype mismatch: model parameters are {p.dtype} but x is {x.dtype}; "
-                            f"use model.to({x.dtype}) or x.to({p.dtype})")
-        if p.device != x.device:
-            raise ValueError(f"device mismatch: model parameters are on {p.device} but x is on {x.device}; "
-                             "move both to one device")
-
-
-def _check_order(order):
-    if isinstance(order, bool) or not isinstance(order, int):
-        raise TypeError(f"order must be an int in 1..{MAX_ORDER}, got {order!r}")
-    if not 1 <= order <= MAX_ORDER:
-        raise ValueError(f"order must be in 1..{MAX_ORDER}, got {order}")
-
-
-def _check_direction_tensor(d: torch.Tensor, expected: tuple, what: str, x: torch.Tensor):
-    if d.dtype != x.dtype:
-        raise TypeError(f"directions are {d.dtype} but x is {x.dtype}; pass directions of the same dtype")
-    if d.device != x.device:
-        raise ValueError(f"device mismatch: directions are on {d.device} but x is on {x.device}")
-    if d.dim() != len(expected) or tuple(d.shape[1:]) != tuple(expected[1:]) or d.shape[0] < 1:
-        raise ValueError(f"directions must have shape {what}, got {list(d.shape)}")
-    if not bool(torch.isfinite(d).all()):
-        raise ValueError("directions contain NaN or inf values")
-
 
 def _directions(directions, model, x, wrt, generator):
     if isinstance(directions, torch.Tensor):
         if wrt == "input":
-            _check_direction_tensor(directions, (0,) + tuple(x.shape), f"[K, *x.shape] = [K, {', '.join(map(str, x.shape))}]", x)
+            check_direction_tensor(directions, (0,) + tuple(x.shape), f"[K, *x.shape] = [K, {', '.join(map(str, x.shape))}]", x)
         else:
             p = num_parameters(model)
-            _check_direction_tensor(directions, (0, p), f"[K, P] = [K, {p}]", x)
+            check_direction_tensor(directions, (0, p), f"[K, P] = [K, {p}]", x)
         return directions
     if isinstance(directions, bool) or not isinstance(directions, int):
         raise TypeError(f"directions must be an int K ≥ 1 or a tensor, got {type(directions).__name__}")
@@ -113,10 +72,9 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
     Returns ``derivs`` or ``(derivs, loss)``; both are differentiable with respect to the model
     parameters when grad mode is on.
     """
-    _check_model_and_x(model, x)
-    _check_order(order)
-    if wrt not in ("input", "params"):
-        raise ValueError(f"wrt must be 'input' or 'params', got {wrt!r}")
+    check_model_and_x(model, x)
+    check_order(order)
+    check_wrt(wrt)
     if backend not in backends.NAMES:
         raise ValueError(f"backend must be one of {backends.NAMES}, got {backend!r}")
     if not (callable(loss) or loss in LOSS_NAMES):

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from lamda_ext.hvp import (flatten_params, hvp, hvp_double_backward, hvp_finite_difference,
-                           trainable_parameters, unflatten_params)
+from lamda_ext.hvp import hvp
+from lamda_ext.hvp_reference import hvp_double_backward, hvp_finite_difference
+from lamda_ext.params import flatten_params, trainable_parameters, unflatten_params
 
 DT = torch.float64
 

@@ -11,7 +11,8 @@ from torch import nn
 from lamda.landscape import (CurvatureAdaptiveLR, CurvatureEstimate, CurvatureProbe, evaluate, loss_surface,
                              mode_connectivity, plot_contour, plot_surface_1d, plot_surface_3d, random_direction,
                              sharpness)
-from lamda_ext.hvp import flatten_params, hvp
+from lamda_ext.hvp import hvp
+from lamda_ext.params import flatten_params
 import os as _os
 import sys as _sys
 

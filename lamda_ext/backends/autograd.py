@@ -11,7 +11,8 @@ import torch
 from torch.func import functional_call
 
 from ..losses import resolve_loss
-from .._state import HigherOrderSafe, RngReplay
+from .._state import RngReplay
+from ..routing import HigherOrderSafe
 
 
 def _nested(s: torch.Tensor, t: torch.Tensor, order: int, read) -> list:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 
 from ..losses import resolve_loss
-from .._state import HigherOrderSafe, RngReplay
+from .._state import RngReplay
+from ..routing import HigherOrderSafe
 from .autograd import perturbed_call
 
 

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..hvp import _check_common, _params_hvp, _check_vector_like, trainable_parameters
+from ..checks import check_hvp_inputs, check_vector_like
+from ..hvp import params_hvp
+from ..params import trainable_parameters
 from ..losses import LossSpec, resolve_loss
 from .data import check_deterministic, dist_info, shard_batches
 
@@ -130,9 +132,9 @@ class HessianOperator:
             n = x.shape[0]
             if n == 0:
                 continue
-            _check_common(self.model, x, y, self.loss, "params")
+            check_hvp_inputs(self.model, x, y, self.loss, "params")
             with torch.enable_grad():
-                hv = _params_hvp(self.model, x, y, V, self.loss_fn, self.params, self.chunk)
+                hv = params_hvp(self.model, x, y, V, self.loss_fn, self.params, self.chunk)
             acc.add_(hv.detach(), alpha=float(n))
             count += n
         total = torch.tensor([float(count)], dtype=torch.float64, device=acc.device)
@@ -147,7 +149,7 @@ class HessianOperator:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for ``v`` of shape ``[P]`` or a block ``[P, K]`` (same shape out)."""
-        _check_vector_like(v, self.dtype, self.device, "parameters")
+        check_vector_like(v, self.dtype, self.device, "parameters")
         if v.dim() == 1 and v.shape[0] == self.size:
             return self._rows(v.unsqueeze(0))[0]
         if v.dim() == 2 and v.shape[0] == self.size:

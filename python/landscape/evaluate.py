@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lamda_ext.hessian.data import iter_batches
-from lamda_ext.hvp import functional_state
+from lamda_ext.params import functional_state
 from lamda_ext.losses import LossSpec, resolve_loss
 
 __all__ = ["evaluate", "param_dict", "add_to_params"]

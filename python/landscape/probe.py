@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lamda_ext.hvp import grad_params, trainable_parameters
+from lamda_ext.hvp_reference import grad_params
+from lamda_ext.params import trainable_parameters
 from lamda_ext.losses import LossSpec, resolve_loss
 
 __all__ = ["CurvatureEstimate", "CurvatureProbe", "CurvatureAdaptiveLR"]

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from lamda_ext.hessian.data import check_deterministic, iter_batches
-from lamda_ext.hvp import grad_params, trainable_parameters, unflatten_params
+from lamda_ext.hvp_reference import grad_params
+from lamda_ext.params import trainable_parameters, unflatten_params
 from lamda_ext.losses import LossSpec, resolve_loss
 
 from .evaluate import add_to_params, evaluate, param_dict
