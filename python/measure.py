@@ -52,7 +52,7 @@ class MeasureConfig:
     chunk_size: int = 25
     backend: str = "auto"
     loss: str = "cross_entropy"
-    direction_mode: str = "shared"
+    direction_mode: str = "per-point"
 
     def __post_init__(self):
         if self.direction_mode not in DIRECTION_MODES:

@@ -385,3 +385,54 @@ def test_cv_and_k_convergence_csvs_match_the_npz(tmp_path):
         np.testing.assert_allclose([r["stderr_final"] for r in dc], jm["stderr"][-1, :, 0], rtol=1e-12)
         np.testing.assert_allclose([r["deviation_final"] for r in dc], jm["deviation"][-1, :, 0], rtol=1e-12,
                                    atol=1e-15)
+
+
+def test_shared_meter_stores_the_directions_it_used():
+    """Shared mode: the stored float32 directions [K, prod(S)] reproduce the measurement with the autograd reference
+    (every point along the same u_k); chunks use the same directions; the per-point mode stores none."""
+    import lamda_ext
+    from lamda.measure import LambdaMeter, MeasureConfig
+    from lamda.models import SigmoidMLP
+    torch.manual_seed(0)
+    model = SigmoidMLP(hidden=(16,)).eval()
+    x, y = torch.randn(7, 1, 28, 28), torch.randint(0, 10, (7,))
+    meter = LambdaMeter(x, y, MeasureConfig(points=7, directions=15, order=4, seed=5, chunk_size=3,
+                                            direction_mode="shared"))
+    r = meter.measure(model)
+    assert r["directions"].shape == (15, 784) and r["directions"].dtype == np.float32
+    u = torch.from_numpy(r["directions"]).reshape(15, 1, 28, 28)
+    ref = lamda_ext.directional_derivs(model.double(), x.double(), y, order=4, directions=u.double(),
+                                       backend="autograd")
+    np.testing.assert_allclose(r["derivatives_per_point"], ref.detach().numpy(), rtol=2e-3, atol=1e-6)
+    arr = meter.run_arrays([r, r])
+    assert arr["directions"].shape == (2, 15, 784) and str(arr["direction_mode"]) == "shared"
+    pp = LambdaMeter(x, y, MeasureConfig(points=7, directions=15, order=4, seed=5, chunk_size=3))
+    assert "directions" not in pp.measure(model.float()) and "directions" not in pp.run_arrays([])
+    with pytest.raises(ValueError, match="direction_mode"):
+        MeasureConfig(direction_mode="bogus")
+
+
+def test_two_seeds_per_point_mode(tmp_path):
+    """--seeds puts one seed_<s>/ folder per seed in every run folder and the tables give mean ± 95 % CI over
+    seeds; --direction-mode per-point keeps the old protocol (no stored directions)."""
+    from scipy import stats as st
+    out = tmp_path / "out"
+    assert main(["run", "diagnostic", "--preset", "smoke", "--methods", "baseline,sam", "--epochs", "1",
+                 "--points", "4", "--seeds", "3,4", "--direction-mode", "per-point", "--out", str(out),
+                 "--no-progress"]) == 0
+    for rel in ("01_baseline", "06_sam/sam_rho_0.1"):
+        for seed in (3, 4):
+            d = out / rel / f"seed_{seed}"
+            assert lio.read_json(d / "config.json")["seed"] == seed
+            z = lio.read_npz(d / "lambda_data.npz")
+            assert "directions" not in z and str(z["direction_mode"]) == "per-point"
+            assert (d / "lambda_evolution.png").is_file()
+    table = lio.read_csv(out / "00_summary" / "summary_statistics.csv")
+    base = next(t for t in table if t["method"] == "baseline")
+    accs = [lio.read_csv(out / "01_baseline" / f"seed_{s}" / "training_metrics.csv")[-1]["test_acc"] for s in (3, 4)]
+    assert base["n_seeds"] == 2 and base["test_acc_mean"] == pytest.approx(np.mean(accs))
+    assert base["test_acc_ci95"] == pytest.approx(st.t.ppf(0.975, 1) * np.std(accs, ddof=1) / np.sqrt(2))
+    summary = (out / "summary.md").read_text()
+    assert "| baseline | 2 |" in summary and "per-point" in summary and "seed(s) 3, 4" in summary
+    assert main(["run", "diagnostic", "--preset", "smoke", "--methods", "baseline,sam", "--epochs", "1",
+                 "--points", "4", "--seeds", "3,4", "--out", str(out), "--no-progress"]) == 2   # other protocol
