@@ -65,7 +65,10 @@ def input_derivs(model: nn.Module, x: torch.Tensor, y, u: torch.Tensor, order: i
     convolution rules then compute their tangent once per direction instead of once per point.
     """
     ctx = RunContext(order, u.shape[0], impl or Composite(), model)
-    hi = u.unsqueeze(0) if u.dim() == x.dim() + 1 else u.unsqueeze(1).unsqueeze(0).expand((1,) + (u.shape[0],) + tuple(x.shape))
+    if u.dim() == x.dim() + 1:      # [K, B, *S]: one direction per point
+        hi = u.unsqueeze(0)
+    else:                           # [K, *S] shared: a stride-0 view [1, K, B, *S]
+        hi = u.unsqueeze(1).unsqueeze(0).expand((1, u.shape[0]) + tuple(x.shape))
     with ctx.active():
         out = model(TaylorSeries(x, hi))
         loss0, d = _head_terms(out, y, loss, label_smoothing, ctx)

@@ -20,7 +20,7 @@ several ``--seeds`` every run folder holds one ``seed_<s>/`` folder per seed)::
     05_label_smoothing/smooth_0.05/ ... smooth_comparison.png   06_sam/sam_rho_0.05/ ... sam_comparison.png
     07_input_gradient_penalty/igp_0.01/ ... igp_comparison.png
     validation_analysis/ direction_convergence/ order_sensitivity/ temporal_directional_stability/
-                         joint_K_order_optimization/     (file names: lamda.analysis.diagnostic.VALIDATION_FILES)
+                         joint_K_order_optimization/     (file names: lamda.analysis.diagnostic.validation_files)
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import distributed
 from .. import io as lio
 from ..data import load_dataset
 from ..measure import DIRECTION_MODES, LambdaMeter, MeasureConfig
@@ -41,7 +42,7 @@ from ..schedule import MeasurementSchedule
 from ..trainer import Trainer, TrainConfig, train_run
 from . import Experiment, register
 from .experiment_support import parse_seeds
-from .runner import Cell, recorded_cells, require_complete, run_grid
+from .runner import Cell, cell_is_complete, recorded_cells, require_complete, run_grid
 
 __all__ = ["PRESETS", "FAMILIES", "RunSpec", "plan_runs", "run", "analyze", "dataset_dirs", "plan_cells"]
 
@@ -291,7 +292,7 @@ def run(args) -> int:
         _train_one(spec, data, dirs[spec.dataset], args, idx)
 
     rc = run_grid(NAME, out, cells, work, analyze, shard=args.shard, progress=True)
-    if (out / "summary.md").is_file() and all(c.key in by_key for c in cells):
+    if rc == 0 and distributed.rank_world()[0] == 0 and all(cell_is_complete(out, c) for c in cells):
         from ..analysis.diagnostic import figure_folders
         print(f"[diagnostic] summary: {out / 'summary.md'}", flush=True)
         for f in figure_folders(out):
