@@ -164,7 +164,7 @@ def lambda_evolution_figure(epochs: np.ndarray, lambda_values: np.ndarray, metri
     for key, c in (("train_acc", "tab:green"), ("test_acc", "tab:red")):
         ax.plot(ep, [r.get(key) for r in metric_rows], color=c, label=key)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (fraction)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

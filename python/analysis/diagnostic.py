@@ -464,10 +464,13 @@ def direction_convergence_analysis(vdir: pathlib.Path, runs: list[RunData]) -> d
     # per method: deviation vs K at the study's epochs (one y scale)
     fig, axs = plots.grid(n, size=(3.2, 2.8))
     for ax, r, jm in zip(axs, runs, jms):
-        for target, c in zip(STUDY_EPOCHS, plots.color_cycle(len(STUDY_EPOCHS))):
-            j = nearest_epoch_index(r.epochs, target)
-            ax.plot(ks, 100 * jm["deviation"][j, :, 0], color=c, marker=".", ms=3,
-                    label=f"epoch {int(r.epochs[j])}" + ("" if int(r.epochs[j]) == target else f" (for {target})"))
+        picks: dict[int, list[int]] = {}            # measured index -> the study epochs it stands for
+        for target in STUDY_EPOCHS:
+            picks.setdefault(nearest_epoch_index(r.epochs, target), []).append(target)
+        for (j, targets), c in zip(sorted(picks.items()), plots.color_cycle(len(STUDY_EPOCHS))):
+            e = int(r.epochs[j])
+            note = "" if targets == [e] else f" (for {', '.join(map(str, targets))})"
+            ax.plot(ks, 100 * jm["deviation"][j, :, 0], color=c, marker=".", ms=3, label=f"epoch {e}{note}")
         ax.set(xlabel="directions K", ylabel="deviation (%)", ylim=(0, ylim[1] * 1.05 + 1e-9))
         ax.set_title(r.label, fontsize=8)
         ax.legend(fontsize=5)
@@ -690,13 +693,14 @@ def joint_optimization_analysis(vdir: pathlib.Path, runs: list[RunData]) -> dict
     ax = axes[0, 0]
     ax.scatter([p[0] for p in pts], [100 * p[1] for p in pts], s=14, color="0.6", label="configurations")
     pp = sorted(pareto)
-    ax.plot([p[0] for p in pp], [100 * p[1] for p in pp], "r-o", ms=4, label="Pareto frontier")
-    for i, p in enumerate(pp):
-        ax.annotate(p[2], (p[0], 100 * p[1]), fontsize=6, xytext=(4, 4 + 8 * (i % 2)), textcoords="offset points")
+    ax.plot([p[0] for p in pp], [100 * p[1] for p in pp], "r-", lw=1, label="Pareto frontier")
+    for i, p in enumerate(pp):        # each frontier point named in the legend (labels never overlap)
+        ax.plot(p[0], 100 * p[1], plots.MARKERS[i % len(plots.MARKERS)], color=plots.color_cycle(len(pp))[i],
+                mec="k", mew=0.5, ms=6, ls="none", label=f"{p[2]} (cost {p[0]:.0f}, {100 * p[1]:.1f} %)")
     ax.axhline(100 * CRITERIA["deviation"], color="k", ls="--", lw=0.8, label="5 % deviation")
     ax.set(xlabel="cost: K × highest order (derivative evaluations per point)",
            ylabel="mean deviation from K=15, orders 1-6 (%)", title="cost vs accuracy of the λ estimate (final epoch)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="K, order window", title_fontsize=6)
     ax.grid(alpha=0.3)
     plots.save(fig, jd / "pareto_frontier.png")
     vr = plots.value_range(*[100 * jm["deviation"][-1] for jm in joint])
