@@ -412,7 +412,7 @@ def test_shared_meter_stores_the_directions_it_used():
         MeasureConfig(direction_mode="bogus")
 
 
-def test_two_seeds_per_point_mode(tmp_path):
+def test_two_seeds_per_point_mode(tmp_path, capsys):
     """--seeds puts one seed_<s>/ folder per seed in every run folder and the tables give mean ± 95 % CI over
     seeds; --direction-mode per-point keeps the old protocol (no stored directions)."""
     from scipy import stats as st
@@ -420,6 +420,8 @@ def test_two_seeds_per_point_mode(tmp_path):
     assert main(["run", "diagnostic", "--preset", "smoke", "--methods", "baseline,sam", "--epochs", "1",
                  "--points", "4", "--seeds", "3,4", "--direction-mode", "per-point", "--out", str(out),
                  "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"summary: {out / 'summary.md'}" in printed and f"figures: {out / 'validation_analysis'}" in printed
     for rel in ("01_baseline", "06_sam/sam_rho_0.1"):
         for seed in (3, 4):
             d = out / rel / f"seed_{seed}"
