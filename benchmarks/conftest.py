@@ -35,11 +35,13 @@ def pytest_sessionfinish(session, exitstatus):
              f"threads {torch.get_num_threads()}"]
     table = {}
     for case, times in RESULTS.items():
-        ref, floor = times.get("autograd"), times.get("floor")
+        ref, floor, expanded = times.get("autograd"), times.get("floor"), times.get("expanded")
         for variant, t in times.items():
             row = {"median_s": t}
             if ref:
                 row["speedup_vs_autograd"] = ref / t
+            if expanded:       # shared-direction cases: the same directions expanded to [K, B, *S]
+                row["speedup_vs_expanded"] = expanded / t
             if floor:
                 row["x_floor"] = t / floor
             table.setdefault(case, {})[variant] = row

@@ -4,6 +4,9 @@ Run:  pytest benchmarks/test_bench_derivs.py --benchmark-only -s
 Cases (issue 2 and 3): MNIST CNN B=32 K=15 N=6; sigmoid MLP B=128 K=15 N=6;
 tanh MLP 784-768-768-512-512-10 B=64 K=8 N=4; all float32. ``floor`` = K+1 plain
 forward passes (one primal batch plus the K·B tangent batch).
+Shared directions (issue 10): the λ-diagnostic's measurement (MNIST CNN, 25-point chunk, K=15, N=6; and the
+sigmoid MLP B=128) with directions ``[K, *S]`` shared by all points against the same directions expanded to
+``[K, B, *S]`` (variant ``expanded``; ``speedup_vs_expanded`` in the table), for taylor and fused.
 """
 import pytest
 import torch
@@ -90,3 +93,32 @@ def test_lambda_penalty_training_step(record, variant):
     # the table's "floor" column for this case is the plain step
     record("lambda_penalty_step_MnistCNN_B128", "floor" if variant == "plain" else variant, fn,
            rounds=3 if variant == "autograd" else 5)
+
+
+SHARED_CASES = {
+    "shared_dirs_mnist_cnn_B25_K15_N6": (lambda: MnistCNN().eval(), 25, 15, 6),
+    "shared_dirs_sigmoid_mlp_B128_K15_N6": (lambda: SigmoidMLP().eval(), 128, 15, 6),
+}
+
+
+@pytest.mark.parametrize("variant", ["expanded", "taylor_shared", "fused_expanded", "fused_shared"])
+@pytest.mark.parametrize("case", list(SHARED_CASES))
+def test_shared_vs_expanded_directions(record, case, variant):
+    """``expanded``/``taylor_shared``: backend taylor; ``fused_*``: backend fused. Same directions, same numbers."""
+    backend = "fused" if variant.startswith("fused") else "taylor"
+    if backend == "fused" and not _fused_available():
+        pytest.skip("extension lamda_ext._C not built")
+    make, b, k, n = SHARED_CASES[case]
+    torch.manual_seed(0)
+    model = make().to(DEVICE)
+    x = torch.randn(b, 1, 28, 28, device=DEVICE)
+    y = torch.randint(0, 10, (b,), device=DEVICE)
+    u = lamda_ext.random_directions(x, k, torch.Generator(device=DEVICE).manual_seed(0), shared=True)
+    dirs = u if variant.endswith("shared") else u.unsqueeze(1).expand((k,) + tuple(x.shape)).contiguous()
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+
+    def fn():
+        with torch.no_grad():
+            lamda_ext.directional_derivs(model, x, y, order=n, directions=dirs, backend=backend)
+        sync()
+    record(case, variant, fn, rounds=10)

@@ -16,7 +16,14 @@ from .losses import LOSS_NAMES, LossSpec, check_targets, resolve_loss
 def _directions(directions, model, x, wrt, generator):
     if isinstance(directions, torch.Tensor):
         if wrt == "input":
-            check_direction_tensor(directions, (0,) + tuple(x.shape), f"[K, *x.shape] = [K, {', '.join(map(str, x.shape))}]", x)
+            if directions.dim() == x.dim():     # [K, *S]: shared by every point
+                check_direction_tensor(directions, (0,) + tuple(x.shape[1:]),
+                                        f"[K, *x.shape[1:]] = [K, {', '.join(map(str, x.shape[1:]))}] (shared) "
+                                        f"or [K, *x.shape] = [K, {', '.join(map(str, x.shape))}] (per point)", x)
+                return directions
+            check_direction_tensor(directions, (0,) + tuple(x.shape),
+                                    f"[K, *x.shape] = [K, {', '.join(map(str, x.shape))}] (per point) or "
+                                    f"[K, *x.shape[1:]] = [K, {', '.join(map(str, x.shape[1:]))}] (shared)", x)
         else:
             p = num_parameters(model)
             check_direction_tensor(directions, (0, p), f"[K, P] = [K, {p}]", x)
@@ -53,11 +60,14 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
         order: highest order N (1..8).
         directions: K random directions (Gaussian, unit norm per point over all input dims —
             or over all parameters for ``wrt="params"`` — drawn from ``generator``), or an explicit
-            tensor ``[K, *x.shape]`` (``wrt="input"``) / ``[K, P]`` (``wrt="params"``) used as given.
+            tensor used as given: ``wrt="input"``: ``[K, *x.shape]`` (one direction per point and k) or
+            ``[K, *x.shape[1:]]`` (direction k shared by every point; broadcast over the batch without
+            copying it B times, the same numbers as passing it expanded to ``[K, *x.shape]``);
+            ``wrt="params"``: ``[K, P]``. Draw shared ones with ``random_directions(x, K, g, shared=True)``.
         loss: ``"cross_entropy"`` (with ``label_smoothing``), ``"mse"`` (mean over non-batch dims) or a
             callable ``(output, y) -> per-sample loss [B]``.
         wrt: ``"input"`` → ``[B, K, order]`` with entry ``[b, k, n-1] = d^n/dt^n loss_b`` at
-            ``x + t·u_k`` (all points move together, each along its own ``u_{k,b}``; without
+            ``x + t·u_k`` (all points move together, each along its own ``u_{k,b}`` or the shared ``u_k``; without
             batch-coupled layers this is the per-sample derivative at ``x_b + t·u_{k,b}``).
             ``"params"`` → ``[K, order]`` derivatives of the batch-mean loss at ``θ + t·v_k``.
         backend: ``"autograd"`` (reference), ``"func"``, ``"taylor"``, ``"fused"`` or ``"auto"`` (fused when

@@ -18,10 +18,20 @@ def _randn(shape, generator: Optional[torch.Generator], dtype, device) -> torch.
     return torch.randn(shape, generator=generator, dtype=dtype, device=gdev).to(device)
 
 
-def random_directions(x: torch.Tensor, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """K unit Gaussian directions per point: x ``[B, *S]`` → ``[K, B, *S]`` with ‖u_{k,b}‖ = 1."""
-    u = _randn((k,) + tuple(x.shape), generator, x.dtype, x.device)
-    norm = u.reshape(k, x.shape[0], -1).norm(dim=2).reshape((k, x.shape[0]) + (1,) * (x.dim() - 1))
+def random_directions(x: torch.Tensor, k: int, generator: Optional[torch.Generator] = None,
+                      shared: bool = False) -> torch.Tensor:
+    """K unit Gaussian input directions, normalised over all input dims ``S`` of a point.
+
+    x ``[B, *S]`` → per point (``shared=False``): ``[K, B, *S]`` with ‖u_{k,b}‖ = 1, each point its own
+    directions; shared by every point (``shared=True``): ``[K, *S]`` with ‖u_k‖ = 1, direction k is one
+    vector for the whole batch (``directional_derivs`` broadcasts it over the points).
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k (number of directions) must be an int >= 1, got {k!r}")
+    lead = (k,) if shared else (k, x.shape[0])
+    shape = lead + tuple(x.shape[1:])
+    u = _randn(shape, generator, x.dtype, x.device)
+    norm = u.reshape(lead + (-1,)).norm(dim=-1).reshape(lead + (1,) * (x.dim() - 1))
     return u / norm
 
 

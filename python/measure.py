@@ -1,12 +1,18 @@
-"""λ measurement on a fixed set of points with regenerable directions.
+"""λ measurement on a fixed set of points with fixed, regenerable directions.
 
-A :class:`LambdaMeter` holds P measurement points ``x [P, C, H, W]``, ``y [P]`` and measures, for the
+A :class:`LambdaMeter` holds P measurement points ``x [P, *S]``, ``y [P]`` and measures, for the
 current model, the directional derivatives ``d_n`` (n = 1..order) of the per-sample loss along K
-random unit input directions per point, using ``lamda_ext.directional_derivs``.  Points are processed
-in chunks of ``chunk_size``; chunk ``c`` draws its directions from a ``torch.Generator`` seeded with
-``direction_seeds[c] = seed + c``, so every direction can be regenerated with
-:func:`regenerate_directions` from the stored seeds.  The same directions are used at every
-measurement of a run, so per-direction λ can be followed over training.
+random unit input directions with ``lamda_ext.directional_derivs``. The same directions are used at
+every measurement of a run, so per-direction λ can be followed over training. Two protocols
+(``MeasureConfig.direction_mode``):
+
+- ``"shared"`` (the λ-diagnostic study's): K directions ``u_k [*S]`` drawn once from a CPU
+  ``torch.Generator`` seeded with ``seed`` (float32, unit norm over S), the same vector for every
+  point; direction k is one vector that can be followed through training. Stored in full.
+- ``"per-point"``: every point draws its own K directions; points are processed in chunks of
+  ``chunk_size`` and chunk ``c`` draws from ``direction_seeds[c] = seed + c``
+  (:func:`regenerate_directions` rebuilds them). "Direction k" is then an average over P unrelated
+  vectors.
 
 One measurement (:meth:`LambdaMeter.measure`) returns
 
@@ -14,7 +20,10 @@ One measurement (:meth:`LambdaMeter.measure`) returns
 - ``derivatives [K, N]``: mean over points of d_n,
 - ``log_abs_derivatives [K, N]``: mean over points of log|d_n| (exact zeros masked),
 - ``lambda_values [K]``: per-direction curvature rate fitted on ``log_abs_derivatives``
-  (``lamda_ext.curvature_rate(..., pool="points")``).
+  (``lamda_ext.curvature_rate(..., pool="points")``),
+- ``directions [K, prod(S)]`` (float32; shared mode only): the directions used.
+
+:meth:`LambdaMeter.run_arrays` gives the run-level arrays stored beside the stacked measurements.
 """
 from __future__ import annotations
 
@@ -24,12 +33,17 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["MeasureConfig", "LambdaMeter", "fit_lambda", "log_abs_mean", "regenerate_directions"]
+import lamda_ext
+
+DIRECTION_MODES = ("shared", "per-point")
+
+__all__ = ["DIRECTION_MODES", "MeasureConfig", "LambdaMeter", "fit_lambda", "log_abs_mean", "regenerate_directions"]
 
 
 @dataclass
 class MeasureConfig:
-    """``points``: P; ``directions``: K; ``order``: N; ``seed``: base direction seed."""
+    """``points``: P; ``directions``: K; ``order``: N; ``seed``: direction seed;
+    ``direction_mode``: ``"shared"`` (one set of K directions for all points) or ``"per-point"``."""
 
     points: int = 100
     directions: int = 15
@@ -38,8 +52,11 @@ class MeasureConfig:
     chunk_size: int = 25
     backend: str = "auto"
     loss: str = "cross_entropy"
+    direction_mode: str = "per-point"
 
     def __post_init__(self):
+        if self.direction_mode not in DIRECTION_MODES:
+            raise ValueError(f"direction_mode must be one of {DIRECTION_MODES}, got {self.direction_mode!r}")
         if self.points < 1 or self.directions < 1 or self.chunk_size < 1:
             raise ValueError(f"points, directions and chunk_size must be >= 1, got {self}")
         if not 1 <= self.order <= 8:
@@ -88,15 +105,20 @@ def fit_lambda(log_abs: np.ndarray, orders: tuple[int, int] | None = None) -> np
     return np.where(cnt >= 2, slope, np.nan)
 
 
-def _directional_derivs(model, x, y, cfg: MeasureConfig, generator):
-    import lamda_ext
-    return lamda_ext.directional_derivs(model, x, y, order=cfg.order, directions=cfg.directions, loss=cfg.loss,
-                                        wrt="input", backend=cfg.backend, generator=generator)
+def _directional_derivs(model, x, y, cfg: MeasureConfig, directions):
+    return lamda_ext.directional_derivs(model, x, y, order=cfg.order, directions=directions, loss=cfg.loss,
+                                        wrt="input", backend=cfg.backend)
+
+
+def shared_directions(sample_shape, directions: int, seed: int) -> torch.Tensor:
+    """The shared directions of a ``"shared"``-mode meter: ``[K, *sample_shape]`` float32, unit norm, drawn on
+    the CPU from ``torch.Generator().manual_seed(seed)`` (the same on every device)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return lamda_ext.random_directions(torch.zeros((1,) + tuple(sample_shape)), directions, g, shared=True)
 
 
 def regenerate_directions(x_points: torch.Tensor, directions: int, direction_seeds, chunk_size: int) -> torch.Tensor:
     """The unit directions a :class:`LambdaMeter` used: ``[P, K, *x.shape[1:]]``."""
-    import lamda_ext
     out = []
     for c, seed in enumerate(np.asarray(direction_seeds).tolist()):
         xc = x_points[c * chunk_size:(c + 1) * chunk_size]
@@ -113,7 +135,12 @@ class LambdaMeter:
             raise ValueError(f"x has {x.shape[0]} points but y has {y.shape[0]} labels")
         self.x, self.y, self.cfg = x, y, cfg
         n_chunks = (x.shape[0] + cfg.chunk_size - 1) // cfg.chunk_size
-        self.direction_seeds = np.array([cfg.seed + c for c in range(n_chunks)], dtype=np.int64)
+        if cfg.direction_mode == "shared":
+            self.direction_seeds = np.array([cfg.seed], dtype=np.int64)
+            self.directions = shared_directions(x.shape[1:], cfg.directions, cfg.seed)      # [K, *S] float32
+        else:
+            self.direction_seeds = np.array([cfg.seed + c for c in range(n_chunks)], dtype=np.int64)
+            self.directions = None
 
     @property
     def points(self) -> int:
@@ -126,10 +153,15 @@ class LambdaMeter:
         try:
             per_point = []
             cs = self.cfg.chunk_size
-            for c, seed in enumerate(self.direction_seeds.tolist()):
+            shared = (self.directions.to(self.x.device, self.x.dtype) if self.directions is not None else None)
+            for c in range((self.points + cs - 1) // cs):
                 xc, yc = self.x[c * cs:(c + 1) * cs], self.y[c * cs:(c + 1) * cs]
-                g = torch.Generator().manual_seed(int(seed))   # CPU generator: device-independent directions
-                d = _directional_derivs(model, xc, yc, self.cfg, g)
+                if shared is not None:
+                    u = shared
+                else:   # CPU generator: device-independent directions
+                    g = torch.Generator().manual_seed(int(self.direction_seeds[c]))
+                    u = lamda_ext.random_directions(xc.cpu(), self.cfg.directions, g).to(xc.device)
+                d = _directional_derivs(model, xc, yc, self.cfg, u)
                 per_point.append(d.detach().to("cpu", torch.float64))
             dpp = torch.cat(per_point, 0).numpy()                                   # [P, K, N]
         finally:
@@ -138,12 +170,25 @@ class LambdaMeter:
             raise FloatingPointError("directional derivatives contain NaN/inf; the model has diverged")
         log_abs = log_abs_mean(dpp, axis=0)                                         # [K, N]
         lam = _curvature_rate_points(dpp)
-        return {"derivatives_per_point": dpp, "derivatives": dpp.mean(0), "log_abs_derivatives": log_abs,
-                "lambda_values": lam}
+        out = {"derivatives_per_point": dpp, "derivatives": dpp.mean(0), "log_abs_derivatives": log_abs,
+               "lambda_values": lam}
+        if self.directions is not None:
+            out["directions"] = self.directions.reshape(self.cfg.directions, -1).numpy().astype(np.float32)
+        return out
+
+    def run_arrays(self, measurements: list[dict]) -> dict[str, np.ndarray]:
+        """Run-level arrays for ``lambda_data.npz``: ``direction_seeds``, ``direction_chunk_size``,
+        ``direction_mode``, and in shared mode ``directions [M, K, prod(S)]`` float32 (one row per measurement)."""
+        arr = {"direction_seeds": self.direction_seeds, "direction_chunk_size": np.array(self.cfg.chunk_size),
+               "direction_mode": np.array(self.cfg.direction_mode)}
+        if self.directions is not None:
+            k, dim = self.cfg.directions, int(np.prod(self.x.shape[1:]))
+            arr["directions"] = (np.stack([r["directions"] for r in measurements]) if measurements
+                                 else np.zeros((0, k, dim), np.float32))
+        return arr
 
 
 def _curvature_rate_points(dpp: np.ndarray) -> np.ndarray:
     """Per-direction λ pooled over points ``[P, K, N]`` → ``[K]`` (lamda_ext.curvature_rate, pool='points')."""
-    import lamda_ext
     lam = lamda_ext.curvature_rate(torch.from_numpy(dpp), pool="points")
     return lam.detach().cpu().numpy().astype(np.float64)

@@ -288,8 +288,7 @@ class Trainer:
                                 ("derivatives_per_point", (P, K, N)), ("lambda_values", (K,)))}
         for k in ("epoch", "train_acc", "test_acc", "train_loss", "test_loss", "ece"):
             arr[k + ("s" if k == "epoch" else "")] = np.array([r[k] for r in meas], dtype=np.int64 if k == "epoch" else np.float64)
-        arr["direction_seeds"] = m.direction_seeds
-        arr["direction_chunk_size"] = np.array(m.cfg.chunk_size)
+        arr.update(m.run_arrays(meas))
         arr["orders"] = np.arange(1, N + 1)
         return arr
 

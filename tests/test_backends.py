@@ -204,3 +204,80 @@ def test_filter_normalised_parameter_directions():
                                        p.detach().reshape(p.shape[0], -1).norm(dim=1).expand(2, -1))
     u = lamda_ext.random_param_directions(m, 3, torch.Generator().manual_seed(0))
     torch.testing.assert_close(u.norm(dim=1), torch.ones(3, dtype=u.dtype))
+
+
+# ------------------------------------------------------------------ shared directions [K, *S] (issue 10)
+SHARED_CASES = [(b, name) for b in ("taylor", "fused") for name in MODELS] + \
+               [(b, name) for b in ("autograd", "func") for name in ("sequential", "functional", "sigmoid_mlp",
+                                                                      "cifar_resnet")]
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("backend,name", SHARED_CASES)
+def test_shared_directions_equal_the_expanded_call(backend, name, train):
+    """[K, *S] broadcast over the batch gives the numbers of the same directions expanded to [K, B, *S]
+    (float64, ≤ 1e-12 relative to the largest |d_n| per order), in eval and train mode (dropout, batch norm)."""
+    _needs(backend)
+    m, x, y = build(name)
+    m.train(train)
+    u = lamda_ext.random_directions(x, 2, torch.Generator().manual_seed(5), shared=True)
+    assert u.shape == (2,) + tuple(x.shape[1:])
+    expanded = u.unsqueeze(1).expand((2,) + tuple(x.shape)).contiguous()
+    order = 6 if backend in ("taylor", "fused") else 4
+    with torch.no_grad():
+        want = _derivs(m, x, y, expanded, backend, order=order)
+        got = _derivs(m, x, y, u, backend, order=order)
+    assert got.shape == want.shape == (x.shape[0], 2, order)
+    assert want.abs().amax() > 0
+    assert rel_err(got, want) <= 1e-12
+    if backend != "autograd":      # and both agree with the reference
+        with torch.no_grad():
+            ref = _derivs(m, x, y, expanded, "autograd", order=order)
+        assert rel_err(got, ref) <= TOL
+
+
+def test_shared_directions_gradients_match_the_expanded_call():
+    """The shared path stays differentiable w.r.t. the parameters (taylor vs autograd on the expanded call)."""
+    m, x, y = build("mnist_cnn")
+    m.train()
+    u = lamda_ext.random_directions(x, 2, torch.Generator().manual_seed(3), shared=True)
+    grads = []
+    for backend, dirs in (("taylor", u), ("autograd", u.unsqueeze(1).expand((2,) + tuple(x.shape)))):
+        m.zero_grad()
+        _derivs(m, x, y, dirs, backend, order=3).abs().mean().backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
+def test_shared_random_directions_unit_norm_seeded_and_checked():
+    x = torch.zeros(5, 1, 4, 4, dtype=torch.float64)
+    a = lamda_ext.random_directions(x, 3, torch.Generator().manual_seed(1), shared=True)
+    b = lamda_ext.random_directions(x, 3, torch.Generator().manual_seed(1), shared=True)
+    assert a.shape == (3, 1, 4, 4) and torch.equal(a, b)
+    torch.testing.assert_close(a.reshape(3, -1).norm(dim=1), torch.ones(3, dtype=torch.float64))
+    assert not torch.allclose(a[0], a[1])
+    m, _, y = build("sequential")
+    xs = torch.randn(3, 3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"\[K, \*x.shape\[1:\]\]"):
+        lamda_ext.directional_derivs(m, xs, y, order=2, directions=torch.randn(2, 3, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="k \\(number of directions\\)"):
+        lamda_ext.random_directions(xs, 0, shared=True)
+
+
+def test_shared_directions_take_the_rowwise_path(monkeypatch):
+    """The first conv/linear maps a shared direction once (not once per point), and the result still matches."""
+    from lamda_ext.taylor import op_rules
+    seen = []
+    orig = op_rules._batch_broadcast
+    monkeypatch.setattr(op_rules, "_batch_broadcast", lambda x: seen.append(orig(x)) or seen[-1])
+    m, x, y = build("mnist_cnn")
+    m.eval()
+    u = lamda_ext.random_directions(x, 2, torch.Generator().manual_seed(0), shared=True)
+    with torch.no_grad():
+        got = lamda_ext.directional_derivs(m, x, y, order=4, directions=u, backend="taylor")
+        seen_shared = list(seen)
+        seen.clear()
+        want = lamda_ext.directional_derivs(m, x, y, order=4, directions=u.unsqueeze(1).expand((2,) + tuple(x.shape)).contiguous(),
+                                            backend="taylor")
+    assert seen_shared[0] is True and not any(seen)
+    assert rel_err(got, want) <= 1e-12

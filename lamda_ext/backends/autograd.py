@@ -81,7 +81,7 @@ def _graded(fn, *args):
 
 
 def input_derivs(model, x, y, u, order, loss, label_smoothing=0.0):
-    """d^n/dt^n loss_b(x + t·u_k): x ``[B, ...]``, u ``[K, B, ...]`` → (``[B, K, order]``, loss ``[B]``)."""
+    """d^n/dt^n loss_b(x + t·u_k): x ``[B, ...]``, u ``[K, B, ...]`` or shared ``[K, ...]`` (broadcast) → (``[B, K, order]``, loss ``[B]``)."""
     return _graded(_input_derivs, model, x, y, u, order, loss, label_smoothing)
 
 

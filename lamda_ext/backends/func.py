@@ -49,7 +49,7 @@ def _mean_with_samples(per_sample: torch.Tensor):
 
 
 def input_derivs(model, x, y, u, order, loss, label_smoothing=0.0):
-    """d^n/dt^n loss_b(x + t·u_k): x ``[B, ...]``, u ``[K, B, ...]`` → ``[B, K, order]``."""
+    """d^n/dt^n loss_b(x + t·u_k): x ``[B, ...]``, u ``[K, B, ...]`` or shared ``[K, ...]`` (broadcast) → ``[B, K, order]``."""
     with HigherOrderSafe():
         return _input_derivs(model, x, y, u, order, loss, label_smoothing)
 

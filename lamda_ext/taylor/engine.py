@@ -58,11 +58,19 @@ def _head_terms(out, y, loss, label_smoothing: float, ctx: RunContext):
 
 def input_derivs(model: nn.Module, x: torch.Tensor, y, u: torch.Tensor, order: int, loss,
                  label_smoothing: float = 0.0, impl=None):
-    """d^n/dt^n loss_b(x + t·u_k), n = 1..order. x ``[B, ...]``, u ``[K, B, ...]`` →
-    (``[B, K, order]``, per-sample loss at t = 0 ``[B]``)."""
+    """d^n/dt^n loss_b(x + t·u_k), n = 1..order. x ``[B, ...]``, u ``[K, B, ...]`` (per point) or
+    ``[K, ...]`` (shared by every point) → (``[B, K, order]``, per-sample loss at t = 0 ``[B]``).
+
+    Shared directions enter as a stride-0 broadcast over the batch (no B-fold copy); linear and
+    convolution rules then compute their tangent once per direction instead of once per point.
+    """
     ctx = RunContext(order, u.shape[0], impl or Composite(), model)
+    if u.dim() == x.dim() + 1:      # [K, B, *S]: one direction per point
+        hi = u.unsqueeze(0)
+    else:                           # [K, *S] shared: a stride-0 view [1, K, B, *S]
+        hi = u.unsqueeze(1).unsqueeze(0).expand((1, u.shape[0]) + tuple(x.shape))
     with ctx.active():
-        out = model(TaylorSeries(x, u.unsqueeze(0)))
+        out = model(TaylorSeries(x, hi))
         loss0, d = _head_terms(out, y, loss, label_smoothing, ctx)
     if d is None:
         return x.new_zeros(x.shape[0], u.shape[0], order), loss0

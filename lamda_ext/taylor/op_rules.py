@@ -250,13 +250,26 @@ def softmax(x, dim=None, _stacklevel=3, dtype=None):
 
 
 # ----------------------------------------------------------------------------- bilinear
-def bilinear(x, w, op_pp, op_lp, op_pk, op_kk):
+def _batch_broadcast(x: TaylorSeries) -> bool:
+    """True when every coefficient of ``x`` is the same for all entries of the primal's dim 0 (a stride-0
+    broadcast, as directions shared by every point enter the model)."""
+    return x.c0.dim() >= 2 and x.c0.shape[0] > 1 and x.hi.stride(2) == 0
+
+
+def bilinear(x, w, op_pp, op_lp, op_pk, op_kk, rowwise: bool = False):
     """Cauchy product of a bilinear op.
 
     op_pp(x0, w0); op_lp(x_lead [L, *S], w0) with any leading axis L; op_pk(x0, w_k [K, ...]);
-    op_kk(x_k [K, *S], w_k [K, ...]). A constant ``w`` takes the folded fast path.
+    op_kk(x_k [K, *S], w_k [K, ...]). A constant ``w`` takes the folded fast path. ``rowwise``: the op
+    acts on each entry of the primal's dim 0 independently, so a coefficient broadcast over that dim is
+    mapped once and broadcast again.
     """
     if not is_series(w):
+        if rowwise and _batch_broadcast(x):
+            b = x.c0.shape[0]
+            h = op_lp(x.hi[:, :, :1].reshape((-1, 1) + tuple(x.c0.shape[1:])), w)
+            return TaylorSeries(op_pp(x.c0, w), h.reshape(tuple(x.hi.shape[:2]) + (1,) + tuple(h.shape[2:])).expand(
+                tuple(x.hi.shape[:2]) + (b,) + tuple(h.shape[2:])))
         return map_linear(x, lambda c: op_pp(c, w), lambda h: op_lp(h, w))
     xt, wt = terms_of(x), w.terms()
     n_out = min(order() + 1, len(xt) + len(wt) - 1)
@@ -289,7 +302,7 @@ def linear(x, weight, bias=None):
         return y.reshape(tuple(xk.shape[:-1]) + (wk.shape[-2],))
 
     if is_series(x):
-        out = bilinear(x, weight, F.linear, F.linear, pk, kk)
+        out = bilinear(x, weight, F.linear, F.linear, pk, kk, rowwise=True)
     else:   # constant input, series weight: swap roles
         out = bilinear(weight, x, lambda w0, x0: F.linear(x0, w0), lambda wl, x0: pk(x0, wl),
                        None, None)
@@ -322,7 +335,7 @@ def _conv(nd: int):
             return grouped(xk.movedim(0, 1), wk)
 
         if is_series(x):
-            out = bilinear(x, weight, pp, lp, pk, kk)
+            out = bilinear(x, weight, pp, lp, pk, kk, rowwise=x.c0.dim() == nd + 2)
         else:
             out = bilinear(weight, x, lambda w0, x0: pp(x0, w0), lambda wl, x0: pk(x0, wl), None, None)
         if bias is None:

@@ -1,11 +1,20 @@
-"""Small statistics helpers that say "not enough data" instead of returning a meaningless number."""
+"""Small statistics helpers that say "not enough data" instead of returning a meaningless number.
+
+- :func:`mean_ci`: mean and 95 % t-interval half-width over seeds (n/a for one value).
+- :func:`pearson`: Pearson r, two-sided p and a bootstrap 95 % CI over the pairs, with n.
+- :func:`cv`: coefficient of variation std/|mean| (the study's definition).
+- :func:`bootstrap_stderr`: the standard error of a mean of K values, measured by resampling K of them.
+"""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Correlation", "pearson", "fmt"]
+__all__ = ["Correlation", "pearson", "fmt", "mean_ci", "fmt_ci", "cv", "bootstrap_stderr", "MIN_FIT_POINTS"]
+
+MIN_FIT_POINTS = 5     # no fit line through fewer points
 
 
 @dataclass
@@ -14,6 +23,8 @@ class Correlation:
     p: float
     n: int
     reason: str = ""
+    ci_lo: float = float("nan")
+    ci_hi: float = float("nan")
 
     @property
     def ok(self) -> bool:
@@ -22,21 +33,88 @@ class Correlation:
     def text(self) -> str:
         if not self.ok:
             return f"not enough data ({self.reason})"
-        return f"Pearson r = {self.r:+.3f}, p = {self.p:.3g} (n = {self.n})"
+        ci = (f", 95 % bootstrap CI [{self.ci_lo:+.2f}, {self.ci_hi:+.2f}]" if np.isfinite(self.ci_lo)
+              else ", bootstrap CI n/a")
+        return f"Pearson r = {self.r:+.3f}, p = {self.p:.3g}, n = {self.n}{ci}"
 
 
-def pearson(x, y) -> Correlation:
-    """Pearson r and two-sided p-value (scipy) over the pairs where both values are finite."""
+def pearson(x, y, n_boot: int = 2000, seed: int = 0) -> Correlation:
+    """Pearson r and two-sided p-value (scipy) over the pairs where both values are finite, with a percentile
+    bootstrap 95 % CI of r (``n_boot`` resamples of the pairs, seeded; resamples with a constant variable skipped)."""
     from scipy import stats
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     n = int(ok.sum())
     if n < 3:
-        return Correlation(np.nan, np.nan, n, f"{n} run(s) with finite values, need at least 3")
-    if np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return Correlation(np.nan, np.nan, n, f"n = {n} run(s) with finite values, need at least 3")
+    x, y = x[ok], y[ok]
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
         return Correlation(np.nan, np.nan, n, "one of the variables is constant")
-    res = stats.pearsonr(x[ok], y[ok])
-    return Correlation(float(res.statistic), float(res.pvalue), n)
+    res = stats.pearsonr(x, y)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    xb, yb = x[idx], y[idx]
+    xc, yc = xb - xb.mean(1, keepdims=True), yb - yb.mean(1, keepdims=True)
+    den = np.sqrt((xc * xc).sum(1) * (yc * yc).sum(1))
+    good = den > 0
+    rb = (xc * yc).sum(1)[good] / den[good]
+    lo, hi = (np.percentile(rb, [2.5, 97.5]) if rb.size >= 100 else (np.nan, np.nan))
+    return Correlation(float(res.statistic), float(res.pvalue), n, ci_lo=float(lo), ci_hi=float(hi))
+
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
+    """Mean, half-width of the two-sided t-interval (``level``) and count of the finite values.
+
+    The half-width is NaN for n = 1 (no interval from one seed); (NaN, NaN, 0) when there is no finite value.
+    """
+    from scipy import stats
+    v = np.asarray([np.nan if x is None else float(x) for x in np.ravel(np.asarray(values, dtype=object))], float)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    if n == 1:
+        return float(v[0]), float("nan"), 1
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / np.sqrt(n))
+    return float(v.mean()), half, n
+
+
+def fmt_ci(mean: float, half: float, n: int, spec: str = ".3f") -> str:
+    """``"m ± h"`` (95 % CI half-width over n seeds), ``"m ± n/a"`` for one seed (no interval), ``"n/a"`` for none."""
+    if n == 0 or not np.isfinite(mean):
+        return "n/a"
+    if n == 1 or not np.isfinite(half):
+        return f"{fmt(mean, spec)} ± n/a"
+    return f"{fmt(mean, spec)} ± {fmt(half, spec)}"
+
+
+def cv(values, axis: int = -1) -> np.ndarray:
+    """Coefficient of variation std/|mean| (sample std, ddof = 1) over ``axis``, finite values only;
+    NaN with fewer than 2 finite values or a zero mean."""
+    v = np.asarray(values, float)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cnt = np.sum(np.isfinite(v), axis=axis)
+        m = np.nanmean(v, axis=axis)
+        s = np.nanstd(v, axis=axis, ddof=1)
+        out = s / np.abs(m)
+    return np.where((cnt >= 2) & (m != 0), out, np.nan)
+
+
+def bootstrap_stderr(values, k: int, n_boot: int = 500, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Standard error of the mean of ``k`` values drawn from the last axis, measured by resampling: the std over
+    ``n_boot`` resamples (k values with replacement) of their mean. ``values [..., Kall]`` → ``[...]``.
+
+    It estimates std/√k without assuming it (correlated or heavy-tailed values make the two differ); NaN where a
+    row has no finite value."""
+    v = np.asarray(values, float)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    kall = v.shape[-1]
+    idx = rng.integers(0, kall, size=(n_boot, k))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(v[..., idx], axis=-1)                 # [..., n_boot]
+        return np.nanstd(means, axis=-1, ddof=1)
 
 
 def fmt(v, spec: str = ".3f", missing: str = "n/a") -> str:

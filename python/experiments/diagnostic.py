@@ -2,69 +2,81 @@
 
 The same model is trained under each method (baseline; dropout; weight decay; data augmentation;
 label smoothing; SAM; input-gradient penalty) and λ is measured during training on a fixed set of
-test points (K = 15 input directions, orders 1–6) on the schedule of :mod:`lamda.schedule`.
-Afterwards the post-hoc analyses (:mod:`lamda.analysis.diagnostic`) run on the saved arrays alone.
+test points on the schedule of :mod:`lamda.schedule`: K = 15 input directions drawn once per run and
+shared by every point (``--direction-mode shared``, the study's protocol; ``per-point`` is the old one),
+orders 1–6. Afterwards the post-hoc analyses (:mod:`lamda.analysis.diagnostic`) run on the saved arrays
+alone. Each run is one cell of the shared grid runner (:mod:`lamda.experiments.runner`).
 
-Output tree under ``--out`` (per data set; with ``--dataset both`` CIFAR-10 goes into ``cifar10/``)::
+Output tree under ``--out`` (per data set; with ``--dataset both`` CIFAR-10 goes into ``cifar10/``; with
+several ``--seeds`` every run folder holds one ``seed_<s>/`` folder per seed)::
 
     experiment_config.json, summary.md
     00_summary/  all_methods_comparison.png performance_vs_lambda.png generalization_gap_vs_lambda.png
                  calibration_vs_lambda.png summary_statistics.csv
     01_baseline/ training_metrics.csv lambda_data.npz lambda_evolution.png final_model.pt config.json
                  baseline_comparison.png
-    02_dropout/dropout_0.3/ ...  02_dropout/dropout_comparison.png   (and so on to 07)
+    02_dropout/dropout_0.3/ ...  02_dropout/dropout_comparison.png
+    03_weight_decay/wd_1e-4/ ... wd_comparison.png      04_data_augmentation/rotation_translation/ ...
+    05_label_smoothing/smooth_0.05/ ... smooth_comparison.png   06_sam/sam_rho_0.05/ ... sam_comparison.png
+    07_input_gradient_penalty/igp_0.01/ ... igp_comparison.png
     validation_analysis/ direction_convergence/ order_sensitivity/ temporal_directional_stability/
-                         joint_K_order_optimization/
+                         joint_K_order_optimization/     (file names: lamda.analysis.diagnostic.validation_files)
 """
 from __future__ import annotations
 
 import copy
 import pathlib
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .. import distributed
 from .. import io as lio
 from ..data import load_dataset
-from ..measure import LambdaMeter, MeasureConfig
+from ..measure import DIRECTION_MODES, LambdaMeter, MeasureConfig
 from ..models import build_model
 from ..regularizers import (Augmentation, Dropout, InputGradientPenalty, LabelSmoothing, RegularizerSet, SAM,
                             WeightDecay)
 from ..schedule import MeasurementSchedule
-from ..trainer import Trainer, TrainConfig, run_is_complete, train_run
-from . import Experiment, parse_shard, register
+from ..trainer import Trainer, TrainConfig, train_run
+from . import Experiment, register
+from .experiment_support import parse_seeds
+from .runner import Cell, cell_is_complete, recorded_cells, require_complete, run_grid
 
-__all__ = ["PRESETS", "FAMILIES", "RunSpec", "plan_runs", "run", "analyze", "dataset_dirs"]
+__all__ = ["PRESETS", "FAMILIES", "RunSpec", "plan_runs", "run", "analyze", "dataset_dirs", "plan_cells"]
 
 NAME = "diagnostic"
 
-# Per data set and preset: subset sizes, optimiser, epochs, measurement points, model.
+# Per data set and preset: subset sizes, optimiser, epochs, measurement points, model, and the test accuracy a
+# run is expected to reach (``acc_target``; the summary carries a caveat when a run misses it). ``seeds``: how
+# many seeds (from --seed) when --seeds is not given. ``one_strength``: every method at its middle strength only.
+# quick (the README's main job): the 7 methods at one strength, 15 epochs — 105 run-epochs against the 255 of
+# the former 17-run quick preset.
 PRESETS: dict[str, dict[str, dict]] = {
     "full": {
         "mnist": dict(train=1000, test=1000, epochs=50, batch=128, lr=1e-3, schedule="none", points=100,
-                      model="mnist_cnn"),
+                      model="mnist_cnn", acc_target=0.85, seeds=3),
         "digits": dict(train=1000, test=597, epochs=50, batch=128, lr=1e-3, schedule="none", points=100,
-                       model="mnist_cnn"),
+                       model="mnist_cnn", acc_target=0.85, seeds=3),
         "cifar10": dict(train=10000, test=1000, epochs=100, batch=128, lr=3e-3, schedule="cosine", points=100,
-                        model="cifar_cnn"),
+                        model="cifar_cnn", acc_target=0.65, seeds=3),
     },
     "quick": {
         "mnist": dict(train=1000, test=1000, epochs=15, batch=128, lr=1e-3, schedule="none", points=50,
-                      model="mnist_cnn"),
+                      model="mnist_cnn", acc_target=0.85, seeds=1, one_strength=True),
         "digits": dict(train=1000, test=597, epochs=15, batch=128, lr=1e-3, schedule="none", points=50,
-                       model="mnist_cnn"),
+                       model="mnist_cnn", acc_target=0.85, seeds=1, one_strength=True),
         "cifar10": dict(train=2000, test=500, epochs=10, batch=128, lr=1e-3, schedule="cosine", points=40,
-                        model="cifar_cnn"),
+                        model="cifar_cnn", acc_target=0.40, seeds=1, one_strength=True),
     },
     "smoke": {
         "mnist": dict(train=256, test=256, epochs=2, batch=64, lr=1e-3, schedule="none", points=8,
-                      model="mnist_cnn", one_strength=True),
+                      model="mnist_cnn", acc_target=0.85, seeds=1, one_strength=True),
         "digits": dict(train=256, test=200, epochs=2, batch=64, lr=1e-3, schedule="none", points=8,
-                       model="mnist_cnn", one_strength=True),
+                       model="mnist_cnn", acc_target=0.85, seeds=1, one_strength=True),
         "cifar10": dict(train=256, test=128, epochs=2, batch=64, lr=1e-3, schedule="cosine", points=8,
-                        model="cifar_cnn", one_strength=True),
+                        model="cifar_cnn", acc_target=0.40, seeds=1, one_strength=True),
     },
 }
 
@@ -80,8 +92,17 @@ FAMILIES = (
     ("06_sam", "sam", (0.05, 0.1, 0.2)),
     ("07_input_gradient_penalty", "input_gradient_penalty", (0.01, 0.1, 1.0)),
 )
-_SHORT = {"dropout": "dropout", "weight_decay": "weight_decay", "label_smoothing": "label_smoothing",
+# run-folder prefixes, as the study names them (wd_1e-4, smooth_0.1, sam_rho_0.1, igp_0.1)
+_SHORT = {"dropout": "dropout", "weight_decay": "wd", "label_smoothing": "smooth",
           "sam": "sam_rho", "input_gradient_penalty": "igp"}
+
+
+def _strength_name(family: str, s) -> str:
+    """``1e-4`` for weight decay (the study's ``wd_1e-4``), else the plain number (``0.1``)."""
+    if family == "weight_decay":
+        m, e = f"{float(s):.0e}".split("e")
+        return f"{m}e{int(e)}"
+    return str(s)
 
 
 def _aug_strengths(dataset: str):
@@ -99,6 +120,8 @@ class RunSpec:
     rel: str
     label: str
     settings: dict = field(default_factory=dict)
+    seed: int = 42
+    run_rel: str = ""          # the run's folder under the data set's root: rel, or rel/seed_<s> with several seeds
 
     def regularizers(self) -> RegularizerSet:
         f, s = self.family, self.strength
@@ -145,9 +168,29 @@ def plan_runs(dataset: str, preset: str, methods: list[str] | None = None,
             elif fam == "augmentation":
                 rel, label = f"{fdir}/{s}", f"aug_{s}"
             else:
-                rel, label = f"{fdir}/{_SHORT[fam]}_{s}", f"{_SHORT[fam]}_{s}"
-            specs.append(RunSpec(dataset, fdir, fam, s, rel, label, dict(settings)))
+                name = f"{_SHORT[fam]}_{_strength_name(fam, s)}"
+                rel, label = f"{fdir}/{name}", name
+            specs.append(RunSpec(dataset, fdir, fam, s, rel, label, dict(settings), run_rel=rel))
     return specs
+
+
+def plan_cells(datasets: list[str], preset: str, seeds: list[int], methods: list[str] | None,
+               overrides: dict, dirs: dict[str, pathlib.Path], out: pathlib.Path) -> tuple[list[RunSpec], list[Cell]]:
+    """Every (data set, method, seed) run and its grid cell (key ``<dataset>/<run folder>``, output = the folder)."""
+    specs, cells = [], []
+    for d in datasets:
+        for seed in seeds:
+            for spec in plan_runs(d, preset, methods, overrides):
+                spec.seed = seed
+                spec.run_rel = spec.rel if len(seeds) == 1 else f"{spec.rel}/seed_{seed}"
+                specs.append(spec)
+    specs.sort(key=lambda sp: (datasets.index(sp.dataset), sp.rel, seeds.index(sp.seed)))
+    for sp in specs:
+        folder = (dirs[sp.dataset] / sp.run_rel).relative_to(out).as_posix()
+        cells.append(Cell(f"{sp.dataset}/{sp.run_rel}", {"dataset": sp.dataset, "rel": sp.rel, "seed": sp.seed,
+                                                          "family": sp.family, "strength": sp.strength,
+                                                          "settings": sp.settings}, (folder,)))
+    return specs, cells
 
 
 def dataset_dirs(out: pathlib.Path, datasets: list[str]) -> dict[str, pathlib.Path]:
@@ -169,27 +212,28 @@ def _model_kwargs(spec: RunSpec) -> dict:
 
 def _train_one(spec: RunSpec, data, out_dir: pathlib.Path, args, meas_idx: np.ndarray) -> None:
     s = spec.settings
+    seed = spec.seed
     cfg = TrainConfig(epochs=s["epochs"], batch_size=s["batch"], lr=s["lr"], optimizer="adam",
-                      schedule=s["schedule"], seed=args.seed, device=args.device,
+                      schedule=s["schedule"], seed=seed, device=args.device,
                       progress=not args.no_progress)
-    mcfg = MeasureConfig(points=len(meas_idx), directions=K_DIRECTIONS, order=ORDER, seed=args.seed * 1000 + 7)
-    run_dir = out_dir / spec.rel
+    mcfg = MeasureConfig(points=len(meas_idx), directions=K_DIRECTIONS, order=ORDER, seed=seed * 1000 + 7,
+                         direction_mode=args.direction_mode)
+    run_dir = out_dir / spec.run_rel
     run_config = {"experiment": NAME, "dataset": spec.dataset, "family": spec.family, "strength": spec.strength,
-                  "label": spec.label, "model": s["model"], "model_kwargs": _model_kwargs(spec),
+                  "label": spec.label, "seed": seed, "model": s["model"], "model_kwargs": _model_kwargs(spec),
                   "train": cfg.to_dict(), "measure": mcfg.to_dict(), "regularizers": spec.regularizers().describe(),
                   "train_size": s["train"], "test_size": s["test"]}
 
     def build():
-        torch.manual_seed(args.seed)
+        torch.manual_seed(seed)
         model = build_model(s["model"], in_channels=data.in_channels, image_size=data.image_size,
                             num_classes=data.num_classes, **_model_kwargs(spec))
         d = copy.copy(data)
         meter = LambdaMeter(data.x_test[torch.as_tensor(meas_idx)], data.y_test[torch.as_tensor(meas_idx)], mcfg)
         return Trainer(model, d, spec.regularizers(), cfg, meter, MeasurementSchedule())
 
-    from ..analysis.diagnostic import write_run_plot
     train_run(build, run_dir, config=run_config, measurement_indices=meas_idx,
-              extra_outputs=lambda rd, res: write_run_plot(rd, spec.label), desc=f"{spec.dataset}:{spec.label}")
+              desc=f"{spec.dataset}:{spec.label}:seed {seed}")
 
 
 def measurement_points(n_test: int, points: int, seed: int) -> np.ndarray:
@@ -198,63 +242,72 @@ def measurement_points(n_test: int, points: int, seed: int) -> np.ndarray:
     return np.sort(torch.randperm(n_test, generator=g)[:min(points, n_test)].numpy())
 
 
+def _seeds(args, preset: str, datasets: list[str]) -> list[int]:
+    n = max(PRESETS[preset][d].get("seeds", 1) for d in datasets)
+    return parse_seeds(getattr(args, "seeds", None), args.seed, n)
+
+
 def run(args) -> int:
     out = pathlib.Path(args.out)
     datasets = _datasets(args.dataset)
-    shard = parse_shard(args.shard)
     dirs = dataset_dirs(out, datasets)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     overrides = {k: getattr(args, k) for k in ("epochs", "points") if getattr(args, k, None) is not None}
     for k, v in overrides.items():
         if v < 1:
             raise ValueError(f"--{k} must be >= 1, got {v}")
-    grid = [spec for d in datasets for spec in plan_runs(d, args.preset, methods, overrides)]
-    config = {"experiment": NAME, "preset": args.preset, "datasets": datasets, "seed": args.seed,
-              "methods": methods, "overrides": overrides,
+    if args.direction_mode not in DIRECTION_MODES:
+        raise ValueError(f"--direction-mode must be one of {DIRECTION_MODES}, got {args.direction_mode!r}")
+    seeds = _seeds(args, args.preset, datasets)
+    specs, cells = plan_cells(datasets, args.preset, seeds, methods, overrides, dirs, out)
+    config = {"experiment": NAME, "preset": args.preset, "datasets": datasets, "seed": seeds[0], "seeds": seeds,
+              "methods": methods, "overrides": overrides, "direction_mode": args.direction_mode,
               "data_root": args.data_root, "device": args.device, "directions": K_DIRECTIONS, "order": ORDER,
               "settings": {d: {**PRESETS[args.preset][d], **overrides} for d in datasets},
               "dataset_dirs": {d: str(p.relative_to(out)) if p != out else "." for d, p in dirs.items()},
-              "runs": {d: [{"rel": s.rel, "family": s.family, "family_dir": s.family_dir, "strength": s.strength,
-                            "label": s.label} for s in grid if s.dataset == d] for d in datasets}}
+              "runs": {d: [{"rel": s.rel, "dir": s.run_rel, "seed": s.seed, "family": s.family,
+                            "family_dir": s.family_dir, "strength": s.strength, "label": s.label}
+                           for s in specs if s.dataset == d] for d in datasets}}
     cfg_path = out / "experiment_config.json"
     if cfg_path.exists():
         old = lio.read_json(cfg_path)
-        keys = ("experiment", "preset", "datasets", "seed", "methods", "overrides")
-        if {k: old.get(k) for k in keys} != {k: config[k] for k in keys}:
+        keys = ("experiment", "preset", "datasets", "seeds", "methods", "overrides", "direction_mode")
+        if {k: old.get(k) for k in keys} != lio._jsonable({k: config[k] for k in keys}):
             raise ValueError(f"{out} holds a different run ({', '.join(f'{k}={old.get(k)}' for k in keys)}); "
                              f"choose another --out or repeat the same settings to resume")
     else:
         lio.write_json(cfg_path, config)
-    t0 = time.perf_counter()
-    loaded = {}
-    mine = [s for i, s in enumerate(grid) if i % shard[1] == shard[0]]
-    for spec in mine:
-        ddir = dirs[spec.dataset]
-        if run_is_complete(ddir / spec.rel):
-            print(f"[diagnostic] {spec.dataset}:{spec.rel} finished earlier, skipped", flush=True)
-            continue
-        if spec.dataset not in loaded:
+    by_key = {c.key: sp for c, sp in zip(cells, specs)}
+    loaded: dict = {}
+
+    def work(cell: Cell) -> None:
+        spec = by_key[cell.key]
+        key = (spec.dataset, spec.seed)
+        if key not in loaded:
             st = spec.settings
             data = load_dataset(spec.dataset, root=args.data_root, train_size=st["train"], test_size=st["test"],
-                                seed=args.seed, download=args.download)
-            loaded[spec.dataset] = (data, measurement_points(data.x_test.shape[0], st["points"], args.seed))
-        data, idx = loaded[spec.dataset]
-        t = time.perf_counter()
-        _train_one(spec, data, ddir, args, idx)
-        print(f"[diagnostic] {spec.dataset}:{spec.rel} done in {time.perf_counter() - t:.1f} s", flush=True)
-    missing = [s for s in grid if not run_is_complete(dirs[s.dataset] / s.rel)]
-    if missing:
-        print(f"[diagnostic] {len(missing)} run(s) of other shards are not finished yet; when every shard is done, "
-              f"run `lamda analyze {out}`", flush=True)
-        return 0
-    analyze(out)
-    print(f"[diagnostic] all runs done; total {time.perf_counter() - t0:.1f} s; see {out / 'summary.md'}", flush=True)
-    return 0
+                                seed=spec.seed, download=args.download)
+            loaded[key] = (data, measurement_points(data.x_test.shape[0], st["points"], spec.seed))
+        data, idx = loaded[key]
+        _train_one(spec, data, dirs[spec.dataset], args, idx)
+
+    rc = run_grid(NAME, out, cells, work, analyze, shard=args.shard, progress=True)
+    if rc == 0 and distributed.rank_world()[0] == 0 and all(cell_is_complete(out, c) for c in cells):
+        from ..analysis.diagnostic import figure_folders
+        print(f"[diagnostic] summary: {out / 'summary.md'}", flush=True)
+        for f in figure_folders(out):
+            print(f"[diagnostic] figures: {f}", flush=True)
+    return rc
 
 
 def analyze(out) -> int:
+    """Regenerate every analysis from disk; refuses a folder whose runs are not all complete."""
     from ..analysis.diagnostic import analyze_experiment
-    analyze_experiment(pathlib.Path(out))
+    out = pathlib.Path(out)
+    cells = recorded_cells(out)
+    if cells is not None:
+        require_complete(out, cells)
+    analyze_experiment(out)
     return 0
 
 
@@ -265,6 +318,11 @@ def add_arguments(p) -> None:
                    help=f"comma-separated subset of the method families ({', '.join(FAMILY_KEYS)}); default all")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
     p.add_argument("--points", type=int, default=None, help="override the preset's number of measurement points")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated training seeds (default: the preset's count from --seed; full = 3 seeds)")
+    p.add_argument("--direction-mode", choices=DIRECTION_MODES, default="shared",
+                   help="shared (default, the study's protocol): 15 input directions drawn once per run, the same "
+                        "for every point and measurement; per-point: each point draws its own")
 
 
 register(Experiment(name=NAME, help="λ as a training diagnostic across seven regularisers",
