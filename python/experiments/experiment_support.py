@@ -207,24 +207,30 @@ def pm_ci(mean, half, n: int, spec: str = ".3f") -> str:
 # ------------------------------------------------------------------ argparse types that check ranges
 def arg_number(kind: type = float, *, low: float | None = None, high: float | None = None,
                low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
-    """An argparse ``type=`` that parses a finite ``kind`` (int or float) inside ``[low, high]``
-    (``low_open``/``high_open`` exclude the bound); anything else is an ``ArgumentTypeError`` whose
-    message names the allowed range, so ``lamda run`` exits 2 with one error line."""
+    """An argparse ``type=`` that parses a finite ``kind`` (int or float) inside ``[low, high]`` (None: unbounded;
+    ``low_open``/``high_open`` exclude the bound); anything else (inf, NaN, out of range, not a number) is an
+    ``ArgumentTypeError`` whose message names the allowed range, so ``lamda run`` exits 2 with an error line."""
     import argparse
     import math
 
-    lo_b, hi_b = ("(" if low_open else "["), (")" if high_open else "]")
-    rng = f"{lo_b}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi_b}"
+    if low is not None and high is not None:
+        rng = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        rng = f"{'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        rng = f"{'<' if high_open else '<='} {high:g}"
+    else:
+        rng = "(any value)"
     what = "an integer" if kind is int else "a finite number"
 
     def parse(text: str):
         try:
             v = kind(text)
         except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"expected {what} in {rng}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what} {rng}, got {text!r}") from None
         if (kind is float and not math.isfinite(v)) or (low is not None and (v < low or (low_open and v == low))) \
                 or (high is not None and (v > high or (high_open and v == high))):
-            raise argparse.ArgumentTypeError(f"expected {what} in {rng}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what} {rng}, got {text!r}")
         return v
 
     parse.__name__ = kind.__name__          # argparse names the type in its messages
