@@ -7,7 +7,7 @@ import pytest
 
 from lamda import io as lio
 from lamda.cli import main
-from lamda.experiments.probe import (EPOCH_COLUMNS, MIN_SCALE, OPTIMIZERS, STEP_COLUMNS, matched_lr,
+from lamda.experiments.probe import (EPOCH_COLUMNS, MIN_SCALE, OPTIMIZERS, STEP_COLUMNS, grid_cells, matched_lr,
                                      paired_difference, smooth)
 
 TOP_FILES = ["config.json", "experiment_config.json", "summary.md", "results.csv", "summary_table.csv",
@@ -33,6 +33,16 @@ def test_paired_difference_hand_values():
     m, h, n = paired_difference(rows, "probe", "sgd", "acc")      # differences 0.2, 0.1 (seed 3 unpaired)
     assert n == 2 and m == pytest.approx(0.15)
     assert h == pytest.approx(12.7062047 * (0.1 / math.sqrt(2)) / math.sqrt(2), rel=1e-6)
+
+
+def test_grid_cells_put_the_matched_control_in_its_probe_cell():
+    cells = grid_cells({"seeds": [1, 2], "optimizers": list(OPTIMIZERS)})
+    assert [c.key for c in cells] == ["sgd/seed_1", "adam/seed_1", "sam/seed_1", "probe+sgd_matched/seed_1",
+                                      "sgd/seed_2", "adam/seed_2", "sam/seed_2", "probe+sgd_matched/seed_2"]
+    assert cells[3].outputs == ("runs/probe/seed_1", "runs/sgd_matched/seed_1")
+    assert cells[3].params == {"optimizers": ["probe", "sgd_matched"], "seed": 1}
+    assert [c.key for c in grid_cells({"seeds": [3], "optimizers": ["sgd", "probe"]})] == ["sgd/seed_3",
+                                                                                         "probe/seed_3"]
 
 
 def test_matched_lr_needs_a_finished_probe_run(tmp_path):
@@ -119,9 +129,15 @@ def test_probe_smoke_writes_every_file(data_root, tmp_path, capsys):
     for f in TOP_FILES:
         assert (out / f).is_file(), f
     assert (out / "results.csv").read_text() == before
-    # restart: nothing is retrained
+    # a run without its completion marker is refused by analyze, naming the cell to resume
+    (out / ".cells" / "probe+sgd_matched" / "seed_42.done.json").unlink()
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 2
+    assert "probe+sgd_matched/seed_42" in capsys.readouterr().err
+    # restart: finished run folders are adopted (marker rewritten), nothing is retrained
     stamp = (out / "runs" / "probe" / "seed_42" / "final_model.pt").stat().st_mtime_ns
     assert main(argv) == 0
+    assert (out / ".cells" / "probe+sgd_matched" / "seed_42.done.json").is_file()
     assert (out / "runs" / "probe" / "seed_42" / "final_model.pt").stat().st_mtime_ns == stamp
 
 

@@ -194,9 +194,15 @@ def test_selective_smoke_writes_every_file(data_root, tmp_path, capsys):
     for f in TOP_FILES:
         assert (out / f).is_file(), f
     assert (out / "results.csv").read_text() == before
-    # restart: nothing is retrained
+    # a run without its completion marker is refused by analyze, naming the cell to resume
+    (out / ".cells" / "global" / "seed_42.done.json").unlink()
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 2
+    assert "global/seed_42" in capsys.readouterr().err
+    # restart: the finished run folder is adopted (marker rewritten), nothing is retrained
     stamp = (out / "runs" / "global" / "seed_42" / "final_model.pt").stat().st_mtime_ns
     assert main(argv) == 0
+    assert (out / ".cells" / "global" / "seed_42.done.json").is_file()
     assert (out / "runs" / "global" / "seed_42" / "final_model.pt").stat().st_mtime_ns == stamp
     # a different setting in the same folder is refused
     capsys.readouterr()

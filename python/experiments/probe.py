@@ -47,11 +47,11 @@ from ..sam import SAM
 from ..trainer import evaluate, resolve_device, run_is_complete
 from . import Experiment, register
 from .experiment_support import (add_mnist_like_argument, arg_number, finite_mean_ci, fmt, group_mean_ci,
-                                 load_mnist_like, markdown_table, open_results_folder, parse_seeds, pm_ci,
-                                 run_seeded_grid)
+                                 load_mnist_like, markdown_table, open_results_folder, parse_seeds, pm_ci)
+from .runner import Cell, require_complete, run_grid
 
-__all__ = ["PRESETS", "OPTIMIZERS", "STEP_COLUMNS", "EPOCH_COLUMNS", "matched_lr", "smooth", "train_one", "run",
-           "analyze"]
+__all__ = ["PRESETS", "OPTIMIZERS", "STEP_COLUMNS", "EPOCH_COLUMNS", "matched_lr", "smooth", "paired_difference",
+           "grid_cells", "train_one", "run", "analyze"]
 
 NAME = "probe"
 OPTIMIZERS = ("sgd", "adam", "sam", "probe", "sgd_matched")
@@ -78,8 +78,7 @@ def matched_lr(out: pathlib.Path, seed: int) -> float:
     rd = out / "runs" / "probe" / f"seed_{seed}"
     if not run_is_complete(rd):
         raise ValueError(f"sgd_matched/seed_{seed} trains at the mean lr of probe/seed_{seed}, which is not finished "
-                         f"in {out}; run the cell probe/seed_{seed} first (same --out; with --shard, the shard that "
-                         "holds it), then resume this one")
+                         f"in {out}; resume the run (the cell probe+sgd_matched/seed_{seed} trains both, in order)")
     lrs = np.array([r["lr"] for r in lio.read_csv(rd / "steps.csv")], float)
     return float(lrs.mean())
 
@@ -190,13 +189,30 @@ def run(args) -> int:
               "train_size": int(data.x_train.shape[0]), "test_size": int(data.x_test.shape[0])}
     open_results_folder(out, config, ("experiment", "preset", "seed", "seeds", "optimizers", "dataset", "settings",
                                       "max_scale"))
-    cells = [(o, sd) for sd in seeds for o in opts]
 
-    def work(o, sd, rd):
-        lr = matched_lr(out, sd) if o == "sgd_matched" else None
-        train_one(o, sd, data, s, args, rd, lr)
+    def work(cell: Cell) -> None:
+        sd = cell.params["seed"]
+        for o, rel in zip(cell.params["optimizers"], cell.outputs):
+            rd = out / rel
+            if not run_is_complete(rd):        # sgd_matched after its probe run: that run's mean lr
+                train_one(o, sd, data, s, args, rd, matched_lr(out, sd) if o == "sgd_matched" else None)
 
-    return run_seeded_grid("probe", out, cells, args.shard, work, analyze)
+    return run_grid(NAME, out, grid_cells(config), work, analyze, shard=args.shard, progress=not args.no_progress)
+
+
+def grid_cells(cfg: dict) -> list[Cell]:
+    """One cell per (seed, optimizer), output ``runs/<optimizer>/seed_<s>``; ``sgd_matched`` shares the cell of
+    its ``probe`` run (key ``probe+sgd_matched/seed_<s>``: it needs that run's mean lr, so no shard or rank
+    ever waits for another)."""
+    cells = []
+    for sd in cfg["seeds"]:
+        for o in cfg["optimizers"]:
+            if o == "sgd_matched":
+                continue
+            group = [o, "sgd_matched"] if o == "probe" and "sgd_matched" in cfg["optimizers"] else [o]
+            cells.append(Cell(f"{'+'.join(group)}/seed_{sd}", {"optimizers": group, "seed": int(sd)},
+                              tuple(f"runs/{g}/seed_{sd}" for g in group)))
+    return cells
 
 
 # ------------------------------------------------------------------------------------------ analysis
@@ -424,6 +440,7 @@ def analyze(out) -> int:
     """Regenerate every table, figure and ``summary.md`` of a probe results folder from its run folders."""
     out = pathlib.Path(out)
     cfg = lio.read_json(out / "experiment_config.json")
+    require_complete(out, grid_cells(cfg))            # refuses a torn or partial run, naming the cells to resume
     rows, raw = [], {}
     for sd in cfg["seeds"]:
         for o in cfg["optimizers"]:

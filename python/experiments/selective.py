@@ -48,11 +48,11 @@ from ..regularizers import LambdaPenalty, RegularizerSet
 from ..trainer import Trainer, TrainConfig, evaluate, train_run
 from . import Experiment, register
 from .experiment_support import (add_mnist_like_argument, arg_number, finite_mean_ci, fmt, group_mean_ci,
-                                 load_mnist_like, markdown_table, open_results_folder, parse_seeds, pm_ci,
-                                 run_seeded_grid)
+                                 load_mnist_like, markdown_table, open_results_folder, parse_seeds, pm_ci)
+from .runner import Cell, require_complete, run_grid
 
 __all__ = ["PRESETS", "CONDITIONS", "PAIRS", "BOUNDARY_RULES", "BoundarySelection", "boundary_points",
-           "measure_pair_lambda", "selectivity_rows", "run", "analyze"]
+           "measure_pair_lambda", "selectivity_rows", "selectivity_table", "grid_cells", "run", "analyze"]
 
 NAME = "selective"
 
@@ -260,9 +260,18 @@ def run(args) -> int:
               "train_size": int(data.x_train.shape[0]), "test_size": int(data.x_test.shape[0])}
     open_results_folder(out, config, ("experiment", "preset", "seed", "seeds", "conditions", "scale",
                                       "label_noise", "dataset", "settings"))
-    cells = [(c, sd) for sd in seeds for c in conditions]
-    return run_seeded_grid("selective", out, cells, args.shard,
-                           lambda c, sd, rd: _train_one(c, sd, data, rd, s, args), analyze)
+
+    def work(cell: Cell) -> None:
+        c, sd = cell.params["condition"], cell.params["seed"]
+        _train_one(c, sd, data, out / cell.outputs[0], s, args)
+
+    return run_grid(NAME, out, grid_cells(config), work, analyze, shard=args.shard, progress=not args.no_progress)
+
+
+def grid_cells(cfg: dict) -> list[Cell]:
+    """One cell per (seed, condition): key ``<condition>/seed_<s>``, output ``runs/<condition>/seed_<s>``."""
+    return [Cell(f"{c}/seed_{sd}", {"condition": c, "seed": int(sd)}, (f"runs/{c}/seed_{sd}",))
+            for sd in cfg["seeds"] for c in cfg["conditions"]]
 
 
 # ------------------------------------------------------------------------------------------ analysis
@@ -470,6 +479,7 @@ def analyze(out) -> int:
     """Regenerate every table, figure and ``summary.md`` of a selective results folder from its run folders."""
     out = pathlib.Path(out)
     cfg = lio.read_json(out / "experiment_config.json")
+    require_complete(out, grid_cells(cfg))            # refuses a torn or partial run, naming the cells to resume
     rows = _collect(out, cfg)
     lio.write_csv(out / "results.csv", rows)
     cols = ["test_acc", *[f"lambda_{p}" for p in PAIR_NAMES], *[f"n_boundary_{p}" for p in PAIR_NAMES],
