@@ -410,7 +410,7 @@ def _statements(rows: list[dict], table: list[dict], cfg: dict) -> list[str]:
                      f"{fmt(100 * p['frac_scale_at_max_mean'], '.0f')} %, at the floor {MIN_SCALE} on "
                      f"{fmt(100 * p['frac_scale_at_min_mean'], '.0f')} % (mean over {p['n']} seed(s)).")
         lines.append(f"- Mean lr: probe {pm_ci(p['mean_lr_mean'], p['mean_lr_ci95'], p['n'], '.4g')} vs the SGD base "
-                     f"{cfg['settings']['sgd_lr']}" + (f"; `sgd_matched` ran at that mean lr, per seed"
+                     f"{cfg['settings']['sgd_lr']}" + ("; `sgd_matched` ran at that mean lr, per seed"
                                                        if "sgd_matched" in by else "") + ".")
     for other in ("sgd_matched", "sgd", "adam", "sam"):
         if "probe" not in by or other not in by:

@@ -301,6 +301,12 @@ def _collect(out: pathlib.Path, cfg: dict) -> list[dict]:
     return rows
 
 
+def _delta(row: dict, base: dict, pair: str) -> float:
+    """λ of ``pair`` in ``row`` minus the baseline's (NaN when either is missing)."""
+    v, v0 = row.get(f"lambda_{pair}"), base.get(f"lambda_{pair}")
+    return float(v) - float(v0) if v is not None and v0 is not None else float("nan")
+
+
 def selectivity_rows(rows: list[dict]) -> list[dict]:
     """Per (condition, seed) with a target pair: ``Δλ_target − mean Δλ_others`` against the same seed's baseline.
 
@@ -312,13 +318,10 @@ def selectivity_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         targets = [TARGET[r["condition"]]] if r["condition"] in TARGET else (
             list(TARGET.values()) if r["condition"] == "global" else [])
-        b = base.get(r["seed"])
+        b = base.get(r["seed"]) or {}
         for t in targets:
-            def delta(p):
-                v, v0 = r.get(f"lambda_{p}"), (b or {}).get(f"lambda_{p}")
-                return float(v) - float(v0) if v is not None and v0 is not None else float("nan")
-            others = [delta(p) for p in PAIR_NAMES if p != t]
-            d_t = delta(t)
+            others = [_delta(r, b, p) for p in PAIR_NAMES if p != t]
+            d_t = _delta(r, b, t)
             d_o = float(np.mean(others)) if all(np.isfinite(others)) else float("nan")
             out.append({"condition": r["condition"], "seed": r["seed"], "target_pair": t, "delta_target": d_t,
                         "delta_others": d_o, "selectivity_index": d_t - d_o})
