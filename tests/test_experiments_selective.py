@@ -220,3 +220,13 @@ def test_selective_flags_refuse_meaningless_values(flag, value, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert flag in err[-1] and "error" in err[-1]
     assert not (tmp_path / "x").exists()
+
+
+def test_full_preset_scale_and_scale_help_states_the_measured_share(capsys):
+    from lamda.experiments.selective import PRESETS
+    assert PRESETS["full"]["scale"] == 200.0 and PRESETS["full"]["max_boundary"] == 200
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "selective", "-h"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Measured at 200" in text and "% of the training loss" in text
