@@ -551,10 +551,12 @@ def analyze(out) -> int:
 
 
 # measured (not estimated) share of the λ term in the training loss, `penalty_share_lambda_penalty` of
-# training_metrics.csv, at scale 200 on MNIST with seed 42: smoke (all three penalised conditions) and quick (global)
+# training_metrics.csv, at scale 200 on MNIST with seed 42: smoke (all three penalised conditions) and quick
+# (global, selective_49; `--seeds 42 --conditions baseline,global,selective_49`)
 PENALTY_SHARE_NOTE = ("Measured at 200 on MNIST, seed 42: the λ term was 7.3–7.7 %% of the training loss in epoch 1 "
                       "and 12.0–12.4 %% in epoch 2 of --preset smoke (global, selective_49, selective_38), and "
-                      "10.3 / 15.8 / 16.8 %% in epochs 1 / 2 / 3 of --preset quick (global).")
+                      "10.3 / 15.8 / 16.8 %% (global) and 10.9 / 15.2 / 14.9 %% (selective_49) in epochs 1 / 2 / 3 "
+                      "of --preset quick.")
 
 
 def add_arguments(p) -> None:
