@@ -58,7 +58,7 @@ def test_probe_smoke_writes_every_file(data_root, tmp_path, capsys):
         assert (out / f).is_file(), f
     cfg = lio.read_json(out / "config.json")
     s = cfg["settings"]
-    assert s["ref_decay"] == 0.9
+    assert s["ref_decay"] == 0.7
     rows = lio.read_csv(out / "results.csv")
     assert list(rows[0]) == RESULT_COLUMNS
     assert [r["optimizer"] for r in rows] == list(OPTIMIZERS)
@@ -88,11 +88,11 @@ def test_probe_smoke_writes_every_file(data_root, tmp_path, capsys):
             ref = np.array([r["reference"] for r in st])
             c = np.array([r["curvature"] for r in st])
             assert ref[0] == c[0]
-            # the running reference: the EMA of the earlier probes
+            # the running reference: the EMA of log c over the earlier probes
             pr = [i for i, r in enumerate(st) if r["probed"]]
-            expect = c[pr[0]]
+            expect, beta = c[pr[0]], s["ref_decay"]
             for a, b in zip(pr, pr[1:]):
-                expect = 0.9 * expect + 0.1 * c[a]
+                expect = expect ** beta * c[a] ** (1 - beta)
                 assert ref[b] == pytest.approx(expect, rel=1e-12)
         else:
             assert all(r["scale"] is None and r["reference"] is None for r in st)

@@ -1,4 +1,4 @@
-"""CurvatureAdaptiveLR with a running (EMA) reference curvature: the lr rule against hand-computed values."""
+"""CurvatureAdaptiveLR with a running reference curvature (EMA of log c): the lr rule against hand-computed values."""
 import math
 
 import numpy as np
@@ -33,16 +33,25 @@ def _steps(wrap, p, n):
 
 def test_running_reference_rule_hand_computed():
     p = nn.Parameter(torch.zeros(1, dtype=torch.float64))
-    wrap = CurvatureAdaptiveLR(torch.optim.SGD([p], lr=0.1), _ScriptedProbe([1.0, 4.0, 0.25, 0.25, 100.0, 100.0]),
-                               every=1, power=0.5, min_scale=0.2, max_scale=2.0, reference_decay=0.5)
+    c = [1.0, 4.0, 0.25, 0.25, 100.0, 100.0]
+    wrap = CurvatureAdaptiveLR(torch.optim.SGD([p], lr=0.1), _ScriptedProbe(c), every=1, power=0.5, min_scale=0.2,
+                               max_scale=2.0, reference_decay=0.5)
     lrs = _steps(wrap, p, 6)
-    # reference before each probe: 1 (first probe), then r ← 0.5 r + 0.5 c: 1, 2.5, 1.375, 0.8125, 50.40625
-    refs = [1.0, 1.0, 2.5, 1.375, 0.8125, 50.40625]
-    scales = [1.0, 0.5, 2.0, 2.0, 0.2, math.sqrt(50.40625 / 100.0)]    # sqrt(r / c), clipped to [0.2, 2]
+    # reference before each probe: the first probe, then the geometric EMA r ← r^0.5 · c^0.5 of the earlier probes
+    r1 = 1.0
+    r2 = math.sqrt(r1 * 1.0)             # = 1
+    r3 = math.sqrt(r2 * 4.0)             # = 2
+    r4 = math.sqrt(r3 * 0.25)            # = 0.7071
+    r5 = math.sqrt(r4 * 0.25)            # = 0.4204
+    r6 = math.sqrt(r5 * 100.0)           # = 6.484
+    refs = [r1, r2, r3, r4, r5, r6]
+    clip = lambda v: min(2.0, max(0.2, v))            # noqa: E731
+    scales = [clip(math.sqrt(r / x)) for r, x in zip(refs, c)]
+    assert scales == pytest.approx([1.0, 0.5, 2.0, math.sqrt(r4 / 0.25), 0.2, math.sqrt(r6 / 100.0)], rel=1e-12)
     np.testing.assert_allclose(lrs, [0.1 * s for s in scales], rtol=1e-12)
     assert [h["reference"] for h in wrap.history] == pytest.approx(refs, rel=1e-12)
     assert [h["scale"] for h in wrap.history] == pytest.approx(scales, rel=1e-12)
-    assert wrap.reference == pytest.approx(0.5 * 50.40625 + 50.0)
+    assert wrap.reference == pytest.approx(math.sqrt(r6 * 100.0), rel=1e-12)
 
 
 def test_running_reference_moves_both_ways_fixed_one_saturates():

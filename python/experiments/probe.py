@@ -9,8 +9,8 @@ The MNIST CNN is trained for 10 epochs (full) with
                    :class:`lamda.landscape.CurvatureProbe` takes N random unit parameter directions and the
                    finite-difference gradient change ``c = mean ‖g(θ + εu) − g(θ)‖ / ε``; the learning rate becomes
                    ``base · clip((c_ref / c)^0.5, 0.1, max_scale)`` with a **running reference** ``c_ref`` (an
-                   exponential moving average of the probed curvature, decay ``ref_decay``), so the scale moves
-                   both ways around 1;
+                   exponential moving average of log c over the earlier probes, decay ``ref_decay``), so the
+                   scale moves both ways around 1;
 - ``sgd_matched``  the control: SGD (momentum 0.9) at a constant lr equal to the mean lr of the same seed's
                    ``probe`` run — it separates "adapting the lr" from "a different average lr".
 
@@ -63,13 +63,15 @@ DPI = 300
 STYLES = {"sgd": ("-", "o"), "adam": ("--", "s"), "sam": ("-.", "^"), "probe": ("-", "D"),
           "sgd_matched": (":", "v")}
 
+# ref_decay: the running reference's memory in probes (~1 / (1 − decay)): full has ~470 probes per run, quick 16,
+# smoke 4, so the smaller presets use a shorter memory (0.7: half-life ~2 probes)
 PRESETS = {
     "full": dict(train=None, test=None, epochs=10, batch=128, seeds=3, probe_every=10, probe_dirs=4, eps=1e-3,
                  sgd_lr=0.02, adam_lr=1e-3, rho=0.05, ref_decay=0.9),
     "quick": dict(train=2000, test=1000, epochs=4, batch=128, seeds=2, probe_every=4, probe_dirs=4, eps=1e-3,
-                  sgd_lr=0.02, adam_lr=1e-3, rho=0.05, ref_decay=0.9),
+                  sgd_lr=0.02, adam_lr=1e-3, rho=0.05, ref_decay=0.7),
     "smoke": dict(train=256, test=256, epochs=2, batch=64, seeds=1, probe_every=2, probe_dirs=2, eps=1e-3,
-                  sgd_lr=0.02, adam_lr=1e-3, rho=0.05, ref_decay=0.9),
+                  sgd_lr=0.02, adam_lr=1e-3, rho=0.05, ref_decay=0.7),
 }
 
 
@@ -362,7 +364,7 @@ def _plots(out: pathlib.Path, raw: dict, cfg: dict) -> None:
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     ax.set_xlabel("training step")
     ax.set_ylabel("curvature mean ‖Δg‖/ε")
-    ax.set_title(f"probe: c and its EMA reference (decay {cfg['settings']['ref_decay']})", fontsize=9)
+    ax.set_title(f"probe: c and its running reference (decay {cfg['settings']['ref_decay']})", fontsize=9)
     for a in axes.ravel():
         a.grid(alpha=0.3)
     fig.tight_layout()
@@ -485,8 +487,8 @@ def analyze(out) -> int:
             "Definitions. Curvature c = mean over the N directions of ‖g(θ + εu) − g(θ)‖ / ε on the current batch "
             "(≈ mean ‖H u‖), probed every k batches for every optimizer (passively for all but `probe`). `probe` "
             f"sets lr = base · clip(√(c_ref / c), {MIN_SCALE}, {cfg['max_scale']}), with c_ref a running reference: "
-            f"the exponential moving average (decay {s['ref_decay']}) of the earlier probes (the first probe gives "
-            "scale 1). `sgd_matched` = SGD at a constant lr equal to the same seed's probe run's mean lr over its "
+            f"the exponential moving average (decay {s['ref_decay']}) of log c over the earlier probes, i.e. "
+            "c_ref ← c_ref^β · c^(1−β) (the first probe gives scale 1). `sgd_matched` = SGD at a constant lr equal to the same seed's probe run's mean lr over its "
             "steps. Mean curvature = mean over all probes of a run; final curvature = mean over the probes of the last "
             "epoch. ± = 95 % Student-t CI over seeds ('± n/a' for n = 1); probe − X differences are paired by seed.", "",
             "## Per optimizer (mean ± 95 % CI over seeds)", "",
@@ -513,7 +515,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-scale", type=arg_number(float, low=1.0, high=100.0), default=2.0,
                    help="largest lr multiplier of the probe optimizer, in [1, 100] (default 2.0)")
     p.add_argument("--ref-decay", type=arg_number(float, low=0.0, high=1.0, low_open=True, high_open=True),
-                   default=None, help="decay of the running reference curvature (EMA), in (0, 1) (default 0.9)")
+                   default=None, help="decay of the running reference curvature (EMA of log c), in (0, 1) (default: the preset's, "
+                        "0.9 full, 0.7 quick/smoke)")
 
 
 register(Experiment(name=NAME, help="curvature-probe optimizer vs SGD, Adam, SAM and a matched-lr SGD on MNIST",

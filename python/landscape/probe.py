@@ -90,10 +90,12 @@ class CurvatureAdaptiveLR:
     LR scheduler stepping the wrapped optimizer).
 
     The reference: ``reference`` (default: the first probe's ``c``), fixed when ``reference_decay`` is
-    None. With ``reference_decay = β`` in (0, 1) it is a running reference: after each probe
-    ``c_ref ← β · c_ref + (1 − β) · c`` (the scale of that probe uses ``c_ref`` from before the update),
-    so the scale compares the curvature with its recent average and moves both ways — a fixed reference
-    taken at initialisation, where the curvature is largest, leaves the scale stuck at ``max_scale``.
+    None. With ``reference_decay = β`` in (0, 1) it is a running reference, the exponential moving average
+    of log c (a geometric mean: c spans orders of magnitude, and an arithmetic mean stays high for long
+    after the early fall from initialisation): after each probe ``c_ref ← c_ref^β · c^(1 − β)`` (the scale
+    of that probe uses ``c_ref`` from before the update). The scale then compares the curvature with its
+    recent level and moves both ways — a fixed reference taken at initialisation, where the curvature is
+    largest, leaves the scale stuck at ``max_scale``.
 
     ``step(closure=None, *, batch=(x, y))``: the probe uses ``batch`` (required on probe steps; one can
     also give a fixed ``probe_batch`` at construction). ``history`` holds one dict per step:
@@ -157,7 +159,8 @@ class CurvatureAdaptiveLR:
         if self.reference is not None and c > 0:
             self.scale = min(self.max_scale, max(self.min_scale, (self.reference / c) ** self.power))
             if self.reference_decay is not None:
-                self.reference = self.reference_decay * self.reference + (1 - self.reference_decay) * c
+                b = self.reference_decay
+                self.reference = math.exp(b * math.log(self.reference) + (1 - b) * math.log(c))
 
     def step(self, closure=None, *, batch=None):
         """Probe (on every ``every``-th step, starting with the first), set the lrs, step the optimizer."""
