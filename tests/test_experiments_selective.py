@@ -1,46 +1,133 @@
-"""`lamda run selective --preset smoke`: the results folder, its column names, resume; boundary-point selection."""
+"""`lamda run selective`: the boundary rule on hand-made probability tables, per-point λ against a direct
+computation, the selectivity index and its CI, and the smoke run (every file, λ measured, analyze, resume, flags)."""
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+import lamda_ext
 from lamda import io as lio
 from lamda.cli import main
-from lamda.experiments.selective import CONDITIONS, PAIR_NAMES, boundary_points, selectivity_rows
+from lamda.experiments.experiment_support import ci95_halfwidth
+from lamda.experiments.selective import (CONDITIONS, PAIR_NAMES, boundary_points, measure_pair_lambda,
+                                         selectivity_rows, selectivity_table)
 
 RESULT_COLUMNS = ["condition", "seed", "test_acc", "test_loss", "train_acc", "lambda_4v9", "lambda_3v8", "lambda_5v6",
-                  "n_boundary_4v9", "n_boundary_3v8", "n_boundary_5v6", "train_time_s", "penalty_share_mean",
-                  "penalty_share_final"]
+                  "n_boundary_4v9", "n_boundary_3v8", "n_boundary_5v6", "n_candidates_4v9", "n_candidates_3v8",
+                  "n_candidates_5v6", "train_time_s", "penalty_share_mean", "penalty_share_final"]
 TOP_FILES = ["config.json", "experiment_config.json", "summary.md", "results.csv", "summary_table.csv",
-             "selectivity.csv", "selective_data.npz", "lambda_per_pair.png", "selectivity_index.png",
-             "penalty_share.png"]
+             "selectivity.csv", "selectivity_table.csv", "selective_data.npz", "lambda_per_pair.png",
+             "selectivity_index.png", "penalty_share.png"]
 RUN_FILES = ["training_metrics.csv", "config.json", "boundary_lambda.npz", "boundary_lambda.json", "final_model.pt"]
 
 
-
-def test_boundary_points_hand_made():
-    # rows: top-2 = {4, 9} with p_max 0.5 (margin 0.1); {4, 9} with p_max 0.9 (outside [0.2, 0.8]);
-    # top-2 = {4, 3} (wrong pair); {9, 4} with p_max 0.45 (margin 0.0); {4, 9} p_max 0.8 exactly (margin 0.7)
-    p = torch.full((5, 10), 0.0)
-    p[0, 4], p[0, 9], p[0, 0] = 0.5, 0.4, 0.1
-    p[1, 4], p[1, 9], p[1, 0] = 0.9, 0.06, 0.04
-    p[2, 4], p[2, 3], p[2, 9] = 0.5, 0.3, 0.2
-    p[3, 9], p[3, 4], p[3, 1] = 0.45, 0.45, 0.10
-    p[4, 4], p[4, 9], p[4, 1] = 0.8, 0.1, 0.1 - 1e-3
-    assert boundary_points(p, (4, 9)).tolist() == [3, 0, 4]
-    assert boundary_points(p, (4, 9), max_points=2).tolist() == [3, 0]
-    assert boundary_points(p, (3, 8)).tolist() == []
+def _row(top: dict) -> torch.Tensor:
+    """A float64 probability row over 10 classes: the given entries, the rest spread evenly."""
+    p = torch.zeros(10, dtype=torch.float64)
+    for c, v in top.items():
+        p[c] = v
+    rest = [c for c in range(10) if c not in top]
+    p[rest] = (1.0 - sum(top.values())) / len(rest)
+    return p
 
 
-def test_selectivity_index_against_hand_values():
+def test_boundary_rule_hand_made_table():
+    rows = [
+        (4, {4: 0.5, 9: 0.4}),          # 0: label 4, p_max 0.5                        → study: in; top2: in
+        (9, {2: 0.6, 9: 0.3}),          # 1: label 9, top class 2 at 0.6 (any top class) → study: in; top2: out
+        (4, {4: 0.9, 9: 0.05}),         # 2: p_max 0.9 outside [0.2, 0.8]               → out for both
+        (3, {4: 0.5, 9: 0.45}),         # 3: top-2 = {4, 9} but true label 3            → study: out; top2: in
+        (9, {9: 0.2, 0: 0.2}),          # 4: p_max exactly 0.2 (window inclusive)        → study: in
+        (4, {4: 0.8, 9: 0.15}),         # 5: p_max exactly 0.8                           → study: in; top2: in
+        (4, {4: 0.8 + 1e-9, 9: 0.15}),  # 6: just above 0.8                              → out for both
+        (5, {5: 0.5, 6: 0.4}),          # 7: other pair
+    ]
+    labels = torch.tensor([r[0] for r in rows])
+    probs = torch.stack([_row(r[1]) for r in rows])
+    sel = boundary_points(probs, labels, (4, 9), min_points=1)
+    assert sel.indices.tolist() == [0, 1, 4, 5] and sel.candidates == 4 and sel.ok
+    old = boundary_points(probs, labels, (4, 9), rule="top2", min_points=1)
+    assert old.indices.tolist() == [3, 0, 5]               # top-2 = the pair, smallest |p_4 − p_9| first
+    assert boundary_points(probs, labels, (5, 6), min_points=1).indices.tolist() == [7]
+    # fewer than min_points (default 10) → not ok, i.e. the pair's λ is reported missing
+    assert not boundary_points(probs, labels, (4, 9)).ok
+
+
+def test_boundary_rule_random_cap_and_minimum():
+    g = torch.Generator().manual_seed(0)
+    n_in, n_out = 250, 60
+    labels = torch.cat([torch.where(torch.rand(n_in, generator=g) < 0.5, 4, 9), torch.full((n_out,), 4)])
+    # eligible rows: p_max in [0.3, 0.7]; the last n_out rows have the pair's label but p_max 0.95
+    pm = torch.cat([0.3 + 0.4 * torch.rand(n_in, generator=g, dtype=torch.float64),
+                    torch.full((n_out,), 0.95, dtype=torch.float64)])
+    probs = torch.stack([_row({int(y): float(v)}) for y, v in zip(labels, pm)])
+    perm = torch.randperm(n_in + n_out, generator=g)          # eligible rows scattered through the table
+    probs, labels = probs[perm], labels[perm]
+    eligible = set(torch.nonzero(perm < n_in).flatten().tolist())
+    a = boundary_points(probs, labels, (4, 9), seed=1)
+    assert a.candidates == n_in and a.n_points == 200 and a.ok
+    assert set(a.indices.tolist()) <= eligible and len(set(a.indices.tolist())) == 200
+    assert a.indices.tolist() == sorted(a.indices.tolist())
+    assert boundary_points(probs, labels, (4, 9), seed=1).indices.tolist() == a.indices.tolist()   # seeded
+    assert boundary_points(probs, labels, (4, 9), seed=2).indices.tolist() != a.indices.tolist()   # random
+    assert set(boundary_points(probs, labels, (4, 9), max_points=1000).indices.tolist()) == eligible
+    # exactly 10 eligible → ok; 9 → missing
+    keep = sorted(eligible)[:10] + sorted(set(range(n_in + n_out)) - eligible)
+    assert boundary_points(probs[keep], labels[keep], (4, 9)).ok
+    assert not boundary_points(probs[keep[1:]], labels[keep[1:]], (4, 9)).ok
+
+
+@pytest.mark.parametrize("kw, match", [(dict(rule="margin"), "rule"), (dict(window=(0.8, 0.2)), "window"),
+                                       (dict(max_points=0), "max_points"), (dict(pair=(4, 4)), "pair"),
+                                       (dict(pair=(4, 10)), "pair")])
+def test_boundary_rule_bad_arguments(kw, match):
+    probs, labels = torch.full((3, 10), 0.1), torch.tensor([4, 9, 1])
+    pair = kw.pop("pair", (4, 9))
+    with pytest.raises(ValueError, match=match):
+        boundary_points(probs, labels, pair, **kw)
+
+
+def test_measure_pair_lambda_uses_per_point_directions():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+    x, y = torch.randn(5, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0])
+    r = measure_pair_lambda(model, x, y, directions=3, order=4, direction_seed=7, chunk_size=2, backend="taylor")
+    # reference: the autograd backend with the same per-point directions (chunk c from seed 7 + c)
+    ref = []
+    for c, i in enumerate(range(0, 5, 2)):
+        u = lamda_ext.random_directions(x[i:i + 2], 3, torch.Generator().manual_seed(7 + c))    # [K, b, 1, 4, 4]
+        if u.shape[1] > 1:
+            assert not torch.allclose(u[:, 0], u[:, 1])                                   # one per point
+        ref.append(lamda_ext.directional_derivs(model, x[i:i + 2], y[i:i + 2], order=4, directions=u,
+                                                backend="autograd").detach())
+    ref = torch.cat(ref)
+    np.testing.assert_allclose(r["derivatives"], ref.numpy(), rtol=1e-8, atol=1e-12)
+    # λ_k = least-squares slope over n of the mean over points of ln|d_n|
+    n = np.arange(1, 5)
+    lam = [np.polyfit(n, np.log(np.abs(ref[:, k].numpy())).mean(0), 1)[0] for k in range(3)]
+    np.testing.assert_allclose(r["lambda_values"], lam, rtol=1e-8)
+
+
+def test_selectivity_index_and_ci_against_hand_values():
     rows = [{"condition": "baseline", "seed": 1, "lambda_4v9": -5.0, "lambda_3v8": -4.0, "lambda_5v6": -3.0},
             {"condition": "selective_49", "seed": 1, "lambda_4v9": -6.0, "lambda_3v8": -4.5, "lambda_5v6": -2.5},
-            {"condition": "selective_38", "seed": 1, "lambda_4v9": -5.0, "lambda_3v8": None, "lambda_5v6": -3.0}]
-    sel = {(r["condition"], r["target_pair"]): r for r in selectivity_rows(rows)}
-    r = sel[("selective_49", "4v9")]
+            {"condition": "selective_38", "seed": 1, "lambda_4v9": -5.0, "lambda_3v8": None, "lambda_5v6": -3.0},
+            {"condition": "baseline", "seed": 2, "lambda_4v9": -5.0, "lambda_3v8": -4.0, "lambda_5v6": -3.0},
+            {"condition": "selective_49", "seed": 2, "lambda_4v9": -5.5, "lambda_3v8": -4.0, "lambda_5v6": -3.0}]
+    sel = {(r["condition"], r["target_pair"], r["seed"]): r for r in selectivity_rows(rows)}
+    r = sel[("selective_49", "4v9", 1)]
     assert r["delta_target"] == pytest.approx(-1.0)
     assert r["delta_others"] == pytest.approx(0.0)         # (-0.5 + 0.5) / 2
     assert r["selectivity_index"] == pytest.approx(-1.0)
-    assert np.isnan(sel[("selective_38", "3v8")]["selectivity_index"])   # missing λ → missing index
+    assert sel[("selective_49", "4v9", 2)]["selectivity_index"] == pytest.approx(-0.5)
+    assert np.isnan(sel[("selective_38", "3v8", 1)]["selectivity_index"])   # missing λ → missing index
+    st = {(r["condition"], r["target_pair"]): r for r in selectivity_table(selectivity_rows(rows))}
+    s49 = st[("selective_49", "4v9")]
+    # two seeds: mean −0.75, sd = 0.25·√2, CI half-width = t_{0.975, 1} · sd / √2 = 12.706 · 0.25
+    assert s49["selectivity_index_n"] == 2 and s49["selectivity_index_mean"] == pytest.approx(-0.75)
+    assert s49["selectivity_index_ci95"] == pytest.approx(12.7062047 * 0.25, rel=1e-6)
+    assert st[("selective_38", "3v8")]["selectivity_index_n"] == 0
+    assert np.isnan(ci95_halfwidth(1.0, 1))
 
 
 def test_selective_smoke_writes_every_file(data_root, tmp_path, capsys):
@@ -49,47 +136,97 @@ def test_selective_smoke_writes_every_file(data_root, tmp_path, capsys):
     assert main(argv) == 0
     for f in TOP_FILES:
         assert (out / f).is_file(), f
+    cfg = lio.read_json(out / "experiment_config.json")
+    assert cfg["scale"] == 200.0 and cfg["measurement"]["boundary_rule"] == "label"
+    assert cfg["measurement"]["direction_protocol"] == "per-point"
     rows = lio.read_csv(out / "results.csv")
     assert list(rows[0]) == RESULT_COLUMNS
     assert [r["condition"] for r in rows] == list(CONDITIONS)
     table = lio.read_csv(out / "summary_table.csv")
     assert [r["condition"] for r in table] == list(CONDITIONS)
-    for col in ("test_acc_mean", "test_acc_std", "lambda_4v9_mean", "n_boundary_5v6_mean", "penalty_share_mean_mean"):
+    for col in ("test_acc_mean", "test_acc_ci95", "lambda_4v9_mean", "lambda_4v9_ci95", "n_boundary_5v6_mean",
+                "penalty_share_mean_mean"):
         assert col in table[0], col
     sel = lio.read_csv(out / "selectivity.csv")
     assert list(sel[0]) == ["condition", "seed", "target_pair", "delta_target", "delta_others", "selectivity_index"]
     assert {(r["condition"], r["target_pair"]) for r in sel} == {
         ("selective_49", "4v9"), ("selective_38", "3v8"), ("global", "4v9"), ("global", "3v8")}
+    st = lio.read_csv(out / "selectivity_table.csv")
+    assert "selectivity_index_ci95" in st[0] and all(r["selectivity_index_ci95"] is None for r in st)   # n = 1
     z = lio.read_npz(out / "selective_data.npz")
     assert z["lambda_per_pair"].shape == (4, 1, 3) and z["boundary_counts"].shape == (4, 1, 3)
+    measured = 0
     for cond in CONDITIONS:
         rd = out / "runs" / cond / "seed_42"
         for f in RUN_FILES:
             assert (rd / f).is_file(), f"{cond}/{f}"
         hist = lio.read_csv(rd / "training_metrics.csv")
-        assert [h["epoch"] for h in hist] == [0, 1]
+        assert [h["epoch"] for h in hist] == [0, 1, 2]
         if cond == "baseline":
             assert "penalty_share_lambda_penalty" not in hist[0]
         else:   # the penalty's share of the loss is logged per epoch
             assert 0.0 < hist[1]["penalty_share_lambda_penalty"] < 1.0
         bl = lio.read_json(rd / "boundary_lambda.json")
         assert set(bl) == set(PAIR_NAMES)
+        npz = lio.read_npz(rd / "boundary_lambda.npz")
         for p, e in bl.items():
-            assert e["n_points"] <= 30
+            assert e["n_points"] == min(30, e["n_candidates"])
             assert (e["lambda"] is None) == (e["n_points"] < 10)        # fewer than 10 points → missing
             if e["lambda"] is not None:
+                measured += 1
                 assert np.isfinite(e["lambda"])
-                d = lio.read_npz(rd / "boundary_lambda.npz")[f"derivatives_{p}"]
-                assert d.shape == (e["n_points"], 4, 4)                  # K = 4, orders 1–4
+                assert npz[f"derivatives_{p}"].shape == (e["n_points"], 4, 4)     # K = 4, orders 1–4
+                assert np.all(np.diff(npz[f"indices_{p}"]) > 0)                   # a sorted random sample
+    assert measured >= 1                         # smoke reaches the measurement it exists for
     from PIL import Image
-    with Image.open(out / "lambda_per_pair.png") as im:
-        assert 150 <= round(im.info["dpi"][0]) <= 300
-    assert "## Mean ± std over seeds" in (out / "summary.md").read_text()
-    # restart: every run is skipped, nothing is retrained
-    stamp = (out / "runs" / "global" / "seed_42" / "final_model.pt").stat().st_mtime_ns
+    for f in ("lambda_per_pair.png", "selectivity_index.png", "penalty_share.png"):
+        with Image.open(out / f) as im:
+            assert round(im.info["dpi"][0]) == 300, f
+    text = (out / "summary.md").read_text()
+    for phrase in ("Caveat: `smoke` preset", "per-point", "true label in the pair", "95 % CI", "± n/a",
+                   "## Selectivity index"):
+        assert phrase in text, phrase
+    # `lamda analyze` regenerates every top-level output from the run folders
+    before = (out / "results.csv").read_text()
+    for f in TOP_FILES[2:]:
+        (out / f).unlink()
+    assert main(["analyze", str(out)]) == 0
+    for f in TOP_FILES:
+        assert (out / f).is_file(), f
+    assert (out / "results.csv").read_text() == before
+    # a run without its completion marker is refused by analyze, naming the cell to resume
+    (out / ".cells" / "global" / "seed_42.done.json").unlink()
     capsys.readouterr()
+    assert main(["analyze", str(out)]) == 2
+    assert "global/seed_42" in capsys.readouterr().err
+    # restart: the finished run folder is adopted (marker rewritten), nothing is retrained
+    stamp = (out / "runs" / "global" / "seed_42" / "final_model.pt").stat().st_mtime_ns
     assert main(argv) == 0
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 4
+    assert (out / ".cells" / "global" / "seed_42.done.json").is_file()
     assert (out / "runs" / "global" / "seed_42" / "final_model.pt").stat().st_mtime_ns == stamp
     # a different setting in the same folder is refused
+    capsys.readouterr()
     assert main(argv + ["--scale", "3"]) == 2
+    assert "different run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--scale", "inf"), ("--scale", "-1"), ("--scale", "nan"),
+                                         ("--label-noise", "1.0"), ("--label-noise", "-0.1"), ("--epochs", "0"),
+                                         ("--max-boundary", "5"), ("--boundary-rule", "margin")])
+def test_selective_flags_refuse_meaningless_values(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "selective", "--preset", "smoke", "--out", str(tmp_path / "x"), flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert flag in err[-1] and "error" in err[-1]
+    assert not (tmp_path / "x").exists()
+
+
+def test_full_preset_scale_and_scale_help_states_the_measured_share(capsys):
+    from lamda.experiments.selective import PRESETS
+    assert PRESETS["full"]["scale"] == 200.0 and PRESETS["full"]["max_boundary"] == 200
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "selective", "-h"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Measured at 200" in text and "% of the training loss" in text

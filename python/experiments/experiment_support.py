@@ -6,6 +6,8 @@
 - :func:`load_mnist_like`: MNIST from the data root, or the offline ``digits`` set when it is absent.
 - :func:`group_mean_std`, :func:`markdown_table`, :func:`pm`: tables for ``summary.md``.
 - :func:`my_cells`, :func:`run_seeded_grid`: thin wrappers over :mod:`lamda.experiments.runner`.
+- :func:`group_mean_ci`, :func:`pm_ci`: mean ± 95 % Student-t CI over seeds ("± n/a" for one seed).
+- :func:`arg_number`: argparse types that refuse values outside a range (and inf/NaN).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from ..trainer import run_is_complete
 from .runner import Cell, assigned, run_grid
 
 __all__ = ["parse_seeds", "open_results_folder", "load_mnist_like", "group_mean_std", "markdown_table", "pm",
-           "my_cells", "run_seeded_grid", "fmt", "finite_mean_std"]
+           "my_cells", "run_seeded_grid", "fmt", "finite_mean_std", "ci95_halfwidth", "finite_mean_ci",
+           "group_mean_ci", "pm_ci", "arg_number"]
 
 
 def parse_seeds(spec: str | None, base: int, n: int) -> list[int]:
@@ -156,3 +159,72 @@ def run_seeded_grid(tag: str, out: pathlib.Path, cells: list, shard_spec: str | 
             train_cell(cell.params["name"], cell.params["seed"], rd)
 
     return run_grid(tag, out, grid, work, analyze, shard=shard_spec)
+
+
+# ------------------------------------------------------------------ 95 % confidence intervals over seeds
+def ci95_halfwidth(std: float, n: int) -> float:
+    """Half-width of the two-sided 95 % Student-t interval of a mean: ``t_{0.975, n−1} · std / √n``.
+
+    ``std`` is the sample standard deviation (ddof = 1). NaN for ``n < 2`` (no interval from one value).
+    """
+    from scipy import stats
+    if n < 2 or std is None or not np.isfinite(std):
+        return float("nan")
+    return float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
+
+
+def finite_mean_ci(values: Iterable) -> tuple[float, float, int]:
+    """Mean, 95 % CI half-width (:func:`ci95_halfwidth`) and count of the finite values (NaN, NaN, 0 when none)."""
+    m, s, n = finite_mean_std(values)
+    return m, ci95_halfwidth(s, n), n
+
+
+def group_mean_ci(rows: list[dict], key: str, columns: Sequence[str], order: Sequence | None = None) -> list[dict]:
+    """:func:`group_mean_std` plus ``<col>_ci95`` (95 % CI half-width of the mean; NaN when fewer than 2 values)."""
+    table = group_mean_std(rows, key, columns, order)
+    for row in table:
+        for c in columns:
+            row[f"{c}_ci95"] = ci95_halfwidth(row[f"{c}_std"], row[f"{c}_n"])
+    return table
+
+
+def pm_ci(mean, half, n: int, spec: str = ".3f") -> str:
+    """``"m ± h"`` (95 % CI half-width ``h``); ``"m ± n/a"`` when ``n < 2`` (no CI); ``"n/a"`` without a mean."""
+    if mean is None or not np.isfinite(float(mean)):
+        return "n/a"
+    if int(n) < 2 or half is None or not np.isfinite(float(half)):
+        return f"{fmt(mean, spec)} ± n/a"
+    return f"{fmt(mean, spec)} ± {fmt(half, spec)}"
+
+
+# ------------------------------------------------------------------ argparse types that check ranges
+def arg_number(kind: type = float, *, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type=`` that parses a finite ``kind`` (int or float) inside ``[low, high]`` (None: unbounded;
+    ``low_open``/``high_open`` exclude the bound); anything else (inf, NaN, out of range, not a number) is an
+    ``ArgumentTypeError`` whose message names the allowed range, so ``lamda run`` exits 2 with an error line."""
+    import argparse
+    import math
+
+    if low is not None and high is not None:
+        rng = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        rng = f"{'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        rng = f"{'<' if high_open else '<='} {high:g}"
+    else:
+        rng = "(any value)"
+    what = "an integer" if kind is int else "a finite number"
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {what} {rng}, got {text!r}") from None
+        if (kind is float and not math.isfinite(v)) or (low is not None and (v < low or (low_open and v == low))) \
+                or (high is not None and (v > high or (high_open and v == high))):
+            raise argparse.ArgumentTypeError(f"expected {what} {rng}, got {text!r}")
+        return v
+
+    parse.__name__ = kind.__name__          # argparse names the type in its messages
+    return parse

@@ -12,6 +12,7 @@ nothing is mutated (batch norms in train mode use batch statistics without updat
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -84,27 +85,40 @@ class CurvatureAdaptiveLR:
     """Wraps any torch optimizer; every ``every`` steps probes the curvature and rescales the learning rate.
 
     ``scale = clip((c_ref / c) ** power, min_scale, max_scale)`` with ``c`` the (optionally EMA-smoothed)
-    probe curvature and ``c_ref`` the ``reference`` curvature (default: the first probe). Every param
-    group's lr becomes ``base_lr · scale``: lower where the landscape is sharper than the reference,
-    back up (to ``max_scale · base_lr``) where it is flatter. ``base_lr`` follows outside changes of
-    the lr (e.g. an LR scheduler stepping the wrapped optimizer).
+    probe curvature and ``c_ref`` the reference curvature. Every param group's lr becomes
+    ``base_lr · scale``: lower where the landscape is sharper than the reference, higher (up to
+    ``max_scale · base_lr``) where it is flatter. ``base_lr`` follows outside changes of the lr (e.g. an
+    LR scheduler stepping the wrapped optimizer).
+
+    The reference: ``reference`` (default: the first probe's ``c``), fixed when ``reference_decay`` is
+    None. With ``reference_decay = β`` in (0, 1) it is a running reference, the exponential moving average
+    of log c (a geometric mean: c spans orders of magnitude, and an arithmetic mean stays high for long
+    after the early fall from initialisation): after each probe ``c_ref ← c_ref^β · c^(1 − β)`` (the scale
+    of that probe uses ``c_ref`` from before the update). The scale then compares the curvature with its
+    recent level and moves both ways — a fixed reference taken at initialisation, where the curvature is
+    largest, leaves the scale stuck at ``max_scale``.
 
     ``step(closure=None, *, batch=(x, y))``: the probe uses ``batch`` (required on probe steps; one can
     also give a fixed ``probe_batch`` at construction). ``history`` holds one dict per step:
-    ``step, probed, curvature, directional, scale, lr`` (curvature = the latest probe).
+    ``step, probed, curvature, directional, reference, scale, lr`` (curvature = the latest probe;
+    reference = the one the current scale was computed against).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, probe: CurvatureProbe, every: int = 10, *,
                  reference: float | None = None, power: float = 0.5, min_scale: float = 0.1, max_scale: float = 1.0,
-                 smoothing: float = 0.0, probe_batch=None):
+                 smoothing: float = 0.0, probe_batch=None, reference_decay: float | None = None):
         if int(every) < 1:
             raise ValueError(f"every must be ≥ 1, got {every}")
         if not 0 < min_scale <= max_scale:
             raise ValueError(f"need 0 < min_scale ≤ max_scale, got {min_scale}, {max_scale}")
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-        if reference is not None and not reference > 0:
-            raise ValueError(f"reference curvature must be > 0, got {reference}")
+        if reference is not None and not (math.isfinite(reference) and reference > 0):
+            raise ValueError(f"reference curvature must be finite and > 0, got {reference}")
+        if reference_decay is not None and not 0.0 < reference_decay < 1.0:
+            raise ValueError(f"reference_decay must be in (0, 1) (or None for a fixed reference), got {reference_decay}")
+        self.reference_decay = None if reference_decay is None else float(reference_decay)
+        self.scale_reference: float | None = None
         self.optimizer = optimizer
         self.probe = probe
         self.every = int(every)
@@ -138,10 +152,16 @@ class CurvatureAdaptiveLR:
         if self.curvature is not None and self.smoothing > 0:
             c = self.smoothing * self.curvature + (1 - self.smoothing) * c
         self.curvature, self.directional = c, est.directional
+        if not math.isfinite(c):
+            raise FloatingPointError(f"step {self.steps}: the probed curvature is {c}; the model has diverged")
         if self.reference is None:
             self.reference = c if c > 0 else None
+        self.scale_reference = self.reference
         if self.reference is not None and c > 0:
             self.scale = min(self.max_scale, max(self.min_scale, (self.reference / c) ** self.power))
+            if self.reference_decay is not None:
+                b = self.reference_decay
+                self.reference = math.exp(b * math.log(self.reference) + (1 - b) * math.log(c))
 
     def step(self, closure=None, *, batch=None):
         """Probe (on every ``every``-th step, starting with the first), set the lrs, step the optimizer."""
@@ -155,7 +175,8 @@ class CurvatureAdaptiveLR:
             self._set_lrs[i] = g["lr"]
         out = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
         self.history.append({"step": self.steps, "probed": probed, "curvature": self.curvature,
-                             "directional": self.directional, "scale": self.scale,
+                             "directional": self.directional, "reference": self.scale_reference,
+                             "scale": self.scale,
                              "lr": self.optimizer.param_groups[0]["lr"]})
         self.steps += 1
         return out
@@ -163,7 +184,8 @@ class CurvatureAdaptiveLR:
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "base_lrs": self.base_lrs, "set_lrs": self._set_lrs,
                 "scale": self.scale, "curvature": self.curvature, "directional": self.directional,
-                "reference": self.reference, "steps": self.steps, "history": self.history,
+                "reference": self.reference, "scale_reference": self.scale_reference,
+                "reference_decay": self.reference_decay, "steps": self.steps, "history": self.history,
                 "probe_generator": self.probe.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -171,4 +193,8 @@ class CurvatureAdaptiveLR:
         self.base_lrs, self._set_lrs = list(state["base_lrs"]), list(state["set_lrs"])
         self.scale, self.curvature, self.directional = state["scale"], state["curvature"], state["directional"]
         self.reference, self.steps, self.history = state["reference"], state["steps"], list(state["history"])
+        self.scale_reference = state.get("scale_reference", self.reference)
+        if state.get("reference_decay", self.reference_decay) != self.reference_decay:
+            raise ValueError(f"state was saved with reference_decay={state.get('reference_decay')}, "
+                             f"this wrapper has {self.reference_decay}")
         self.probe.generator.set_state(state["probe_generator"])
