@@ -35,9 +35,12 @@ def test_operator_matches_dense_hessian(setup):
     assert op.shape == H.shape and op.size <= 3000
     g = torch.Generator().manual_seed(0)
     v = torch.randn(op.size, generator=g, dtype=DT)
-    V = torch.randn(op.size, 5, generator=g, dtype=DT)
+    V = torch.randn(5, op.size, generator=g, dtype=DT)        # rows [K, P]
     assert rel(op @ v, H @ v) < 1e-10
-    assert rel(op @ V, H @ V) < 1e-10
+    assert rel(op @ V, V @ H) < 1e-10
+    with pytest.raises(ValueError, match=r"old column layout \[P, K\].*rows \[K, P\]"):
+        op @ V.t()
+    V = V.t().contiguous()                                     # scipy's matmat takes columns [P, K]
     A = op.to_scipy()
     assert A.shape == H.shape
     assert rel(torch.from_numpy(A.matvec(v.numpy())), H @ v) < 1e-10
@@ -109,8 +112,8 @@ def test_hutchinson_and_hutchpp(setup):
     assert abs(estpp - exact) <= 0.03 * abs(exact)
     # Hutchinson is exactly the mean of z^T H z over the generator's Rademacher probes
     g = torch.Generator().manual_seed(5)
-    Z = (torch.randint(0, 2, (op.size, 6), generator=g, dtype=torch.int8).to(DT) * 2 - 1)
-    manual = float((Z * (H @ Z)).sum() / 6)
+    Z = (torch.randint(0, 2, (6, op.size), generator=g, dtype=torch.int8).to(DT) * 2 - 1)   # rows [K, P]
+    manual = float((Z * (Z @ H)).sum() / 6)
     assert abs(hessian_trace(op, probes=6, generator=torch.Generator().manual_seed(5)) - manual) < 1e-9 * abs(manual) + 1e-12
 
 
