@@ -11,6 +11,11 @@ forward and backward, the intermediates kept) and every later product replays on
 as long as the kept intermediates fit in ``memory_budget``; batches beyond it are recomputed per product.
 The cache is dropped when a parameter changes (in-place update) or a batch differs from the cached one.
 
+Quadratic forms ``zᵀHz`` (Hutchinson probes) need no HVP: ``zᵀHz = d²/dt² L(θ + t z)`` at t = 0, the
+second directional derivative, which the Taylor engine (:func:`lamda_ext.directional_derivs`) computes
+with forward passes only (about half the arithmetic of an HVP on a ReLU CNN). :meth:`quadratic_forms`
+uses it for ``(x, y)`` batches when every trainable parameter is differentiated, else HVPs.
+
 With ``torch.distributed`` initialised, every rank evaluates its share of the data
 (batches ``i % world == rank``, or a contiguous slice of the samples of a single batch) and the
 sample-weighted partial products are all-reduced, so every rank gets the same ``H @ v`` and the
@@ -23,11 +28,14 @@ import torch
 from torch import nn
 
 import os
+import warnings
 from typing import Callable
 
 from torch.func import functional_call
 
+from .._ext import build_info
 from ..checks import check_hvp_inputs, check_reduction, check_vector_like
+from ..derivs import directional_derivs
 from ..hvp import LinearizedHVP, loss_hvp
 from ..params import functional_state, model_loss_fn, trainable_parameters
 from ..losses import LossSpec, resolve_loss
@@ -63,6 +71,9 @@ def _select_params(model: nn.Module, params) -> dict[str, torch.Tensor]:
     if not sel:
         raise ValueError("params is empty")
     return sel
+
+
+_TAYLOR_SAMPLES = 2048   # probes × samples per Taylor pass (bounds its memory: activations [probes·B, ...])
 
 
 def _default_budget(device: torch.device) -> int:
@@ -163,7 +174,10 @@ class HessianOperator:
         self.chunk = None if chunk is None else int(chunk)
         self.memory_budget = (_default_budget(self.device) if memory_budget is None else int(memory_budget)) \
             if deterministic else 0
+        self.deterministic = deterministic
+        self.label_smoothing = float(label_smoothing)
         self.n_products = 0       # number of Hessian-vector products evaluated (rows)
+        self.n_quadratic_forms = 0  # zᵀHz evaluated by Taylor passes (without an HVP)
         self.n_linearizations = 0  # primal forward+backward passes kept for reuse
         self.local_samples = 0    # samples this rank evaluated in the last product
         self._cache: dict[int, tuple[list[torch.Tensor], LinearizedHVP]] = {}
@@ -191,6 +205,7 @@ class HessianOperator:
     def clear_cache(self) -> None:
         """Forget the linearised batches (they are also dropped when a parameter changes)."""
         self._cache.clear()
+        self._cache_key = None
         self._cache_full = False
 
     @property
@@ -230,8 +245,6 @@ class HessianOperator:
                 return out
             yield batch, n, f
 
-    def _params_key(self):
-        return tuple((p.data_ptr(), p._version) for p in self.params.values())
 
     def _batch_hvp(self, i: int, batch, f, V: torch.Tensor) -> torch.Tensor:
         """``H_f V`` for the i-th batch, from its cached linearisation when there is one (or room for one)."""
@@ -245,6 +258,8 @@ class HessianOperator:
                 lin = LinearizedHVP(f, self.params)
                 self.n_linearizations += 1
                 if self.cached_bytes - (hit[1].nbytes if hit else 0) + lin.nbytes <= self.memory_budget:
+                    if not self._cache:
+                        self._cache_key = self.flat_params().clone()
                     self._cache[i] = ([t.detach().clone() for t in leaves], lin)
                 else:
                     self._cache.pop(i, None)
@@ -256,10 +271,10 @@ class HessianOperator:
     def _rows(self, V: torch.Tensor) -> torch.Tensor:
         """``H`` applied to each row of ``V`` ``[K, P]`` → ``[K, P]`` (over all data)."""
         rank, world = dist_info()
-        key = self._params_key()
-        if key != self._cache_key:
-            self.clear_cache()
-            self._cache_key = key
+        if self._cache:   # the parameters' values, compared (in-place updates through .data bump no version)
+            now = self.flat_params()
+            if self._cache_key is None or not torch.equal(now, self._cache_key):
+                self.clear_cache()
         acc = torch.zeros_like(V)
         count = 0
         # (x, y) batches give batch-mean Hessians: weight n_b for both reductions; a loss_fn gives the
@@ -278,6 +293,63 @@ class HessianOperator:
         self.local_samples = count
         self.n_products += V.shape[0]
         return acc / float(total.item()) if self.reduction == "mean" else acc
+
+    @property
+    def taylor_quadratic_forms(self) -> bool:
+        """Whether :meth:`quadratic_forms` uses Taylor passes (``(x, y)`` data, all trainable parameters,
+        a deterministic setup) rather than HVPs."""
+        return (self.batch_loss_fn is None and self.deterministic and self._taylor_ok
+                and list(self.params) == [n for n, p in self.model.named_parameters() if p.requires_grad])
+
+    _taylor_ok = True
+
+    def quadratic_forms(self, Z: torch.Tensor) -> torch.Tensor:
+        """``z_iᵀ H z_i`` for each row of ``Z`` ``[n, P]`` → ``[n]`` float64 on the CPU.
+
+        By second directional derivatives (Taylor mode, forward passes only) where
+        :attr:`taylor_quadratic_forms` holds, else by HVPs; the two agree to rounding.
+        """
+        check_vector_like(Z, self.dtype, self.device, "parameters")
+        if Z.dim() != 2 or Z.shape[1] != self.size:
+            raise ValueError(f"Z must have shape [n, P]=[n, {self.size}], got {list(Z.shape)}")
+        if self.taylor_quadratic_forms:
+            try:
+                return self._taylor_forms(Z)
+            except NotImplementedError as err:   # an op without a Taylor rule: HVPs still work
+                warnings.warn(f"HessianOperator.quadratic_forms: {err} Using HVPs instead.", RuntimeWarning,
+                              stacklevel=2)
+                self._taylor_ok = False
+        return (Z.to(torch.float64) * self.matvec(Z).to(torch.float64)).sum(dim=1).cpu()
+
+    def _taylor_forms(self, Z: torch.Tensor) -> torch.Tensor:
+        rank, world = dist_info()
+        shard_rank, shard_world = (rank, world) if self.shard else (0, 1)
+        info = build_info()
+        fused = info["cpu"] if self.device.type == "cpu" else info["cuda_available"]
+        backend = "fused" if fused else "taylor"
+        acc = torch.zeros(Z.shape[0], dtype=torch.float64, device=self.device)
+        count = 0
+        for x, y in shard_batches(self.data, shard_rank, shard_world):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True) if isinstance(y, torch.Tensor) else y
+            n = x.shape[0]
+            if n == 0:
+                continue
+            step = max(1, _TAYLOR_SAMPLES // n)
+            with torch.no_grad():
+                for i in range(0, Z.shape[0], step):
+                    d = directional_derivs(self.model, x, y, order=2, directions=Z[i:i + step], loss=self.loss,
+                                           wrt="params", backend=backend, label_smoothing=self.label_smoothing)
+                    acc[i:i + step] += float(n) * d[:, 1].to(torch.float64)
+            count += n
+        total = torch.tensor([float(count)], dtype=torch.float64, device=acc.device)
+        if world > 1:
+            torch.distributed.all_reduce(acc)
+            torch.distributed.all_reduce(total)
+        if total.item() == 0:
+            raise ValueError("data yielded no samples")
+        self.n_quadratic_forms += Z.shape[0]
+        return (acc / float(total.item()) if self.reduction == "mean" else acc).cpu()
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for one vector ``v`` ``[P]``, or ``H v_k`` for each row of ``V`` ``[K, P]`` (same shape out)."""

@@ -40,7 +40,7 @@ class TraceEstimate(float):
         return f"TraceEstimate({float(self)!r} ± {self.std_error:.3g}, method={self.method!r}, probes={self.probes})"
 
 
-def _quadratic_forms(Z: torch.Tensor, HZ: torch.Tensor) -> torch.Tensor:
+def _forms(Z: torch.Tensor, HZ: torch.Tensor) -> torch.Tensor:
     """``z_iᵀ H z_i`` for rows ``Z``, ``HZ`` ``[n, P]`` → ``[n]`` float64 CPU."""
     return (Z.to(torch.float64) * HZ.to(torch.float64)).sum(dim=1).cpu()
 
@@ -50,7 +50,8 @@ def hessian_trace(model, loss: LossSpec | None = None, data=None, probes: int = 
                   block: int = 32, **operator_kw) -> TraceEstimate:
     """Estimate ``tr(H)`` with ``probes`` Hessian-vector products.
 
-    ``hutchinson``: mean of ``zᵀHz`` over Rademacher ``z``. ``hutch++`` (Meyer et al. 2021):
+    ``hutchinson``: mean of ``zᵀHz`` over Rademacher ``z`` (each ``zᵀHz`` a second directional derivative
+    where :meth:`HessianOperator.quadratic_forms` can, else from an HVP). ``hutch++`` (Meyer et al. 2021):
     a third of the products sketch the top subspace ``Q = orth(H S)``, its trace is taken
     exactly and Hutchinson runs on the deflated rest (needs ``probes ≥ 3``).
 
@@ -82,7 +83,7 @@ def hessian_trace(model, loss: LossSpec | None = None, data=None, probes: int = 
         while done < probes:
             n = min(block, probes - done)
             Z = draw(n)
-            samples.append(_quadratic_forms(Z, op.matvec(Z)))
+            samples.append(op.quadratic_forms(Z))
             done += n
         s = torch.cat(samples)
         return TraceEstimate(float(s.mean()), s, method, probes)
@@ -94,7 +95,7 @@ def hessian_trace(model, loss: LossSpec | None = None, data=None, probes: int = 
     S = draw(s_n)
     G = draw(g)
     Q = torch.linalg.qr(apply(S).t())[0].t()            # [s, P] orthonormal rows spanning H S
-    t_top = float(_quadratic_forms(Q, apply(Q)).sum())
+    t_top = float(_forms(Q, apply(Q)).sum())
     Gp = G - (G @ Q.t()) @ Q
-    rest = _quadratic_forms(Gp, apply(Gp))
+    rest = op.quadratic_forms(Gp)
     return TraceEstimate(t_top + float(rest.mean()), rest, method, probes)
