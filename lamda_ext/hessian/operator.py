@@ -23,24 +23,30 @@ Lanczos / trace / density routines run data-parallel unchanged (gloo on CPU, NCC
 """
 from __future__ import annotations
 
+import os
+import warnings
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
-
-import os
-import warnings
-from typing import Callable
-
 from torch.func import functional_call
 
 from .._ext import build_info
 from ..checks import check_hvp_inputs, check_reduction, check_vector_like
 from ..derivs import directional_derivs
 from ..hvp import LinearizedHVP, loss_hvp
-from ..params import functional_state, model_loss_fn, trainable_parameters
 from ..losses import LossSpec, resolve_loss
-from .data import (batch_samples, check_deterministic, dist_info, map_tensors, shard_batches, shard_loss_batches,
-                   tensor_leaves)
+from ..params import functional_state, model_loss_fn, trainable_parameters
+from .data import (
+    batch_samples,
+    check_deterministic,
+    dist_info,
+    map_tensors,
+    shard_batches,
+    shard_loss_batches,
+    tensor_leaves,
+)
 
 __all__ = ["HessianOperator", "as_operator"]
 

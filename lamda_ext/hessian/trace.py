@@ -9,7 +9,7 @@ from ..losses import LossSpec
 from .lanczos import rademacher
 from .operator import as_operator
 
-__all__ = ["hessian_trace", "TraceEstimate"]
+__all__ = ["TraceEstimate", "hessian_trace"]
 
 
 class TraceEstimate(float):
