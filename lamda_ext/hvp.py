@@ -122,9 +122,9 @@ def _graph_nbytes(tangent_map: Callable) -> int:
 class LinearizedHVP:
     """The forward-over-reverse HVP of one scalar function ``f(params dict)`` at ``primal``, linearised once.
 
-    Construction runs the primal forward and backward once and keeps what the tangent pass needs
-    (the activations and backward intermediates, :attr:`nbytes` bytes); every call then replays only
-    the tangent part, for one direction ``[P]`` or each row of ``[K, P]`` (``chunk_size`` rows per
+    Construction traces the forward-over-reverse pass; the first call evaluates its primal part once
+    and keeps what the tangent pass needs (the activations and backward intermediates, :attr:`nbytes`
+    bytes); every call replays only the tangent part, for one direction ``[P]`` or each row of ``[K, P]`` (``chunk_size`` rows per
     vmapped replay; None = one at a time on the CPU, all at once elsewhere). For deterministic
     functions only: random ops would draw again on every replay.
     """
@@ -133,9 +133,11 @@ class LinearizedHVP:
         self.primal = {k: t.detach() for k, t in primal.items()}
         with torch.enable_grad():
             self._map = _linearize(grad(f), self.primal)
-            # the first call folds the primal part into constants: do it now so nbytes is right
-            self._map({k: torch.zeros_like(t) for k, t in self.primal.items()})
-        self.nbytes = _graph_nbytes(self._map)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the kept intermediates (complete once the first call has folded the primal part)."""
+        return _graph_nbytes(self._map)
 
     def __call__(self, v: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """``H v`` for v ``[P]`` or ``[K, P]`` (same shape out, detached)."""

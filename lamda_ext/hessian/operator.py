@@ -263,14 +263,15 @@ class HessianOperator:
             if not self._cache_full:
                 lin = LinearizedHVP(f, self.params)
                 self.n_linearizations += 1
+                out = lin(V, self.chunk)      # the first call folds the primal part: nbytes is known after it
                 if self.cached_bytes - (hit[1].nbytes if hit else 0) + lin.nbytes <= self.memory_budget:
                     if not self._cache:
-                        self._cache_key = self.flat_params().clone()
+                        self._cache_key = self.flat_params()
                     self._cache[i] = ([t.detach().clone() for t in leaves], lin)
                 else:
                     self._cache.pop(i, None)
                     self._cache_full = True
-                return lin(V, self.chunk)
+                return out
         with torch.enable_grad():
             return loss_hvp(f, self.params, V, self.chunk)
 
