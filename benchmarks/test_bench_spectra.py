@@ -295,6 +295,13 @@ def test_methods_agree(problem):
     ref = torch.stack([torch.cat([t.reshape(-1) for t in torch.autograd.grad(flat @ v, params, retain_graph=True)])
                        for v in V])
     assert float((ours - ref).norm() / ref.norm()) < 1e-4
+    # the Taylor quadratic forms of hessian_trace are z·Hz of the products (same probes)
+    op = HessianOperator(pb["model"], None, (pb["x"], pb["y"]))
+    Z = pb["Z"][:3]
+    q_hvp = (Z.double() * (op @ Z).double()).sum(dim=1)
+    q_taylor = op.quadratic_forms(Z)
+    scale = float(Z.double().norm(dim=1).max() * (op @ Z).double().norm(dim=1).max())
+    assert float((q_taylor - q_hvp).abs().max()) < 1e-4 * scale
 
 
 # ------------------------------------------------------------------ work counts (independent of machine load)

@@ -429,3 +429,16 @@ def test_quadratic_forms_by_taylor_match_hvps(setup):
     # a parameter subset is not a directional derivative of the model: HVPs are used
     sub = HessianOperator(model, "cross_entropy", (x, y), params=[list(model.parameters())[-1]])
     assert not sub.taylor_quadratic_forms
+
+
+def test_results_pickle_with_their_attributes():
+    import pickle
+
+    from lamda_ext.hessian import EigResult, TraceEstimate
+    t = TraceEstimate(2.5, torch.tensor([2.0, 3.0], dtype=DT), "hutchinson", 2)
+    t2 = pickle.loads(pickle.dumps(t))
+    assert float(t2) == 2.5 and t2.std_error == t.std_error and t2.method == "hutchinson"
+    r = EigResult(torch.ones(2, dtype=DT), torch.eye(2), torch.zeros(2, dtype=DT), torch.ones(2, dtype=torch.bool), 1e-8, 3)
+    r2 = pickle.loads(pickle.dumps(r))
+    vals, vecs = r2
+    assert torch.equal(vals, r.eigenvalues) and r2.steps == 3 and bool(r2.converged.all())

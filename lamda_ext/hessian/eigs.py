@@ -32,6 +32,9 @@ class EigResult(tuple):
         self.residuals, self.converged, self.tol, self.steps = residuals, converged, tol, steps
         return self
 
+    def __reduce__(self):   # pickle / deepcopy with the attributes
+        return (EigResult, (self.eigenvalues, self.eigenvectors, self.residuals, self.converged, self.tol, self.steps))
+
     def __repr__(self) -> str:
         return (f"EigResult(eigenvalues={self.eigenvalues}, residuals={self.residuals}, "
                 f"converged={self.converged}, steps={self.steps})")

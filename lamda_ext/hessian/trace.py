@@ -32,6 +32,9 @@ class TraceEstimate(float):
         self.probes = probes
         return self
 
+    def __reduce__(self):   # pickle / deepcopy with the attributes
+        return (TraceEstimate, (float(self), self.samples, self.method, self.probes))
+
     @property
     def estimate(self) -> float:
         return float(self)
