@@ -197,7 +197,7 @@ class HessianOperator:
 
     def broadcast(self, t: torch.Tensor) -> torch.Tensor:
         """Rank 0's copy of ``t`` on every rank (identity when not distributed)."""
-        rank, world = dist_info()
+        _, world = dist_info()
         if world > 1:
             t = t.contiguous()
             torch.distributed.broadcast(t, src=0)
@@ -277,7 +277,7 @@ class HessianOperator:
 
     def _rows(self, V: torch.Tensor) -> torch.Tensor:
         """``H`` applied to each row of ``V`` ``[K, P]`` → ``[K, P]`` (over all data)."""
-        rank, world = dist_info()
+        _, world = dist_info()
         if self._cache:   # the parameters' values, compared (in-place updates through .data bump no version)
             now = self.flat_params()
             if self._cache_key is None or not torch.equal(now, self._cache_key):
