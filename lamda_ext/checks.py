@@ -9,7 +9,7 @@ from .losses import LossSpec, check_targets
 from .params import trainable_parameters
 
 __all__ = ["MAX_ORDER", "WRT", "check_model_and_x", "check_wrt", "check_order", "check_direction_tensor",
-           "check_hvp_inputs", "check_vector_like", "check_v", "params_and_v"]
+           "check_hvp_inputs", "check_vector_like", "check_v", "params_and_v", "check_reduction"]
 
 MAX_ORDER = 8
 WRT = ("params", "input")
@@ -95,3 +95,9 @@ def params_and_v(model: nn.Module, v) -> tuple[dict[str, torch.Tensor], bool]:
         raise ValueError("the model has no parameters with requires_grad=True")
     P = sum(p.numel() for p in params.values())
     return params, check_v(v, (P,), next(iter(params.values())), "model parameters")
+
+
+def check_reduction(reduction) -> None:
+    """``reduction`` of a Hessian: ``"mean"`` (of the mean loss over samples) or ``"sum"`` (of the summed loss)."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")

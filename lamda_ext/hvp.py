@@ -37,18 +37,40 @@ from torch.func import functional_call, grad, jvp, linearize, vmap
 
 from ._hvp_ops import ForwardOverReverseOps
 from ._state import RngReplay
-from .checks import check_hvp_inputs, check_v, params_and_v
+from .checks import check_hvp_inputs, check_reduction, check_v, params_and_v
 from .losses import LossSpec, resolve_loss
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
 
-__all__ = ["hvp", "params_hvp", "input_hvp"]
+__all__ = ["hvp", "params_hvp", "input_hvp", "loss_hvp", "LinearizedHVP"]
 
 
 def _default_chunk(v: torch.Tensor) -> int | None:
     """Directions per vmapped evaluation: all of them on a GPU; one at a time on the CPU, where the
-    tangent passes are bound by memory traffic (K-batched activations ``[K·B, ...]`` leave the cache;
-    figures in benchmarks/README.md)."""
+    tangent passes are bound by memory traffic (K-batched activations ``[K·B, ...]`` leave the cache)."""
     return 1 if v.device.type == "cpu" else None
+
+
+def _linearize(g: Callable, primal):
+    """``torch.func.linearize`` of ``g`` at ``primal`` (with the cheap-tangent op formulations active)."""
+    with ForwardOverReverseOps(), warnings.catch_warnings():
+        # torch's constant folding warns about its own get_attr nodes
+        warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
+        return linearize(g, primal)[1]
+
+
+def _apply_tangent_map(tangent_map: Callable, v: torch.Tensor, unpack: Callable, pack: Callable,
+                       chunk_size: int | None, start: RngReplay | None = None) -> torch.Tensor:
+    """``tangent_map`` applied to each row of ``v`` ``[K, ...]``, ``chunk_size`` rows per vmapped call."""
+    def one(vec: torch.Tensor) -> torch.Tensor:
+        if start is not None:
+            start.reset()
+        return pack(tangent_map(unpack(vec)))
+
+    chunk = _default_chunk(v) if chunk_size is None else chunk_size
+    if chunk == 1 or v.shape[0] == 1:
+        return torch.stack([one(vec) for vec in v])
+    return vmap(one, chunk_size=chunk, randomness="same")(v)
 
 
 def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, unpack: Callable, pack: Callable,
@@ -61,36 +83,76 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
     direction or per chunk. ``unpack`` turns a direction into the tangent pytree, ``pack`` the
     resulting tangent pytree into the output layout.
     """
-    with ForwardOverReverseOps():
-        if not batched or v.shape[0] == 1:
-            vs = v if not batched else v[0]
+    if not batched or v.shape[0] == 1:
+        vs = v if not batched else v[0]
+        with ForwardOverReverseOps():
             out = pack(jvp(g, (primal,), (unpack(vs),))[1])
-            return out if not batched else out.unsqueeze(0)
-        # random ops (dropout) stay in the traced graph and draw again on every replay: each replay
-        # restarts the generator where the trace started, so every direction sees the mask that a
-        # single-direction HVP would draw, and the generator ends one draw on, as after that HVP
-        start = RngReplay(v.device)
-        with warnings.catch_warnings():   # torch's constant folding warns about its own get_attr nodes
-            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
-            _, tangent_map = linearize(g, primal)
+        return out if not batched else out.unsqueeze(0)
+    # random ops (dropout) stay in the traced graph and draw again on every replay: each replay
+    # restarts the generator where the trace started, so every direction sees the mask that a
+    # single-direction HVP would draw, and the generator ends one draw on, as after that HVP
+    start = RngReplay(v.device)
+    tangent_map = _linearize(g, primal)
+    return _apply_tangent_map(tangent_map, v, unpack, pack, chunk_size, start)
 
-        def one(vec: torch.Tensor) -> torch.Tensor:
-            start.reset()
-            return pack(tangent_map(unpack(vec)))
 
-        chunk = _default_chunk(v) if chunk_size is None else chunk_size
-        if chunk == 1:
-            return torch.stack([one(vec) for vec in v])
-        return vmap(one, chunk_size=chunk, randomness="same")(v)
+def loss_hvp(f: Callable, primal: dict[str, torch.Tensor], v: torch.Tensor,
+             chunk_size: int | None = None) -> torch.Tensor:
+    """Forward-over-reverse HVP of a scalar function ``f(params dict)`` at ``primal``; v ``[P]`` or ``[K, P]``
+    (parameters flattened in ``primal``'s order), the result has the shape of v."""
+    primal = {k: t.detach() for k, t in primal.items()}
+    return _forward_over_reverse(grad(f), primal, v, v.dim() == 2, lambda vec: unflatten_params(vec, primal),
+                                 flatten_params, chunk_size)
+
+
+def _graph_nbytes(tangent_map: Callable) -> int:
+    """Bytes held by the constants of a linearised graph (distinct storages), 0 when none are found."""
+    seen, total = set(), 0
+    for cell in getattr(tangent_map, "__closure__", None) or ():
+        mod = cell.cell_contents
+        if isinstance(mod, torch.nn.Module):
+            for t in list(mod.parameters()) + list(mod.buffers()):
+                st = t.untyped_storage()
+                if st.data_ptr() not in seen:
+                    seen.add(st.data_ptr())
+                    total += st.nbytes()
+    return total
+
+
+class LinearizedHVP:
+    """The forward-over-reverse HVP of one scalar function ``f(params dict)`` at ``primal``, linearised once.
+
+    Construction traces the forward-over-reverse pass; the first call evaluates its primal part once
+    and keeps what the tangent pass needs (the activations and backward intermediates, :attr:`nbytes`
+    bytes); every call replays only the tangent part, for one direction ``[P]`` or each row of ``[K, P]`` (``chunk_size`` rows per
+    vmapped replay; None = one at a time on the CPU, all at once elsewhere). For deterministic
+    functions only: random ops would draw again on every replay.
+    """
+
+    def __init__(self, f: Callable, primal: dict[str, torch.Tensor]):
+        self.primal = {k: t.detach() for k, t in primal.items()}
+        with torch.enable_grad():
+            self._map = _linearize(grad(f), self.primal)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the kept intermediates (complete once the first call has folded the primal part)."""
+        return _graph_nbytes(self._map)
+
+    def __call__(self, v: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """``H v`` for v ``[P]`` or ``[K, P]`` (same shape out, detached)."""
+        batched = v.dim() == 2
+        V = v if batched else v.unsqueeze(0)
+        with torch.enable_grad():
+            out = _apply_tangent_map(self._map, V, lambda vec: unflatten_params(vec, self.primal),
+                                     flatten_params, chunk_size).detach()
+        return out if batched else out[0]
 
 
 def params_hvp(model, x, y, v, loss_fn, params: dict[str, torch.Tensor],
                 chunk_size: int | None = None) -> torch.Tensor:
     """Forward-over-reverse HVP w.r.t. ``params`` (a name → tensor dict); v ``[P]`` or ``[K, P]``."""
-    f = model_loss_fn(model, x, y, loss_fn, list(params))
-    primal = {k: t.detach() for k, t in params.items()}
-    return _forward_over_reverse(grad(f), primal, v, v.dim() == 2, lambda vec: unflatten_params(vec, primal),
-                                 flatten_params, chunk_size)
+    return loss_hvp(model_loss_fn(model, x, y, loss_fn, list(params)), params, v, chunk_size)
 
 
 def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.Tensor:
@@ -105,7 +167,8 @@ def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.T
 
 
 def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec = "cross_entropy",
-        wrt: str = "params", label_smoothing: float = 0.0, chunk_size: int | None = None) -> torch.Tensor:
+        wrt: str = "params", label_smoothing: float = 0.0, chunk_size: int | None = None,
+        reduction: str = "mean") -> torch.Tensor:
     """Hessian-vector product(s) of the loss by forward-over-reverse.
 
     Args:
@@ -117,20 +180,27 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
         label_smoothing: for cross-entropy.
         chunk_size: directions per vmapped tangent evaluation (K directions share one primal pass
             either way); None = one at a time on the CPU, all at once elsewhere.
+        reduction: ``wrt="params"`` only: ``"mean"`` (the Hessian of the batch-mean loss) or ``"sum"``
+            (of the summed loss, B times the mean's).
 
     Returns:
-        ``H v`` with the shape of ``v``. For ``wrt="params"`` H is the Hessian of the batch-mean loss;
+        ``H v`` with the shape of ``v``. For ``wrt="params"`` H is the Hessian of the batch-mean (or summed) loss;
         for ``wrt="input"`` entry b is ``H_b v_b`` (Hessian of sample b's loss w.r.t. ``x_b``).
         The result is detached (not differentiable w.r.t. the parameters).
     """
     check_hvp_inputs(model, x, y, loss, wrt)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    check_reduction(reduction)
     loss_fn = resolve_loss(loss, label_smoothing)
     if wrt == "params":
         params, _ = params_and_v(model, v)
         with torch.enable_grad():
-            return params_hvp(model, x, y, v, loss_fn, params, chunk_size).detach()
+            out = params_hvp(model, x, y, v, loss_fn, params, chunk_size).detach()
+        return out * x.shape[0] if reduction == "sum" else out
+    if reduction != "mean":
+        raise ValueError("reduction applies to wrt='params'; input-space HVPs are per sample (H_b v_b), "
+                         "leave reduction='mean'")
     check_v(v, tuple(x.shape), x, "inputs x")
     with torch.enable_grad():
         return input_hvp(model, x, y, v, loss_fn, chunk_size).detach()

@@ -1,9 +1,12 @@
 """lamda_ext.hessian: operator, eigenpairs, trace and SLQ density against the dense float64 Hessian."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
 from lamda_ext.hessian import HessianOperator, hessian_density, hessian_eigs, hessian_trace, slq_nodes
@@ -35,9 +38,12 @@ def test_operator_matches_dense_hessian(setup):
     assert op.shape == H.shape and op.size <= 3000
     g = torch.Generator().manual_seed(0)
     v = torch.randn(op.size, generator=g, dtype=DT)
-    V = torch.randn(op.size, 5, generator=g, dtype=DT)
+    V = torch.randn(5, op.size, generator=g, dtype=DT)        # rows [K, P]
     assert rel(op @ v, H @ v) < 1e-10
-    assert rel(op @ V, H @ V) < 1e-10
+    assert rel(op @ V, V @ H) < 1e-10
+    with pytest.raises(ValueError, match=r"old column layout \[P, K\].*rows \[K, P\]"):
+        op @ V.t()
+    V = V.t().contiguous()                                     # scipy's matmat takes columns [P, K]
     A = op.to_scipy()
     assert A.shape == H.shape
     assert rel(torch.from_numpy(A.matvec(v.numpy())), H @ v) < 1e-10
@@ -109,8 +115,8 @@ def test_hutchinson_and_hutchpp(setup):
     assert abs(estpp - exact) <= 0.03 * abs(exact)
     # Hutchinson is exactly the mean of z^T H z over the generator's Rademacher probes
     g = torch.Generator().manual_seed(5)
-    Z = (torch.randint(0, 2, (op.size, 6), generator=g, dtype=torch.int8).to(DT) * 2 - 1)
-    manual = float((Z * (H @ Z)).sum() / 6)
+    Z = (torch.randint(0, 2, (6, op.size), generator=g, dtype=torch.int8).to(DT) * 2 - 1)   # rows [K, P]
+    manual = float((Z * (Z @ H)).sum() / 6)
     assert abs(hessian_trace(op, probes=6, generator=torch.Generator().manual_seed(5)) - manual) < 1e-9 * abs(manual) + 1e-12
 
 
@@ -202,3 +208,237 @@ def test_cuda_matches_cpu():
     g, d = hessian_density(opg, iters=10, probes=3, grid=64, generator=torch.Generator().manual_seed(2))
     g2, d2 = hessian_density(op, iters=10, probes=3, grid=64, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(d, d2, rtol=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------- known Hessians: residuals, flags, errors
+
+def _linear_mse(X: torch.Tensor):
+    """A bias-free linear model under MSE: H = (2/B) XᵀX exactly (mean reduction)."""
+    d = X.shape[1]
+    model = nn.Linear(d, 1, bias=False).to(DT)
+    y = torch.zeros(X.shape[0], 1, dtype=DT)
+    return model, y, 2.0 / X.shape[0] * X.t() @ X
+
+
+def _spectrum_X(eigs, seed=0):
+    """X [n, n] with (2/n) XᵀX = Q diag(eigs) Qᵀ for a random orthogonal Q."""
+    n = len(eigs)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=DT))
+    return (torch.tensor(eigs, dtype=DT) * n / 2).sqrt()[:, None] * Q.t()
+
+
+@pytest.mark.parametrize("method", ["lanczos", "eigsh"])
+def test_eigs_residuals_and_converged_flags_on_a_known_hessian(method):
+    X = _spectrum_X([10.0, 7.0, 5.0, 3.0, 2.0, 1.5, 1.0, 0.5, 0.25, 0.1, 0.05, 0.01])
+    model, y, H = _linear_mse(X)
+    op = HessianOperator(model, "mse", (X, y))
+    assert rel(op @ torch.eye(12, dtype=DT), H) < 1e-12
+    res = hessian_eigs(op, k=3, method=method, generator=torch.Generator().manual_seed(0))
+    vals, vecs = res                                        # still unpacks as a pair
+    torch.testing.assert_close(vals, torch.tensor([10.0, 7.0, 5.0], dtype=DT), rtol=1e-10, atol=0)
+    true_res = (vecs @ H - vals[:, None] * vecs).norm(dim=1)
+    assert res.residuals.shape == (3,) and res.residuals.dtype == torch.float64
+    assert bool((res.residuals <= 1e-8 * 10).all()) and bool((true_res <= 1e-8 * 10).all())
+    assert res.converged.dtype == torch.bool and bool(res.converged.all())
+
+
+def test_eigs_unconverged_pairs_warn_and_report_true_residuals():
+    X = _spectrum_X([10.0, 9.9, 9.8, 9.7, 5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.2, 0.1], seed=1)
+    model, y, H = _linear_mse(X)
+    op = HessianOperator(model, "mse", (X, y))
+    with pytest.warns(RuntimeWarning, match=r"did not converge after 4 Lanczos steps \(pairs \["):
+        res = hessian_eigs(op, k=3, max_iter=4, generator=torch.Generator().manual_seed(0))
+    vals, vecs = res
+    assert not bool(res.converged.all()) and res.steps == 4
+    # the reported residuals are ‖H y − θ y‖ of the returned (Ritz) pairs
+    true_res = (vecs @ H - vals[:, None] * vecs).norm(dim=1)
+    torch.testing.assert_close(res.residuals, true_res, rtol=1e-6, atol=1e-12)
+    assert bool(res.converged[0]) or not bool(res.converged.any())   # flags are ordered by convergence here
+    assert float(res.residuals[~res.converged].min()) > res.tol * float(vals.abs().max())
+
+
+def test_trace_standard_error_on_known_hessians():
+    # diagonal H: every Rademacher zᵀHz equals tr(H), so the estimate is exact and its standard error 0
+    a = torch.tensor([3.0, 1.0, 0.5, 2.0, 0.25, 4.0], dtype=DT)
+    X = torch.diag((a * 3).sqrt())                            # (2/6) XᵀX = diag(a)
+    model, y, H = _linear_mse(X)
+    op = HessianOperator(model, "mse", (X, y))
+    t = hessian_trace(op, probes=10, generator=torch.Generator().manual_seed(0))
+    assert isinstance(t, float) and t == pytest.approx(float(a.sum()), rel=1e-12)
+    assert t.std_error == pytest.approx(0.0, abs=1e-12) and t.samples.shape == (10,)
+    # a dense H: the standard error is std(zᵀHz)/sqrt(n) of the very probes drawn (hand-computed), and
+    # over many probes it matches the exact Rademacher variance 2 Σ_{i≠j} H_ij²
+    X = _spectrum_X([5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.3, 0.2], seed=2)
+    model, y, H = _linear_mse(X)
+    op = HessianOperator(model, "mse", (X, y))
+    g = torch.Generator().manual_seed(3)
+    Z = torch.randint(0, 2, (7, 8), generator=g, dtype=torch.int8).to(DT) * 2 - 1
+    q = ((Z @ H) * Z).sum(dim=1)
+    t = hessian_trace(op, probes=7, block=3, generator=torch.Generator().manual_seed(3))
+    assert float(t) == pytest.approx(float(q.mean()), rel=1e-12)
+    assert t.std_error == pytest.approx(float(q.std()) / 7 ** 0.5, rel=1e-10)
+    big = hessian_trace(op, probes=4000, block=1000, generator=torch.Generator().manual_seed(4))
+    exact_sd = float(2 * ((H ** 2).sum() - (H.diagonal() ** 2).sum())) ** 0.5
+    assert big.std_error * 4000 ** 0.5 == pytest.approx(exact_sd, rel=0.1)   # sample sd of 4000: ±~3%
+    assert abs(float(big) - float(H.trace())) < 4 * big.std_error
+    assert math.isnan(hessian_trace(op, probes=1, generator=g).std_error)   # one probe: no spread
+
+
+def test_hutchpp_standard_error():
+    # rank-2 H (2 samples): the sketch of s = 3 probes captures all of it, the deflated rest is 0
+    X = torch.randn(2, 8, generator=torch.Generator().manual_seed(5), dtype=DT)
+    model, y, H = _linear_mse(X)
+    op = HessianOperator(model, "mse", (X, y))
+    t = hessian_trace(op, probes=9, method="hutch++", generator=torch.Generator().manual_seed(0))
+    assert float(t) == pytest.approx(float(H.trace()), rel=1e-10)
+    assert t.std_error < 1e-10 * float(H.trace()) and t.samples.shape == (3,)
+    # full rank: the standard error is that of the deflated probes' quadratic forms, hand-computed
+    X = _spectrum_X([5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.3, 0.2], seed=2)
+    model, y, H = _linear_mse(X)
+    op = HessianOperator(model, "mse", (X, y))
+    g = torch.Generator().manual_seed(6)
+    draw = lambda n: torch.randint(0, 2, (n, 8), generator=g, dtype=torch.int8).to(DT) * 2 - 1
+    S, G = draw(2), draw(3)
+    Q = torch.linalg.qr((S @ H).t())[0].t()
+    Gp = G - (G @ Q.t()) @ Q
+    rest = ((Gp @ H) * Gp).sum(dim=1)
+    t = hessian_trace(op, probes=7, method="hutch++", generator=torch.Generator().manual_seed(6))
+    assert float(t) == pytest.approx(float(((Q @ H) * Q).sum() + rest.mean()), rel=1e-10)
+    assert t.std_error == pytest.approx(float(rest.std()) / 3 ** 0.5, rel=1e-8)
+
+
+# ---------------------------------------------------------------- reduction, loss_fn form, linearisation cache
+
+def test_reduction_sum_and_mean(setup):
+    model, x, y, H, _ = setup
+    v = torch.randn(H.shape[0], generator=torch.Generator().manual_seed(9), dtype=DT)
+    parts = [(x[:20], y[:20]), (x[20:], y[20:])]
+    op_sum = HessianOperator(model, "cross_entropy", parts, reduction="sum")
+    assert rel(op_sum @ v, x.shape[0] * (H @ v)) < 1e-10
+    t_mean = hessian_trace(model, None, (x, y), probes=4, generator=torch.Generator().manual_seed(1))
+    t_sum = hessian_trace(op_sum, probes=4, generator=torch.Generator().manual_seed(1))
+    assert float(t_sum) == pytest.approx(x.shape[0] * float(t_mean), rel=1e-10)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        HessianOperator(model, "cross_entropy", (x, y), reduction="none")
+
+
+class _DictNet(nn.Module):
+    """An HF-style model: a dict of two tensors in, logits out."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(6, 8)
+        self.b = nn.Linear(3, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, inputs):
+        return self.head(torch.tanh(self.a(inputs["x"]) + self.b(inputs["extra"])))
+
+
+def test_loss_fn_form_with_dict_batches():
+    model = _DictNet().to(DT)
+    g = torch.Generator().manual_seed(2)
+    x, e = torch.randn(30, 6, generator=g, dtype=DT), torch.randn(30, 3, generator=g, dtype=DT)
+    y = torch.randint(0, 4, (30,), generator=g)
+    params = dict(model.named_parameters())
+    theta = torch.cat([p.detach().reshape(-1) for p in params.values()])
+
+    def dense(reduce):
+        def f(flat):
+            from lamda_ext.params import unflatten_params
+            out = functional_call(model, unflatten_params(flat, params), ({"x": x, "extra": e},))
+            return nn.functional.cross_entropy(out, y, reduction=reduce)
+        return torch.func.hessian(f)(theta)
+
+    def loss_fn(m, batch):
+        return nn.functional.cross_entropy(m({"x": batch["x"], "extra": batch["extra"]}), batch["y"])
+
+    def loss_sum(m, batch):
+        return nn.functional.cross_entropy(m(batch), batch["y"], reduction="sum")
+
+    one = {"x": x, "extra": e, "y": y}
+    parts = [{"x": x[i:j], "extra": e[i:j], "y": y[i:j]} for i, j in ((0, 7), (7, 19), (19, 30))]
+    V = torch.randn(3, theta.numel(), generator=g, dtype=DT)
+    Hm, Hs = dense("mean"), dense("sum")
+    for data in (one, parts):
+        assert rel(HessianOperator(model, loss_fn=loss_fn, data=data) @ V, V @ Hm) < 1e-10
+        assert rel(HessianOperator(model, loss_fn=loss_sum, data=data, reduction="sum") @ V, V @ Hs) < 1e-10
+    # every spectral tool takes the form
+    vals, _ = hessian_eigs(model, data=parts, loss_fn=loss_fn, k=3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(vals, torch.linalg.eigvalsh(Hm).flip(0)[:3], rtol=1e-6, atol=1e-12)
+    t = hessian_trace(model, data=parts, loss_fn=loss_fn, probes=5, generator=torch.Generator().manual_seed(1))
+    Z = torch.randint(0, 2, (5, theta.numel()), generator=torch.Generator().manual_seed(1), dtype=torch.int8).to(DT) * 2 - 1
+    assert float(t) == pytest.approx(float(((Z @ Hm) * Z).sum(1).mean()), rel=1e-10)
+    grid, dens = hessian_density(model, data=one, loss_fn=loss_fn, iters=5, probes=2, grid=50,
+                                 generator=torch.Generator().manual_seed(2))
+    assert abs(float(torch.trapezoid(dens, grid)) - 1.0) < 1e-6
+    with pytest.raises(ValueError, match="either loss.*or loss_fn"):
+        HessianOperator(model, "cross_entropy", one, loss_fn=loss_fn)
+    with pytest.raises(ValueError, match="must return a scalar"):
+        HessianOperator(model, data=one, loss_fn=lambda m, b: nn.functional.cross_entropy(
+            m(b), b["y"], reduction="none")) @ V[0]
+
+
+def test_linearisation_cache_reuses_batches_and_tracks_changes():
+    model = mlp()
+    x, y = batch(model, B=30)
+    parts = [(x[:12], y[:12]), (x[12:], y[12:])]
+    H = dense_param_hessian(model, x, y)
+    op = HessianOperator(model, "cross_entropy", parts)
+    V = torch.randn(4, op.size, generator=torch.Generator().manual_seed(0), dtype=DT)
+    for _ in range(3):
+        assert rel(op @ V, V @ H) < 1e-10
+        assert rel(op @ V[0], H @ V[0]) < 1e-10
+    assert op.n_linearizations == 2 and op.cached_bytes > 0          # one per batch, then replays only
+    # a Lanczos run on the cached operator linearises nothing more
+    hessian_eigs(op, k=3, generator=torch.Generator().manual_seed(1))
+    assert op.n_linearizations == 2
+    # a parameter changed in place (as an optimizer step does): the cache is rebuilt
+    with torch.no_grad():
+        next(model.parameters()).add_(0.1)
+    H2 = dense_param_hessian(model, x, y)
+    assert rel(op @ V, V @ H2) < 1e-10 and op.n_linearizations == 4
+    # also through .data, which bypasses the version counter
+    next(model.parameters()).data.add_(0.1)
+    H3 = dense_param_hessian(model, x, y)
+    assert rel(op @ V, V @ H3) < 1e-10 and op.n_linearizations == 6
+    # a batch whose contents changed is linearised again
+    parts[1] = (x[12:].flip(0), y[12:].flip(0))
+    assert rel(op @ V, V @ H3) < 1e-10 and op.n_linearizations == 7
+    # no budget: recomputed every product, same numbers; a budget too small for one batch: likewise
+    for budget in (0, 1):
+        op0 = HessianOperator(model, "cross_entropy", parts, memory_budget=budget)
+        for _ in range(2):
+            assert rel(op0 @ V, V @ H3) < 1e-10
+        assert op0.cached_bytes == 0 and op0.n_linearizations == (0 if budget == 0 else 1)
+    with pytest.raises(ValueError, match="memory_budget"):
+        HessianOperator(model, "cross_entropy", parts, memory_budget=-1)
+
+
+def test_quadratic_forms_by_taylor_match_hvps(setup):
+    model, x, y, H, _ = setup
+    op = HessianOperator(model, "cross_entropy", (x, y))
+    Z = torch.randn(5, op.size, generator=torch.Generator().manual_seed(3), dtype=DT)
+    exact = ((Z @ H) * Z).sum(dim=1)
+    assert op.taylor_quadratic_forms
+    before = op.n_products
+    q = op.quadratic_forms(Z)
+    assert op.n_products == before and op.n_quadratic_forms == 5      # no HVP was needed
+    torch.testing.assert_close(q, exact, rtol=1e-10, atol=1e-12)
+    # a parameter subset is not a directional derivative of the model: HVPs are used
+    sub = HessianOperator(model, "cross_entropy", (x, y), params=[list(model.parameters())[-1]])
+    assert not sub.taylor_quadratic_forms
+
+
+def test_results_pickle_with_their_attributes():
+    import pickle
+
+    from lamda_ext.hessian import EigResult, TraceEstimate
+    t = TraceEstimate(2.5, torch.tensor([2.0, 3.0], dtype=DT), "hutchinson", 2)
+    t2 = pickle.loads(pickle.dumps(t))
+    assert float(t2) == 2.5 and t2.std_error == t.std_error and t2.method == "hutchinson"
+    r = EigResult(torch.ones(2, dtype=DT), torch.eye(2), torch.zeros(2, dtype=DT), torch.ones(2, dtype=torch.bool), 1e-8, 3)
+    r2 = pickle.loads(pickle.dumps(r))
+    vals, vecs = r2
+    assert torch.equal(vals, r.eigenvalues) and r2.steps == 3 and bool(r2.converged.all())

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, SubsetRandomSampler, WeightedRandomSampler
 
-__all__ = ["is_single_batch", "iter_batches", "check_deterministic", "dist_info", "shard_batches", "rank_local"]
+__all__ = ["is_single_batch", "iter_batches", "check_deterministic", "dist_info", "shard_batches", "rank_local",
+           "map_tensors", "tensor_leaves", "is_single_loss_batch", "batch_samples", "iter_loss_batches",
+           "shard_loss_batches"]
 
 _RANDOM_SAMPLERS = (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
 
@@ -119,5 +121,78 @@ def shard_batches(data, rank: int, world: int) -> Iterator[tuple[torch.Tensor, t
             yield x[lo:hi], (y[lo:hi] if y is not None else None)
         return
     for i, batch in enumerate(iter_batches(data)):
+        if i % world == rank:
+            yield batch
+
+
+# ---------------------------------------------------------------- batches of the loss_fn(model, batch) form
+
+def map_tensors(fn, obj):
+    """``obj`` (a tensor or nested dict/list/tuple holding tensors) with ``fn`` applied to every tensor."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, map_tensors(fn, v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        items = [map_tensors(fn, v) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    return obj
+
+
+def tensor_leaves(obj) -> list[torch.Tensor]:
+    """The tensors in ``obj`` (a tensor or nested dict/list/tuple), in order."""
+    out: list[torch.Tensor] = []
+    map_tensors(lambda t: out.append(t) or t, obj)
+    return out
+
+
+def is_single_loss_batch(data) -> bool:
+    """For the ``loss_fn(model, batch)`` form: True when ``data`` is one batch — a tensor, a dict, or a
+    tuple whose items are tensors, dicts or None — rather than an iterable of batches (a list, a DataLoader)."""
+    if isinstance(data, (torch.Tensor, dict)):
+        return True
+    return isinstance(data, tuple) and len(data) > 0 and all(
+        t is None or isinstance(t, (torch.Tensor, dict)) for t in data)
+
+
+def batch_samples(batch) -> int:
+    """Samples in a batch of the ``loss_fn`` form: the leading size of its first tensor."""
+    leaves = tensor_leaves(batch)
+    if not leaves or leaves[0].dim() == 0:
+        raise ValueError("every batch must hold a tensor with a leading sample dimension (its first tensor "
+                         f"gives the batch size); got {type(batch).__name__}")
+    return int(leaves[0].shape[0])
+
+
+def iter_loss_batches(data) -> Iterator:
+    """Batches of the ``loss_fn`` form: ``data`` itself when it is one batch, else its items."""
+    if is_single_loss_batch(data):
+        yield data
+        return
+    if not isinstance(data, Iterable) or isinstance(data, (str, bytes)):
+        raise TypeError("data must be a batch (a tensor, a dict or a tuple of tensors) or an iterable of "
+                        f"batches (a list, a DataLoader); got {type(data).__name__}")
+    n = 0
+    for item in data:
+        n += 1
+        yield item
+    if n == 0:
+        raise ValueError("data is empty: it yielded no batches (a generator can be iterated only once; "
+                         "pass a list of batches or a DataLoader)")
+
+
+def shard_loss_batches(data, rank: int, world: int) -> Iterator:
+    """This rank's share of ``data`` in the ``loss_fn`` form: batches ``i % world == rank``, or, for one
+    batch of n samples, the ``rank``-th of ``world`` contiguous slices of every tensor with leading size n."""
+    if world == 1:
+        yield from iter_loss_batches(data)
+        return
+    if is_single_loss_batch(data):
+        n = batch_samples(data)
+        lo, hi = (rank * n) // world, ((rank + 1) * n) // world
+        if hi > lo:
+            yield map_tensors(lambda t: t[lo:hi] if t.dim() > 0 and t.shape[0] == n else t, data)
+        return
+    for i, batch in enumerate(iter_loss_batches(data)):
         if i % world == rank:
             yield batch

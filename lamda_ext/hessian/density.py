@@ -13,13 +13,13 @@ __all__ = ["hessian_density", "slq_nodes"]
 
 
 def _batched_lanczos(op, Z: torch.Tensor, iters: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Independent Lanczos recurrences for the columns of ``Z`` ``[P, n]``, run in lockstep so that
-    every step is one block product ``H @ [P, n]``; full reorthogonalisation per column; a column
+    """Independent Lanczos recurrences for the rows of ``Z`` ``[n, P]``, run in lockstep so that
+    every step is one block product ``H @ [n, P]``; full reorthogonalisation per row; a row
     whose recurrence breaks down (invariant subspace) stops there."""
-    P, n = Z.shape
+    n, P = Z.shape
     m = min(int(iters), P)
     Q = torch.zeros(m + 1, n, P, dtype=Z.dtype, device=Z.device)
-    Q[0] = (Z / Z.norm(dim=0, keepdim=True)).t()
+    Q[0] = Z / Z.norm(dim=1, keepdim=True)
     alpha = torch.zeros(m, n, dtype=torch.float64)
     beta = torch.zeros(m, n, dtype=torch.float64)
     length = torch.full((n,), m, dtype=torch.long)
@@ -27,7 +27,7 @@ def _batched_lanczos(op, Z: torch.Tensor, iters: int) -> tuple[list[torch.Tensor
     tol = 10 * torch.finfo(Z.dtype).eps
     for j in range(m):
         q = Q[j]                                        # [n, P]
-        W = op.matvec(q.t().contiguous()).t()           # [n, P]
+        W = op.matvec(q)                                # [n, P]
         a = (q * W).sum(dim=1)
         W = W - a[:, None] * q
         if j > 0:
@@ -58,7 +58,7 @@ def _batched_lanczos(op, Z: torch.Tensor, iters: int) -> tuple[list[torch.Tensor
     return nodes, weights
 
 
-def slq_nodes(model, loss: LossSpec = "cross_entropy", data=None, iters: int = 80, probes: int = 4,
+def slq_nodes(model, loss: LossSpec | None = None, data=None, iters: int = 80, probes: int = 4,
               generator: torch.Generator | None = None, *, block: int = 16,
               **operator_kw) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Gauss quadrature nodes and weights of the spectral measure, one set per Rademacher probe.
@@ -75,7 +75,7 @@ def slq_nodes(model, loss: LossSpec = "cross_entropy", data=None, iters: int = 8
     done = 0
     while done < int(probes):
         n = min(int(block), int(probes) - done)
-        Z = op.broadcast(rademacher((op.size, n), generator, op.dtype, op.device))
+        Z = op.broadcast(rademacher((n, op.size), generator, op.dtype, op.device))
         nd, wt = _batched_lanczos(op, Z, int(iters))
         nodes += nd
         weights += wt
@@ -83,7 +83,7 @@ def slq_nodes(model, loss: LossSpec = "cross_entropy", data=None, iters: int = 8
     return nodes, weights
 
 
-def hessian_density(model, loss: LossSpec = "cross_entropy", data=None, iters: int = 80, probes: int = 4,
+def hessian_density(model, loss: LossSpec | None = None, data=None, iters: int = 80, probes: int = 4,
                     grid: int | torch.Tensor = 1000, *, sigma: float | None = None,
                     generator: torch.Generator | None = None, block: int = 16, **operator_kw) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian-broadened spectral density ``φ(t) = mean_probes Σ_j τ_j N(t; θ_j, σ²)``.
