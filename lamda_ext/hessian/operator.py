@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import check_hvp_inputs, check_vector_like
+from .._state import outside_inference_mode
+from ..checks import check_hvp_inputs, check_int, check_vector_like
 from ..hvp import params_hvp
 from ..params import trainable_parameters
 from ..losses import LossSpec, resolve_loss
@@ -82,8 +83,7 @@ class HessianOperator:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if data is None:
             raise ValueError("data is required: an (x, y) pair or an iterable of (x, y) pairs")
-        if chunk is not None and int(chunk) < 1:
-            raise ValueError(f"chunk must be ≥ 1 or None, got {chunk}")
+        check_int(chunk, "chunk", allow_none=True)
         if not allow_nondeterministic:
             check_deterministic(model, data)
         self.model = model
@@ -132,7 +132,10 @@ class HessianOperator:
             n = x.shape[0]
             if n == 0:
                 continue
-            check_hvp_inputs(self.model, x, y, self.loss, "params")
+            if x.is_inference():     # data made under torch.inference_mode(): usable outside it as a copy
+                x = x.clone()
+            # the output/target check (one plain forward) runs on the first product only
+            y = check_hvp_inputs(self.model, x, y, self.loss, "params", forward=self.n_products == 0)
             with torch.enable_grad():
                 hv = params_hvp(self.model, x, y, V, self.loss_fn, self.params, self.chunk)
             acc.add_(hv.detach(), alpha=float(n))
@@ -147,6 +150,7 @@ class HessianOperator:
         self.n_products += V.shape[0]
         return acc / float(total.item())
 
+    @outside_inference_mode
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for ``v`` of shape ``[P]`` or a block ``[P, K]`` (same shape out)."""
         check_vector_like(v, self.dtype, self.device, "parameters")

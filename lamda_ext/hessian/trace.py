@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_int
 from ..losses import LossSpec
 from .lanczos import rademacher
 from .operator import as_operator
@@ -26,12 +27,10 @@ def hessian_trace(model, loss: LossSpec = "cross_entropy", data=None, probes: in
         operator_kw: passed to :class:`HessianOperator`.
     """
     op = as_operator(model, loss, data, **operator_kw)
-    probes = int(probes)
-    block = max(1, int(block))
+    probes = check_int(probes, "probes")
+    block = check_int(block, "block")
     if method not in ("hutchinson", "hutch++"):
         raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
-    if probes < 1:
-        raise ValueError(f"probes must be ≥ 1, got {probes}")
 
     def draw(n: int) -> torch.Tensor:  # [P, n]
         return op.broadcast(rademacher((op.size, n), generator, op.dtype, op.device))
