@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from lamda_ext.hvp import hvp
 from lamda_ext.hvp_reference import hvp_double_backward, hvp_finite_difference
