@@ -502,3 +502,65 @@ def test_control_flow_on_primal_values_matches_autograd():
     u = lamda_ext.random_directions(x, 2, torch.Generator().manual_seed(0))
     torch.testing.assert_close(call(m, x, y, backend="taylor", directions=u),
                                call(m, x, y, backend="autograd", directions=u))
+
+
+# ------------------------------------------------------------------------------- damaged MNIST files
+def _idx(path, magic, shape, payload: bytes):
+    head = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in shape)
+    path.write_bytes(head + payload)
+
+
+def _fake_mnist(root, n_train=3, n_test=2):
+    """A tiny but valid MNIST tree (root/MNIST/raw, uncompressed idx files)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        _idx(raw / f"{split}-images-idx3-ubyte", 2051, (n, 28, 28), bytes(n * 784))
+        _idx(raw / f"{split}-labels-idx1-ubyte", 2049, (n,), bytes([i % 10 for i in range(n)]))
+    return raw
+
+
+def test_fake_mnist_loads(tmp_path):
+    from lamda.data import load_dataset
+    _fake_mnist(tmp_path)
+    d = load_dataset("mnist", root=tmp_path)
+    assert d.x_train.shape == (3, 1, 28, 28) and d.y_test.shape == (2,)
+    assert sorted(d.y_train.tolist()) == [0, 1, 2]
+
+
+def _truncate(path, drop):
+    path.write_bytes(path.read_bytes()[:-drop])
+
+
+@pytest.mark.parametrize("damage, exc, phrase", [
+    (lambda raw: _truncate(raw / "train-images-idx3-ubyte", 100), ValueError,
+     "train-images-idx3-ubyte: truncated MNIST file"),
+    (lambda raw: _truncate(raw / "t10k-labels-idx1-ubyte", 1), ValueError,
+     "t10k-labels-idx1-ubyte: truncated MNIST file"),
+    (lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00"), ValueError,
+     "train-labels-idx1-ubyte: corrupt MNIST file: 2 bytes, shorter than its header"),
+    (lambda raw: _idx(raw / "t10k-images-idx3-ubyte", 2049, (2, 28, 28), bytes(2 * 784)), ValueError,
+     "t10k-images-idx3-ubyte: not an MNIST image file (bad magic number 0x00000801"),
+    (lambda raw: _idx(raw / "train-images-idx3-ubyte", 2051, (3, 27, 29), bytes(3 * 27 * 29)), ValueError,
+     "train-images-idx3-ubyte: corrupt MNIST file: items of shape [27, 29]"),
+    (lambda raw: _idx(raw / "train-labels-idx1-ubyte", 2049, (3,), bytes([1, 10, 2])), ValueError,
+     "train-labels-idx1-ubyte: label byte 10 at item 1 is not a digit 0..9"),
+    (lambda raw: _idx(raw / "t10k-labels-idx1-ubyte", 2049, (3,), bytes([1, 2, 3])), ValueError,
+     "t10k-labels-idx1-ubyte: 3 labels for 2 images"),
+    (lambda raw: (raw / "t10k-images-idx3-ubyte").unlink(), FileNotFoundError,
+     "MNIST is incomplete under"),
+])
+def test_damaged_mnist_files_are_named(tmp_path, damage, exc, phrase):
+    from lamda.data import load_dataset
+    raw = _fake_mnist(tmp_path)
+    damage(raw)
+    with pytest.raises(exc) as err:
+        load_dataset("mnist", root=tmp_path)
+    assert phrase in str(err.value), str(err.value)
+    assert "MNIST not found" not in str(err.value)
+
+
+def test_missing_mnist_still_says_not_found(tmp_path):
+    from lamda.data import load_dataset
+    with pytest.raises(FileNotFoundError, match="MNIST not found under"):
+        load_dataset("mnist", root=tmp_path)
