@@ -62,8 +62,8 @@ def hessian_eigs(model, loss: LossSpec = "cross_entropy", data=None, k: int = 30
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     if method not in ("lanczos", "eigsh"):
         raise ValueError(f"method must be 'lanczos' or 'eigsh', got {method!r}")
-    check_int(k, "k")
-    check_int(max_iter, "max_iter", allow_none=True)
+    k = check_int(k, "k")
+    max_iter = check_int(max_iter, "max_iter", allow_none=True)
     if not 1 <= k <= op.size:
         raise ValueError(f"k must be in [1, P={op.size}], got {k}")
     tol = _default_tol(op.dtype) if tol is None else float(tol)
