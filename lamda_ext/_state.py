@@ -4,10 +4,13 @@
   they were (all backends see the same normalisation; nothing is updated).
 - Dropout: every backend uses one mask per measurement. Backends that run the model once per
   direction replay the RNG state so that each direction sees the mask the Taylor engine draws.
+- Under ``torch.inference_mode()`` a measurement leaves inference mode (:func:`outside_inference_mode`):
+  autograd cannot differentiate inside it, and would return zeros.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from torch import nn
@@ -39,3 +42,22 @@ class RngReplay:
         torch.set_rng_state(self.cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state(self.cuda, self.device)
+
+
+def _normal_tensor(a):
+    return a.clone() if isinstance(a, torch.Tensor) and a.is_inference() else a
+
+
+def outside_inference_mode(fn):
+    """Decorator: when called under ``torch.inference_mode()``, run ``fn`` outside it (grad mode off, so the
+    result is detached), with inference-tensor arguments cloned into normal tensors; the numbers are those
+    computed outside inference mode. Elsewhere ``fn`` runs unchanged."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not torch.is_inference_mode_enabled():
+            return fn(*args, **kwargs)
+        with torch.inference_mode(False), torch.no_grad():
+            args = tuple(_normal_tensor(a) for a in args)
+            kwargs = {k: _normal_tensor(v) for k, v in kwargs.items()}
+            return fn(*args, **kwargs)
+    return wrapper

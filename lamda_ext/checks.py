@@ -2,14 +2,18 @@
 the Hessian operator and its spectral tools): one message per mistake, raised before any work is done."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
-from .losses import LossSpec, check_targets
+from ._state import RngReplay, frozen_batchnorm_stats
+from .losses import LossSpec, check_output, check_targets
 from .params import trainable_parameters
 
-__all__ = ["MAX_ORDER", "WRT", "check_model_and_x", "check_wrt", "check_order", "check_direction_tensor",
-           "check_hvp_inputs", "check_vector_like", "check_v", "params_and_v", "check_reduction"]
+__all__ = ["MAX_ORDER", "WRT", "check_model_and_x", "check_finite_state", "check_forward", "check_wrt",
+           "check_order", "check_direction_tensor", "check_hvp_inputs", "check_vector_like", "check_v",
+           "params_and_v", "check_int", "check_reduction"]
 
 MAX_ORDER = 8
 WRT = ("params", "input")
@@ -34,6 +38,86 @@ def check_model_and_x(model, x):
         if p.device != x.device:
             raise ValueError(f"device mismatch: model parameters are on {p.device} but x is on {x.device}; "
                              "move both to one device")
+    check_finite_state(model)
+
+
+def check_finite_state(model: nn.Module) -> None:
+    """Every floating-point parameter and buffer of ``model`` is finite (one reduction per tensor, one sync);
+    the error names the first parameter/buffer holding NaN or inf. Inference tensors (created under
+    ``torch.inference_mode()``) are refused: no derivative can be taken through them."""
+    named = [(f"parameter '{n}'", t) for n, t in model.named_parameters()]
+    named += [(f"buffer '{n}'", t) for n, t in model.named_buffers()]
+    named = [(n, t) for n, t in named if t is not None and t.dtype.is_floating_point and t.device.type != "meta"]
+    if not named:
+        return
+    for what, t in named:
+        if t.is_inference():
+            raise ValueError(f"the model's {what} was created under torch.inference_mode(): derivatives cannot be "
+                             "taken through it; build or load the model outside inference mode")
+    dev = named[0][1].device
+    ok = torch.stack([torch.isfinite(t).all().to(dev) for _, t in named])
+    if not bool(ok.all()):
+        what = next(n for (n, _), good in zip(named, ok.tolist()) if not good)
+        raise ValueError(f"the model's {what} contains NaN or inf values; every derivative would be NaN "
+                         "(reload a finite checkpoint or lower the learning rate)")
+
+
+def _module_stack(model: nn.Module):
+    """Forward hooks recording which modules are running; ``(stack, handles)``."""
+    stack, handles = [], []
+
+    def enter(mod, args) -> None:
+        stack.append(mod)
+
+    def leave(mod, args, out) -> None:      # must return None: a returned value would replace the output
+        if stack:
+            stack.pop()
+
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(enter))
+        handles.append(m.register_forward_hook(leave))
+    return stack, handles
+
+
+def check_forward(model: nn.Module, x: torch.Tensor, y, loss: LossSpec) -> None:
+    """One plain forward pass at ``x`` (no grad; the RNG state and batch-norm running statistics are restored,
+    so the measurement that follows is unchanged) to check the model's output against x and the loss:
+    x's shape must fit the model, the output must be one tensor ``[B, ...]``, and the targets must fit the
+    output (:func:`lamda_ext.losses.check_output`). ``y`` must already have passed ``check_targets``.
+
+    A ``RuntimeError`` of the forward (e.g. "mat1 and mat2 shapes cannot be multiplied") becomes a
+    ``ValueError`` naming x's shape and the innermost module that was running.
+    """
+    names = {id(m): (n or "<root>") for n, m in model.named_modules()}
+    stack, handles = _module_stack(model)
+    replay = RngReplay(x.device)
+    try:
+        with torch.no_grad(), frozen_batchnorm_stats(model):
+            out = model(x)
+    except (NotImplementedError, torch.OutOfMemoryError):
+        raise
+    except RuntimeError as err:
+        where = (f"module '{names.get(id(stack[-1]), '?')}' ({type(stack[-1]).__name__})" if stack
+                 else "the model's forward")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"x of shape {list(x.shape)} does not fit the model: {where} failed with: {first}") from err
+    finally:
+        for h in handles:
+            h.remove()
+        replay.reset()
+    check_output(loss, out, y, x.shape[0])
+
+
+def check_int(value, name: str, minimum: int = 1, allow_none: bool = False):
+    """``value`` must be an int ≥ ``minimum`` (not a bool, not a float; None when ``allow_none``); returned."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int ≥ {minimum}{' or None' if allow_none else ''}, "
+                        f"got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be ≥ {minimum}, got {value}")
+    return int(value)
 
 
 def check_order(order):
@@ -59,12 +143,18 @@ def check_wrt(wrt) -> None:
         raise ValueError(f"wrt must be 'input' or 'params', got {wrt!r}")
 
 
-def check_hvp_inputs(model: nn.Module, x: torch.Tensor, y, loss: LossSpec, wrt: str) -> None:
-    """The model, x, ``wrt`` and (for a named loss) the targets of an HVP call."""
+def check_hvp_inputs(model: nn.Module, x: torch.Tensor, y, loss: LossSpec, wrt: str, forward: bool = True):
+    """The model, x, ``wrt`` and the targets of an HVP call; returns the targets as every backend takes them
+    (integer labels as ``torch.long``). ``forward``: also check the output with one plain forward pass
+    (:func:`check_forward`)."""
     check_model_and_x(model, x)
     check_wrt(wrt)
-    if isinstance(loss, str):
-        check_targets(loss, y, x.shape[0])
+    y = check_targets(loss, y, x.shape[0])
+    if isinstance(y, torch.Tensor) and y.device != x.device:
+        raise ValueError(f"device mismatch: y is on {y.device} but x is on {x.device}")
+    if forward:
+        check_forward(model, x, y, loss)
+    return y
 
 
 def check_vector_like(v, dtype: torch.dtype, device: torch.device, what: str) -> None:
@@ -75,6 +165,8 @@ def check_vector_like(v, dtype: torch.dtype, device: torch.device, what: str) ->
         raise TypeError(f"dtype mismatch: v is {v.dtype} but the {what} are {dtype}")
     if v.device != device:
         raise ValueError(f"device mismatch: v is on {v.device} but the {what} are on {device}")
+    if v.device.type != "meta" and not bool(torch.isfinite(v).all()):
+        raise ValueError("v contains NaN or inf values")
 
 
 def check_v(v, shape_one: tuple[int, ...], ref: torch.Tensor, what: str) -> bool:

@@ -1,6 +1,7 @@
 """The curvature rate λ: least-squares slope of log|d_n| against n."""
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Optional, Tuple
 
@@ -46,14 +47,28 @@ def curvature_rate(derivs: torch.Tensor, orders: Optional[Tuple[int, int]] = Non
             every row of log|d_n|.
 
     Exact zeros are masked out of the fit, never clamped; a fit with fewer than two usable orders
-    gives NaN, and the number of such fits is reported in a warning.
+    gives NaN, and the number of such fits is reported in a warning. NaN/inf in ``derivs``, an empty
+    tensor and a malformed ``orders`` raise ``ValueError``/``TypeError``.
     """
     if not isinstance(derivs, torch.Tensor) or derivs.dim() not in (2, 3):
         raise ValueError("derivs must be a tensor [B, K, N] or [K, N]")
     if not derivs.dtype.is_floating_point:
         raise TypeError(f"derivs must be floating point, got {derivs.dtype}")
+    if derivs.numel() == 0:
+        raise ValueError(f"derivs is empty (shape {list(derivs.shape)}): there is nothing to fit")
+    if not bool(torch.isfinite(derivs).all()):
+        bad = int((~torch.isfinite(derivs)).sum())
+        raise ValueError(f"derivs contains {bad} NaN or inf value(s); λ of such a row is undefined "
+                         "(check the model and inputs that produced them)")
     n_max = derivs.shape[-1]
-    lo, hi = (1, n_max) if orders is None else orders
+    if orders is None:
+        lo, hi = 1, n_max
+    else:
+        if not isinstance(orders, (tuple, list)) or len(orders) != 2:
+            raise TypeError(f"orders must be a window (lo, hi) of two ints, got {orders!r}")
+        if any(isinstance(o, bool) or not isinstance(o, numbers.Integral) for o in orders):
+            raise TypeError(f"orders must be a window (lo, hi) of two ints, got {orders!r}")
+        lo, hi = int(orders[0]), int(orders[1])
     if not (1 <= lo < hi <= n_max):
         raise ValueError(f"orders must be a window (lo, hi) with 1 ≤ lo < hi ≤ {n_max}, got {orders}")
     if pool not in ("none", "points", "all"):

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from . import backends
-from ._state import RngReplay, frozen_batchnorm_stats
-from .checks import check_direction_tensor, check_model_and_x, check_order, check_wrt
+from ._state import RngReplay, frozen_batchnorm_stats, outside_inference_mode
+from .checks import check_direction_tensor, check_forward, check_model_and_x, check_order, check_wrt
 from .directions import num_parameters, random_directions, random_param_directions
 from .losses import LOSS_NAMES, LossSpec, check_targets, resolve_loss
 
@@ -47,6 +47,7 @@ def _fused_available() -> bool:
     return ops.available()
 
 
+@outside_inference_mode
 def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, order: int = 6,
                        directions: Union[int, torch.Tensor] = 15, loss: LossSpec = "cross_entropy",
                        wrt: str = "input", backend: str = "auto", generator: Optional[torch.Generator] = None,
@@ -80,7 +81,13 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
             step ``loss.mean() + scale * d.abs().mean()`` needs no second forward pass.
 
     Returns ``derivs`` or ``(derivs, loss)``; both are differentiable with respect to the model
-    parameters when grad mode is on.
+    parameters when grad mode is on (under ``torch.inference_mode()`` they are computed outside it and
+    detached).
+
+    Bad input raises ``ValueError``/``TypeError`` before any derivative is taken; one plain forward pass
+    (no grad, RNG and batch-norm statistics restored) checks that x fits the model, that the output is one
+    tensor ``[B, ...]`` and that the targets fit it (labels in range, MSE targets of the output's shape, a
+    callable loss returning ``[B]``).
     """
     check_model_and_x(model, x)
     check_order(order)
@@ -90,10 +97,11 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
     if not (callable(loss) or loss in LOSS_NAMES):
         raise ValueError(f"loss must be one of {LOSS_NAMES} or a callable (output, y) -> per-sample loss; got {loss!r}")
     resolve_loss(loss, label_smoothing)
-    check_targets(loss, y, x.shape[0])
+    y = check_targets(loss, y, x.shape[0])
     if isinstance(y, torch.Tensor) and y.device != x.device:
         raise ValueError(f"device mismatch: y is on {y.device} but x is on {x.device}")
     dirs = _directions(directions, model, x, wrt, generator)
+    check_forward(model, x, y, loss)
 
     if backend == "fused" and not _fused_available():
         raise RuntimeError("backend='fused' needs the compiled extension lamda_ext._C; build it with "

@@ -36,7 +36,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, linearize, vmap
 
 from ._hvp_ops import ForwardOverReverseOps
-from ._state import RngReplay
+from ._state import RngReplay, outside_inference_mode
 from .checks import check_hvp_inputs, check_reduction, check_v, params_and_v
 from .losses import LossSpec, resolve_loss
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
@@ -166,6 +166,7 @@ def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.T
                                  lambda out: out, chunk_size)
 
 
+@outside_inference_mode
 def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec = "cross_entropy",
         wrt: str = "params", label_smoothing: float = 0.0, chunk_size: int | None = None,
         reduction: str = "mean") -> torch.Tensor:
@@ -188,7 +189,7 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
         for ``wrt="input"`` entry b is ``H_b v_b`` (Hessian of sample b's loss w.r.t. ``x_b``).
         The result is detached (not differentiable w.r.t. the parameters).
     """
-    check_hvp_inputs(model, x, y, loss, wrt)
+    y = check_hvp_inputs(model, x, y, loss, wrt)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     check_reduction(reduction)

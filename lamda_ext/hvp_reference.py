@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ._state import outside_inference_mode
 from .checks import check_hvp_inputs, check_v, params_and_v
 from .losses import LossSpec, resolve_loss
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
@@ -46,6 +47,7 @@ def input_grad(model, x, y, loss_fn, create_graph=False):
     return g, xx
 
 
+@outside_inference_mode
 def hvp_double_backward(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *,
                         loss: LossSpec = "cross_entropy", wrt: str = "params",
                         label_smoothing: float = 0.0) -> torch.Tensor:
@@ -53,7 +55,7 @@ def hvp_double_backward(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *
 
     One gradient graph is built and differentiated once per direction (``retain_graph``).
     """
-    check_hvp_inputs(model, x, y, loss, wrt)
+    y = check_hvp_inputs(model, x, y, loss, wrt)
     loss_fn = resolve_loss(loss, label_smoothing)
     if wrt == "params":
         params, batched = params_and_v(model, v)
@@ -77,6 +79,7 @@ def hvp_double_backward(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *
     return res if batched else res[0]
 
 
+@outside_inference_mode
 def hvp_finite_difference(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *,
                           loss: LossSpec = "cross_entropy", wrt: str = "params",
                           label_smoothing: float = 0.0, eps: float | None = None) -> torch.Tensor:
@@ -87,7 +90,7 @@ def hvp_finite_difference(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor,
     a ReLU / max-pool kink. Error: O(ε²) truncation plus rounding O(ε_mach ‖g‖ / ε) — a float64
     reference, not a fast path (in float32 the rounding error dominates).
     """
-    check_hvp_inputs(model, x, y, loss, wrt)
+    y = check_hvp_inputs(model, x, y, loss, wrt)
     loss_fn = resolve_loss(loss, label_smoothing)
     base_eps = torch.finfo(x.dtype).eps ** 0.5
 

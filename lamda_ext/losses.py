@@ -42,19 +42,78 @@ def resolve_loss(loss: LossSpec, label_smoothing: float = 0.0) -> Callable[[torc
     raise ValueError(f"loss must be one of {LOSS_NAMES} or a callable (output, y) -> per-sample loss; got {loss!r}")
 
 
-def check_targets(loss: LossSpec, y, batch: int) -> None:
-    """Validate targets against a loss spec (raises ValueError/TypeError with an actionable message)."""
+_INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def check_targets(loss: LossSpec, y, batch: int):
+    """Validate targets against a loss spec before any model evaluation; return them ready for every backend.
+
+    Cross-entropy: integer class labels ``[B]`` (any integer dtype; returned as ``torch.long`` so that every
+    backend sees the same labels), none negative — ``ignore_index`` (−100) is not supported by any backend.
+    MSE: a finite floating-point tensor (its shape is checked against the output by :func:`check_output`).
+    A callable loss receives ``y`` unchanged. Raises ``ValueError``/``TypeError`` with an actionable message.
+    """
     if loss == "cross_entropy":
         if y is None:
             raise ValueError("loss='cross_entropy' needs targets y (integer class labels of shape [B])")
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y must be a torch.Tensor of class labels, got {type(y).__name__}")
-        if y.dtype.is_floating_point or y.dtype == torch.bool:
+        if y.dtype not in _INT_DTYPES:
             raise TypeError(f"cross-entropy targets must be integer class labels (torch.long), got {y.dtype}")
         if y.shape != (batch,):
             raise ValueError(f"cross-entropy targets must have shape [B]=[{batch}], got {list(y.shape)}")
-    elif loss == "mse":
+        y = y.long()
+        if batch and y.device.type != "meta" and int(y.min()) < 0:
+            i = int(torch.nonzero(y < 0)[0, 0])
+            hint = (" (cross-entropy's ignore_index = -100 is not supported by any backend: drop those samples, "
+                    "e.g. x[y >= 0], y[y >= 0])" if int(y[i]) == -100 else "")
+            raise ValueError(f"class labels must be ≥ 0, got label {int(y[i])} at position {i}{hint}")
+        return y
+    if loss == "mse":
         if y is None:
             raise ValueError("loss='mse' needs targets y with the model output's shape")
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+        if not y.dtype.is_floating_point:
+            raise TypeError(f"mse targets must be floating point (the model output's dtype), got {y.dtype}; "
+                            "convert them with y.to(x.dtype)")
+        if y.device.type != "meta" and not bool(torch.isfinite(y).all()):
+            raise ValueError("mse targets y contain NaN or inf values")
+    return y
+
+
+def check_output(loss: LossSpec, out, y, batch: int) -> None:
+    """Validate a model output ``out`` (from a plain forward pass) against the loss and the targets.
+
+    Every loss: one tensor ``[B, ...]`` whose batch size is x's. Cross-entropy: logits ``[B, C]`` and labels
+    in ``0..C-1``. MSE: ``y`` has exactly the output's shape and dtype (no broadcasting). A callable loss
+    must return per-sample losses of shape ``[B]``.
+    """
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model returned a {type(out).__name__}, not a tensor: the loss needs one output "
+                        "tensor [B, ...]; wrap the model so that its forward returns it (e.g. out[0] or "
+                        "out['logits'])")
+    if out.dim() == 0 or out.shape[0] != batch:
+        raise ValueError(f"the model's output has shape {list(out.shape)} but x has {batch} points: the output "
+                         f"must be [B, ...] with B = {batch} (does the forward reduce or reshape across the batch?)")
+    if loss == "cross_entropy":
+        if out.dim() != 2:
+            raise ValueError(f"cross-entropy needs logits of shape [B, classes], the model returned "
+                             f"{list(out.shape)}")
+        classes = out.shape[1]
+        if batch and y.device.type != "meta" and int(y.max()) >= classes:
+            i = int(torch.nonzero(y >= classes)[0, 0])
+            raise ValueError(f"class label {int(y[i])} at position {i} is out of range for a model with "
+                             f"{classes} classes (labels must be in 0..{classes - 1})")
+    elif loss == "mse":
+        if tuple(y.shape) != tuple(out.shape):
+            raise ValueError(f"mse targets must have the model output's shape {list(out.shape)}, got "
+                             f"{list(y.shape)} (targets are not broadcast)")
+        if y.dtype != out.dtype:
+            raise TypeError(f"mse targets are {y.dtype} but the model output is {out.dtype}; "
+                            f"convert them with y.to({out.dtype})")
+    elif callable(loss):
+        per = loss(out, y)
+        if not isinstance(per, torch.Tensor) or tuple(per.shape) != (batch,):
+            got = list(per.shape) if isinstance(per, torch.Tensor) else type(per).__name__
+            raise ValueError(f"a callable loss must return per-sample losses of shape [B]=[{batch}], got {got}")

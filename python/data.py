@@ -132,8 +132,67 @@ def _load_digits(train_size, test_size, seed):
     return x[tr], y[tr], x[te], y[te], tr, te
 
 
+_MNIST_FILES = {  # raw file -> (idx magic number, trailing dims per item)
+    "train-images-idx3-ubyte": (2051, (28, 28)), "train-labels-idx1-ubyte": (2049, ()),
+    "t10k-images-idx3-ubyte": (2051, (28, 28)), "t10k-labels-idx1-ubyte": (2049, ()),
+}
+
+
+def _read_idx_header(path: pathlib.Path, magic: int, dims: tuple) -> int:
+    """Item count of an uncompressed MNIST idx file after checking its magic number, shape and size (the
+    size must be exactly header + items); ``ValueError`` naming the file otherwise."""
+    nd = 1 + len(dims)
+    with open(path, "rb") as f:
+        head = f.read(4 * (nd + 1))
+    if len(head) < 4 * (nd + 1):
+        raise ValueError(f"{path}: corrupt MNIST file: {len(head)} bytes, shorter than its header; "
+                         "re-download or restore the file")
+    got = int.from_bytes(head[:4], "big")
+    if got != magic:
+        raise ValueError(f"{path}: not an MNIST {'image' if dims else 'label'} file (bad magic number {got:#010x}, "
+                         f"expected {magic:#010x}); re-download or restore the file")
+    shape = [int.from_bytes(head[4 * (i + 1):4 * (i + 2)], "big") for i in range(nd)]
+    if tuple(shape[1:]) != tuple(dims):
+        raise ValueError(f"{path}: corrupt MNIST file: items of shape {shape[1:]}, expected {list(dims)}")
+    want = 4 * (nd + 1) + math.prod(shape)
+    size = path.stat().st_size
+    if size != want:
+        raise ValueError(f"{path}: {'truncated' if size < want else 'corrupt'} MNIST file: {size} bytes, its header "
+                         f"({' x '.join(map(str, shape))}) needs {want}; re-download or restore the file")
+    return shape[0]
+
+
+def check_mnist_files(raw: pathlib.Path) -> None:
+    """Validate the four uncompressed MNIST files in ``raw`` (torchvision's ``root/MNIST/raw``): present, magic
+    numbers, sizes, image/label counts, label bytes in 0..9. Raises ``FileNotFoundError``/``ValueError``
+    naming the file."""
+    missing = [n for n in _MNIST_FILES if not (raw / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"MNIST is incomplete under {raw}: missing {', '.join(missing)}; restore them or "
+                                "pass --download when online")
+    counts = {n: _read_idx_header(raw / n, *spec) for n, spec in _MNIST_FILES.items()}
+    for split in ("train", "t10k"):
+        ni, nl = counts[f"{split}-images-idx3-ubyte"], counts[f"{split}-labels-idx1-ubyte"]
+        if ni != nl:
+            raise ValueError(f"{raw / f'{split}-labels-idx1-ubyte'}: {nl} labels for {ni} images in "
+                             f"{split}-images-idx3-ubyte; re-download or restore the files")
+        labels = np.fromfile(raw / f"{split}-labels-idx1-ubyte", dtype=np.uint8, offset=8)
+        bad = np.flatnonzero(labels > 9)
+        if bad.size:
+            raise ValueError(f"{raw / f'{split}-labels-idx1-ubyte'}: label byte {int(labels[bad[0]])} at item "
+                             f"{int(bad[0])} is not a digit 0..9 ({bad.size} such labels); the file is corrupt")
+
+
 def _load_mnist(root, train_size, test_size, seed, download):
     from torchvision.datasets import MNIST
+    raw = pathlib.Path(root) / "MNIST" / "raw"
+    present = [n for n in _MNIST_FILES if (raw / n).is_file()]
+    if not present and not download:
+        raise FileNotFoundError(
+            f"MNIST not found under {root} (expected {root}/MNIST/raw/*-ubyte). Pass --data-root, set "
+            f"LAMDA_DATA_ROOT, or add --download when online; `--dataset digits` needs no files.")
+    if len(present) == len(_MNIST_FILES) or not download:
+        check_mnist_files(raw)      # damaged files are named here, never reported as "not found"
     try:
         tr_ds = MNIST(str(root), train=True, download=download)
         te_ds = MNIST(str(root), train=False, download=download)
@@ -141,6 +200,8 @@ def _load_mnist(root, train_size, test_size, seed, download):
         raise FileNotFoundError(
             f"MNIST not found under {root} (expected {root}/MNIST/raw/*-ubyte). Pass --data-root, set "
             f"LAMDA_DATA_ROOT, or add --download when online; `--dataset digits` needs no files.") from exc
+    if download:
+        check_mnist_files(raw)
     tr = seeded_subset(len(tr_ds), train_size, seed)
     te = seeded_subset(len(te_ds), test_size, seed + 1)
     x_tr = tr_ds.data[torch.as_tensor(tr)].unsqueeze(1).float() / 255.0

@@ -58,9 +58,3 @@ def build(name: str):
     classes = {"sequential": 4, "functional": 5}.get(name, 10)
     y = torch.randint(0, classes, (x.shape[0],), generator=g)
     return m, x, y
-
-
-def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    """Max error relative to the largest |d_n| of each order (last axis)."""
-    scale = ref.abs().reshape(-1, ref.shape[-1]).amax(dim=0).clamp_min(1e-300)
-    return ((a - ref).abs().reshape(-1, ref.shape[-1]) / scale).max().item()

@@ -9,7 +9,8 @@ import torch
 
 import lamda_ext
 import lamda_ext.ops
-from _models import build, rel_err
+from _helpers import rel_err
+from _models import build
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]

@@ -9,12 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lamda_ext.hessian import HessianOperator, hessian_density, hessian_eigs, hessian_trace
-import os as _os
-import sys as _sys
 
-if _os.path.dirname(_os.path.abspath(__file__)) not in _sys.path:  # shared helpers live in test_hvp.py
-    _sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
-from test_hvp import DT, batch, mlp, train_briefly
+from _helpers import DT, batch, mlp, train_briefly
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 

@@ -10,12 +10,9 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
 from lamda_ext.hessian import HessianOperator, hessian_density, hessian_eigs, hessian_trace, slq_nodes
-import os as _os
-import sys as _sys
 
-if _os.path.dirname(_os.path.abspath(__file__)) not in _sys.path:  # shared helpers live in test_hvp.py
-    _sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
-from test_hvp import DT, batch, dense_param_hessian, mlp, rel, tiny_cnn, train_briefly  # noqa: F401
+from _helpers import DT, batch, dense_param_hessian, mlp, tiny_cnn, train_briefly  # noqa: F401
+from _helpers import rel_norm as rel
 
 MODELS = {"mlp": mlp, "cnn": tiny_cnn}
 

@@ -10,61 +10,8 @@ from lamda_ext.hvp import hvp
 from lamda_ext.hvp_reference import hvp_double_backward, hvp_finite_difference
 from lamda_ext.params import flatten_params, trainable_parameters, unflatten_params
 
-DT = torch.float64
-
-
-
-def mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 12), nn.Softplus(), nn.Linear(12, 4)).to(DT)
-
-
-def tiny_cnn(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Conv2d(3, 4, 3, stride=2),
-                      nn.BatchNorm2d(4), nn.Tanh(), nn.Flatten(), nn.Linear(16, 3)).to(DT)
-    for mod in m:
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.3, 0.3)
-            mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.2, 0.2)
-    return m.eval()
-
-
-def batch(model, B=10, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    if isinstance(model[0], nn.Conv2d):
-        return torch.randn(B, 1, 8, 8, generator=g, dtype=DT), torch.randint(0, 3, (B,), generator=g)
-    return torch.randn(B, 6, generator=g, dtype=DT), torch.randint(0, 4, (B,), generator=g)
-
-
-def train_briefly(model, x, y, steps=100, lr=1e-2):
-    """A few full-batch Adam steps (BN stays in its mode; eval-mode BN keeps its running stats)."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model
-
-
-def dense_param_hessian(model, x, y, loss=None):
-    """Reference: torch.func.hessian of the batch-mean loss w.r.t. the flat parameter vector."""
-    loss = loss or (lambda out, t: nn.functional.cross_entropy(out, t, reduction="none"))
-    params = trainable_parameters(model)
-    bufs = dict(model.named_buffers())
-    theta = flatten_params(params).detach()
-
-    def f(flat):
-        out = functional_call(model, (unflatten_params(flat, params), bufs), (x,))
-        return loss(out, y).mean()
-
-    return torch.func.hessian(f)(theta)
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
+from _helpers import DT, batch, dense_param_hessian, mlp, tiny_cnn, train_briefly  # noqa: F401
+from _helpers import rel_norm as rel
 
 
 @pytest.mark.parametrize("make", [mlp, tiny_cnn])

@@ -6,6 +6,7 @@ otherwise they skip with the reason.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 
 from lamda_ext import _ext, ops
 from lamda_ext.taylor import rules
+
+from _helpers import rel_err
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason=f"extension lamda_ext._C not built: {_ext.load_error()}")
 
@@ -26,17 +29,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not _CUDA_OK, re
 TOL = 1e-10
 
 
-def _rel_err(got: torch.Tensor, want: torch.Tensor, dim: int = 0, floor: float = 1e-6) -> float:
-    """Max over slices along ``dim`` of max|got − want| / max(max|want|, floor): each coefficient/order on its
-    own scale; the floor makes slices that are exactly zero in exact arithmetic (e.g. one class) absolute."""
-    assert got.shape == want.shape, (got.shape, want.shape)
-    g = got.detach().double().cpu().movedim(dim, 0).reshape(got.shape[dim], -1)
-    w = want.detach().double().cpu().movedim(dim, 0).reshape(want.shape[dim], -1)
-    if g.numel() == 0:
-        return 0.0
-    assert torch.isfinite(g).all(), "kernel returned non-finite values"
-    scale = w.abs().amax(dim=1).clamp_min(floor)
-    return ((g - w).abs().amax(dim=1) / scale).max().item()
+# per-coefficient relative error (the shared one), slices along dim 0 by default, absolute below 1e-6
+_rel_err = functools.partial(rel_err, dim=0, floor=1e-6)
 
 
 def _series(C, shape, kind, gen, dtype=torch.float64, device="cpu"):

@@ -13,12 +13,8 @@ from lamda.landscape import (CurvatureAdaptiveLR, CurvatureEstimate, CurvaturePr
                              sharpness)
 from lamda_ext.hvp import hvp
 from lamda_ext.params import flatten_params
-import os as _os
-import sys as _sys
 
-if _os.path.dirname(_os.path.abspath(__file__)) not in _sys.path:  # shared helpers live in test_hvp.py
-    _sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
-from test_hvp import DT, tiny_cnn, train_briefly  # noqa: F401
+from _helpers import DT, tiny_cnn, train_briefly  # noqa: F401
 
 
 def teacher_data(n=200, seed=0):

@@ -10,12 +10,8 @@ from torch import nn
 
 from lamda.calibration import calibration_bins, expected_calibration_error, reliability_diagram
 from lamda.sam import SAM, bn_frozen
-import os as _os
-import sys as _sys
 
-if _os.path.dirname(_os.path.abspath(__file__)) not in _sys.path:  # shared helpers live in test_hvp.py
-    _sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
-from test_hvp import DT
+from _helpers import DT
 
 # ----------------------------------------------------------------------------------------------- SAM
 

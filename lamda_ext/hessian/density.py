@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from ..checks import check_int
 from ..losses import LossSpec
 from .lanczos import rademacher
 from .operator import as_operator
@@ -69,8 +70,8 @@ def slq_nodes(model, loss: LossSpec | None = None, data=None, iters: int = 80, p
     probes run in lockstep (one vmapped block HVP per step). Returns lists of float64 CPU tensors.
     """
     op = as_operator(model, loss, data, **operator_kw)
-    if int(iters) < 1 or int(probes) < 1 or int(block) < 1:
-        raise ValueError(f"iters, probes and block must be ≥ 1, got iters={iters}, probes={probes}, block={block}")
+    for value, name in ((iters, "iters"), (probes, "probes"), (block, "block")):
+        check_int(value, name)
     nodes, weights = [], []
     done = 0
     while done < int(probes):
@@ -100,6 +101,16 @@ def hessian_density(model, loss: LossSpec | None = None, data=None, iters: int =
     Returns:
         ``(grid [G], density [G])``, float64 CPU tensors. ``∫ t φ(t) dt`` estimates ``tr(H) / P``.
     """
+    if isinstance(grid, torch.Tensor):
+        if grid.dim() != 1 or grid.numel() < 2:
+            raise ValueError(f"grid must be a 1-D tensor with ≥ 2 points, got shape {list(grid.shape)}")
+        if not bool(torch.isfinite(grid).all()):
+            raise ValueError("grid contains NaN or inf values")
+    else:
+        check_int(grid, "grid (a number of points)", minimum=2)
+    if sigma is not None and not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
+                                  and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a finite number > 0 or None, got {sigma!r}")
     nodes, weights = slq_nodes(model, loss, data, iters, probes, generator, block=block, **operator_kw)
     th = torch.cat(nodes)
     w = torch.cat(weights) / len(nodes)

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..checks import check_int
 from ..losses import LossSpec
 from .lanczos import Lanczos
 from .operator import HessianOperator, as_operator
@@ -105,7 +106,8 @@ def hessian_eigs(model, loss: LossSpec | None = None, data=None, k: int = 30, wh
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     if method not in ("lanczos", "eigsh"):
         raise ValueError(f"method must be 'lanczos' or 'eigsh', got {method!r}")
-    k = int(k)
+    k = check_int(k, "k")
+    max_iter = check_int(max_iter, "max_iter", allow_none=True)
     if not 1 <= k <= op.size:
         raise ValueError(f"k must be in [1, P={op.size}], got {k}")
     tol = _default_tol(op.dtype) if tol is None else float(tol)

@@ -33,7 +33,8 @@ from torch import nn
 from torch.func import functional_call
 
 from .._ext import build_info
-from ..checks import check_hvp_inputs, check_reduction, check_vector_like
+from .._state import outside_inference_mode
+from ..checks import check_hvp_inputs, check_int, check_reduction, check_vector_like
 from ..derivs import directional_derivs
 from ..hvp import LinearizedHVP, loss_hvp
 from ..losses import LossSpec, resolve_loss
@@ -145,8 +146,7 @@ class HessianOperator:
         if data is None:
             raise ValueError("data is required: an (x, y) pair or an iterable of (x, y) pairs "
                              "(with loss_fn: a batch or an iterable of batches)")
-        if chunk is not None and int(chunk) < 1:
-            raise ValueError(f"chunk must be ≥ 1 or None, got {chunk}")
+        check_int(chunk, "chunk", allow_none=True)
         if loss_fn is not None:
             if not callable(loss_fn):
                 raise TypeError(f"loss_fn must be a callable loss_fn(model, batch) -> scalar, got {type(loss_fn).__name__}")
@@ -231,7 +231,10 @@ class HessianOperator:
                 y = to_dev(y) if isinstance(y, torch.Tensor) else y
                 if x.shape[0] == 0:
                     continue
-                check_hvp_inputs(self.model, x, y, self.loss, "params")
+                if x.is_inference():     # data made under torch.inference_mode(): usable outside it as a copy
+                    x = x.clone()
+                # the output/target check (one plain forward) runs on the first product only
+                y = check_hvp_inputs(self.model, x, y, self.loss, "params", forward=self.n_products == 0)
                 yield (x, y), x.shape[0], model_loss_fn(self.model, x, y, self.loss_fn, names)
             return
         wrapper = _LossCall(self.model, self.batch_loss_fn)
@@ -358,6 +361,7 @@ class HessianOperator:
         self.n_quadratic_forms += Z.shape[0]
         return (acc / float(total.item()) if self.reduction == "mean" else acc).cpu()
 
+    @outside_inference_mode
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for one vector ``v`` ``[P]``, or ``H v_k`` for each row of ``V`` ``[K, P]`` (same shape out)."""
         check_vector_like(v, self.dtype, self.device, "parameters")

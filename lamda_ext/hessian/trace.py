@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from ..checks import check_int
 from ..losses import LossSpec
 from .lanczos import rademacher
 from .operator import as_operator
@@ -68,12 +69,10 @@ def hessian_trace(model, loss: LossSpec | None = None, data=None, probes: int = 
         A :class:`TraceEstimate`: the estimate as a ``float``, with ``std_error`` and the per-probe ``samples``.
     """
     op = as_operator(model, loss, data, **operator_kw)
-    probes = int(probes)
-    block = max(1, int(block))
+    probes = check_int(probes, "probes")
+    block = check_int(block, "block")
     if method not in ("hutchinson", "hutch++"):
         raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
-    if probes < 1:
-        raise ValueError(f"probes must be ≥ 1, got {probes}")
 
     def draw(n: int) -> torch.Tensor:  # [n, P]
         return op.broadcast(rademacher((n, op.size), generator, op.dtype, op.device))
