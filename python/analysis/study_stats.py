@@ -12,7 +12,7 @@ import numpy as np
 
 from .stats import Correlation, fmt, pearson
 
-__all__ = ["MeanCI", "mean_ci", "CorrelationCI", "pearson_ci"]
+__all__ = ["MeanCI", "mean_ci", "CorrelationCI", "pearson_ci", "MIN_BOOT"]
 
 
 @dataclass
@@ -57,15 +57,20 @@ class CorrelationCI:
     def text(self) -> str:
         if not self.corr.ok:
             return self.corr.text()
-        ci = f"95 % bootstrap CI [{self.lo:+.3f}, {self.hi:+.3f}]" if np.isfinite(self.lo) else "bootstrap CI n/a"
+        ci = (f"95 % bootstrap CI [{self.lo:+.3f}, {self.hi:+.3f}]" if np.isfinite(self.lo) else
+              f"bootstrap CI n/a{' (n < ' + str(MIN_BOOT) + ')' if self.corr.n < MIN_BOOT else ''}")
         return f"{self.corr.text()[:-1]}, {ci})"
+
+
+MIN_BOOT = 5
 
 
 def pearson_ci(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> CorrelationCI:
     """Pearson r over the finite pairs with a percentile bootstrap CI (resamples with a constant variable are
-    skipped; the CI is NaN when fewer than half of them are usable)."""
+    skipped; the CI is NaN for fewer than :data:`MIN_BOOT` pairs or when fewer than half of the resamples are
+    usable)."""
     c = pearson(x, y)
-    if not c.ok:
+    if not c.ok or c.n < MIN_BOOT:
         return CorrelationCI(c, float("nan"), float("nan"))
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)

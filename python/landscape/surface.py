@@ -192,7 +192,7 @@ def plot_surface_3d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int 
     surf = ax.plot_surface(A, B, Z, cmap="viridis", linewidth=0, antialiased=True, vmin=vmin, vmax=vmax)
     if vmin is not None and vmax is not None:
         ax.set_zlim(vmin, vmax)
-    fig.colorbar(surf, ax=ax, shrink=0.6, pad=0.12, label="loss")
+    fig.colorbar(surf, ax=ax, shrink=0.55, pad=0.02, orientation="horizontal", label="loss (colour)")
     ax.view_init(elev=elev, azim=azim)
     ax.set_xlabel("α")
     ax.set_ylabel("β")
@@ -246,7 +246,10 @@ def plot_contour_panels(results: dict, path: str | os.PathLike, *, levels: int =
         ax.set_title(name, fontsize=9)
         ax.set_aspect("equal")
         ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
-    cb = fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.9)
+    ticks = np.geomspace(lo, hi, 6) if use_log else np.linspace(lo, hi, 6)
+    cb = fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.9, ticks=ticks)
+    cb.ax.minorticks_off()
+    cb.ax.set_yticks(ticks, [f"{t:.3g}" for t in ticks])
     cb.set_label("loss (cross-entropy, nats)" + (", log colour scale" if use_log else ""))
     if title:
         fig.suptitle(title, fontsize=10)
