@@ -6,13 +6,15 @@ batch-mean Hessians (so the same as one big batch when the loss is a mean).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, SubsetRandomSampler, WeightedRandomSampler
 
-__all__ = ["is_single_batch", "iter_batches", "check_deterministic", "dist_info", "shard_batches"]
+__all__ = ["is_single_batch", "iter_batches", "check_deterministic", "dist_info", "shard_batches", "rank_local"]
 
 _RANDOM_SAMPLERS = (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
 
@@ -76,8 +78,28 @@ def check_deterministic(model: nn.Module, data=None, *, what: str = "the Hessian
                          + ". Call model.eval() / use an unshuffled loader, or pass allow_nondeterministic=True.")
 
 
+_RANK_LOCAL = contextvars.ContextVar("lamda_ext_hessian_rank_local", default=False)
+
+
+@contextlib.contextmanager
+def rank_local():
+    """Inside this block the Hessian tools work on this process's data alone (:func:`dist_info` → ``(0, 1)``).
+
+    For work that each rank does on its own while a process group is up — a cell of a grid spread over
+    ``torchrun`` ranks — where sharding the data over ranks (and waiting for the others) would be wrong.
+    """
+    token = _RANK_LOCAL.set(True)
+    try:
+        yield
+    finally:
+        _RANK_LOCAL.reset(token)
+
+
 def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` when not initialised."""
+    """``(rank, world_size)`` of the default process group; ``(0, 1)`` when not initialised or inside
+    :func:`rank_local`."""
+    if _RANK_LOCAL.get():
+        return 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1

@@ -5,12 +5,11 @@
   ``lamda analyze DIR`` reads) or, on a restart, checks that the folder holds the same settings.
 - :func:`load_mnist_like`: MNIST from the data root, or the offline ``digits`` set when it is absent.
 - :func:`group_mean_std`, :func:`markdown_table`, :func:`pm`: tables for ``summary.md``.
-- :func:`my_cells`: the cells of a grid that ``--shard i/n`` gives to this process.
+- :func:`my_cells`, :func:`run_seeded_grid`: thin wrappers over :mod:`lamda.experiments.runner`.
 """
 from __future__ import annotations
 
 import pathlib
-import time
 import warnings
 from typing import Callable, Iterable, Sequence
 
@@ -20,10 +19,10 @@ from .. import io as lio
 from ..analysis.stats import fmt
 from ..data import load_dataset
 from ..trainer import run_is_complete
-from . import parse_shard
+from .runner import Cell, assigned, run_grid
 
 __all__ = ["parse_seeds", "open_results_folder", "load_mnist_like", "group_mean_std", "markdown_table", "pm",
-           "my_cells", "fmt", "finite_mean_std"]
+           "my_cells", "run_seeded_grid", "fmt", "finite_mean_std"]
 
 
 def parse_seeds(spec: str | None, base: int, n: int) -> list[int]:
@@ -134,32 +133,26 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
 
 
 def my_cells(cells: list, shard_spec: str | None) -> list:
-    """The cells (in order) that ``--shard i/n`` assigns to this process: every n-th, starting at i."""
-    i, n = parse_shard(shard_spec)
-    return [c for j, c in enumerate(cells) if j % n == i]
+    """The cells (in order) this process runs: those ``--shard i/n`` keeps (every n-th, starting at i), dealt
+    round-robin over the ranks under ``torchrun`` (:func:`lamda.experiments.runner.assigned`)."""
+    return assigned(cells, shard_spec)
 
 
 def run_seeded_grid(tag: str, out: pathlib.Path, cells: list, shard_spec: str | None,
                     train_cell: Callable[[str, int, pathlib.Path], None], analyze: Callable) -> int:
-    """Train every (name, seed) cell of this shard into ``out/runs/<name>/seed_<seed>`` (finished cells are
-    skipped), then run ``analyze(out)`` once every cell of every shard is finished."""
-    def run_dir(name, seed):
-        return out / "runs" / name / f"seed_{seed}"
+    """Train every (name, seed) cell into ``out/runs/<name>/seed_<seed>`` through :func:`runner.run_grid`
+    (cell key ``<name>/seed_<seed>``; the run folder is the cell's output), then ``analyze(out)`` once every
+    cell of every shard and rank is finished. A run folder finished before the runner existed (its
+    ``final_model.pt`` is complete, no marker yet) is adopted, not retrained."""
+    def rel(name, seed):
+        return f"runs/{name}/seed_{seed}"
 
-    t0 = time.perf_counter()
-    for name, seed in my_cells(cells, shard_spec):
-        rd = run_dir(name, seed)
-        if run_is_complete(rd):
-            print(f"[{tag}] {name}/seed_{seed} finished earlier, skipped", flush=True)
-            continue
-        t = time.perf_counter()
-        train_cell(name, seed, rd)
-        print(f"[{tag}] {name}/seed_{seed} done in {time.perf_counter() - t:.1f} s", flush=True)
-    missing = [c for c in cells if not run_is_complete(run_dir(*c))]
-    if missing:
-        print(f"[{tag}] {len(missing)} run(s) of other shards are not finished; run `lamda analyze {out}` "
-              f"when every shard is done", flush=True)
-        return 0
-    analyze(out)
-    print(f"[{tag}] done in {time.perf_counter() - t0:.1f} s; see {out / 'summary.md'}", flush=True)
-    return 0
+    grid = [Cell(f"{name}/seed_{seed}", {"name": name, "seed": int(seed)}, (rel(name, seed),))
+            for name, seed in cells]
+
+    def work(cell: Cell) -> None:
+        rd = out / rel(cell.params["name"], cell.params["seed"])
+        if not run_is_complete(rd):
+            train_cell(cell.params["name"], cell.params["seed"], rd)
+
+    return run_grid(tag, out, grid, work, analyze, shard=shard_spec)
