@@ -26,14 +26,23 @@ def test_l2_grid_is_the_studys_grid():
 def test_collapse_rule_and_epoch_cap_flag():
     assert COLLAPSE_ACC == 15.0
     np.testing.assert_array_equal(is_collapsed([9.8, 14.99, 15.0, 97.0]), [True, True, False, False])
-    # lr = 0 and one full batch: the epoch loss never improves after epoch 1 → patience 2 stops at epoch 3
+    # zero weights and lr = 0: every logit is 0, every sample's loss is exactly ln 10, so the epoch loss never
+    # improves after epoch 1 → patience 2 stops at epoch 3
     g = torch.Generator().manual_seed(0)
     data = type("D", (), {"x_train": torch.randn(16, 1, 28, 28, generator=g),
                           "y_train": torch.randint(0, 10, (16,), generator=g)})()
-    s = dict(lr=0.0, batch=16, max_epochs=10, patience=2)
-    info = train_model(SigmoidMLP(hidden=(3,)), data, 0.0, s, seed=0)
+    s = dict(lr=0.0, batch=4, max_epochs=10, patience=2)
+
+    def zero_mlp():
+        m = SigmoidMLP(hidden=(3,))
+        with torch.no_grad():
+            for q in m.parameters():
+                q.zero_()
+        return m
+
+    info = train_model(zero_mlp(), data, 0.0, s, seed=0)
     assert info["epochs"] == 3 and info["stopped_early"] is True
-    info = train_model(SigmoidMLP(hidden=(3,)), data, 0.0, dict(s, max_epochs=2), seed=0)
+    info = train_model(zero_mlp(), data, 0.0, dict(s, max_epochs=2), seed=0)
     assert info["epochs"] == 2 and info["stopped_early"] is False          # the cap ended training
 
 
@@ -51,10 +60,11 @@ def test_meaningless_flags_fail_in_the_parser(flag, value, capsys, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_spectrum_npy_eigenvectors(data_root, tmp_path):
+def test_spectrum_npy_eigenvectors(data_root, tmp_path, capsys):
     out = tmp_path / "spectrum"
-    assert main(["run", "spectrum", "--preset", "smoke", "--data-root", str(data_root), "--out", str(out),
-                 "--hidden", "2,2", "--steps", "1", "--eigvec-format", "npy", "--which", "LA"]) == 0
+    argv = ["run", "spectrum", "--preset", "smoke", "--data-root", str(data_root), "--out", str(out),
+            "--hidden", "2,2", "--steps", "1", "--eigvec-format", "npy", "--which", "LA"]
+    assert main(argv) == 0
     cfg = lio.read_json(out / "config.json")
     assert cfg["which"] == "LA" and cfg["settings"]["eigvec_format"] == "npy"
     d = out / "test_data"
@@ -65,6 +75,14 @@ def test_spectrum_npy_eigenvectors(data_root, tmp_path):
     vals = np.array([r["eigenvalue"] for r in lio.read_csv(d / "Hessian-eigenvalues-42-0.00000.csv")])
     assert np.all(np.diff(vals) <= 0)                                           # LA: descending
     assert "Hessian-eigenvectors-{ID}-{L2}.npy" in (out / "summary.md").read_text()
+    # resume: the finished cell is skipped; a lost eigenvector file makes the runner redo that model
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "id_42/l2_0.00000 finished earlier, skipped" in capsys.readouterr().out
+    (d / "Hessian-eigenvectors-42-0.00000.npy").unlink()
+    assert main(argv) == 0
+    assert "redone from scratch" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(d / "Hessian-eigenvectors-42-0.00000.npy"), V)   # same seed, same result
 
 
 def test_spectrum_smoke_files_and_dense_eigh(data_root, tmp_path):

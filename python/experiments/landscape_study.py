@@ -54,9 +54,11 @@ from ..regularizers import Augmentation, RegularizerSet
 from ..trainer import Trainer, TrainConfig, resolve_device, run_is_complete, train_run
 from . import Experiment, register
 from .argtypes import int_at_least
-from .experiment_support import fmt, markdown_table, my_cells, open_results_folder, parse_seeds
+from .experiment_support import fmt, markdown_table, open_results_folder, parse_seeds
+from .runner import Cell, cell_is_complete, require_complete, run_grid
 
-__all__ = ["PRESETS", "ARCHS", "RESULT_COLUMNS", "CONNECTIVITY_COLUMNS", "run", "analyze", "condition_number"]
+__all__ = ["PRESETS", "ARCHS", "RESULT_COLUMNS", "CONNECTIVITY_COLUMNS", "run", "analyze", "condition_number",
+           "model_cells", "pair_cells"]
 
 NAME = "landscape"
 ARCHS = {"cnn": "cifar_cnn", "resnet": "cifar_resnet"}
@@ -155,31 +157,46 @@ def _pairs(seeds: list[int]) -> list[tuple[int, int]]:
     return list(itertools.combinations(seeds, 2))
 
 
-def _pair_outputs(out: pathlib.Path, arch: str, seeds: list[int], data, s: dict, dev) -> None:
-    """Connectivity of every seed pair (on the run's test set, the model table's data) and the surface."""
-    pdir = out / "pairs"
-    for sa, sb in _pairs(seeds):
-        path = pdir / f"connectivity_{arch}_{sa}-{sb}.json"
-        if path.exists():
-            continue
-        ma = _load_model(arch, out / "runs" / arch / f"seed_{sa}", dev, s)
-        mb = _load_model(arch, out / "runs" / arch / f"seed_{sb}", dev, s)
-        cdata = _batched(data.x_test, data.y_test, None)
-        bn = _batched(data.x_train, data.y_train, s["hessian_samples"] * 4 if s["hessian_samples"] else None)
-        res = mode_connectivity(ma, mb, cdata, steps=s["conn_steps"], bn_data=bn)
-        i = int(np.argmin(res.accuracies))
-        lio.write_json(path, {**res.as_dict(), "arch": arch, "seed_a": sa, "seed_b": sb,
-                              "min_acc": float(res.accuracies[i]), "min_acc_alpha": float(res.alphas[i]),
-                              "acc_a": float(res.accuracies[0]), "acc_b": float(res.accuracies[-1]),
-                              "n_eval": int(data.x_test.shape[0]),
-                              "n_bn": int(sum(x.shape[0] for x, _ in bn)) if res.bn_reestimated else 0})
-    if not (pdir / f"surface_{arch}.npz").exists():
-        m = _load_model(arch, out / "runs" / arch / f"seed_{seeds[0]}", dev, s)
-        sd = _batched(data.x_test, data.y_test, s["surface_samples"])
-        res = loss_surface(m, sd, directions=2, span=s["surface_span"], resolution=s["surface_res"],
-                           generator=torch.Generator().manual_seed(seeds[0] + 123))
-        lio.write_npz(pdir / f"surface_{arch}.npz", alphas=res.alphas, betas=res.betas, losses=res.losses,
-                      accuracies=res.accuracies)
+def model_cells(archs: list[str], seeds: list[int]) -> list[Cell]:
+    """Stage 1: one cell per trained model (training + Hessian + sharpness), output ``runs/<arch>/seed_<s>``."""
+    return [Cell(f"{a}/seed_{sd}", {"kind": "model", "arch": a, "seed": int(sd)}, (f"runs/{a}/seed_{sd}",))
+            for a in archs for sd in seeds]
+
+
+def pair_cells(archs: list[str], seeds: list[int]) -> list[Cell]:
+    """Stage 2 (needs every model of its architecture): connectivity of each seed pair and the surface."""
+    cells = []
+    for a in archs:
+        for sa, sb in _pairs(seeds):
+            cells.append(Cell(f"pairs/{a}/connectivity_{sa}-{sb}", {"kind": "connectivity", "arch": a,
+                                                                     "seed_a": int(sa), "seed_b": int(sb)},
+                              (f"pairs/connectivity_{a}_{sa}-{sb}.json",)))
+        cells.append(Cell(f"pairs/{a}/surface", {"kind": "surface", "arch": a, "seed": int(seeds[0])},
+                          (f"pairs/surface_{a}.npz",)))
+    return cells
+
+
+def _connectivity(out: pathlib.Path, arch: str, sa: int, sb: int, data, s: dict, dev) -> None:
+    """Linear path between two seeds on the run's test set (the model table's data) → its JSON."""
+    ma = _load_model(arch, out / "runs" / arch / f"seed_{sa}", dev, s)
+    mb = _load_model(arch, out / "runs" / arch / f"seed_{sb}", dev, s)
+    cdata = _batched(data.x_test, data.y_test, None)
+    bn = _batched(data.x_train, data.y_train, s["hessian_samples"] * 4 if s["hessian_samples"] else None)
+    res = mode_connectivity(ma, mb, cdata, steps=s["conn_steps"], bn_data=bn)
+    i = int(np.argmin(res.accuracies))
+    lio.write_json(out / "pairs" / f"connectivity_{arch}_{sa}-{sb}.json", {
+        **res.as_dict(), "arch": arch, "seed_a": sa, "seed_b": sb, "min_acc": float(res.accuracies[i]),
+        "min_acc_alpha": float(res.alphas[i]), "acc_a": float(res.accuracies[0]), "acc_b": float(res.accuracies[-1]),
+        "n_eval": int(data.x_test.shape[0]), "n_bn": int(sum(x.shape[0] for x, _ in bn)) if res.bn_reestimated else 0})
+
+
+def _surface(out: pathlib.Path, arch: str, seed: int, data, s: dict, dev) -> None:
+    m = _load_model(arch, out / "runs" / arch / f"seed_{seed}", dev, s)
+    sd = _batched(data.x_test, data.y_test, s["surface_samples"])
+    res = loss_surface(m, sd, directions=2, span=s["surface_span"], resolution=s["surface_res"],
+                       generator=torch.Generator().manual_seed(seed + 123))
+    lio.write_npz(out / "pairs" / f"surface_{arch}.npz", alphas=res.alphas, betas=res.betas, losses=res.losses,
+                  accuracies=res.accuracies)
 
 
 def run(args) -> int:
@@ -202,30 +219,27 @@ def run(args) -> int:
               "data_root": args.data_root, "device": args.device, "settings": s, "rho": RHO,
               "train_size": int(data.x_train.shape[0]), "test_size": int(data.x_test.shape[0])}
     open_results_folder(out, config, ("experiment", "preset", "seed", "seeds", "archs", "settings"))
-    cells = [(a, sd) for a in archs for sd in seeds]
-    t0 = time.perf_counter()
-    for a, sd in my_cells(cells, args.shard):
-        rd = out / "runs" / a / f"seed_{sd}"
-        if run_is_complete(rd) and (rd / "analysis.json").exists():
-            print(f"[landscape] {a}/seed_{sd} finished earlier, skipped", flush=True)
-            continue
-        t = time.perf_counter()
-        if not run_is_complete(rd):
-            _train(a, sd, data, s, args, rd)
-        _analyse_model(a, sd, data, s, dev, rd)
-        print(f"[landscape] {a}/seed_{sd} done in {time.perf_counter() - t:.1f} s", flush=True)
-    done = lambda c: (out / "runs" / c[0] / f"seed_{c[1]}" / "analysis.json").exists()
-    if not all(done(c) for c in cells):
-        print("[landscape] models of other shards are not finished; rerun without --shard (or any shard) when "
-              "they are to compute the pair analyses", flush=True)
-        return 0
-    for a in archs:
-        t = time.perf_counter()
-        _pair_outputs(out, a, seeds, data, s, dev)
-        print(f"[landscape] {a}: connectivity + surface in {time.perf_counter() - t:.1f} s", flush=True)
-    analyze(out)
-    print(f"[landscape] done in {time.perf_counter() - t0:.1f} s; see {out / 'summary.md'}", flush=True)
-    return 0
+    models, pairs = model_cells(archs, seeds), pair_cells(archs, seeds)
+
+    def work(cell: Cell) -> None:
+        p = cell.params
+        if p["kind"] == "model":
+            rd = out / "runs" / p["arch"] / f"seed_{p['seed']}"
+            if not run_is_complete(rd):
+                _train(p["arch"], p["seed"], data, s, args, rd)
+            _analyse_model(p["arch"], p["seed"], data, s, dev, rd)
+        elif p["kind"] == "connectivity":
+            _connectivity(out, p["arch"], p["seed_a"], p["seed_b"], data, s, dev)
+        else:
+            _surface(out, p["arch"], p["seed"], data, s, dev)
+
+    rc = run_grid(NAME, out, models, work, None, shard=args.shard)
+    if rc or not all(cell_is_complete(out, c) for c in models):
+        print(f"[{NAME}] models of other shards are not finished; rerun (any shard) when they are to compute the "
+              "pair analyses and the summary", flush=True)
+        return rc
+    # stage 2 over the whole grid (the models are complete and skipped): every pair cell, dealt over the ranks
+    return run_grid(NAME, out, models + pairs, work, analyze)
 
 
 # ------------------------------------------------------------------------------------------ analysis
@@ -284,11 +298,7 @@ def analyze(out) -> int:
     out = pathlib.Path(out)
     cfg = lio.read_json(out / "experiment_config.json")
     archs, seeds, s = cfg["archs"], cfg["seeds"], cfg["settings"]
-    missing = [f"{a}/seed_{sd}" for a in archs for sd in seeds
-               if not (out / "runs" / a / f"seed_{sd}" / "analysis.json").is_file()]
-    if missing:
-        raise ValueError(f"{out}: model(s) {', '.join(missing)} are not finished; resume with the same "
-                         f"`lamda run landscape --out {out} ...` command")
+    require_complete(out, model_cells(archs, seeds) + pair_cells(archs, seeds))
     rows, hist, an_all = [], {}, {}
     for a in archs:
         for sd in seeds:
@@ -301,10 +311,7 @@ def analyze(out) -> int:
     conn = []
     for a in archs:
         for sa, sb in _pairs(seeds):
-            p = out / "pairs" / f"connectivity_{a}_{sa}-{sb}.json"
-            if not p.is_file():
-                raise ValueError(f"{out}: {p.name} is missing; resume the run to compute the pair analyses")
-            conn.append(lio.read_json(p))
+            conn.append(lio.read_json(out / "pairs" / f"connectivity_{a}_{sa}-{sb}.json"))
     lio.write_csv(out / "connectivity.csv", [{k: int(c[k]) if k == "bn_reestimated" else c[k]
                                               for k in CONNECTIVITY_COLUMNS} for c in conn], CONNECTIVITY_COLUMNS)
     acc = [r["test_acc"] for r in rows]

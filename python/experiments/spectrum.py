@@ -24,7 +24,8 @@ Files (names as in the study, under ``test_data/``; ``{ID}`` = the run seed, ``{
     test_data/model_weights-{ID}-{L2}.pth        the model's state dict
     config.json experiment_config.json summary.md spectrum.npz
     spectrum_vs_l2.png lambda_max_vs_test_accuracy.png
-    cells/{ID}-{L2}.json               written last for a finished model (resume marker; residuals, flags)
+    cells/{ID}-{L2}.json               per-model record (residuals, flags); the grid runner's completion
+                                       markers live under .cells/
 """
 from __future__ import annotations
 
@@ -46,11 +47,12 @@ from ..models import SigmoidMLP
 from ..trainer import resolve_device
 from . import Experiment, register
 from .argtypes import float_in, int_at_least, int_list
-from .experiment_support import (add_mnist_like_argument, fmt, load_mnist_like, markdown_table, my_cells,
+from .experiment_support import (add_mnist_like_argument, fmt, load_mnist_like, markdown_table,
                                  open_results_folder, parse_seeds)
+from .runner import Cell, require_complete, run_grid
 
 __all__ = ["PRESETS", "l2_grid", "l2_label", "train_model", "hessian_data", "run", "analyze", "MODEL_COLUMNS",
-           "DATA_DIR", "COLLAPSE_ACC", "is_collapsed"]
+           "DATA_DIR", "COLLAPSE_ACC", "is_collapsed", "grid_cells"]
 
 NAME = "spectrum"
 DATA_DIR = "test_data"
@@ -224,6 +226,19 @@ def _cell(out: pathlib.Path, ident: int, l2: float, data, s: dict, cfg: dict, de
     return row
 
 
+def grid_cells(ids: list[int], grid, eigvec_format: str) -> list[Cell]:
+    """One cell per (run ID, L2 value); its outputs are the study's files of that model and its cell JSON."""
+    cells = []
+    for ident in ids:
+        for l2 in grid:
+            lab = l2_label(float(l2))
+            files = [f"gradients-{ident}-{lab}.csv", f"Hessian-eigenvalues-{ident}-{lab}.csv",
+                     f"Hessian-eigenvectors-{ident}-{lab}.{eigvec_format}", f"model_weights-{ident}-{lab}.pth"]
+            cells.append(Cell(f"id_{ident}/l2_{lab}", {"id": int(ident), "l2": float(l2)},
+                              tuple(f"{DATA_DIR}/{f}" for f in files) + (f"cells/{ident}-{lab}.json",)))
+    return cells
+
+
 def run(args) -> int:
     out = pathlib.Path(args.out)
     s = dict(PRESETS[args.preset])
@@ -246,24 +261,15 @@ def run(args) -> int:
               "collapsed": f"test accuracy < {COLLAPSE_ACC:g} % (chance = 10 %): excluded from correlations"}
     open_results_folder(out, config, ("experiment", "preset", "seed", "ids", "dataset", "settings", "which",
                                       "method"))
-    cells = [(i, float(l2)) for i in ids for l2 in grid]
-    t0 = time.perf_counter()
-    for ident, l2 in my_cells(cells, args.shard):
-        if (out / "cells" / f"{ident}-{l2_label(l2)}.json").exists():
-            print(f"[spectrum] ID {ident} L2={l2_label(l2)} finished earlier, skipped", flush=True)
-            continue
+    cells = grid_cells(ids, grid, s["eigvec_format"])
+
+    def work(cell: Cell) -> None:
         t = time.perf_counter()
-        row = _cell(out, ident, l2, data, s, config, dev)
-        print(f"[spectrum] ID {ident} L2={l2_label(l2)}: test acc {row['Test_Accuracy']:.2f} %, "
+        row = _cell(out, cell.params["id"], cell.params["l2"], data, s, config, dev)
+        print(f"[spectrum] ID {row['id']} L2={l2_label(row['L2_strength'])}: test acc {row['Test_Accuracy']:.2f} %, "
               f"λ_max {row['Lambda_Max']:.4g}, {row['Epochs']} epochs, {time.perf_counter() - t:.1f} s", flush=True)
-    missing = [c for c in cells if not (out / "cells" / f"{c[0]}-{l2_label(c[1])}.json").exists()]
-    if missing:
-        print(f"[spectrum] {len(missing)} model(s) of other shards are not finished; run `lamda analyze {out}` "
-              f"when every shard is done", flush=True)
-        return 0
-    analyze(out)
-    print(f"[spectrum] done in {time.perf_counter() - t0:.1f} s; see {out / 'summary.md'}", flush=True)
-    return 0
+
+    return run_grid(NAME, out, cells, work, analyze, shard=args.shard)
 
 
 # ------------------------------------------------------------------------------------------ analysis
@@ -293,12 +299,7 @@ def analyze(out) -> int:
     k = s["k"]
     ids = cfg["ids"]
     dd = out / cfg.get("data_dir", DATA_DIR)
-    missing = [f"{i}-{l2_label(l2)}" for i in ids for l2 in grid
-               if not (out / "cells" / f"{i}-{l2_label(l2)}.json").is_file()]
-    if missing:
-        raise ValueError(f"{out}: {len(missing)} model(s) not finished ({', '.join(missing[:5])}"
-                         f"{' …' if len(missing) > 5 else ''}); resume with the same `lamda run spectrum --out {out}` "
-                         "command")
+    require_complete(out, grid_cells(ids, grid, s["eigvec_format"]))
     all_rows = {}
     for ident in ids:
         rows = [lio.read_json(out / "cells" / f"{ident}-{l2_label(l2)}.json") for l2 in grid]
