@@ -238,8 +238,9 @@ def run(args) -> int:
         print(f"[{NAME}] models of other shards are not finished; rerun (any shard) when they are to compute the "
               "pair analyses and the summary", flush=True)
         return rc
-    # stage 2 over the whole grid (the models are complete and skipped): every pair cell, dealt over the ranks
-    return run_grid(NAME, out, models + pairs, work, analyze)
+    # stage 2 over the whole grid (the models are complete and skipped silently): every pair cell, dealt over
+    # the ranks; then the analysis
+    return run_grid(NAME, out, models + pairs, work, analyze, progress=False)
 
 
 # ------------------------------------------------------------------------------------------ analysis
