@@ -45,7 +45,8 @@ def test_mean_ci_and_pearson_ci_hand_computed():
     assert np.isnan(small.lo) and "n < 5" in small.text()
 
 
-@pytest.mark.parametrize("flag, value", [("--k", "3"), ("--k", "abc"), ("--epochs", "0")])
+@pytest.mark.parametrize("flag, value", [("--k", "3"), ("--k", "abc"), ("--epochs", "0"), ("--archs", "cnn,vit"),
+                                         ("--archs", "cnn,cnn")])
 def test_meaningless_flags_fail_in_the_parser(flag, value, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["run", "landscape", "--preset", "smoke", "--out", str(tmp_path / "x"), flag, value])

@@ -547,9 +547,19 @@ def analyze(out) -> int:
     return 0
 
 
+def _arch_list(text: str) -> str:
+    import argparse
+    names = [a.strip() for a in text.split(",")]
+    bad = [a for a in names if a not in ARCHS]
+    if bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"choose distinct names from {', '.join(ARCHS)}, got {text!r}")
+    return text
+
+
 def add_arguments(p) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated seeds, at least two (default: --seed, --seed + 1)")
-    p.add_argument("--archs", default=None, help=f"comma-separated subset of {', '.join(ARCHS)} (default both)")
+    p.add_argument("--archs", type=_arch_list, default=None,
+                   help=f"comma-separated subset of {', '.join(ARCHS)} (default both)")
     p.add_argument("--epochs", type=int_at_least(1), default=None, help="override the preset's number of epochs (≥ 1)")
     p.add_argument("--k", type=int_at_least(15), default=None,
                    help="number of top Hessian eigenvalues (≥ 15, the study's minimum)")
