@@ -192,7 +192,7 @@ def plot_surface_3d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int 
     surf = ax.plot_surface(A, B, Z, cmap="viridis", linewidth=0, antialiased=True, vmin=vmin, vmax=vmax)
     if vmin is not None and vmax is not None:
         ax.set_zlim(vmin, vmax)
-    fig.colorbar(surf, ax=ax, shrink=0.55, pad=0.02, orientation="horizontal", label="loss (colour)")
+    fig.colorbar(surf, ax=ax, shrink=0.55, pad=0.12, orientation="horizontal", label="loss (colour)")
     ax.view_init(elev=elev, azim=azim)
     ax.set_xlabel("α")
     ax.set_ylabel("β")
