@@ -2,13 +2,16 @@
 the study's model sizes; the summary's definitions; flag validation; the CI helpers of the summary."""
 import numpy as np
 import pytest
-from scipy import stats
-
 from lamda import io as lio
 from lamda.analysis.study_stats import mean_ci, pearson_ci
 from lamda.cli import main
-from lamda.experiments.landscape_study import CONNECTIVITY_COLUMNS, RESULT_COLUMNS, condition_number
+from lamda.experiments.landscape_study import (
+    CONNECTIVITY_COLUMNS,
+    RESULT_COLUMNS,
+    condition_number,
+)
 from lamda.models import STUDY_SIZES, build_model, count_parameters
+from scipy import stats
 
 TOP_FILES = ["config.json", "experiment_config.json", "summary.md", "summary_table.png", "results.csv",
              "connectivity.csv", "correlations.csv", "landscape_data.npz", "training_curves.png",

@@ -4,14 +4,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
-
 from lamda import io as lio
 from lamda.cli import main
 from lamda.data import load_dataset
-from lamda.experiments.spectrum import COLLAPSE_ACC, MODEL_COLUMNS, is_collapsed, l2_grid, l2_label, train_model
+from lamda.experiments.spectrum import (
+    COLLAPSE_ACC,
+    MODEL_COLUMNS,
+    is_collapsed,
+    l2_grid,
+    l2_label,
+    train_model,
+)
 from lamda.models import SigmoidMLP
-
+from torch.func import functional_call
 
 
 def test_l2_grid_is_the_studys_grid():

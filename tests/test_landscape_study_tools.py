@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from lamda.landscape import (
+    SurfaceResult,
+    loss_surface,
+    plot_contour_panels,
+    surface_grid,
+)
+from lamda.landscape.eigcheck import checked_eigs
 from torch import nn
 from torch.func import functional_call
-
-from lamda.landscape import SurfaceResult, loss_surface, plot_contour_panels, surface_grid
-from lamda.landscape.eigcheck import checked_eigs
 
 DT = torch.float64
 
@@ -82,8 +86,8 @@ def test_surface_grid_puts_the_trained_point_on_a_node():
 
 
 def test_contour_panels_share_one_colour_scale(tmp_path, monkeypatch):
-    from PIL import Image
     from lamda.landscape import surface as surface_mod
+    from PIL import Image
     g = surface_grid(1.0, 5)
     a = SurfaceResult(g, 1.0 + np.add.outer(g ** 2, g ** 2), np.full((5, 5), 0.5), g.copy())
     b = SurfaceResult(g, 10.0 * (1.0 + np.add.outer(g ** 2, g ** 2)), np.full((5, 5), 0.5), g.copy())

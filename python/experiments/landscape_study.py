@@ -46,12 +46,18 @@ from .. import io as lio
 from .. import plots
 from ..analysis.study_stats import mean_ci, pearson_ci
 from ..data import load_dataset
-from ..landscape import (SurfaceResult, loss_surface, mode_connectivity, plot_contour_panels, plot_surface_3d,
-                         sharpness)
+from ..landscape import (
+    SurfaceResult,
+    loss_surface,
+    mode_connectivity,
+    plot_contour_panels,
+    plot_surface_3d,
+    sharpness,
+)
 from ..landscape.eigcheck import checked_eigs
 from ..models import STUDY_SIZES, build_model
 from ..regularizers import Augmentation, RegularizerSet
-from ..trainer import Trainer, TrainConfig, resolve_device, run_is_complete, train_run
+from ..trainer import TrainConfig, Trainer, resolve_device, run_is_complete, train_run
 from . import Experiment, register
 from .argtypes import int_at_least
 from .experiment_support import fmt, markdown_table, open_results_folder, parse_seeds

@@ -47,8 +47,14 @@ from ..models import SigmoidMLP
 from ..trainer import resolve_device
 from . import Experiment, register
 from .argtypes import float_in, int_at_least, int_list
-from .experiment_support import (add_mnist_like_argument, fmt, load_mnist_like, markdown_table,
-                                 open_results_folder, parse_seeds)
+from .experiment_support import (
+    add_mnist_like_argument,
+    fmt,
+    load_mnist_like,
+    markdown_table,
+    open_results_folder,
+    parse_seeds,
+)
 from .runner import Cell, require_complete, run_grid
 
 __all__ = ["PRESETS", "l2_grid", "l2_label", "train_model", "hessian_data", "run", "analyze", "MODEL_COLUMNS",

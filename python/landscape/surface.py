@@ -211,6 +211,7 @@ def plot_contour_panels(results: dict, path: str | os.PathLike, *, levels: int =
     colourbar is labelled accordingly. PNG written atomically.
     """
     from matplotlib.colors import LogNorm
+
     from ..io import save_figure
     if not results:
         raise ValueError("results is empty")
