@@ -253,10 +253,18 @@ def run(args) -> int:
 DPI = 300
 COLORS = {"cnn": "tab:blue", "resnet": "tab:orange"}
 TARGET_PARAMS = {"cnn": 1.8e6, "resnet": 2.1e6}
-CAVEAT = {"smoke": "**Caveat: smoke preset** — tiny data, 1 epoch, shrunken models and loose Lanczos tolerance; "
-                   "it checks that every file is written. The numbers below mean nothing about the study.",
-          "quick": "**Caveat: quick preset** — 2000 training images, 3 epochs, Hessian on 64 samples, 2 seeds: "
-                   "models far from converged and n = 2 per architecture; read the comparisons as indicative only."}
+def _caveat(cfg: dict) -> str | None:
+    """The caveat line of the smoke and quick presets (computed from the run's settings)."""
+    s = cfg["settings"]
+    what = (f"{cfg['train_size']} training images, {s['epochs']} epoch(s), Hessian on {s['hessian_samples']} samples "
+            f"at tolerance {s['eig_tol']:g}, {len(cfg['seeds'])} seeds per architecture")
+    if cfg["preset"] == "smoke":
+        return (f"**Caveat: smoke preset** — {what}, shrunken models: it checks that every file is written; the "
+                "numbers below mean nothing about the study.")
+    if cfg["preset"] == "quick":
+        return (f"**Caveat: quick preset** — {what}: the models are far from converged and n is tiny; read the "
+                "comparisons as indicative only.")
+    return None
 
 
 def _table_image(path, header, body, title):
@@ -516,8 +524,8 @@ def analyze(out) -> int:
         + ")" for a in archs)
     shrunk = cfg["preset"] == "smoke"
     text = [f"# Architecture vs loss landscape (`lamda run landscape --preset {cfg['preset']}`)", ""]
-    if cfg["preset"] in CAVEAT:
-        text += [CAVEAT[cfg["preset"]], ""]
+    if _caveat(cfg):
+        text += [_caveat(cfg), ""]
     text += [
         f"CIFAR-10 ({cfg['train_size']} train / {cfg['test_size']} test); {s['epochs']} epoch(s), Adam lr {s['lr']}, "
         f"cosine, batch {s['batch']}, {'crop + flip augmentation' if s['augment'] else 'no augmentation'}; "
