@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lamda.landscape import (CurvatureAdaptiveLR, CurvatureEstimate, CurvatureProbe, evaluate, loss_surface,
+from lamda.landscape import (CurvatureAdaptiveLR, CurvatureEstimate, CurvatureProbe, evaluate, loss_surface, path_barrier,
                              mode_connectivity, plot_contour, plot_surface_1d, plot_surface_3d, random_direction,
                              sharpness)
 from lamda_ext.hvp import hvp
@@ -118,8 +118,45 @@ def test_mode_connectivity_endpoints_midpoint_and_barrier():
             pm.copy_((pa + pb) / 2)
     assert res.losses[2] == pytest.approx(evaluate(mid, (x, y))[0], rel=1e-10)
     line = res.losses[0] + res.alphas * (res.losses[-1] - res.losses[0])
-    assert res.barrier == pytest.approx(float(np.max(res.losses - line)))
-    assert res.barrier > 0   # two independently trained tanh students: a bump between them
+    assert res.excess == pytest.approx(float(np.max(res.losses - line)))
+    assert res.barrier == pytest.approx(float(res.losses.max() - min(res.losses[0], res.losses[-1])))
+    assert res.excess > 0   # two independently trained tanh students: a bump between them
+    assert res.bn_reestimated is False   # no batch norm in the student
+
+
+def test_path_barrier_hand_computed():
+    # L = [1.0, 1.9, 1.8, 0.2, 0.0] at α = 0, ¼, ½, ¾, 1: the study's barrier is max L − min(L(0), L(1))
+    # = 1.9 − 0.0 at α = ¼; the straight line is 1 − α, so the excess is [0, 1.15, 1.3, −0.05, 0] → 1.3 at ½
+    b = path_barrier([0.0, 0.25, 0.5, 0.75, 1.0], [1.0, 1.9, 1.8, 0.2, 0.0])
+    assert (b.barrier, b.barrier_alpha) == (pytest.approx(1.9), 0.25)
+    assert (b.excess, b.excess_alpha) == (pytest.approx(1.3), 0.5)
+    # a monotone path: no excess, and the study's barrier is the end-point difference
+    b = path_barrier([0.0, 0.5, 1.0], [0.3, 0.6, 2.0])
+    assert b.barrier == pytest.approx(1.7) and b.barrier_alpha == 1.0
+    assert b.excess == 0.0
+    for alphas, losses, msg in (([0.0, 1.0], [1.0], "same length"), ([0.0, 0.7], [1.0, 2.0], "from 0 to 1"),
+                                ([0.0, 0.6, 0.5, 1.0], [1, 2, 3, 4], "increase"),
+                                ([0.0, 0.5, 1.0], [1.0, np.nan, 1.0], "non-finite")):
+        with pytest.raises(ValueError, match=msg):
+            path_barrier(alphas, losses)
+
+
+def test_mode_connectivity_barrier_on_an_analytic_path():
+    # f(x) = w2 · w1 · x with (w1, w2) = (1, 2) → (2, 1): both fit y = 2x exactly; on the path the product is
+    # (1 + α)(2 − α) = 2 + α − α², so the MSE on (x, y) = (1, 2) is (α − α²)²: ¹⁄₁₆ at α = ½, 0 at the ends
+    def net(w1, w2):
+        m = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)).double()
+        with torch.no_grad():
+            m[0].weight.fill_(w1)
+            m[1].weight.fill_(w2)
+        return m.eval()
+
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.full((1, 1), 2.0, dtype=torch.float64)
+    res = mode_connectivity(net(1.0, 2.0), net(2.0, 1.0), (x, y), steps=5, loss="mse")
+    a = res.alphas
+    np.testing.assert_allclose(res.losses, (a - a ** 2) ** 2, atol=1e-15)
+    assert res.barrier == pytest.approx(1 / 16) and res.barrier_alpha == 0.5
+    assert res.excess == pytest.approx(1 / 16) and res.excess_alpha == 0.5
 
 
 def test_mode_connectivity_recomputes_batch_norm_statistics():
@@ -129,6 +166,7 @@ def test_mode_connectivity_recomputes_batch_norm_statistics():
         model[1].running_mean.fill_(5.0)
         model[1].running_var.fill_(100.0)
     res = mode_connectivity(model, model, (x, y), steps=3)
+    assert res.bn_reestimated is True
     ref = copy.deepcopy(model)
     ref[1].momentum = 1.0   # one train-mode pass with momentum 1 = this batch's statistics
     ref.train()

@@ -13,22 +13,60 @@ from lamda_ext.losses import LossSpec
 
 from .evaluate import evaluate
 
-__all__ = ["ConnectivityResult", "mode_connectivity", "recompute_bn_stats"]
+__all__ = ["ConnectivityResult", "PathBarrier", "path_barrier", "mode_connectivity", "recompute_bn_stats"]
+
+
+@dataclass(frozen=True)
+class PathBarrier:
+    """The two barrier definitions of a loss path ``L(α)``, α from 0 (model a) to 1 (model b).
+
+    ``barrier`` (the study's): ``max_α L(α) − min(L(0), L(1))``, at ``barrier_alpha`` (the argmax of L);
+    ≥ 0, and equal to ``|L(1) − L(0)|`` on a monotone path.
+    ``excess``: ``max_α [L(α) − ((1 − α) L(0) + α L(1))]``, the largest rise above the straight line between
+    the end-point losses, at ``excess_alpha``; ≥ 0 (0 at the end points), 0 on a convex path.
+    """
+    barrier: float
+    barrier_alpha: float
+    excess: float
+    excess_alpha: float
+
+
+def path_barrier(alphas, losses) -> PathBarrier:
+    """:class:`PathBarrier` of a sampled path: ``alphas [S]`` increasing from 0 to 1, ``losses [S]`` finite."""
+    a = np.asarray(alphas, dtype=np.float64)
+    L = np.asarray(losses, dtype=np.float64)
+    if a.ndim != 1 or a.shape != L.shape or a.size < 2:
+        raise ValueError(f"alphas and losses must be 1-D of the same length ≥ 2, got {a.shape} and {L.shape}")
+    if a[0] != 0.0 or a[-1] != 1.0 or np.any(np.diff(a) <= 0):
+        raise ValueError("alphas must increase strictly from 0 to 1")
+    if not np.all(np.isfinite(L)):
+        raise ValueError(f"the path holds non-finite losses at α = {a[~np.isfinite(L)].tolist()}")
+    i = int(np.argmax(L))
+    excess = L - (L[0] + a * (L[-1] - L[0]))
+    j = int(np.argmax(excess))
+    return PathBarrier(barrier=float(L[i] - min(L[0], L[-1])), barrier_alpha=float(a[i]),
+                       excess=float(excess[j]), excess_alpha=float(a[j]))
 
 
 @dataclass
 class ConnectivityResult:
-    """``alphas [S]``, ``losses [S]``, ``accuracies [S]``; ``barrier`` = max over α of the loss above
-    the straight line between the end-point losses (≥ 0 at the end points), at ``barrier_alpha``."""
+    """``alphas [S]``, ``losses [S]``, ``accuracies [S]``; ``barrier`` = ``max_α L(α) − min(L(0), L(1))`` at
+    ``barrier_alpha`` and ``excess`` = the largest rise above the straight line between the end-point losses
+    at ``excess_alpha`` (see :class:`PathBarrier`); ``bn_reestimated``: whether batch-norm running statistics
+    were re-estimated at every α (only when the model has batch norm)."""
     alphas: np.ndarray
     losses: np.ndarray
     accuracies: np.ndarray
     barrier: float
     barrier_alpha: float
+    excess: float
+    excess_alpha: float
+    bn_reestimated: bool
 
     def as_dict(self) -> dict:
         return {"alphas": self.alphas.tolist(), "losses": self.losses.tolist(),
-                "accuracies": self.accuracies.tolist(), "barrier": self.barrier, "barrier_alpha": self.barrier_alpha}
+                "accuracies": self.accuracies.tolist(), "barrier": self.barrier, "barrier_alpha": self.barrier_alpha,
+                "excess": self.excess, "excess_alpha": self.excess_alpha, "bn_reestimated": self.bn_reestimated}
 
 
 def _bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -92,8 +130,7 @@ def mode_connectivity(model_a: nn.Module, model_b: nn.Module, data, steps: int =
         losses.append(L)
         accs.append(acc)
     losses_np = np.asarray(losses, dtype=np.float64)
-    line = losses_np[0] + alphas * (losses_np[-1] - losses_np[0])
-    excess = losses_np - line
-    i = int(np.argmax(excess))
+    b = path_barrier(alphas, losses_np)
     return ConnectivityResult(alphas=alphas, losses=losses_np, accuracies=np.asarray(accs, dtype=np.float64),
-                              barrier=float(excess[i]), barrier_alpha=float(alphas[i]))
+                              barrier=b.barrier, barrier_alpha=b.barrier_alpha, excess=b.excess,
+                              excess_alpha=b.excess_alpha, bn_reestimated=has_bn)

@@ -20,7 +20,8 @@ from lamda_ext.losses import LossSpec
 
 from .evaluate import evaluate, param_dict
 
-__all__ = ["SurfaceResult", "random_direction", "loss_surface", "plot_surface_1d", "plot_contour", "plot_surface_3d"]
+__all__ = ["SurfaceResult", "random_direction", "loss_surface", "plot_surface_1d", "plot_contour", "plot_surface_3d",
+           "plot_contour_panels", "surface_grid"]
 
 NORMALIZATIONS = ("filter", "layer", "none")
 
@@ -71,7 +72,8 @@ def loss_surface(model: nn.Module, data, directions: int = 1, span: float = 1.0,
                  normalization: str = "filter", *, loss: LossSpec = "cross_entropy", include_bias_bn: bool = False,
                  generator: torch.Generator | None = None, label_smoothing: float = 0.0,
                  given_directions: list | None = None) -> SurfaceResult:
-    """Loss and accuracy on the line ``θ + α d`` or the plane ``θ + α d1 + β d2``, α, β ∈ [−span, span].
+    """Loss and accuracy on the line ``θ + α d`` or the plane ``θ + α d1 + β d2``, α, β ∈ [−span, span]
+    on :func:`surface_grid` (an odd ``resolution`` puts the trained point θ exactly on the centre node).
 
     ``data`` is an ``(x, y)`` pair or an iterable of pairs; the model runs in its current mode
     (use eval mode) and is not modified. ``given_directions`` reuses direction dicts (e.g. from an
@@ -90,7 +92,7 @@ def loss_surface(model: nn.Module, data, directions: int = 1, span: float = 1.0,
     else:
         dirs = [random_direction(model, normalization, include_bias_bn, generator) for _ in range(directions)]
     base = param_dict(model)
-    grid = np.linspace(-float(span), float(span), int(resolution))
+    grid = surface_grid(span, resolution)
 
     def at(coeffs) -> tuple[float, float]:
         params = dict(base)
@@ -108,6 +110,16 @@ def loss_surface(model: nn.Module, data, directions: int = 1, span: float = 1.0,
         for j, b in enumerate(grid):
             L[i, j], A[i, j] = at((a, b))
     return SurfaceResult(grid, L, A, grid.copy(), dirs)
+
+
+def surface_grid(span: float, resolution: int) -> np.ndarray:
+    """``resolution`` evenly spaced values from −span to span, symmetric about 0 (``g[i] == −g[R−1−i]``);
+    for odd ``resolution`` the centre value is exactly 0."""
+    R = int(resolution)
+    if R < 2:
+        raise ValueError(f"resolution must be ≥ 2, got {resolution}")
+    half = (R - 1) / 2
+    return float(span) * (np.arange(R) - half) / half
 
 
 def _check_dpi(dpi: int) -> int:
@@ -163,8 +175,10 @@ def plot_contour(result: SurfaceResult, path: str | os.PathLike, *, levels: int 
 
 
 def plot_surface_3d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int = 200, title: str = "",
-                    elev: float = 35.0, azim: float = -60.0) -> str:
-    """3-D surface plot of the 2-D loss surface; PNG written atomically."""
+                    elev: float = 35.0, azim: float = -60.0, vmin: float | None = None,
+                    vmax: float | None = None) -> str:
+    """3-D surface plot of the 2-D loss surface; PNG written atomically. ``vmin``/``vmax`` fix the colour
+    scale and the z range (to share them between surfaces); values outside are clipped."""
     from ..io import save_figure
     if result.ndim != 2:
         raise ValueError("plot_surface_3d needs a 2-D result (loss_surface(..., directions=2))")
@@ -172,11 +186,73 @@ def plot_surface_3d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int 
     fig = plt.figure(figsize=(5.2, 4.4))
     ax = fig.add_subplot(111, projection="3d")
     B, A = np.meshgrid(result.betas, result.alphas)
-    ax.plot_surface(A, B, result.losses, cmap="viridis", linewidth=0, antialiased=True)
+    Z = np.asarray(result.losses, float)
+    if vmin is not None or vmax is not None:
+        Z = np.clip(Z, vmin, vmax)
+    surf = ax.plot_surface(A, B, Z, cmap="viridis", linewidth=0, antialiased=True, vmin=vmin, vmax=vmax)
+    if vmin is not None and vmax is not None:
+        ax.set_zlim(vmin, vmax)
+    fig.colorbar(surf, ax=ax, shrink=0.55, pad=0.12, orientation="horizontal", label="loss (colour)")
     ax.view_init(elev=elev, azim=azim)
     ax.set_xlabel("α")
     ax.set_ylabel("β")
     ax.set_zlabel("loss", labelpad=10)
     ax.set_title(title or "loss surface", fontsize=9)
     save_figure(fig, path, dpi=_check_dpi(dpi))
+    return str(path)
+
+
+def plot_contour_panels(results: dict, path: str | os.PathLike, *, levels: int = 25, dpi: int = 300,
+                        title: str = "", log: bool = True) -> str:
+    """Side-by-side filled contours of several 2-D surfaces (``{panel title: SurfaceResult}``) on ONE colour
+    scale (shared levels and one colourbar) with the trained point (α = β = 0) marked by a star.
+
+    ``log=True`` spaces the levels logarithmically in the loss (the loss spans decades far from θ); the
+    colourbar is labelled accordingly. PNG written atomically.
+    """
+    from matplotlib.colors import LogNorm
+
+    from ..io import save_figure
+    if not results:
+        raise ValueError("results is empty")
+    for name, r in results.items():
+        if r.ndim != 2:
+            raise ValueError(f"plot_contour_panels needs 2-D results; {name!r} is 1-D")
+    allv = np.concatenate([np.asarray(r.losses, float).ravel() for r in results.values()])
+    allv = allv[np.isfinite(allv)]
+    if allv.size == 0:
+        raise ValueError("every surface is non-finite")
+    lo, hi = float(allv.min()), float(allv.max())
+    use_log = log and lo > 0 and hi > lo
+    if use_log:
+        lev = np.geomspace(lo, hi, int(levels))
+        norm = LogNorm(vmin=lo, vmax=hi)
+    else:
+        lev = np.linspace(lo, hi if hi > lo else lo + 1e-12, int(levels))
+        norm = None
+    plt = _plt()
+    n = len(results)
+    fig, axes = plt.subplots(1, n, figsize=(4.0 * n + 1.0, 3.9), squeeze=False, constrained_layout=True)
+    cs = None
+    for ax, (name, r) in zip(axes[0], results.items()):
+        B, A = np.meshgrid(r.betas, r.alphas)
+        Z = np.clip(np.asarray(r.losses, float), lo, hi)
+        cs = ax.contourf(A, B, Z, levels=lev, cmap="viridis", norm=norm)
+        ax.contour(A, B, Z, levels=lev, colors="k", linewidths=0.25)
+        i0, j0 = int(np.argmin(np.abs(r.alphas))), int(np.argmin(np.abs(r.betas)))
+        ax.plot([r.alphas[i0]], [r.betas[j0]], marker="*", color="red", ms=10, mec="white", mew=0.6,
+                label=f"trained θ (loss {r.losses[i0, j0]:.3g})", ls="none")
+        ax.set_xlabel("α (filter-normalised direction 1, units of ‖filter‖)")
+        ax.set_ylabel("β (filter-normalised direction 2)")
+        ax.set_title(name, fontsize=9)
+        ax.set_aspect("equal")
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    ticks = np.geomspace(lo, hi, 6) if use_log else np.linspace(lo, hi, 6)
+    cb = fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.9, ticks=ticks)
+    cb.ax.minorticks_off()
+    cb.ax.set_yticks(ticks, [f"{t:.3g}" for t in ticks])
+    cb.set_label("loss (cross-entropy, nats)" + (", log colour scale" if use_log else ""))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, path, dpi=dpi)
     return str(path)
