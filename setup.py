@@ -85,7 +85,7 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "torchvision", "numpy", "scipy", "matplotlib", "tqdm", "scikit-learn"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "pytest-timeout"],
+    extras_require={"test": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff"],
                     # peers of benchmarks/test_bench_spectra.py only (skipped when missing); never a runtime dependency
                     "bench": ["pyhessian", "hessian-eigenthings", "curvlinops-for-pytorch"]},
     entry_points={"console_scripts": ["lamda=lamda.cli:main"]},

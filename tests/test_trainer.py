@@ -66,7 +66,7 @@ def test_device_resolution():
 
 
 def test_run_learns_writes_files_and_is_reproducible(digits, tmp_path):
-    res = train_run(_builder(digits), tmp_path / "a")
+    train_run(_builder(digits), tmp_path / "a")
     d = tmp_path / "a"
     assert run_is_complete(d) and not (d / "checkpoint.pt").exists()
     rows = lio.read_csv(d / "training_metrics.csv")
