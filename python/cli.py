@@ -16,13 +16,13 @@ from lamda_ext.hessian import rank_local
 
 from . import distributed
 from . import io as lio
-from .experiments import broken, get, registry
+from .experiments import broken, get, parse_shard, registry
+from .experiments.experiment_support import SEED_MAX
 from .experiments.runner import folder_lock, recorded_cells, require_complete
 from .trainer import resolve_device
 
 __all__ = ["main", "build_parser"]
 
-SEED_MAX = 2**31 - 1
 # what a user can act on (bad flags, damaged files, a busy folder, a diverged run): one line, exit code 2
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, FloatingPointError, NotImplementedError)
 
@@ -99,6 +99,7 @@ def _run(args) -> int:
     try:
         exp = get(args.experiment)
         resolve_device(args.device)
+        parse_shard(args.shard)
         out = lio.check_output_folder(args.out)
         launched = distributed.init_from_env(args.device)
         if args.ddp and not launched:
