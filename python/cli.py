@@ -104,6 +104,9 @@ def _run(args) -> int:
         launched = distributed.init_from_env(args.device)
         if args.ddp and not launched:
             raise ValueError("--ddp needs torchrun (torchrun --nproc_per_node N -m lamda run … --ddp)")
+        if args.ddp and not exp.ddp:
+            raise ValueError(f"--ddp: {exp.name} trains with its own loop, not lamda.trainer.Trainer; run it "
+                             f"without --ddp (its runs are then spread over the ranks)")
         distributed.request_ddp(args.ddp)
         # grid mode: each rank's cells are its own work (no Hessian sharding); --ddp: all ranks share each run
         scope = contextlib.nullcontext() if args.ddp else rank_local()

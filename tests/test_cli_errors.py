@@ -77,6 +77,15 @@ def test_device_cuda_without_gpu(tmp_path, capsys):
     one_line_error(capsys, rc, ["torch sees no CUDA device; use --device cpu"], "lamda run probe: error:")
 
 
+def test_ddp_refused_for_an_experiment_with_its_own_training_loop(tmp_path, capsys, monkeypatch):
+    import lamda.cli
+    from lamda.experiments import get
+    assert get("selective").ddp and get("diagnostic").ddp and not get("spectrum").ddp
+    monkeypatch.setattr(lamda.cli.distributed, "init_from_env", lambda device: True)     # as under torchrun
+    rc = main(["run", "probe", "--preset", "smoke", "--ddp", "--out", str(tmp_path / "o")])
+    one_line_error(capsys, rc, ["--ddp: probe trains with its own loop", "without --ddp"], "lamda run probe: error:")
+
+
 def test_second_run_on_a_busy_folder_is_refused(tmp_path, capsys, sleeper):
     out = tmp_path / "out"
     out.mkdir()

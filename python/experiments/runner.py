@@ -303,8 +303,7 @@ def _run_cell(tag, out, c: Cell, work, progress: bool, rank: int, world: int) ->
     """Run one cell on this rank alone (Hessian tools local to the rank) and write its marker."""
     why = _problem(out, c)
     if why is None:
-        if progress:
-            _log(tag, f"rank {rank}/{world}: {c.key} finished earlier, skipped")
+        _log(tag, f"rank {rank}/{world}: {c.key} finished earlier, skipped")
         return
     if why != "not finished":
         _log(tag, f"rank {rank}/{world}: {c.key} redone from scratch: {why}")
@@ -319,14 +318,14 @@ def _run_cell(tag, out, c: Cell, work, progress: bool, rank: int, world: int) ->
     _test_exit_hook(rank)
 
 
-def _run_together(tag, out, cells, work, shard, progress: bool, rank: int, world: int) -> None:
+def _run_together(tag, out, cells, work, shard, rank: int, world: int) -> None:
     """``--ddp``: every rank runs every cell of the shard together; rank 0 clears, marks and logs."""
     i, n = parse_shard(shard)
     for c in [c for j, c in enumerate(cells) if j % n == i]:
         why = _problem(out, c)
         distributed.barrier()                       # nobody has changed this cell's files while others looked
         if why is None:
-            if progress and rank == 0:
+            if rank == 0:
                 _log(tag, f"rank 0/{world} (all ranks, DDP): {c.key} finished earlier, skipped")
             continue
         if why != "not finished" and rank == 0:
@@ -362,7 +361,8 @@ def run_grid(tag: str, out: pathlib.Path, cells: Sequence[Cell], work: Callable[
             this rank. An exception propagates (the cell stays unfinished and is redone on resume).
         analyze: reads the folder and writes the aggregates; called by rank 0 when every cell is complete.
         shard: ``"i/n"`` — only every n-th cell starting at i (array jobs without torchrun).
-        progress: also log a line when a cell starts and when it was found finished.
+        progress: also log a line when a cell starts (a cell's end, or that it was found finished, is always
+            logged: one line per cell naming the rank).
 
     Returns:
         ``analyze``'s exit code (0 when it is None, or when cells of other shards are still unfinished).
@@ -381,7 +381,7 @@ def run_grid(tag: str, out: pathlib.Path, cells: Sequence[Cell], work: Callable[
         if rank == 0:
             _record_grid(out, tag, cells)
         if distributed.ddp_requested():
-            _run_together(tag, out, cells, work, shard, progress, rank, world)
+            _run_together(tag, out, cells, work, shard, rank, world)
         else:
             for c in assigned(cells, shard):
                 _run_cell(tag, out, c, work, progress, rank, world)
