@@ -48,7 +48,8 @@ def local_rank() -> int:
 
 
 def backend_for(device: str | None) -> str:
-    """``"nccl"`` when ``device`` (``auto``/None, ``cuda``, ``cuda:i``, ``cpu``) means a GPU and NCCL exists, else ``"gloo"``."""
+    """``"nccl"`` when ``device`` (``auto``/None, ``cuda``, ``cuda:i``, ``cpu``) means a GPU and NCCL exists,
+    else ``"gloo"``."""
     wants_gpu = (device in (None, "", "auto") and torch.cuda.is_available()) or str(device).startswith("cuda")
     return "nccl" if wants_gpu and torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
 

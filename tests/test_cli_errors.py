@@ -60,7 +60,8 @@ RUN_CASES = {
 def test_run_refuses_bad_flags_in_one_line(case, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     extra, phrases = RUN_CASES[case]
-    argv = ["run", "probe", "--preset", "smoke", "--dataset", "digits", "--out", str(tmp_path / "out"), *extra(tmp_path)]
+    argv = ["run", "probe", "--preset", "smoke", "--dataset", "digits", "--out", str(tmp_path / "out"),
+            *extra(tmp_path)]
     try:
         rc = main(argv)
     except SystemExit as exc:          # argparse refuses a flag's type before `lamda run` starts
