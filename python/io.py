@@ -201,11 +201,12 @@ def _csv_value(v):
     return v
 
 
-def read_csv(path) -> list[dict[str, Any]]:
+def read_csv(path, numeric: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Read a CSV written by :func:`write_csv`; numeric cells become float/int, empty cells None.
 
+    ``numeric``: columns whose cells must be numbers (or empty); those present are checked.
     Raises ValueError naming the file and line for a row whose field count differs from the header (a file
-    cut mid-row) and for a non-numeric cell in a column whose other cells are all numbers.
+    cut mid-row) and for a non-numeric cell in a ``numeric`` column.
     """
     path = pathlib.Path(path)
     try:
@@ -223,13 +224,12 @@ def read_csv(path) -> list[dict[str, Any]]:
             raise ValueError(f"{path} line {line}: {len(r)} field(s) where the header has {len(header)} "
                              f"(the file was cut or edited); rerun the command that writes it")
         rows.append({k: _parse_cell(v) for k, v in zip(header, r)})
-    for j, col in enumerate(header):
-        kinds = [(line, rows[n][col]) for n, (line, _) in enumerate(raw) if rows[n][col] is not None]
-        numeric = [isinstance(v, (int, float)) for _, v in kinds]
-        if any(numeric) and not all(numeric):
-            line, v = next((ln, v) for (ln, v), num in zip(kinds, numeric) if not num)
-            raise ValueError(f"{path} line {line}: column {col!r} holds {v!r} where numbers are expected; "
-                             f"the file is damaged or was edited")
+    for col in [c for c in numeric if c in header]:
+        for n, (line, _) in enumerate(raw):
+            v = rows[n][col]
+            if v is not None and not isinstance(v, (int, float)):
+                raise ValueError(f"{path} line {line}: column {col!r} holds {v!r} where numbers are expected; "
+                                 f"the file is damaged or was edited")
     return rows
 
 

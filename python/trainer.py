@@ -480,7 +480,7 @@ class _Restart(Exception):
 
 
 def _load_finished(run_dir: pathlib.Path, config: dict) -> RunResult:
-    rows = lio.read_csv(run_dir / "training_metrics.csv")
+    rows = lio.read_csv(run_dir / "training_metrics.csv", numeric=METRIC_COLUMNS)
     p = run_dir / "lambda_data.npz"
     lam = lio.read_npz(p) if p.exists() else {}
     return RunResult(run_dir, rows, lam, skipped=True, config=config)

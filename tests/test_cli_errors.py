@@ -183,8 +183,12 @@ READER_CASES = {
     "csv_torn_row": ("m.csv", b"epoch,loss,acc\n0,1.5,0.1\n1,1.2", lio.read_csv,
                      ["m.csv line 3: 2 field(s) where the header has 3", "cut or edited"]),
     "csv_extra_field": ("m.csv", b"epoch,loss\n0,1.5,7\n", lio.read_csv, ["m.csv line 2: 3 field(s)"]),
-    "csv_garbage_cell": ("m.csv", b"epoch,loss\n0,1.5\n1,abc\n2,0.9\n", lio.read_csv,
+    "csv_garbage_cell": ("m.csv", b"epoch,loss\n0,1.5\n1,abc\n2,0.9\n",
+                         lambda p: lio.read_csv(p, numeric=["epoch", "loss", "not_a_column"]),
                          ["m.csv line 3: column 'loss' holds 'abc' where numbers are expected"]),
+    "metrics_garbage_cell": ("training_metrics.csv", b"epoch,train_loss\n0,1.5\n1,0.9\n2,x7\n",
+                             lambda p: lio.read_csv(p, numeric=__import__("lamda.trainer").trainer.METRIC_COLUMNS),
+                             ["training_metrics.csv line 4: column 'train_loss' holds 'x7'"]),
     "csv_empty": ("m.csv", b"", lio.read_csv, ["m.csv is empty"]),
     "csv_binary": ("m.csv", b"\xff\xfe\x00garbage", lio.read_csv, ["m.csv is not a readable CSV"]),
     "npz_truncated": ("lambda_data.npz", _npz_bytes(a=np.arange(1000.0))[:300], lio.read_npz,
@@ -222,9 +226,10 @@ def test_missing_entries_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"c.json has no entry 'k' \(it has: epochs\)"):
         c["settings"]["k"]
     assert c == {"settings": {"epochs": 3}} and json.dumps(c)       # behaves as plain JSON data otherwise
-    # numbers-and-strings columns are fine when every cell of a column is text, and empty cells are None
-    (tmp_path / "ok.csv").write_text("name,loss\nsgd,1.5\nadam,\n")
-    assert lio.read_csv(tmp_path / "ok.csv") == [{"name": "sgd", "loss": 1.5}, {"name": "adam", "loss": None}]
+    # a column may mix labels and numbers unless the caller says it is numeric; empty cells are None
+    (tmp_path / "ok.csv").write_text("name,strength,loss\nsgd,0.1,1.5\nadam,rotation,\n")
+    assert lio.read_csv(tmp_path / "ok.csv", numeric=["loss"]) == [
+        {"name": "sgd", "strength": 0.1, "loss": 1.5}, {"name": "adam", "strength": "rotation", "loss": None}]
 
 
 def test_finished_run_that_lost_lambda_data_is_trained_again(tmp_path):
