@@ -161,7 +161,7 @@ def test_resume_redoes_a_damaged_cell_then_analyze_passes(finished, tmp_path, ca
     shutil.copytree(finished, out)
     _truncate(out / "runs" / "sgd" / "seed_42" / "steps.csv")
     assert main(["run", "probe", "--preset", "smoke", "--dataset", "digits", "--optimizers", "sgd,adam",
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--out", str(out)]) == 0
     log = capsys.readouterr().out
     assert "sgd/seed_42 redone from scratch: its file runs/sgd/seed_42/steps.csv changed size" in log
     assert "adam/seed_42 finished earlier, skipped" in log

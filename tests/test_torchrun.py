@@ -145,7 +145,8 @@ def test_grid_over_two_ranks_equals_one_process(exp, data_root, tmp_path, single
 def test_killed_rank_is_restarted_and_redoes_no_finished_cell(data_root, tmp_path, single):
     out = tmp_path / "probe"
     flag = tmp_path / "rank1_exited"
-    log = torchrun(_args("probe", data_root, out), restarts=1,
+    args = [a for a in _args("probe", data_root, out) if a != "--no-progress"]   # log the skipped cells too
+    log = torchrun(args, restarts=1,
                    env_extra={"LAMDA_TEST_EXIT_AFTER_FIRST_CELL": str(flag), "LAMDA_TEST_EXIT_RANK": "1"})
     assert flag.is_file() and "test hook: rank 1 exits after its first cell" in log
     done = done_lines(log, "probe")

@@ -303,7 +303,8 @@ def _run_cell(tag, out, c: Cell, work, progress: bool, rank: int, world: int) ->
     """Run one cell on this rank alone (Hessian tools local to the rank) and write its marker."""
     why = _problem(out, c)
     if why is None:
-        _log(tag, f"rank {rank}/{world}: {c.key} finished earlier, skipped")
+        if progress:
+            _log(tag, f"rank {rank}/{world}: {c.key} finished earlier, skipped")
         return
     if why != "not finished":
         _log(tag, f"rank {rank}/{world}: {c.key} redone from scratch: {why}")
@@ -361,8 +362,8 @@ def run_grid(tag: str, out: pathlib.Path, cells: Sequence[Cell], work: Callable[
             this rank. An exception propagates (the cell stays unfinished and is redone on resume).
         analyze: reads the folder and writes the aggregates; called by rank 0 when every cell is complete.
         shard: ``"i/n"`` — only every n-th cell starting at i (array jobs without torchrun).
-        progress: also log a line when a cell starts (a cell's end, or that it was found finished, is always
-            logged: one line per cell naming the rank).
+        progress: also log a line when a cell starts and when it was found finished (a computed cell's
+            "done" line, naming the rank, is always logged).
 
     Returns:
         ``analyze``'s exit code (0 when it is None, or when cells of other shards are still unfinished).
