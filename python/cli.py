@@ -1,17 +1,47 @@
 """Command line: ``lamda run <experiment> [flags]`` and ``lamda analyze DIR``.
 
-Experiments come from :mod:`lamda.experiments` (each module registers itself).
+Experiments come from :mod:`lamda.experiments` (each module registers itself). Under ``torchrun``
+(``torchrun --nproc_per_node N -m lamda run …``) the process group is set up from the environment and the
+experiment's grid is spread over the ranks (:mod:`lamda.experiments.runner`); with ``--ddp`` all ranks train
+each run together instead. Every error a user can act on is one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import sys
 
+from lamda_ext.hessian import rank_local
+
+from . import distributed
 from . import io as lio
-from .experiments import broken, get, registry
+from .experiments import broken, get, parse_shard, registry
+from .experiments.experiment_support import SEED_MAX
+from .experiments.runner import folder_lock, recorded_cells, require_complete
+from .trainer import resolve_device
 
 __all__ = ["main", "build_parser"]
+
+# what a user can act on (bad flags, damaged files, a busy folder, a diverged run): one line, exit code 2
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, FloatingPointError, NotImplementedError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``lamda run: error: …``; ``--help`` shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [0, {SEED_MAX}], got {text}")
+    return v
 
 
 def _add_common(p: argparse.ArgumentParser, exp) -> None:
@@ -23,12 +53,15 @@ def _add_common(p: argparse.ArgumentParser, exp) -> None:
     p.add_argument("--download", action="store_true", help="let torchvision download missing data (needs internet)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (cuda when available)")
     p.add_argument("--shard", default=None, help="i/n: run only every n-th run of the grid, starting at i")
-    p.add_argument("--seed", type=int, default=42, help="global seed (default 42)")
+    p.add_argument("--ddp", action="store_true",
+                   help="under torchrun: train each run over all ranks with DistributedDataParallel (one run at a "
+                        "time) instead of giving each rank its own runs of the grid")
+    p.add_argument("--seed", type=_seed, default=42, help=f"global seed in [0, {SEED_MAX}] (default 42)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lamda", description="lamda_ext experiments: curvature rate λ, "
+    parser = _Parser(prog="lamda", description="lamda_ext experiments: curvature rate λ, "
                                      "Hessian spectra and the regularisers built on them")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment")
@@ -52,31 +85,60 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:12s} BROKEN: {err}")
         return 0
     if args.command == "run":
-        try:
-            return int(get(args.experiment).run(args) or 0)
-        except (ValueError, FileNotFoundError, TypeError) as exc:
-            print(f"lamda run {args.experiment}: error: {exc}", file=sys.stderr)
-            return 2
-    out = pathlib.Path(args.dir)
-    cfg_path = out / "experiment_config.json"
-    if not cfg_path.is_file():
-        print(f"lamda analyze: {out} has no experiment_config.json (not a results folder of `lamda run`)",
-              file=sys.stderr)
-        return 2
-    name = lio.read_json(cfg_path).get("experiment")
+        return _run(args)
+    return _analyze(pathlib.Path(args.dir))
+
+
+def _fail(where: str, exc: BaseException) -> int:
+    print(f"{where}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+    return 2
+
+
+def _run(args) -> int:
+    where = f"lamda run {args.experiment}"
     try:
+        exp = get(args.experiment)
+        resolve_device(args.device)
+        parse_shard(args.shard)
+        out = lio.check_output_folder(args.out)
+        launched = distributed.init_from_env(args.device)
+        if args.ddp and not launched:
+            raise ValueError("--ddp needs torchrun (torchrun --nproc_per_node N -m lamda run … --ddp)")
+        if args.ddp and not exp.ddp:
+            raise ValueError(f"--ddp: {exp.name} trains with its own loop, not lamda.trainer.Trainer; run it "
+                             f"without --ddp (its runs are then spread over the ranks)")
+        distributed.request_ddp(args.ddp)
+        # grid mode: each rank's cells are its own work (no Hessian sharding); --ddp: all ranks share each run
+        scope = contextlib.nullcontext() if args.ddp else rank_local()
+        with folder_lock(out), scope:
+            rc = int(exp.run(args) or 0)
+    except _USER_ERRORS as exc:
+        return _fail(where, exc)
+    distributed.shutdown()
+    return rc
+
+
+def _analyze(out: pathlib.Path) -> int:
+    where = "lamda analyze"
+    try:
+        if not out.is_dir():
+            raise ValueError(f"{out} is not a folder (give a results folder written by `lamda run`)")
+        cfg_path = out / "experiment_config.json"
+        if not cfg_path.is_file():
+            raise ValueError(f"{out} has no experiment_config.json (not a results folder of `lamda run`)")
+        name = lio.read_json_object(cfg_path, required=("experiment",))["experiment"]
+        if not isinstance(name, str):
+            raise ValueError(f"{cfg_path}: 'experiment' must be a name, got {name!r}; the file is damaged")
         exp = get(name)
-    except ValueError as exc:
-        print(f"lamda analyze: {exc}", file=sys.stderr)
-        return 2
-    if exp.analyze is None:
-        print(f"lamda analyze: experiment {name!r} has no post-hoc analysis", file=sys.stderr)
-        return 2
-    try:
-        return int(exp.analyze(out) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"lamda analyze: error: {exc}", file=sys.stderr)
-        return 2
+        if exp.analyze is None:
+            raise ValueError(f"experiment {name!r} has no post-hoc analysis")
+        cells = recorded_cells(out)
+        if cells is not None:
+            require_complete(out, cells)
+        with folder_lock(out):
+            return int(exp.analyze(out) or 0)
+    except _USER_ERRORS as exc:
+        return _fail(where, exc)
 
 
 if __name__ == "__main__":

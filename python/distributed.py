@@ -15,9 +15,22 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["launched", "init_from_env", "is_initialized", "rank_world", "local_rank", "is_main", "barrier",
-           "shutdown", "job_id", "backend_for"]
+           "shutdown", "job_id", "backend_for", "request_ddp", "ddp_requested"]
 
 _TIMEOUT_ENV = "LAMDA_DIST_TIMEOUT_MIN"     # barrier/collective timeout; a grid's slowest rank may take hours
+_DDP = False
+
+
+def request_ddp(on: bool = True) -> None:
+    """``lamda run --ddp``: every rank works on every cell together (one run over all ranks with
+    DistributedDataParallel) instead of each rank taking its own cells."""
+    global _DDP
+    _DDP = bool(on)
+
+
+def ddp_requested() -> bool:
+    """True after :func:`request_ddp` while a process group of more than one rank is up."""
+    return _DDP and rank_world()[1] > 1
 
 
 def launched() -> bool:
@@ -35,7 +48,8 @@ def local_rank() -> int:
 
 
 def backend_for(device: str | None) -> str:
-    """``"nccl"`` when ``device`` (``auto``/None, ``cuda``, ``cuda:i``, ``cpu``) means a GPU and NCCL exists, else ``"gloo"``."""
+    """``"nccl"`` when ``device`` (``auto``/None, ``cuda``, ``cuda:i``, ``cpu``) means a GPU and NCCL exists,
+    else ``"gloo"``."""
     wants_gpu = (device in (None, "", "auto") and torch.cuda.is_available()) or str(device).startswith("cuda")
     return "nccl" if wants_gpu and torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
 
@@ -60,9 +74,14 @@ def init_from_env(device: str | None = "auto") -> bool:
             raise ValueError(f"LOCAL_RANK {lr} has no GPU (this node has {n}); start at most {n} processes per "
                              f"node (--nproc_per_node) or use --device cpu")
         torch.cuda.set_device(lr)
-    minutes = float(os.environ.get(_TIMEOUT_ENV, str(7 * 24 * 60)))
+    timeout = datetime.timedelta(minutes=float(os.environ.get(_TIMEOUT_ENV, str(7 * 24 * 60))))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+    # torchrun's elastic agent keeps one store across restarts: without a per-attempt prefix a restarted rank
+    # reads the dead ranks' addresses of the previous attempt and cannot connect
+    store = dist.PrefixStore(f"lamda/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
     kw = {"device_id": torch.device("cuda", local_rank())} if backend == "nccl" else {}
-    dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(minutes=minutes), **kw)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout, **kw)
     return True
 
 

@@ -23,13 +23,56 @@ import torch
 
 __all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "read_json", "write_csv", "read_csv",
            "write_npz", "read_npz", "save_figure", "save_checkpoint", "load_checkpoint", "CheckpointError",
-           "CHECKPOINT_FORMAT", "remove_stale_temp_files"]
+           "CHECKPOINT_FORMAT", "remove_stale_temp_files", "MissingEntryError", "read_json_object",
+           "check_output_folder"]
 
 CHECKPOINT_FORMAT = "lamda-checkpoint-v1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupt, or not a lamda checkpoint."""
+
+
+class MissingEntryError(KeyError, ValueError):
+    """A JSON object or an ``.npz`` read from a file lacks an entry the reader asked for."""
+
+    def __str__(self):                  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class _FileDict(dict):
+    """A dict read from ``path``: a missing key raises :class:`MissingEntryError` naming the file."""
+
+    def __init__(self, data, path, what):
+        super().__init__(data)
+        self._path, self._what = path, what
+
+    def __missing__(self, key):
+        have = ", ".join(map(str, list(self)[:12])) + (", …" if len(self) > 12 else "")
+        raise MissingEntryError(f"{self._path} has no {self._what} {key!r} (it has: {have or 'nothing'}); the file "
+                                f"is incomplete or from another version — rerun the command that writes it")
+
+    def __reduce__(self):               # pickles/copies as a plain dict
+        return (dict, (dict(self),))
+
+
+def check_output_folder(path) -> pathlib.Path:
+    """Create the results folder ``path`` (with parents) and check that files can be written there.
+
+    Raises ValueError (one line) when ``path`` is a file, lies under a file, or is not writable.
+    """
+    path = pathlib.Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"--out {path}: {parent} is a file, not a folder; choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ValueError(f"--out {path} is not writable ({exc.strerror or exc}); choose another --out") from None
+    return path
 
 
 @contextlib.contextmanager
@@ -106,8 +149,28 @@ def write_json(path, obj: Any) -> None:
 
 
 def read_json(path) -> Any:
-    with open(path, "r", encoding="utf-8") as fh:
-        return json.load(fh)
+    """Parse a JSON file; objects come back as dicts whose missing keys raise :class:`MissingEntryError`.
+
+    Raises ValueError naming the file when it is not valid JSON (truncated, garbage).
+    """
+    path = pathlib.Path(path)
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            return json.load(fh, object_hook=lambda d: _FileDict(d, path, "entry"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the file is damaged — rerun the command that "
+                         f"writes it") from None
+
+
+def read_json_object(path, required: Sequence[str] = ()) -> dict:
+    """:func:`read_json` for a file that must hold a JSON object with the keys ``required``."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not an object; the file is damaged")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(map(repr, missing))} entry; the file is incomplete")
+    return obj
 
 
 def write_csv(path, rows: Sequence[Mapping[str, Any]], fieldnames: Iterable[str] | None = None) -> None:
@@ -138,11 +201,36 @@ def _csv_value(v):
     return v
 
 
-def read_csv(path) -> list[dict[str, Any]]:
-    """Read a CSV written by :func:`write_csv`; numeric cells become float/int, empty cells None."""
-    with open(path, "r", encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return [{k: _parse_cell(v) for k, v in r.items()} for r in rows]
+def read_csv(path, numeric: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Read a CSV written by :func:`write_csv`; numeric cells become float/int, empty cells None.
+
+    ``numeric``: columns whose cells must be numbers (or empty); those present are checked.
+    Raises ValueError naming the file and line for a row whose field count differs from the header (a file
+    cut mid-row) and for a non-numeric cell in a ``numeric`` column.
+    """
+    path = pathlib.Path(path)
+    try:
+        with open(path, "r", encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            raw = [(reader.line_num, r) for r in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a readable CSV file ({exc}); the file is damaged") from None
+    if not header:
+        raise ValueError(f"{path} is empty (no header line); the file is damaged")
+    rows = []
+    for line, r in raw:
+        if len(r) != len(header):
+            raise ValueError(f"{path} line {line}: {len(r)} field(s) where the header has {len(header)} "
+                             f"(the file was cut or edited); rerun the command that writes it")
+        rows.append({k: _parse_cell(v) for k, v in zip(header, r)})
+    for col in [c for c in numeric if c in header]:
+        for n, (line, _) in enumerate(raw):
+            v = rows[n][col]
+            if v is not None and not isinstance(v, (int, float)):
+                raise ValueError(f"{path} line {line}: column {col!r} holds {v!r} where numbers are expected; "
+                                 f"the file is damaged or was edited")
+    return rows
 
 
 def _parse_cell(v: str):
@@ -167,9 +255,23 @@ def write_npz(path, **arrays) -> None:
 
 
 def read_npz(path) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` into memory (no pickles)."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """Load every array of an ``.npz`` into memory (never unpickling anything).
+
+    Returns a dict whose missing keys raise :class:`MissingEntryError` naming the file. Raises ValueError
+    naming the file when it is truncated, not an npz, or holds object arrays.
+    """
+    path = pathlib.Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
+            return _FileDict({k: z[k] for k in z.files}, path, "array")
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile/EOF/OSError/ValueError: all mean a damaged file
+        why = "it holds object arrays" if "pickle" in str(exc).lower() else f"{type(exc).__name__}"
+        raise ValueError(f"{path} is not a readable .npz file ({why}: truncated, damaged or not written by "
+                         f"lamda); delete it and rerun the command that writes it") from None
 
 
 def save_figure(fig, path, dpi: int = 150) -> None:

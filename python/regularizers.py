@@ -49,6 +49,17 @@ class Regularizer:
     label_smoothing: float = 0.0
     sam_rho: float | None = None
 
+    def penalty_share(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      part: tuple[int, int]) -> torch.Tensor | None:
+        """This rank's share of ``penalty(model, x, y)`` when it holds samples ``part = (lo, hi)`` of the
+        global batch ``x [N, …]``: the shares of all ranks sum to the global value. Default: the penalty of
+        the rank's samples weighted by ``(hi - lo) / N`` (exact for a mean over samples)."""
+        lo, hi = part
+        if hi <= lo:
+            return None
+        v = self.penalty(model, x[lo:hi], y[lo:hi])
+        return None if v is None else v * ((hi - lo) / x.shape[0])
+
     def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         return None
 
@@ -196,6 +207,25 @@ class LambdaPenalty(Regularizer):
                                          wrt="input", backend=self.backend, generator=self.generator)
         return self.scale * d.abs().mean()
 
+    def penalty_share(self, model, x, y, part):
+        """Exact share under data parallelism: the directions are drawn for the whole batch's selected samples
+        (the same draw as :meth:`penalty`, so every rank's generator stays in step) and this rank
+        differentiates its own ones; the shares sum to :meth:`penalty` of the whole batch."""
+        import lamda_ext
+        lo, hi = part
+        m = self.select(y)
+        n_sel = int(m.sum())
+        if n_sel == 0:
+            return x.new_zeros(())
+        idx = torch.nonzero(m).squeeze(1)
+        dirs = lamda_ext.random_directions(x[idx], self.directions, self.generator)     # [K, n_sel, *S]
+        mine = (idx >= lo) & (idx < hi)
+        if not bool(mine.any()):
+            return x.new_zeros(())
+        d = lamda_ext.directional_derivs(model, x[idx[mine]], y[idx[mine]], order=self.order,
+                                         directions=dirs[:, mine], wrt="input", backend=self.backend)
+        return self.scale * d.abs().sum() / (n_sel * self.directions * self.order)
+
     def describe(self):
         return {"name": self.name, "scale": self.scale, "order": self.order, "directions": self.directions,
                 "classes": self.classes, "backend": self.backend, "max_points": self.max_points}
@@ -246,11 +276,12 @@ class RegularizerSet:
     def has_penalty(self) -> bool:
         return any(type(p).penalty is not Regularizer.penalty for p in self.pieces)
 
-    def penalties(self, model, x, y) -> dict[str, torch.Tensor]:
-        """Every penalty's differentiable value, keyed by name."""
+    def penalties(self, model, x, y, part: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Every penalty's differentiable value, keyed by name; with ``part = (lo, hi)`` (data-parallel
+        training: this rank holds samples lo..hi-1 of the global batch ``x``) this rank's share of it."""
         out = {}
         for p in self.pieces:
-            v = p.penalty(model, x, y)
+            v = p.penalty(model, x, y) if part is None else p.penalty_share(model, x, y, part)
             if v is not None:
                 out[p.name] = out[p.name] + v if p.name in out else v
         return out

@@ -12,6 +12,14 @@ Per epoch (row of ``training_metrics.csv``): train/test loss and accuracy (eval 
 cross-entropy against the training labels as given), generalisation gap (train acc − test acc),
 ECE on the test set, the running training loss, each penalty's mean value and its share of the
 total loss, the learning rate, the wall time, and λ (mean/std over directions) at measurement epochs.
+
+Data parallel (``TrainConfig.ddp``, or ``lamda run --ddp`` under ``torchrun``): the model is wrapped in
+``DistributedDataParallel``. Every rank draws the same shuffled global batch (the same generator) and takes
+its contiguous slice of it (what a ``DistributedSampler`` does, but per global batch, so the batches are those
+of one process); each rank's loss and penalties are its shares of the global batch's (data loss summed over
+its samples / global batch size; penalties through :meth:`RegularizerSet.penalties` with ``part``), so the
+gradient DDP averages is the single-process gradient of the same global batch, λ penalty and SAM included.
+Rank 0 alone writes checkpoints, tables and the final model; every rank resumes from them.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from . import io as lio
 from .data import TensorDataset, batches
 from .measure import LambdaMeter
@@ -44,12 +53,23 @@ LAMBDA_KEYS = ("derivatives", "log_abs_derivatives", "derivatives_per_point", "l
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """``"auto"``/None → cuda when available else cpu; ``"cuda"`` without a GPU raises ValueError."""
+    """``"auto"``/None → cuda when available else cpu; ``cpu``, ``cuda``, ``cuda:i`` as given.
+
+    Raises ValueError for another string, for ``cuda`` without a GPU and for a GPU index torch does not see.
+    """
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda, cuda:<index> or auto, got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: torch sees {torch.cuda.device_count()} GPU(s) (cuda:0 … "
+                         f"cuda:{torch.cuda.device_count() - 1})")
     return dev
 
 
@@ -72,6 +92,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     ece_bins: int = 15
     progress: bool = True
+    ddp: bool | None = None          # DistributedDataParallel over the process group; None: `lamda run --ddp`
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "sgd"):
@@ -122,14 +143,18 @@ def _ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> float:
 
 
 def run_is_complete(run_dir: str | os.PathLike) -> bool:
-    """True when ``run_dir/final_model.pt`` exists and loads as a finished lamda checkpoint."""
-    p = pathlib.Path(run_dir) / "final_model.pt"
+    """True when ``run_dir/final_model.pt`` exists, loads as a finished lamda checkpoint, and every file the
+    finished run wrote beside it (listed in it) is still there — a run that lost its ``lambda_data.npz`` is
+    not complete, so a resume trains it again instead of skipping it."""
+    run_dir = pathlib.Path(run_dir)
+    p = run_dir / "final_model.pt"
     if not p.is_file():
         return False
     try:
-        return bool(lio.load_checkpoint(p).get("complete", False))
+        ck = lio.load_checkpoint(p)
     except lio.CheckpointError:
         return False
+    return bool(ck.get("complete", False)) and all((run_dir / f).is_file() for f in ck.get("files", []))
 
 
 def _make_optimizer(model, cfg: TrainConfig, regs: RegularizerSet):
@@ -189,6 +214,17 @@ class Trainer:
         self.cfg, self.regs, self.meter = cfg, regs, meter
         self.schedule = schedule or MeasurementSchedule()
         self.model = regs.configure_model(model).to(self.device)
+        self.ddp = distributed.ddp_requested() if cfg.ddp is None else bool(cfg.ddp)
+        self.rank, self.world = distributed.rank_world()
+        if self.ddp and not distributed.is_initialized():
+            raise ValueError("TrainConfig(ddp=True) needs an initialised torch.distributed process group "
+                             "(start with torchrun)")
+        self.net = self.model           # what the training forward calls (the DDP wrapper under ddp)
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.data = data.to(self.device)
         if meter is not None:
             meter.x, meter.y = meter.x.to(self.device), meter.y.to(self.device)
@@ -225,12 +261,29 @@ class Trainer:
                 p.generator.set_state(st["pieces"][str(i)])
 
     # ---------------------------------------------------------------- steps
+    def _part(self, n: int) -> tuple[int, int] | None:
+        """This rank's contiguous slice ``(lo, hi)`` of a global batch of ``n`` samples (None without ddp)."""
+        if not self.ddp:
+            return None
+        return (self.rank * n) // self.world, ((self.rank + 1) * n) // self.world
+
     def _losses(self, xb, yb):
-        out = self.model(xb)
-        data_loss = F.cross_entropy(out, yb, label_smoothing=self.regs.label_smoothing)
-        pens = self.regs.penalties(self.model, xb, yb)
+        """``(objective, total, data_loss, penalties)``: ``objective`` is what to back-propagate; without ddp
+        it is ``total``; under ddp ``total`` etc. are this rank's shares of the global batch's values and
+        ``objective = world · total`` (DDP averages the gradients over ranks, so they sum the shares)."""
+        part = self._part(yb.shape[0])
+        if part is None:
+            out = self.net(xb)
+            data_loss = F.cross_entropy(out, yb, label_smoothing=self.regs.label_smoothing)
+            pens = self.regs.penalties(self.model, xb, yb)
+        else:
+            lo, hi = part
+            out = self.net(xb[lo:hi])
+            data_loss = F.cross_entropy(out, yb[lo:hi], reduction="sum",
+                                        label_smoothing=self.regs.label_smoothing) / yb.shape[0]
+            pens = self.regs.penalties(self.model, xb, yb, part=part)
         total = data_loss + sum(pens.values()) if pens else data_loss
-        return total, data_loss, pens
+        return (total * self.world if part is not None else total), total, data_loss, pens
 
     def train_epoch(self, desc: str = "") -> dict:
         """One pass over the training data; returns running means of the loss terms."""
@@ -244,15 +297,15 @@ class Trainer:
             yb = d.y_train[idx]
             if self.regs.sam_rho is not None:
                 self.opt.zero_grad(set_to_none=True)
-                total, data_loss, pens = self._losses(xb, yb)
-                total.backward()
+                objective, total, data_loss, pens = self._losses(xb, yb)
+                objective.backward()
                 self.opt.first_step(zero_grad=True)
                 self._losses(xb, yb)[0].backward()
                 self.opt.second_step(zero_grad=True)
             else:
                 self.opt.zero_grad(set_to_none=True)
-                total, data_loss, pens = self._losses(xb, yb)
-                total.backward()
+                objective, total, data_loss, pens = self._losses(xb, yb)
+                objective.backward()
                 self.opt.step()
             if not math.isfinite(total.item()):
                 raise FloatingPointError(f"training loss became {total.item()} ({desc}); lower the learning rate")
@@ -263,6 +316,12 @@ class Trainer:
                                     "data_loss": float(data_loss.detach()), "batch_size": b})
             for k, v in (("running_loss", data_loss), ("total_loss", total), *((f"penalty_{k}", v) for k, v in pens.items())):
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * b
+        if self.ddp and sums:           # every rank summed its shares: add them up into the global means
+            keys = sorted(sums)
+            t = torch.tensor([sums[k] for k in keys], dtype=torch.float64,
+                             device=self.device if self.device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(t)
+            sums = dict(zip(keys, t.tolist()))
         out = {k: v / max(n_seen, 1) for k, v in sums.items()}
         for k in list(out):
             if k.startswith("penalty_"):
@@ -301,8 +360,10 @@ class Trainer:
         desc = desc or run_dir.name
         if run_is_complete(run_dir):
             return _load_finished(run_dir, config)
+        writer = self.rank == 0 or not self.ddp          # under ddp rank 0 alone writes files
         run_dir.mkdir(parents=True, exist_ok=True)
-        lio.remove_stale_temp_files(run_dir)          # left by a process killed mid-write
+        if writer:
+            lio.remove_stale_temp_files(run_dir)      # left by a process killed mid-write
         ck_path = run_dir / "checkpoint.pt"
         rows: list[dict] = []
         meas: list[dict] = []
@@ -321,6 +382,8 @@ class Trainer:
             except (lio.CheckpointError, KeyError, RuntimeError, ValueError) as exc:
                 warnings.warn(f"{ck_path}: {exc}; restarting the run from scratch")
                 raise _Restart() from exc
+        if self.ddp:
+            distributed.barrier()                     # every rank has read the checkpoint before rank 0 rewrites it
         extra = {"measurement_indices": measurement_indices} if measurement_indices is not None else {}
         epochs = self.cfg.epochs
         bar = _progress(range(start, epochs + 1), desc, self.cfg.progress, total=epochs + 1, initial=start)
@@ -348,7 +411,7 @@ class Trainer:
                 bar.set_postfix(test_acc=f"{row['test_acc']:.3f}", lam=f"{row.get('lambda_mean', float('nan')):.2f}")
             if stop:
                 break
-            if epoch < epochs and (epoch % self.cfg.checkpoint_every == 0):
+            if writer and epoch < epochs and (epoch % self.cfg.checkpoint_every == 0):
                 self._write_tables(run_dir, rows, meas, extra)
                 lio.save_checkpoint(ck_path, {
                     "model": self.model.state_dict(), "optimizer": _opt_state(self.opt),
@@ -358,16 +421,26 @@ class Trainer:
                               for k, v in r.items()} for r in meas]})
         if hasattr(bar, "close"):
             bar.close()
+        if not writer:
+            lam = self._lambda_arrays(meas)
+            if lam:
+                lam.update(extra)
+            distributed.barrier()                     # rank 0 has written the finished run
+            return RunResult(run_dir, rows, lam, skipped=False, config=config)
         lam = self._write_tables(run_dir, rows, meas, extra)
         lio.write_json(run_dir / "config.json", config)
         result = RunResult(run_dir, rows, lam, skipped=False, config=config)
         if extra_outputs is not None:
             extra_outputs(run_dir, result)
+        files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and p.name != ck_path.name
+                       and not p.name.startswith("."))
         lio.save_checkpoint(run_dir / "final_model.pt", {
             "model": self.model.state_dict(), "complete": True, "config": json.dumps(config, default=str),
-            "final_metrics": json.dumps(rows[-1] if rows else {})})
+            "final_metrics": json.dumps(rows[-1] if rows else {}), "files": files})
         if ck_path.exists():
             ck_path.unlink()
+        if self.ddp:
+            distributed.barrier()
         return result
 
     def _should_stop(self, rows: list[dict]) -> bool:
@@ -406,7 +479,7 @@ class _Restart(Exception):
 
 
 def _load_finished(run_dir: pathlib.Path, config: dict) -> RunResult:
-    rows = lio.read_csv(run_dir / "training_metrics.csv")
+    rows = lio.read_csv(run_dir / "training_metrics.csv", numeric=METRIC_COLUMNS)
     p = run_dir / "lambda_data.npz"
     lam = lio.read_npz(p) if p.exists() else {}
     return RunResult(run_dir, rows, lam, skipped=True, config=config)

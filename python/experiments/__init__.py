@@ -28,6 +28,7 @@ class Experiment:
     analyze: Optional[Callable] = None
     presets: tuple[str, ...] = ("smoke", "quick", "full")
     default_preset: str = "quick"
+    ddp: bool = False       # trains its runs through lamda.trainer.Trainer, so `lamda run --ddp` applies
 
 
 _REGISTRY: dict[str, Experiment] = {}

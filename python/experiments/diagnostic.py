@@ -326,4 +326,4 @@ def add_arguments(p) -> None:
 
 
 register(Experiment(name=NAME, help="λ as a training diagnostic across seven regularisers",
-                    add_arguments=add_arguments, run=run, analyze=analyze))
+                    add_arguments=add_arguments, run=run, analyze=analyze, ddp=True))

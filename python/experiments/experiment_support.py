@@ -28,6 +28,9 @@ __all__ = ["parse_seeds", "open_results_folder", "load_mnist_like", "group_mean_
            "group_mean_ci", "pm_ci", "arg_number"]
 
 
+SEED_MAX = 2**31 - 1        # every seed (and the offsets experiments add to it) fits torch's and numpy's seeds
+
+
 def parse_seeds(spec: str | None, base: int, n: int) -> list[int]:
     """``"42,43,44"`` → ``[42, 43, 44]``; None/"" → ``[base, base + 1, …]`` (``n`` seeds)."""
     if spec is None or str(spec).strip() == "":
@@ -40,6 +43,9 @@ def parse_seeds(spec: str | None, base: int, n: int) -> list[int]:
         raise ValueError(f"--seeds holds no seed: {spec!r}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds repeats a seed: {spec!r}")
+    bad = [s for s in seeds if not 0 <= s <= SEED_MAX]
+    if bad:
+        raise ValueError(f"--seeds must lie in [0, {SEED_MAX}], got {bad[0]}")
     return seeds
 
 

@@ -580,4 +580,4 @@ def add_arguments(p) -> None:
 
 
 register(Experiment(name=NAME, help="plain CNN vs ResNet on CIFAR-10: Hessian, sharpness, connectivity, surfaces",
-                    add_arguments=add_arguments, run=run, analyze=analyze))
+                    add_arguments=add_arguments, run=run, analyze=analyze, ddp=True))

@@ -299,6 +299,48 @@ def _test_exit_hook(rank: int) -> None:
         os._exit(3)
 
 
+def _run_cell(tag, out, c: Cell, work, progress: bool, rank: int, world: int) -> None:
+    """Run one cell on this rank alone (Hessian tools local to the rank) and write its marker."""
+    why = _problem(out, c)
+    if why is None:
+        if progress:
+            _log(tag, f"rank {rank}/{world}: {c.key} finished earlier, skipped")
+        return
+    if why != "not finished":
+        _log(tag, f"rank {rank}/{world}: {c.key} redone from scratch: {why}")
+        _clear(out, c)
+    if progress:
+        _log(tag, f"rank {rank}/{world}: {c.key} started")
+    t = time.perf_counter()
+    with rank_local():
+        work(c)
+    _write_marker(out, c, time.perf_counter() - t, rank, world)
+    _log(tag, f"rank {rank}/{world}: {c.key} done in {time.perf_counter() - t:.1f} s")
+    _test_exit_hook(rank)
+
+
+def _run_together(tag, out, cells, work, shard, rank: int, world: int) -> None:
+    """``--ddp``: every rank runs every cell of the shard together; rank 0 clears, marks and logs."""
+    i, n = parse_shard(shard)
+    for c in [c for j, c in enumerate(cells) if j % n == i]:
+        why = _problem(out, c)
+        distributed.barrier()                       # nobody has changed this cell's files while others looked
+        if why is None:
+            if rank == 0:
+                _log(tag, f"rank 0/{world} (all ranks, DDP): {c.key} finished earlier, skipped")
+            continue
+        if why != "not finished" and rank == 0:
+            _log(tag, f"rank 0/{world} (all ranks, DDP): {c.key} redone from scratch: {why}")
+            _clear(out, c)
+        distributed.barrier()
+        t = time.perf_counter()
+        work(c)
+        distributed.barrier()
+        if rank == 0:
+            _write_marker(out, c, time.perf_counter() - t, rank, world)
+            _log(tag, f"rank 0/{world} (all ranks, DDP): {c.key} done in {time.perf_counter() - t:.1f} s")
+
+
 def assigned(cells: Sequence, shard: str | None = None) -> list:
     """The items of ``cells`` this process runs: every n-th from i for ``shard="i/n"``, and of those every
     world-th from this rank's index under a ``torchrun`` process group (all of them for one plain process)."""
@@ -320,7 +362,8 @@ def run_grid(tag: str, out: pathlib.Path, cells: Sequence[Cell], work: Callable[
             this rank. An exception propagates (the cell stays unfinished and is redone on resume).
         analyze: reads the folder and writes the aggregates; called by rank 0 when every cell is complete.
         shard: ``"i/n"`` — only every n-th cell starting at i (array jobs without torchrun).
-        progress: also log a line when a cell starts and when it was found finished.
+        progress: also log a line when a cell starts and when it was found finished (a computed cell's
+            "done" line, naming the rank, is always logged).
 
     Returns:
         ``analyze``'s exit code (0 when it is None, or when cells of other shards are still unfinished).
@@ -338,24 +381,11 @@ def run_grid(tag: str, out: pathlib.Path, cells: Sequence[Cell], work: Callable[
     with folder_lock(out):
         if rank == 0:
             _record_grid(out, tag, cells)
-        mine = assigned(cells, shard)
-        for c in mine:
-            why = _problem(out, c)
-            if why is None:
-                if progress:
-                    _log(tag, f"rank {rank}/{world}: {c.key} finished earlier, skipped")
-                continue
-            if why != "not finished":
-                _log(tag, f"rank {rank}/{world}: {c.key} redone from scratch: {why}")
-                _clear(out, c)
-            if progress:
-                _log(tag, f"rank {rank}/{world}: {c.key} started")
-            t = time.perf_counter()
-            with rank_local():
-                work(c)
-            _write_marker(out, c, time.perf_counter() - t, rank, world)
-            _log(tag, f"rank {rank}/{world}: {c.key} done in {time.perf_counter() - t:.1f} s")
-            _test_exit_hook(rank)
+        if distributed.ddp_requested():
+            _run_together(tag, out, cells, work, shard, rank, world)
+        else:
+            for c in assigned(cells, shard):
+                _run_cell(tag, out, c, work, progress, rank, world)
         distributed.barrier()
         rc = 0
         if rank == 0:

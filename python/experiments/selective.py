@@ -579,4 +579,4 @@ def add_arguments(p) -> None:
 
 
 register(Experiment(name=NAME, help="class-selective λ regularisation on noisy MNIST",
-                    add_arguments=add_arguments, run=run, analyze=analyze))
+                    add_arguments=add_arguments, run=run, analyze=analyze, ddp=True))
