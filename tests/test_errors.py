@@ -440,7 +440,7 @@ def test_not_a_module_or_tensor():
 
 def test_direction_tensor_shape_and_dtype():
     m, x, y = _setup()
-    with pytest.raises(ValueError, match=r"directions must have shape \[K, \*x.shape\]"):
+    with pytest.raises(ValueError, match=r"directions must have shape \[K, \*x.shape\[1:\]\] = \[K, 2, 3\] \(shared\) or \[K, \*x.shape\]"):
         call(m, x, y, directions=torch.randn(2, 4, 6))
     with pytest.raises(TypeError, match="directions are torch.float64 but x is torch.float32"):
         call(m, x, y, directions=torch.randn(2, 4, 2, 3, dtype=torch.float64))
