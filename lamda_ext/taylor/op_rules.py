@@ -180,7 +180,7 @@ def unary(kind: str, x: TaylorSeries, alpha: float = 1.0):
     return current_context().impl.unary(kind, x, order() + 1, alpha)
 
 
-for _kind in ("sigmoid", "tanh", "exp", "log", "silu"):
+for _kind in rules.UNARY_KINDS:   # every kind is an op of the same name; gelu/softplus/elu override below
     register(_kind)(lambda x, *a, _k=_kind, **kw: unary(_k, x))
 
 
