@@ -448,11 +448,14 @@ def _reshape_series(s, shape):
 @register("batch_norm")
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
                cudnn_enabled=None):
-    shape = (1, -1) + (1,) * (x.c0.dim() - 2)
+    nd = x.c0.dim() if is_series(x) else x.dim()
+    shape = (1, -1) + (1,) * (nd - 2)
+    if not is_series(x):      # params mode, constant input: normalise the constant, the affine map is a series
+        stats = (None, None) if training or running_mean is None else (running_mean, running_var)
+        y = F.batch_norm(x, *stats, None, None, training or running_mean is None, 0.0, eps)
+        return _affine(y, weight, bias, shape)
     if training or running_mean is None:
-        if not is_series(x):
-            return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
-        y = _normalize(x, [0] + list(range(2, x.c0.dim())), eps)
+        y = _normalize(x, [0] + list(range(2, nd)), eps)
         return _affine(y, weight, bias, shape)
     # eval: a fixed affine map (keeps the degree)
     inv = torch.rsqrt(running_var + eps)
@@ -463,6 +466,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 @register("layer_norm")
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     n = len(normalized_shape)
+    if not is_series(x):      # params mode, constant input
+        return _affine(F.layer_norm(x, normalized_shape, None, None, eps), weight, bias, tuple(normalized_shape))
     y = _normalize(x, list(range(x.c0.dim() - n, x.c0.dim())), eps)
     return _affine(y, weight, bias, tuple(normalized_shape))
 
