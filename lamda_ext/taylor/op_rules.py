@@ -111,8 +111,10 @@ def add(a, b, alpha=1):
     da, db = a.degree, b.degree
     if da < db:
         a, b, da, db = b, a, db, da
-    hi = a.hi.clone() if db < da else a.hi
-    if db < da:
+    if db < da:   # the lower-degree operand adds into the first db coefficients (shapes broadcast)
+        shape = torch.broadcast_shapes(a.c0.shape, b.c0.shape)
+        k = max(a.hi.shape[1], b.hi.shape[1])
+        hi = a.hi.expand((da, k) + tuple(shape)).clone()
         hi[:db] = hi[:db] + b.hi
     else:
         hi = a.hi + b.hi
