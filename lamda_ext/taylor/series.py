@@ -225,9 +225,10 @@ class TaylorSeries:
         attr = getattr(torch.Tensor, name, None)
         if attr is None or name.startswith("_"):
             raise AttributeError(f"TaylorSeries has no attribute {name!r}")
-        if not callable(attr):   # a tensor property without an explicit TaylorSeries property
-            raise NotImplementedError(f"Taylor mode: the tensor property '{name}' has no rule on a TaylorSeries "
-                                      f"(read in {_where()}); backend='autograd' (or 'func') works")
+        if not callable(attr):   # a tensor property without an explicit TaylorSeries property (AttributeError, so
+            # that hasattr/getattr(x, name, default) behave as for any missing attribute)
+            raise AttributeError(f"Taylor mode: the tensor property '{name}' has no rule on a TaylorSeries "
+                                 f"(read in {_where()}); backend='autograd' (or 'func') works")
         return lambda *args, **kwargs: dispatch(attr, (self,) + args, kwargs)
 
 
