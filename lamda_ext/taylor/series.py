@@ -15,9 +15,10 @@ exactly what autograd differentiates through: branches are taken at t = 0.
 In-place ops (``x.add_(1)``, ``x += y``, ``x[:, :3].mul_(2)``, ``x[idx] = y``, ``F.relu(x, inplace=True)``)
 update the series object itself. Views follow torch: a series produced by a view op (indexing, ``view``,
 ``transpose``, ...) whose primal shares storage with its base's primal remembers that base; an in-place op
-on an indexing view writes through to the base, a view whose base was mutated is recomputed from it before
-its next use, and an in-place op on any other kind of view, or one that would write a series into a plain
-tensor, raises ``NotImplementedError`` naming the op and the module. A mutation is never lost silently.
+on a view writes through to the base (element positions found by applying the same view op to the base's
+flat indices), and a view whose base was mutated is recomputed from it before its next use. An in-place op
+that would write a series into a plain tensor raises ``NotImplementedError`` naming the op and the module.
+A mutation is never lost silently.
 """
 from __future__ import annotations
 
