@@ -3,8 +3,8 @@
 
 A case is ``(fn, shapes, domain)``: ``fn`` is called once on series (each input x + t·u_k) and once, for every
 direction, on plain tensors inside ``HigherOrderSafe`` (the references' routing); ``domain`` is ``"pos"`` for
-inputs that must be positive, ``"f32"`` for float32-representable ones. Outputs that carry no derivative (comparisons, argmax, constants) must equal the
-plain result exactly.
+inputs that must be positive, ``"f32"`` for float32-representable ones. Outputs that carry no derivative
+(comparisons, argmax, constants) must equal the plain result exactly.
 """
 import math
 
