@@ -56,7 +56,7 @@ def _extension():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # no -std flag: torch's cpp_extension adds the standard its own headers need (C++20 for torch 2.14,
     # C++17 for 2.11, the torch of the lent GPU machine)
-    cxx = ["-O3"]
+    cxx = ["-O3", "-Wall", "-Wswitch", "-Werror=switch"]   # a kind missing from a switch over kinds fails
     define = []
     if _want_cuda():
         if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
@@ -65,7 +65,8 @@ def _extension():
         return CUDAExtension(
             "lamda_ext._C", sources + rel("csrc/cuda/*.cu"),
             include_dirs=[os.path.join(HERE, "csrc")], define_macros=define,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr", "-Xcompiler", "-Wall",
+                                                "-Xcompiler", "-Werror=switch"]},
         )
     return CppExtension("lamda_ext._C", sources, include_dirs=[os.path.join(HERE, "csrc")],
                         define_macros=define, extra_compile_args={"cxx": cxx})

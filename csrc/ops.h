@@ -39,28 +39,27 @@ LX_DECLARE_OPS(cuda)
 // ---- checks shared by the CPU and CUDA implementations ----------------------
 
 inline taylor::Kind parse_kind(c10::string_view kind) {
-  static const char* names[taylor::kNumKinds] = {"sigmoid", "tanh", "softplus", "gelu",
-                                                 "silu",    "elu",  "exp",      "log"};
   for (int i = 0; i < taylor::kNumKinds; ++i)
-    if (kind == c10::string_view(names[i])) return static_cast<taylor::Kind>(i);
-  TORCH_CHECK_VALUE(false, "lamda_ext::taylor_unary: unknown kind '", std::string(kind),
-                    "'; expected one of sigmoid, tanh, softplus, gelu, silu, elu, exp, log");
+    if (kind == c10::string_view(taylor::kKindNames[i])) return static_cast<taylor::Kind>(i);
+  std::string known;
+  for (int i = 0; i < taylor::kNumKinds; ++i) known += (i ? ", " : "") + std::string(taylor::kKindNames[i]);
+  TORCH_CHECK_VALUE(false, "lamda_ext::taylor_unary: unknown kind '", std::string(kind), "'; expected one of ",
+                    known);
 }
 
-// Calls f(std::integral_constant<Kind, K>{}) for the runtime kind.
+// Calls f(std::integral_constant<Kind, K>{}) for the runtime kind (cases generated from LX_UNARY_KINDS).
 template <typename F>
 void dispatch_kind(taylor::Kind kind, F&& f) {
   using taylor::Kind;
   switch (kind) {
-    case Kind::Sigmoid: f(std::integral_constant<Kind, Kind::Sigmoid>{}); break;
-    case Kind::Tanh: f(std::integral_constant<Kind, Kind::Tanh>{}); break;
-    case Kind::Softplus: f(std::integral_constant<Kind, Kind::Softplus>{}); break;
-    case Kind::Gelu: f(std::integral_constant<Kind, Kind::Gelu>{}); break;
-    case Kind::Silu: f(std::integral_constant<Kind, Kind::Silu>{}); break;
-    case Kind::Elu: f(std::integral_constant<Kind, Kind::Elu>{}); break;
-    case Kind::Exp: f(std::integral_constant<Kind, Kind::Exp>{}); break;
-    case Kind::Log: f(std::integral_constant<Kind, Kind::Log>{}); break;
+#define LX_KIND_CASE(e, name)                     \
+  case Kind::e:                                   \
+    f(std::integral_constant<Kind, Kind::e>{}); \
+    return;
+    LX_UNARY_KINDS(LX_KIND_CASE)
+#undef LX_KIND_CASE
   }
+  TORCH_CHECK(false, "lamda_ext: invalid kind ", static_cast<int>(kind));
 }
 
 inline void check_floating(const at::Tensor& t, const char* op, const char* name) {

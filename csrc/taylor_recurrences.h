@@ -28,8 +28,36 @@ namespace taylor {
 
 constexpr int kMaxCoeffs = 9;  // order N <= 8
 
-enum class Kind : int { Sigmoid = 0, Tanh, Softplus, Gelu, Silu, Elu, Exp, Log };
-constexpr int kNumKinds = 8;
+// The one list of elementwise kinds: X(Enum, "name"). The enum, the names, the count and the runtime
+// dispatch (ops.h) are generated from it; lamda_ext/taylor/rules.py:UNARY holds the same names in the same
+// order (a test checks it). A kind in the list without a recurrence below (unary_series), in cpu/pack.h or in
+// cpu/taylor_cpu.cpp:unary_primal fails to compile (static_assert / -Werror=switch).
+#define LX_UNARY_KINDS(X) \
+  X(Sigmoid, "sigmoid")   \
+  X(Tanh, "tanh")         \
+  X(Softplus, "softplus") \
+  X(Gelu, "gelu")         \
+  X(Silu, "silu")         \
+  X(Elu, "elu")           \
+  X(Exp, "exp")           \
+  X(Log, "log")
+
+#define LX_KIND_ENUM(e, name) e,
+enum class Kind : int { LX_UNARY_KINDS(LX_KIND_ENUM) };
+#undef LX_KIND_ENUM
+
+#define LX_KIND_COUNT(e, name) +1
+constexpr int kNumKinds = 0 LX_UNARY_KINDS(LX_KIND_COUNT);
+#undef LX_KIND_COUNT
+
+#define LX_KIND_NAME(e, name) name,
+constexpr const char* kKindNames[kNumKinds] = {LX_UNARY_KINDS(LX_KIND_NAME)};
+#undef LX_KIND_NAME
+
+// false for every kind: lets a static_assert in the last branch of an `if constexpr` chain over kinds fire
+// only when that branch is instantiated (a kind without a recurrence).
+template <Kind K>
+constexpr bool kind_unhandled = false;
 
 // ---- scalar math overloads usable on host and device ----------------------
 LX_HD float lx_exp(float x) { return expf(x); }
@@ -271,9 +299,11 @@ LX_HD void unary_series(const T* x, T* y, T* g, int C, T alpha) {
       if (n >= C) break;
       g[n] = y[n];
     }
-  } else {  // Kind::Log
+  } else if constexpr (K == Kind::Log) {
     log_series(x, y, C);
     reciprocal_series(x, g, C);
+  } else {
+    static_assert(kind_unhandled<K>, "taylor::unary_series: a kind of LX_UNARY_KINDS has no recurrence");
   }
 }
 

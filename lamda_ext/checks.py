@@ -12,11 +12,15 @@ from ._state import RngReplay, frozen_batchnorm_stats
 from .losses import LossSpec, check_output, check_targets
 from .params import trainable_parameters
 
-__all__ = ["MAX_ORDER", "WRT", "check_model_and_x", "check_finite_state", "check_forward", "check_wrt",
-           "check_order", "check_direction_tensor", "check_hvp_inputs", "check_vector_like", "check_v",
+__all__ = ["MAX_ORDER", "MAX_ORDERS", "WRT", "check_model_and_x", "check_finite_state", "check_forward",
+           "check_wrt", "check_order", "check_direction_tensor", "check_hvp_inputs", "check_vector_like", "check_v",
            "params_and_v", "check_int", "check_reduction"]
 
-MAX_ORDER = 8
+# Highest order each backend accepts. The composite Taylor engine handles any order (the limit only bounds the
+# cost); fused runs its kernels up to their compiled maximum and the composite rules beyond it; the references
+# grow exponentially in the order (nested autograd graphs, 2^N nested jvp passes).
+MAX_ORDERS = {"taylor": 32, "fused": 32, "auto": 32, "autograd": 16, "func": 12}
+MAX_ORDER = max(MAX_ORDERS.values())
 WRT = ("params", "input")
 
 
@@ -139,11 +143,13 @@ def check_int(value, name: str, minimum: int = 1, allow_none: bool = False):
     return int(value)
 
 
-def check_order(order):
+def check_order(order, backend: str = "auto"):
+    top = MAX_ORDERS.get(backend, MAX_ORDER)
     if isinstance(order, bool) or not isinstance(order, int):
-        raise TypeError(f"order must be an int in 1..{MAX_ORDER}, got {order!r}")
-    if not 1 <= order <= MAX_ORDER:
-        raise ValueError(f"order must be in 1..{MAX_ORDER}, got {order}")
+        raise TypeError(f"order must be an int in 1..{top}, got {order!r}")
+    if not 1 <= order <= top:
+        hint = "; backend='taylor' or 'fused' go to order 32" if top < MAX_ORDERS["taylor"] else ""
+        raise ValueError(f"order must be in 1..{top} for backend={backend!r}, got {order}{hint}")
 
 
 def check_direction_tensor(d: torch.Tensor, expected: tuple, what: str, x: torch.Tensor):

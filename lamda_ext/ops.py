@@ -19,10 +19,14 @@ from __future__ import annotations
 import torch
 
 from . import _ext
+from .taylor.rules import UNARY_KINDS  # the one list of kinds (the kernels' X-macro mirrors it)
 
-__all__ = ["UNARY_KINDS", "available", "unary_coeffs", "cross_entropy_coeffs", "cross_entropy_deg1"]
+__all__ = ["UNARY_KINDS", "MAX_COEFFS", "available", "unary_coeffs", "cross_entropy_coeffs", "cross_entropy_deg1"]
 
-UNARY_KINDS = ("sigmoid", "tanh", "softplus", "gelu", "silu", "elu", "exp", "log")
+
+# coefficients the kernels hold (taylor::kMaxCoeffs in csrc/taylor_recurrences.h): order ≤ MAX_COEFFS - 1;
+# the fused backend runs the composite rules beyond it
+MAX_COEFFS = 9
 
 
 def available() -> bool:

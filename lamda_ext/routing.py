@@ -6,9 +6,12 @@ elementary-op composites (used by the ``autograd`` and ``func`` reference backen
 """
 from __future__ import annotations
 
+import math
+import types
+
 import torch
 
-__all__ = ["RoutingMode", "HigherOrderSafe"]
+__all__ = ["RoutingMode", "HigherOrderSafe", "unguarded"]
 
 
 def _composite_batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
@@ -45,9 +48,59 @@ def _composite_silu(input, inplace=False):
     return input * torch.sigmoid(input)
 
 
+def _composite_hardsigmoid(input, inplace=False):
+    """relu6(x + 3) / 6 (the native backward has no derivative of its own)."""
+    return torch.clamp(input + 3.0, 0.0, 6.0) / 6.0
+
+
+def _composite_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                    enable_gqa=False):
+    """The math of ``scaled_dot_product_attention`` in elementary ops: the fused CPU/flash kernels have no
+    derivatives past the first (no double backward, no forward-mode AD). Dropout draws its mask with
+    ``F.dropout`` on the attention weights, as the Taylor rule does, so replayed RNG gives one mask."""
+    length, src = query.shape[-2], key.shape[-2]
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    if enable_gqa and query.dim() >= 3 and query.shape[-3] != key.shape[-3]:
+        rep = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(rep, -3), value.repeat_interleave(rep, -3)
+    attn = torch.matmul(query, key.transpose(-2, -1)) * scale
+    if is_causal:
+        keep = torch.ones(length, src, dtype=torch.bool, device=query.device).tril()
+        attn = attn.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        attn = attn.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else attn + attn_mask
+    attn = torch.softmax(attn, -1)
+    if dropout_p > 0.0:
+        attn = torch.nn.functional.dropout(attn, dropout_p, True)
+    return torch.matmul(attn, value)
+
+
+def unguarded(fn):
+    """A copy of the ``torch.nn.functional`` function ``fn`` whose own ``__torch_function__`` guard is off: its
+    body runs on whatever it is given, while every op it calls keeps its guard. Lets a routing mode (or the Taylor
+    engine) run torch's own composite, e.g. ``F.multi_head_attention_forward``, with the ops inside it routed."""
+    glb = dict(fn.__globals__)
+    glb["has_torch_function"] = lambda *_: False
+    body = types.FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__, fn.__closure__)
+    body.__kwdefaults__ = fn.__kwdefaults__
+    return body
+
+
+class _Reenter:
+    """A route that runs with the routing mode active again, so the ops inside it are routed too."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+
 _COMPOSITES = {torch.nn.functional.batch_norm: _composite_batch_norm,
                torch.nn.functional.layer_norm: _composite_layer_norm,
-               torch.nn.functional.silu: _composite_silu}
+               torch.nn.functional.silu: _composite_silu,
+               torch.nn.functional.hardsigmoid: _composite_hardsigmoid,
+               torch.nn.functional.scaled_dot_product_attention: _composite_sdpa,
+               # nn.MultiheadAttention's slow path: torch's body, with the SDPA/layer-norm calls inside it routed
+               torch.nn.functional.multi_head_attention_forward:
+                   _Reenter(unguarded(torch.nn.functional.multi_head_attention_forward))}
 
 
 class RoutingMode(torch.overrides.TorchFunctionMode):
@@ -58,15 +111,20 @@ class RoutingMode(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         route = self.routes.get(func)
+        if isinstance(route, _Reenter):
+            with self:
+                return route.fn(*args, **kwargs)
         if route is not None:
             return route(*args, **kwargs)
         return func(*args, **kwargs)
 
 
 class HigherOrderSafe(RoutingMode):
-    """Routes batch/layer norm and SiLU to elementary ops: the native kernels' nested derivatives
-    stop at order 2 (batch norm), are wrong past it (layer norm) or lack forward-mode AD in their
-    backward (SiLU), so the references must not use them."""
+    """Routes batch/layer norm, SiLU, hardsigmoid and ``scaled_dot_product_attention`` to elementary ops: the
+    native kernels' nested derivatives stop at order 2 (batch norm, hardsigmoid, the fused attention kernels),
+    are wrong past it (layer norm) or lack forward-mode AD in their backward (SiLU, flash attention), so the
+    references must not use them. ``nn.MultiheadAttention`` and the transformer layers reach SDPA through
+    ``F.multi_head_attention_forward`` and are routed with it."""
 
     routes = _COMPOSITES
 

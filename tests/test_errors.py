@@ -376,8 +376,8 @@ def call(m, x, y, **kw):
 
 
 @pytest.mark.parametrize("kw, exc, phrase", [
-    (dict(order=0), ValueError, "order must be in 1..8"),
-    (dict(order=9), ValueError, "order must be in 1..8"),
+    (dict(order=0), ValueError, "order must be in 1..32"),
+    (dict(order=33), ValueError, "order must be in 1..32"),
     (dict(order=2.0), TypeError, "order must be an int"),
     (dict(directions=0), ValueError, "directions (K) must be ≥ 1"),
     (dict(directions=-3), ValueError, "directions (K) must be ≥ 1"),

@@ -56,6 +56,43 @@ def test_signatures_match_rules():
     assert tuple(ops.UNARY_KINDS) == tuple(rules.UNARY_KINDS)
 
 
+def test_kernel_kinds_are_the_python_list():
+    """The X-macro list (LX_UNARY_KINDS) names exactly rules.UNARY, in order: the unknown-kind message lists it."""
+    with pytest.raises(ValueError, match="expected one of " + ", ".join(rules.UNARY_KINDS) + "$"):
+        ops.unary_coeffs("nosuchkind", torch.zeros(2, 3, dtype=torch.float64))
+    for kind in rules.UNARY_KINDS:
+        ops.unary_coeffs(kind, torch.ones(2, 3, dtype=torch.float64))
+
+
+def _compile_header(tmp_path, extra_kind: bool) -> "subprocess.CompletedProcess":
+    import shutil
+    import subprocess
+    from pathlib import Path
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    src = (Path(__file__).resolve().parents[1] / "csrc" / "taylor_recurrences.h").read_text()
+    if extra_kind:   # a kind added to the list without any recurrence
+        src = src.replace('X(Log, "log")', 'X(Log, "log") X(Cosh, "cosh")')
+        assert "Cosh" in src
+    (tmp_path / "taylor_recurrences.h").write_text(src)
+    (tmp_path / "use.cpp").write_text(
+        '#include "taylor_recurrences.h"\nusing namespace lamda_ext::taylor;\n'
+        "template <int I> void all() { if constexpr (I < kNumKinds) {\n"
+        "  double x[kMaxCoeffs] = {1}, y[kMaxCoeffs], g[kMaxCoeffs];\n"
+        "  unary_series<static_cast<Kind>(I), double>(x, y, g, 3, 1.0); all<I + 1>(); } }\n"
+        "int main() { all<0>(); return 0; }\n")
+    return subprocess.run([cxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror=switch", str(tmp_path / "use.cpp")],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_kind_without_a_recurrence_fails_to_compile(tmp_path):
+    ok = _compile_header(tmp_path, extra_kind=False)
+    assert ok.returncode == 0, ok.stderr
+    bad = _compile_header(tmp_path, extra_kind=True)
+    assert bad.returncode != 0 and "has no recurrence" in bad.stderr
+
+
 # ---- forward values against the composite rules (float64) -------------------------------------
 
 SHAPES = [(), (5,), (2, 3, 4)]

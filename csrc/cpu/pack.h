@@ -165,7 +165,7 @@ inline void unary_series(const Row<T>* x, const T* p0, const T* p1, Row<T>* y, R
     if constexpr (NeedG)
       for (int n = 0; n < C; ++n)
         for (int j = 0; j < nb; ++j) g[n][j] = y[n][j];
-  } else {  // Kind::Log: y = log(x) (taylor::log_series), g = 1/x (taylor::reciprocal_series)
+  } else if constexpr (K == Kind::Log) {  // y = log(x) (taylor::log_series), g = 1/x (taylor::reciprocal_series)
     T inv[kBlock], acc[kBlock];
     for (int j = 0; j < nb; ++j) {
       y[0][j] = p0[j];
@@ -187,6 +187,8 @@ inline void unary_series(const Row<T>* x, const T* p0, const T* p1, Row<T>* y, R
         for (int j = 0; j < nb; ++j) g[n][j] = -acc[j] * inv[j];
       }
     }
+  } else {
+    static_assert(kind_unhandled<K>, "pack::unary_series: a kind of LX_UNARY_KINDS has no block recurrence");
   }
 }
 

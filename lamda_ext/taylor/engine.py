@@ -19,7 +19,6 @@ from ..losses import cross_entropy_per_sample, resolve_loss
 from .impl import Composite
 from .series import RunContext, TaylorSeries, is_series
 
-_FACT = [float(math.factorial(n)) for n in range(10)]
 
 
 def _head_terms(out, y, loss, label_smoothing: float, ctx: RunContext):
@@ -51,7 +50,7 @@ def _head_terms(out, y, loss, label_smoothing: float, ctx: RunContext):
     k, b = ctx.k, out.c0.shape[0]
     if len(terms) == 1:
         return terms[0], None
-    derivs = [terms[i].expand(k, b) * _FACT[i] if i < len(terms) else terms[1].new_zeros(k, b)
+    derivs = [terms[i].expand(k, b) * float(math.factorial(i)) if i < len(terms) else terms[1].new_zeros(k, b)
               for i in range(1, n + 1)]
     return terms[0], torch.stack(derivs, dim=-1)
 

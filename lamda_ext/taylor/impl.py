@@ -38,7 +38,8 @@ def _stack_full(terms: List[torch.Tensor], n_out: int) -> torch.Tensor:
 
 
 class Fused(Composite):
-    """Kernels from :mod:`lamda_ext.ops`; gelu/… with options the kernels lack fall back to the composite rules."""
+    """Kernels from :mod:`lamda_ext.ops`; beyond the kernels' compiled number of coefficients
+    (:data:`lamda_ext.ops.MAX_COEFFS`) each op falls back to the composite rules (same numbers)."""
     name = "fused"
 
     def __init__(self):
@@ -46,6 +47,8 @@ class Fused(Composite):
         self.ops = ops
 
     def unary(self, kind, x, n_out, alpha=1.0):
+        if n_out > self.ops.MAX_COEFFS:
+            return super().unary(kind, x, n_out, alpha)
         hi = x.hi                                           # [D, K, *S]
         parts = [x.c0.expand(hi.shape[1:]).unsqueeze(0), hi]
         if n_out - 1 > hi.shape[0]:
@@ -54,10 +57,14 @@ class Fused(Composite):
         return TaylorSeries(out[0, 0], out[1:])
 
     def cross_entropy(self, z, target, n_out, ls):
+        if n_out > self.ops.MAX_COEFFS:
+            return super().cross_entropy(z, target, n_out, ls)
         full = _stack_full(z, n_out)                       # [C, K, M, classes]
         c, k, m, classes = full.shape
         out = self.ops.cross_entropy_coeffs(full.reshape(c, k * m, classes), target.repeat(k), ls).reshape(c, k, m)
         return [out[0, 0]] + list(out[1:].unbind(0))
 
     def cross_entropy_deg1(self, z0, v, target, order, ls):
+        if order + 1 > self.ops.MAX_COEFFS:
+            return super().cross_entropy_deg1(z0, v, target, order, ls)
         return self.ops.cross_entropy_deg1(z0, v, target, order, ls)

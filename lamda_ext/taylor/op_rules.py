@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..routing import unguarded
 from . import rules
 from .series import RULES, TaylorSeries, current_context, is_series
 
@@ -110,8 +111,10 @@ def add(a, b, alpha=1):
     da, db = a.degree, b.degree
     if da < db:
         a, b, da, db = b, a, db, da
-    hi = a.hi.clone() if db < da else a.hi
-    if db < da:
+    if db < da:   # the lower-degree operand adds into the first db coefficients (shapes broadcast)
+        shape = torch.broadcast_shapes(a.c0.shape, b.c0.shape)
+        k = max(a.hi.shape[1], b.hi.shape[1])
+        hi = a.hi.expand((da, k) + tuple(shape)).clone()
         hi[:db] = hi[:db] + b.hi
     else:
         hi = a.hi + b.hi
@@ -179,7 +182,7 @@ def unary(kind: str, x: TaylorSeries, alpha: float = 1.0):
     return current_context().impl.unary(kind, x, order() + 1, alpha)
 
 
-for _kind in ("sigmoid", "tanh", "exp", "log", "silu"):
+for _kind in rules.UNARY_KINDS:   # every kind is an op of the same name; gelu/softplus/elu override below
     register(_kind)(lambda x, *a, _k=_kind, **kw: unary(_k, x))
 
 
@@ -291,8 +294,20 @@ def bilinear(x, w, op_pp, op_lp, op_pk, op_kk, rowwise: bool = False):
     return from_terms(out)
 
 
+def _primal_bias(bias):
+    """The bias the primal is computed with (the model's own op adds it, so the primal rounds as the model's
+    does and every backend picks the same max-pool argmax on ties) and the series part still to add."""
+    if bias is None:
+        return None, None
+    if is_series(bias):
+        return bias.c0, TaylorSeries(torch.zeros_like(bias.c0), bias.hi)
+    return bias, None
+
+
 @register("linear")
 def linear(x, weight, bias=None):
+    b0, b_rest = _primal_bias(bias)
+
     def pk(x0, wk):          # [*S, in] × [K, out, in] → [K, *S, out]
         y = torch.matmul(x0.reshape(-1, x0.shape[-1]), wk.transpose(-1, -2))
         return y.reshape((wk.shape[0],) + tuple(x0.shape[:-1]) + (wk.shape[-2],))
@@ -302,11 +317,12 @@ def linear(x, weight, bias=None):
         return y.reshape(tuple(xk.shape[:-1]) + (wk.shape[-2],))
 
     if is_series(x):
-        out = bilinear(x, weight, F.linear, F.linear, pk, kk, rowwise=True)
-    else:   # constant input, series weight: swap roles
-        out = bilinear(weight, x, lambda w0, x0: F.linear(x0, w0), lambda wl, x0: pk(x0, wl),
-                       None, None)
-    return out if bias is None else add(out, bias)
+        out = bilinear(x, weight, lambda x0, w0: F.linear(x0, w0, b0), F.linear, pk, kk, rowwise=True)
+    elif is_series(weight):   # constant input, series weight: swap roles
+        out = bilinear(weight, x, lambda w0, x0: F.linear(x0, w0, b0), lambda wl, x0: pk(x0, wl), None, None)
+    else:                     # only the bias is a series
+        out = F.linear(x, weight, b0)
+    return out if b_rest is None else add(out, b_rest)
 
 
 def _conv(nd: int):
@@ -314,9 +330,10 @@ def _conv(nd: int):
 
     def rule(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         kw = dict(stride=stride, padding=padding, dilation=dilation)
+        b0, b_rest = _primal_bias(bias)
 
-        def pp(x0, w0):
-            return conv(x0, w0, None, groups=groups, **kw)
+        def pp(x0, w0):      # the primal exactly as the model's op computes it (bias included)
+            return conv(x0, w0, b0, groups=groups, **kw)
 
         def lp(xl, w0):      # [L, B, C, ...] folded into the batch
             y = conv(xl.reshape((-1,) + tuple(xl.shape[2:])), w0, None, groups=groups, **kw)
@@ -336,45 +353,20 @@ def _conv(nd: int):
 
         if is_series(x):
             out = bilinear(x, weight, pp, lp, pk, kk, rowwise=x.c0.dim() == nd + 2)
-        else:
+        elif is_series(weight):
             out = bilinear(weight, x, lambda w0, x0: pp(x0, w0), lambda wl, x0: pk(x0, wl), None, None)
-        if bias is None:
+        else:
+            out = pp(x, weight)
+        if b_rest is None:
             return out
-        return add(out, bias.reshape((-1,) + (1,) * nd) if not is_series(bias) else
-                   TaylorSeries(bias.c0.reshape((-1,) + (1,) * nd), bias.hi.reshape(tuple(bias.hi.shape[:3]) + (1,) * nd)))
+        return add(out, TaylorSeries(b_rest.c0.reshape((-1,) + (1,) * nd),
+                                     b_rest.hi.reshape(tuple(b_rest.hi.shape[:3]) + (1,) * nd)))
     return rule
 
 
 register("conv1d")(_conv(1))
 register("conv2d")(_conv(2))
 register("conv3d")(_conv(3))
-
-
-@register("matmul", "mm")
-def matmul(a, b):
-    if is_series(a) and not is_series(b):
-        return map_linear(a, lambda c: torch.matmul(c, b), lambda h: torch.matmul(h, b))
-    if is_series(b) and not is_series(a):
-        return map_linear(b, lambda c: torch.matmul(a, c), lambda h: torch.matmul(a, h))
-    if a.c0.dim() == 2 and b.c0.dim() == 2:
-        return from_terms(_matmul_terms(a.terms(), b.terms()))
-    raise NotImplementedError("Taylor mode: matmul of two series is supported for 2-D operands only; "
-                              "use backend='autograd'")
-
-
-def _matmul_terms(at, bt):
-    n_out = min(order() + 1, len(at) + len(bt) - 1)
-    out = []
-    for n in range(n_out):
-        acc = None
-        for i in range(max(0, n - len(bt) + 1), min(n, len(at) - 1) + 1):
-            term = torch.matmul(at[i], bt[n - i])
-            acc = term if acc is None else acc + term
-        out.append(acc)
-    return out
-
-
-register("rmatmul")(lambda a, b: matmul(b, a))
 
 
 # ----------------------------------------------------------------------------- pooling, dropout
@@ -471,11 +463,14 @@ def _reshape_series(s, shape):
 @register("batch_norm")
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
                cudnn_enabled=None):
-    shape = (1, -1) + (1,) * (x.c0.dim() - 2)
+    nd = x.c0.dim() if is_series(x) else x.dim()
+    shape = (1, -1) + (1,) * (nd - 2)
+    if not is_series(x):      # params mode, constant input: normalise the constant, the affine map is a series
+        stats = (None, None) if training or running_mean is None else (running_mean, running_var)
+        y = F.batch_norm(x, *stats, None, None, training or running_mean is None, 0.0, eps)
+        return _affine(y, weight, bias, shape)
     if training or running_mean is None:
-        if not is_series(x):
-            return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
-        y = _normalize(x, [0] + list(range(2, x.c0.dim())), eps)
+        y = _normalize(x, [0] + list(range(2, nd)), eps)
         return _affine(y, weight, bias, shape)
     # eval: a fixed affine map (keeps the degree)
     inv = torch.rsqrt(running_var + eps)
@@ -486,6 +481,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 @register("layer_norm")
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     n = len(normalized_shape)
+    if not is_series(x):      # params mode, constant input
+        return _affine(F.layer_norm(x, normalized_shape, None, None, eps), weight, bias, tuple(normalized_shape))
     y = _normalize(x, list(range(x.c0.dim() - n, x.c0.dim())), eps)
     return _affine(y, weight, bias, tuple(normalized_shape))
 
@@ -628,3 +625,369 @@ def split(x, split_size_or_sections, dim=0):
     nd = x.c0.dim()
     return tuple(TaylorSeries(a, b) for a, b in zip(x.c0.split(split_size_or_sections, dim),
                                                     x.hi.split(split_size_or_sections, shift_dim(dim, nd))))
+
+
+# ----------------------------------------------------------------------------- in-place helpers, constants
+def _full_terms(x, degree: int):
+    """``[c0, c1, ..., c_degree]`` of a series or constant (zeros past its degree; c_n ``[K or 1, *S]``)."""
+    if not is_series(x):
+        z = torch.zeros((1,) + tuple(x.shape), dtype=x.dtype, device=x.device) if isinstance(x, torch.Tensor) \
+            else None
+        return [x] + [z] * degree
+    t = x.terms()
+    return t + [torch.zeros_like(t[1])] * (degree + 1 - len(t))
+
+
+def _select(cond: torch.Tensor, a, b):
+    """``where(cond, a, b)`` for a constant condition and series or constant branches."""
+    if not is_series(a) and not is_series(b):
+        return torch.where(cond, a, b)
+    deg = max(s.degree for s in (a, b) if is_series(s))
+    ta, tb = _full_terms(a, deg), _full_terms(b, deg)
+    out = [torch.where(cond, ta[0], tb[0])]
+    for n in range(1, deg + 1):
+        an = ta[n] if ta[n] is not None else torch.zeros((), dtype=out[0].dtype, device=out[0].device)
+        bn = tb[n] if tb[n] is not None else torch.zeros((), dtype=out[0].dtype, device=out[0].device)
+        out.append(torch.where(cond, an, bn))
+    return from_terms(out)
+
+
+@register("where")
+def where(cond, a=None, b=None):
+    if a is None and b is None:
+        return torch.where(cond.c0 if is_series(cond) else cond)
+    if is_series(cond):
+        raise NotImplementedError("Taylor mode: torch.where with a series as condition has no rule; "
+                                  "compare the series first (a comparison gives a constant mask)")
+    return _select(cond, a, b)
+
+
+@register("masked_fill")
+def masked_fill(x, mask, value):
+    if is_series(mask):
+        raise NotImplementedError("Taylor mode: masked_fill with a series as mask has no rule")
+    if is_series(value):
+        return _select(mask, value, x)
+    value = value.item() if isinstance(value, torch.Tensor) else value
+    c0 = x.c0.masked_fill(mask, value)
+    return TaylorSeries(c0, x.hi.masked_fill(mask, 0.0).expand(tuple(x.hi.shape[:2]) + tuple(c0.shape)))
+
+
+@register("setitem")
+def setitem(x, index, value):
+    """``x[index] = value`` as a new series (dispatch makes it the new value of x, writing through views)."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    if any(is_series(i) for i in index):
+        raise NotImplementedError("Taylor mode: indexing with a series has no rule; use backend='autograd'")
+    deg = max(x.degree, value.degree if is_series(value) else 1)
+    k = max(x.hi.shape[1], value.hi.shape[1] if is_series(value) else 1)
+    c0 = x.c0.clone()
+    c0[index] = value.c0 if is_series(value) else value
+    hi = _full_hi(x, deg, k).clone()
+    hi[(slice(None), slice(None)) + index] = _full_hi(value, deg, k) if is_series(value) else 0.0
+    return TaylorSeries(c0, hi)
+
+
+def _full_hi(x: TaylorSeries, degree: int, k: int) -> torch.Tensor:
+    h = x.hi if x.degree >= degree else torch.cat([x.hi, x.hi.new_zeros((degree - x.degree,) + tuple(x.hi.shape[1:]))])
+    return h.expand((degree, k) + tuple(x.c0.shape))
+
+
+@register("copy")
+def copy(x, src, non_blocking=False):
+    if is_series(src):
+        c0 = x.c0.new_empty(x.c0.shape).copy_(src.c0)
+        return TaylorSeries(c0, src.hi.to(c0.dtype).expand(tuple(src.hi.shape[:2]) + tuple(c0.shape)))
+    return x.c0.new_empty(x.c0.shape).copy_(src)
+
+
+register("fill")(lambda x, value: torch.full_like(x.c0, value.item() if isinstance(value, torch.Tensor) else value))
+register("zero")(lambda x: torch.zeros_like(x.c0))
+
+
+def _constant_like(fn):
+    """zeros_like/new_ones/...: a constant (degree 0) from the primal's metadata."""
+    def rule(x, *args, **kwargs):
+        return fn(x.c0, *args, **kwargs)
+    return rule
+
+
+for _name in ("zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "new_zeros",
+              "new_ones", "new_full", "new_empty", "new_tensor"):
+    register(_name)(_constant_like(getattr(torch, _name, None) or getattr(torch.Tensor, _name)))
+
+
+# ----------------------------------------------------------------------------- piecewise-linear activations
+def _piecewise(x, primal, slope):
+    """A function linear on pieces: primal computed by the model's own op, coefficients scaled by the slope."""
+    return TaylorSeries(primal, x.hi * slope)
+
+
+@register("hardtanh")
+def hardtanh(x, min_val=-1.0, max_val=1.0, inplace=False):
+    return _piecewise(x, F.hardtanh(x.c0, min_val, max_val), ((x.c0 > min_val) & (x.c0 < max_val)).to(x.dtype))
+
+
+register("relu6")(lambda x, inplace=False: hardtanh(x, 0.0, 6.0))
+
+
+@register("clamp", "clip")
+def clamp(x, min=None, max=None):
+    if is_series(min) or is_series(max):
+        raise NotImplementedError("Taylor mode: clamp with series bounds has no rule; use backend='autograd'")
+    inside = torch.ones_like(x.c0, dtype=torch.bool)
+    if min is not None:
+        inside = inside & (x.c0 > min)
+    if max is not None:
+        inside = inside & (x.c0 < max)
+    return _piecewise(x, torch.clamp(x.c0, min, max), inside.to(x.dtype))
+
+
+@register("hardsigmoid")
+def hardsigmoid(x, inplace=False):
+    return _piecewise(x, F.hardsigmoid(x.c0), ((x.c0 > -3.0) & (x.c0 < 3.0)).to(x.dtype) / 6.0)
+
+
+@register("hardswish")
+def hardswish(x, inplace=False):
+    # x (x + 3) / 6 on (-3, 3), x above, 0 below; the primal exactly as torch computes it
+    mid = (x.c0 > -3.0) & (x.c0 < 3.0)
+    q = mul(mul(x, add(x, 3.0)), 1.0 / 6.0)
+    out = _select(mid, q, _select(x.c0 >= 3.0, x, torch.zeros_like(x.c0)))
+    return TaylorSeries(F.hardswish(x.c0), out.hi)
+
+
+# ----------------------------------------------------------------------------- products of any rank
+def _product(a, b, op):
+    """A bilinear op that broadcasts over leading dims (matmul): Cauchy product of the two series."""
+    if not is_series(b):
+        return TaylorSeries(op(a.c0, b), op(a.hi, b))
+    if not is_series(a):
+        return TaylorSeries(op(a, b.c0), op(a, b.hi))
+    return from_terms(_cauchy([a.terms(), b.terms()], lambda ts, idx: op(*ts)))
+
+
+def _cauchy(term_lists, op):
+    """Coefficients of a multilinear op of several series: Σ over index tuples summing to n of op(terms)."""
+    lens = [len(t) for t in term_lists]
+    n_out = min(order() + 1, sum(lens) - len(lens) + 1)
+    out = []
+
+    def tuples(i, remaining):
+        if i == len(lens) - 1:
+            if remaining < lens[i]:
+                yield (remaining,)
+            return
+        for j in range(min(remaining, lens[i] - 1) + 1):
+            for rest in tuples(i + 1, remaining - j):
+                yield (j,) + rest
+
+    for n in range(n_out):
+        acc = None
+        for idx in tuples(0, n):
+            term = op([tl[j] for tl, j in zip(term_lists, idx)], idx)
+            acc = term if acc is None else acc + term
+        out.append(acc)
+    return out
+
+
+def _matmul(a, b):
+    ra, rb = _ndim(a), _ndim(b)
+    if ra == 0 or rb == 0:
+        raise RuntimeError("both arguments to matmul need to be at least 1D")
+    if ra == 1:
+        a = unsqueeze(a, 0) if is_series(a) else a.unsqueeze(0)
+    if rb == 1:
+        b = unsqueeze(b, -1) if is_series(b) else b.unsqueeze(-1)
+    nd = max(_ndim(a), _ndim(b))
+    a = align(a, nd) if is_series(a) else a.reshape((1,) * (nd - a.dim()) + tuple(a.shape))
+    b = align(b, nd) if is_series(b) else b.reshape((1,) * (nd - b.dim()) + tuple(b.shape))
+    if is_series(a) and is_series(b):
+        out = from_terms(_cauchy([a.terms(), b.terms()], lambda ts, idx: torch.matmul(*ts)))
+    else:
+        out = _product(a, b, torch.matmul)
+    if ra == 1 and rb == 1:
+        return _reshape(out, ())
+    if rb == 1:
+        out = squeeze(out, -1)
+    if ra == 1:
+        out = squeeze(out, -2)
+    return out
+
+
+@register("matmul", "mm", "bmm")
+def matmul(a, b):
+    return _matmul(a, b)
+
+
+register("rmatmul")(lambda a, b: matmul(b, a))
+
+
+@register("baddbmm", "addmm", "addbmm")
+def baddbmm(input, b1, b2, beta=1, alpha=1):
+    prod = matmul(b1, b2)
+    if alpha != 1:
+        prod = mul(prod, alpha)
+    if beta == 0:
+        return prod
+    return add(mul(input, beta) if beta != 1 else input, prod)
+
+
+def _einsum_with_k(eq: str, has_k):
+    """Add a direction axis (a fresh letter) to the operands that carry one, and to the output."""
+    lhs, _, rhs = eq.replace(" ", "").partition("->")
+    ops = lhs.split(",")
+    if not _:
+        letters = [c for c in lhs.replace(",", "").replace(".", "") if c.isalpha()]
+        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    used = set(eq)
+    z = next(c for c in "ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkjihgfedcba" if c not in used)
+    ops = [(z + o) if k else o for o, k in zip(ops, has_k)]
+    return ",".join(ops) + "->" + (z + rhs if any(has_k) else rhs)
+
+
+@register("einsum")
+def einsum(eq, *operands):
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    term_lists = [x.terms() if is_series(x) else [x] for x in operands]
+    eqs = {}
+
+    def op(ts, idx):
+        key = tuple(j > 0 for j in idx)
+        if key not in eqs:
+            eqs[key] = _einsum_with_k(eq, key)
+        return torch.einsum(eqs[key], *ts)
+
+    return from_terms(_cauchy(term_lists, op))
+
+
+# ----------------------------------------------------------------------------- more shape ops
+@register("pad")
+def pad(x, pad, mode="constant", value=None):
+    if mode == "constant":
+        c0 = F.pad(x.c0, pad, mode, value)
+        return TaylorSeries(c0, F.pad(x.hi, pad, mode, 0.0))
+    return map_batched(x, lambda t: F.pad(t, pad, mode))
+
+
+@register("roll")
+def roll(x, shifts, dims=None):
+    if dims is None:
+        hi = x.hi.reshape(tuple(x.hi.shape[:2]) + (-1,)).roll(shifts, 2).reshape(x.hi.shape)
+        return TaylorSeries(x.c0.roll(shifts), hi)
+    nd = x.c0.dim()
+    dd = [shift_dim(d, nd) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))]
+    return TaylorSeries(x.c0.roll(shifts, dims), x.hi.roll(shifts, dd))
+
+
+@register("normalize")
+def normalize(x, p=2.0, dim=1, eps=1e-12, out=None):
+    if p != 2:
+        raise NotImplementedError(f"Taylor mode: F.normalize with p={p} has no rule (p=2 only)")
+    norm = power(reduce(mul(x, x), torch.sum, dim, keepdim=True), 0.5)
+    big = norm.c0 > eps
+    inv = _select(big, from_terms(rules.recip_list(norm.terms(), order() + 1)),
+                  torch.full_like(norm.c0, 1.0 / eps))
+    return mul(x, inv)
+
+
+@register("embedding")
+def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+              sparse=False):
+    if is_series(input):
+        raise NotImplementedError("Taylor mode: embedding indices cannot carry derivatives")
+    if max_norm is not None:
+        raise NotImplementedError("Taylor mode: embedding with max_norm (renormalises the weight in place) "
+                                  "has no rule; use backend='autograd'")
+    c0 = F.embedding(input, weight.c0)
+    return TaylorSeries(c0, weight.hi[:, :, input])
+
+
+@register("unflatten")
+def unflatten(x, dim, sizes):
+    nd = x.c0.dim()
+    return TaylorSeries(x.c0.unflatten(dim, sizes), x.hi.unflatten(shift_dim(dim, nd), sizes))
+
+
+@register("movedim", "moveaxis")
+def movedim(x, source, destination):
+    nd = x.c0.dim()
+    src = [shift_dim(d, nd) for d in (source if isinstance(source, (tuple, list)) else (source,))]
+    dst = [shift_dim(d, nd) for d in (destination if isinstance(destination, (tuple, list)) else (destination,))]
+    return TaylorSeries(x.c0.movedim(source, destination), x.hi.movedim(src, dst))
+
+
+@register("narrow")
+def narrow(x, dim, start, length):
+    nd = x.c0.dim()
+    return TaylorSeries(x.c0.narrow(dim, start, length), x.hi.narrow(shift_dim(dim, nd), start, length))
+
+
+@register("select")
+def select(x, dim, index):
+    nd = x.c0.dim()
+    return TaylorSeries(x.c0.select(dim, index), x.hi.select(shift_dim(dim, nd), index))
+
+
+@register("unbind")
+def unbind(x, dim=0):
+    nd = x.c0.dim()
+    return tuple(TaylorSeries(a, b) for a, b in zip(x.c0.unbind(dim), x.hi.unbind(shift_dim(dim, nd))))
+
+
+@register("repeat_interleave")
+def repeat_interleave(x, repeats, dim=None, output_size=None):
+    if dim is None:
+        return repeat_interleave(_reshape(x, -1), repeats, 0)
+    nd = x.c0.dim()
+    return TaylorSeries(x.c0.repeat_interleave(repeats, dim), x.hi.repeat_interleave(repeats, shift_dim(dim, nd)))
+
+
+@register("repeat")
+def repeat(x, *sizes):
+    sizes = _shape_args(sizes)
+    c0 = x.c0.repeat(sizes)
+    xa = align(x, len(sizes))
+    return TaylorSeries(c0, xa.hi.repeat((1, 1) + tuple(sizes)))
+
+
+# ----------------------------------------------------------------------------- attention
+@register("scaled_dot_product_attention")
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False):
+    """softmax(q kᵀ · scale + mask) v in series ops; dropout draws its mask as the math reference does."""
+    q_shape, k_shape = tuple(query.shape), tuple(key.shape)
+    length, src = q_shape[-2], k_shape[-2]
+    scale = 1.0 / math.sqrt(q_shape[-1]) if scale is None else scale
+    if enable_gqa and len(q_shape) >= 3 and q_shape[-3] != k_shape[-3]:
+        rep = q_shape[-3] // k_shape[-3]
+        key = repeat_interleave(key, rep, -3) if is_series(key) else key.repeat_interleave(rep, -3)
+        value = repeat_interleave(value, rep, -3) if is_series(value) else value.repeat_interleave(rep, -3)
+    kt = transpose(key, -2, -1) if is_series(key) else key.transpose(-2, -1)
+    attn = mul(matmul(query, kt), scale)
+    ref = attn.c0 if is_series(attn) else attn
+    if is_causal:
+        keep = torch.ones(length, src, dtype=torch.bool, device=ref.device).tril()
+        attn = masked_fill(attn, ~keep, float("-inf")) if is_series(attn) else attn.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            attn = masked_fill(attn, ~attn_mask, float("-inf")) if is_series(attn) else \
+                attn.masked_fill(~attn_mask, float("-inf"))
+        else:
+            attn = add(attn, attn_mask)
+    attn = softmax(attn, -1) if is_series(attn) else torch.softmax(attn, -1)
+    if dropout_p > 0.0:
+        attn = dropout(attn, dropout_p, True) if is_series(attn) else F.dropout(attn, dropout_p, True)
+    return matmul(attn, value)
+
+
+_mha_body = unguarded(F.multi_head_attention_forward)
+
+
+@register("multi_head_attention_forward")
+def multi_head_attention_forward(*args, **kwargs):
+    """torch's own ``F.multi_head_attention_forward`` (the slow path of ``nn.MultiheadAttention``) run on series:
+    projections, head split, SDPA or explicit softmax attention (need_weights), masks, dropout, output projection."""
+    return _mha_body(*args, **kwargs)

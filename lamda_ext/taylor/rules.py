@@ -20,9 +20,7 @@ import torch
 
 Series = List[torch.Tensor]
 
-UNARY_KINDS = ("sigmoid", "tanh", "softplus", "gelu", "silu", "elu", "exp", "log")
-
-__all__ = ["UNARY_KINDS", "unary_list", "unary_coeffs", "mul_list", "pow_list", "recip_list",
+__all__ = ["UNARY", "UNARY_KINDS", "unary_list", "unary_coeffs", "mul_list", "pow_list", "recip_list",
            "cross_entropy_list", "cross_entropy_coeffs", "cross_entropy_deg1", "cumulants_from_central"]
 
 
@@ -178,25 +176,30 @@ def elu_list(x: Series, n_out: int, alpha: float = 1.0) -> Series:
     return out
 
 
+# The one list of elementwise kinds on the Python side: kind -> (composite recurrence, torch reference function).
+# It mirrors LX_UNARY_KINDS in csrc/taylor_recurrences.h (same names, same order; tests/test_kernels.py checks the
+# kernels accept exactly these). lamda_ext.ops, the Taylor op rules (op_rules) and the tests all derive from it.
+# Adding a kind: its row here + its recurrence in taylor_recurrences.h (list and unary_series), its block
+# recurrence in cpu/pack.h and its primal transcendental in cpu/taylor_cpu.cpp (unary_primal).
+UNARY = {
+    "sigmoid": (lambda x, n, alpha=1.0: sigmoid_list(x, n), torch.sigmoid),
+    "tanh": (lambda x, n, alpha=1.0: tanh_list(x, n), torch.tanh),
+    "softplus": (lambda x, n, alpha=1.0: softplus_list(x, n), torch.nn.functional.softplus),
+    "gelu": (lambda x, n, alpha=1.0: gelu_list(x, n), torch.nn.functional.gelu),
+    "silu": (lambda x, n, alpha=1.0: silu_list(x, n), torch.nn.functional.silu),
+    "elu": (elu_list, torch.nn.functional.elu),
+    "exp": (lambda x, n, alpha=1.0: exp_list(x, n), torch.exp),
+    "log": (lambda x, n, alpha=1.0: log_list(x, n), torch.log),
+}
+UNARY_KINDS = tuple(UNARY)
+
+
 def unary_list(kind: str, x: Series, n_out: int, alpha: float = 1.0) -> Series:
-    """Series of ``f(x)`` for an elementwise ``f`` named ``kind`` (see :data:`UNARY_KINDS`)."""
-    if kind == "sigmoid":
-        return sigmoid_list(x, n_out)
-    if kind == "tanh":
-        return tanh_list(x, n_out)
-    if kind == "softplus":
-        return softplus_list(x, n_out)
-    if kind == "gelu":
-        return gelu_list(x, n_out)
-    if kind == "silu":
-        return silu_list(x, n_out)
-    if kind == "elu":
-        return elu_list(x, n_out, alpha)
-    if kind == "exp":
-        return exp_list(x, n_out)
-    if kind == "log":
-        return log_list(x, n_out)
-    raise ValueError(f"unknown unary kind {kind!r}; expected one of {UNARY_KINDS}")
+    """Series of ``f(x)`` for an elementwise ``f`` named ``kind`` (see :data:`UNARY`)."""
+    entry = UNARY.get(kind)
+    if entry is None:
+        raise ValueError(f"unknown unary kind {kind!r}; expected one of {UNARY_KINDS}")
+    return entry[0](x, n_out, alpha)
 
 
 def unary_coeffs(kind: str, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:

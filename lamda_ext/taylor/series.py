@@ -11,10 +11,19 @@ routed to the rule table in :mod:`lamda_ext.taylor.op_rules`. An op without a ru
 raises ``NotImplementedError`` naming the op and the module that called it. Values read
 in Python (``bool(x.sum() > 0)``, ``x.item()``, comparisons) are the primal's, which is
 exactly what autograd differentiates through: branches are taken at t = 0.
+
+In-place ops (``x.add_(1)``, ``x += y``, ``x[:, :3].mul_(2)``, ``x[idx] = y``, ``F.relu(x, inplace=True)``)
+update the series object itself. Views follow torch: a series produced by a view op (indexing, ``view``,
+``transpose``, ...) whose primal shares storage with its base's primal remembers that base; an in-place op
+on a view writes through to the base (element positions found by applying the same view op to the base's
+flat indices), and a view whose base was mutated is recomputed from it before its next use. An in-place op
+that would write a series into a plain tensor raises ``NotImplementedError`` naming the op and the module.
+A mutation is never lost silently.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from typing import Callable, Dict, Optional
 
@@ -101,13 +110,15 @@ class TaylorSeries:
     c0: ``[*S]`` primal; hi: ``[D, K, *S]`` normalised higher coefficients.
     """
 
-    __slots__ = ("c0", "hi")
+    __slots__ = ("c0", "hi", "_version", "_view")
 
     def __init__(self, c0: torch.Tensor, hi: torch.Tensor):
         if hi.dim() != c0.dim() + 2 or hi.shape[2:] != c0.shape:
             hi = hi.expand((hi.shape[0], hi.shape[1]) + tuple(c0.shape))
         self.c0 = c0
         self.hi = hi
+        self._version = 0      # bumped by every in-place update
+        self._view = None      # _ViewOf(base, ...) when this series is a view of another one
 
     # ---- tensor-like metadata -------------------------------------------------------------
     @property
@@ -137,6 +148,39 @@ class TaylorSeries:
     @property
     def requires_grad(self) -> bool:
         return self.c0.requires_grad or self.hi.requires_grad
+
+    # tensor properties (attributes, not methods, as on torch.Tensor)
+    @property
+    def layout(self):
+        return self.c0.layout
+
+    is_nested = property(lambda self: False)
+    is_sparse = property(lambda self: False)
+    is_quantized = property(lambda self: False)
+    is_meta = property(lambda self: self.c0.is_meta)
+    is_mkldnn = property(lambda self: False)
+    T = property(lambda self: dispatch(torch.Tensor.permute, (self, tuple(range(self.c0.dim() - 1, -1, -1))), {}))
+    mT = property(lambda self: dispatch(torch.Tensor.transpose, (self, -2, -1), {}))
+    H = property(lambda self: self.T)       # real series: the conjugate transpose is the transpose
+    mH = property(lambda self: self.mT)
+
+    def is_floating_point(self) -> bool:
+        return self.c0.is_floating_point()
+
+    def is_complex(self) -> bool:
+        return False
+
+    def is_contiguous(self, memory_format=torch.contiguous_format) -> bool:
+        return self.c0.is_contiguous(memory_format=memory_format)
+
+    def get_device(self) -> int:
+        return self.c0.get_device()
+
+    def element_size(self) -> int:
+        return self.c0.element_size()
+
+    def stride(self, dim=None):
+        return self.c0.stride() if dim is None else self.c0.stride(dim)
 
     def dim(self) -> int:
         return self.c0.dim()
@@ -182,6 +226,10 @@ class TaylorSeries:
         attr = getattr(torch.Tensor, name, None)
         if attr is None or name.startswith("_"):
             raise AttributeError(f"TaylorSeries has no attribute {name!r}")
+        if not callable(attr):   # a tensor property without an explicit TaylorSeries property (AttributeError, so
+            # that hasattr/getattr(x, name, default) behave as for any missing attribute)
+            raise AttributeError(f"Taylor mode: the tensor property '{name}' has no rule on a TaylorSeries "
+                                 f"(read in {_where()}); backend='autograd' (or 'func') works")
         return lambda *args, **kwargs: dispatch(attr, (self,) + args, kwargs)
 
 
@@ -193,9 +241,10 @@ def _binary(name):
 
 
 for _n in ("__add__", "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub__", "__mul__", "__rmul__",
-           "__imul__", "__truediv__", "__rtruediv__", "__itruediv__", "__pow__", "__rpow__", "__matmul__",
-           "__rmatmul__", "__getitem__"):
+           "__imul__", "__truediv__", "__rtruediv__", "__itruediv__", "__pow__", "__rpow__", "__ipow__",
+           "__matmul__", "__rmatmul__", "__getitem__"):
     setattr(TaylorSeries, _n, _binary(_n))
+TaylorSeries.__setitem__ = lambda self, index, value: dispatch(torch.Tensor.__setitem__, (self, index, value), {})
 TaylorSeries.__neg__ = lambda self: dispatch(torch.Tensor.__neg__, (self,), {})
 
 
@@ -211,15 +260,170 @@ TaylorSeries.__hash__ = object.__hash__
 TaylorSeries.__pos__ = lambda self: self
 
 
+def _where() -> str:
+    ctx = getattr(_state, "ctx", None)
+    return ctx.where() if ctx is not None else "code outside a Taylor run"
+
+
+# ---- in-place ops and views ------------------------------------------------------------------
+_INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ipow__", "__setitem__"}
+_SIGNATURES: Dict[object, Optional[inspect.Signature]] = {}
+
+
+def _inplace_flag(func, args, kwargs) -> bool:
+    """True when ``func(*args, **kwargs)`` mutates its first argument (``add_``, ``+=``, ``inplace=True``)."""
+    raw = getattr(func, "__name__", "")
+    if raw in _INPLACE_DUNDERS or (raw.endswith("_") and not raw.startswith("_")):
+        return True
+    if "inplace" in kwargs:
+        return bool(kwargs["inplace"])
+    if func not in _SIGNATURES:
+        try:
+            sig = inspect.signature(func)
+            _SIGNATURES[func] = sig if "inplace" in sig.parameters else None
+        except (TypeError, ValueError):
+            _SIGNATURES[func] = None
+    sig = _SIGNATURES[func]
+    if sig is None:
+        return False
+    try:
+        return bool(sig.bind(*args, **kwargs).arguments.get("inplace", False))
+    except TypeError:
+        return False
+
+
+class _ViewOf:
+    """A series is a view of ``base``: ``remake(base)`` recomputes it from the base, ``locate()`` gives the flat
+    position in the base of each of its elements (so an in-place op on the view writes through), ``version`` is
+    the base's version the view reflects."""
+
+    __slots__ = ("base", "remake", "locate", "op", "version")
+
+    def __init__(self, base, remake, locate, op):
+        self.base, self.remake, self.locate, self.op = base, remake, locate, op
+        self.version = base._version
+
+
+def _shares_primal(out, base) -> bool:
+    try:
+        return out.c0.untyped_storage().data_ptr() == base.c0.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def _mark_views(name, func, rule, args, kwargs, out):
+    """Attach view information to the outputs of a view op whose primal aliases the input's (as torch does)."""
+    base = args[0] if args else None
+    if not isinstance(base, TaylorSeries):
+        return
+    rest = args[1:]
+    plain_rest = tuple(a.c0 if isinstance(a, TaylorSeries) else a for a in rest)
+    multi = isinstance(out, (tuple, list))
+    for i, o in enumerate(out if multi else (out,)):
+        if isinstance(o, TaylorSeries) and o is not base and _shares_primal(o, base):
+            def remake(b, _i=i):
+                r = rule(b, *rest, **kwargs)
+                return r[_i] if multi else r
+
+            def locate(_i=i):   # the same view op applied to the flat positions of the base
+                pos = torch.arange(base.c0.numel(), device=base.c0.device).reshape(base.c0.shape)
+                r = func(pos, *plain_rest, **kwargs)
+                return r[_i] if multi else r
+            o._view = _ViewOf(base, remake, locate, name)
+
+
+def _refresh(x) -> None:
+    """Recompute a view whose base has been mutated since the view was made (torch views see base mutations)."""
+    v = x._view
+    if v is None:
+        return
+    _refresh(v.base)
+    if v.version != v.base._version:
+        fresh = v.remake(v.base)
+        x.c0, x.hi = fresh.c0, fresh.hi
+        x._version += 1
+        v.version = v.base._version
+
+
+def _refresh_args(args) -> None:
+    for a in args:
+        if isinstance(a, TaylorSeries):
+            _refresh(a)
+        elif isinstance(a, (tuple, list)):
+            _refresh_args(a)
+
+
+def _pad_degree(hi: torch.Tensor, degree: int) -> torch.Tensor:
+    if hi.shape[0] >= degree:
+        return hi
+    return torch.cat([hi, hi.new_zeros((degree - hi.shape[0],) + tuple(hi.shape[1:]))])
+
+
+def _assign(target: "TaylorSeries", c0: torch.Tensor, hi: torch.Tensor, name: str) -> None:
+    """Give ``target`` new coefficients in place, writing through to its base when it is a view."""
+    v = target._view
+    if v is not None:
+        base = v.base
+        pos = v.locate().reshape(-1)
+        if pos.numel() != torch.unique(pos).numel():
+            raise RuntimeError(f"in-place op '{name}' on a view made by '{v.op}' in which several elements share "
+                               "one memory location (as torch, Taylor mode refuses to write into it)")
+        deg = max(base.degree, hi.shape[0])
+        k = max(base.hi.shape[1], hi.shape[1])
+        bc0 = base.c0.reshape(-1).clone()
+        bc0[pos] = c0.reshape(-1)
+        bhi = _pad_degree(base.hi, deg).expand((deg, k) + tuple(base.c0.shape)).reshape(deg, k, -1).clone()
+        bhi[:, :, pos] = _pad_degree(hi, deg).expand((deg, k) + tuple(c0.shape)).reshape(deg, k, -1)
+        _assign(base, bc0.reshape(base.c0.shape), bhi.reshape((deg, k) + tuple(base.c0.shape)), name)
+        v.version = base._version
+    target.c0, target.hi = c0, hi
+    target._version += 1
+
+
+def _commit_inplace(name, target, out):
+    """Make the in-place op's result ``out`` the new value of ``target`` (never a lost mutation)."""
+    if not isinstance(target, TaylorSeries):
+        raise NotImplementedError(
+            f"Taylor mode: in-place op '{name}' would write a Taylor series into a plain tensor (in {_where()}); "
+            "the tensor cannot carry the derivatives. Build the value out of place (e.g. torch.cat/torch.where, "
+            "y = x.add(s)) or use backend='autograd'")
+    if isinstance(out, tuple) and name in ("max_pool2d", "max_pool1d"):
+        out = out[0]
+    if not isinstance(out, TaylorSeries):
+        if not isinstance(out, torch.Tensor):
+            raise NotImplementedError(f"Taylor mode: in-place op '{name}' on a Taylor series (in {_where()}) "
+                                      "has no in-place rule; use the out-of-place op or backend='autograd'")
+        out = TaylorSeries(out, out.new_zeros((1, target.hi.shape[1]) + tuple(out.shape)))
+    if tuple(out.c0.shape) != tuple(target.c0.shape):
+        raise RuntimeError(f"in-place op '{name}': the result of shape {list(out.c0.shape)} does not fit the "
+                           f"tensor of shape {list(target.c0.shape)} it would be written into")
+    _assign(target, out.c0, out.hi, name)
+    return target
+
+
+VIEW_OPS = {"getitem", "view", "reshape", "view_as", "reshape_as", "flatten", "permute", "transpose", "t",
+            "unsqueeze", "squeeze", "expand", "expand_as", "chunk", "split", "unbind", "narrow", "select",
+            "contiguous", "movedim", "unflatten", "swapaxes", "swapdims"}
+
+
 def dispatch(func, args, kwargs):
     name = canonical_name(func)
     rule = RULES.get(name)
     if rule is None:
-        ctx = current_context()
         raise NotImplementedError(
-            f"Taylor mode has no rule for op '{name}' (called from {ctx.where()}). "
+            f"Taylor mode has no rule for op '{name}' (called from {_where()}). "
             "backend='autograd' (or 'func') works for any differentiable op.")
-    return rule(*args, **kwargs)
+    _refresh_args(args)
+    _refresh_args(kwargs.values())
+    inplace = _inplace_flag(func, args, kwargs)
+    if inplace and not (args and isinstance(args[0], TaylorSeries)):
+        _commit_inplace(name, args[0] if args else None, None)   # raises: a plain tensor cannot hold a series
+    out = rule(*args, **kwargs)
+    if inplace:
+        return _commit_inplace(name, args[0], out)
+    if name in VIEW_OPS:
+        _mark_views(name, func, rule, args, kwargs, out)
+    return out
 
 
 def is_series(x) -> bool:
