@@ -64,7 +64,7 @@ def test_kernel_kinds_are_the_python_list():
         ops.unary_coeffs(kind, torch.ones(2, 3, dtype=torch.float64))
 
 
-def _compile_header(tmp_path, extra_kind: bool) :
+def _compile_header(tmp_path, extra_kind: bool):
     import shutil
     import subprocess
     from pathlib import Path
