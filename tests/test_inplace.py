@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _models import rel_err
+from _helpers import rel_err
 from lamda_ext import directional_derivs
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from _models import rel_err
+from _helpers import rel_err
 from lamda_ext import directional_derivs
 
 TOL = 1e-8
