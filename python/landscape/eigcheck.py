@@ -46,7 +46,7 @@ def checked_eigs(model, loss, data, *, k: int, which: str, tol: float, max_iter:
                                   generator=generator)
     notes = [str(w.message) for w in caught if "hessian_eigs" in str(w.message)]
     Y = vecs.detach()
-    HY = op.matvec(Y.t().contiguous()).t()                                   # [k, P]
+    HY = op.matvec(Y)                                                        # rows [k, P]
     theta = vals.to(Y.device, Y.dtype)
     res = torch.linalg.vector_norm(HY - theta[:, None] * Y, dim=1).double().cpu().numpy()
     scale = float(vals.abs().max()) or 1.0
