@@ -52,6 +52,17 @@ from .data import (
 __all__ = ["HessianOperator", "as_operator"]
 
 
+def _all_reduce_sum(acc: torch.Tensor, count: int, world: int) -> float:
+    """Sum ``acc`` (in place) and the sample ``count`` over the ranks; the total sample count (ValueError when 0)."""
+    total = torch.tensor([float(count)], dtype=torch.float64, device=acc.device)
+    if world > 1:
+        torch.distributed.all_reduce(acc)
+        torch.distributed.all_reduce(total)
+    if total.item() == 0:
+        raise ValueError("data yielded no samples")
+    return float(total.item())
+
+
 def _select_params(model: nn.Module, params) -> dict[str, torch.Tensor]:
     if params is None:
         sel = trainable_parameters(model)
@@ -294,15 +305,10 @@ class HessianOperator:
             hv = self._batch_hvp(i, batch, f, V)
             acc.add_(hv.detach(), alpha=1.0 if unit else float(n))
             count += n
-        total = torch.tensor([float(count)], dtype=torch.float64, device=acc.device)
-        if world > 1:
-            torch.distributed.all_reduce(acc)
-            torch.distributed.all_reduce(total)
-        if total.item() == 0:
-            raise ValueError("data yielded no samples")
+        total = _all_reduce_sum(acc, count, world)
         self.local_samples = count
         self.n_products += V.shape[0]
-        return acc / float(total.item()) if self.reduction == "mean" else acc
+        return acc / total if self.reduction == "mean" else acc
 
     @property
     def taylor_quadratic_forms(self) -> bool:
@@ -352,14 +358,9 @@ class HessianOperator:
                                            wrt="params", backend=backend, label_smoothing=self.label_smoothing)
                     acc[i:i + step] += float(n) * d[:, 1].to(torch.float64)
             count += n
-        total = torch.tensor([float(count)], dtype=torch.float64, device=acc.device)
-        if world > 1:
-            torch.distributed.all_reduce(acc)
-            torch.distributed.all_reduce(total)
-        if total.item() == 0:
-            raise ValueError("data yielded no samples")
+        total = _all_reduce_sum(acc, count, world)
         self.n_quadratic_forms += Z.shape[0]
-        return (acc / float(total.item()) if self.reduction == "mean" else acc).cpu()
+        return (acc / total if self.reduction == "mean" else acc).cpu()
 
     @outside_inference_mode
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
