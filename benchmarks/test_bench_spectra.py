@@ -13,12 +13,13 @@ Cases, for B in ``LAMDA_BENCH_SPECTRA_SIZES`` (default ``128,512``):
 * ``work``: arithmetic per product in gradient units (FLOP counts; independent of machine load).
 
 ``LAMDA_BENCH_SPECTRA_TOP`` (default 10) sets the number of eigenvalues, ``LAMDA_BENCH_ROUNDS`` (default 3)
-the timed rounds per case.
+the timed rounds per case, ``LAMDA_BENCH_WARMUP`` (default 1) the untimed runs before them.
 
 Peers are the optional ``bench`` extra (``pip install .[bench]``); a peer that is not installed is
 skipped with the reason. PyHessian runs with ``cuda=False`` (its default is True) and without
-``density()`` (broken on current torch). Results: a table printed at the end of the session and
-``benchmarks/results/spectra-<host>.json`` (written atomically).
+``density()`` (broken on current torch). Results: one line per measurement as it is taken, a table
+printed at the end of the session, and ``benchmarks/results/spectra-<host>-cpu-B<sizes>[-<LAMDA_BENCH_TAG>].json`` (rewritten
+atomically after every measurement, so a run cut short keeps what it measured).
 
     python -m pytest benchmarks/test_bench_spectra.py -s -p no:cacheprovider
     LAMDA_BENCH_SPECTRA_SIZES=8 LAMDA_BENCH_SPECTRA_TOP=2 LAMDA_BENCH_SPECTRA_PROBES=4 LAMDA_BENCH_SPECTRA_K=2 \\
@@ -45,6 +46,7 @@ SIZES = [int(s) for s in os.environ.get("LAMDA_BENCH_SPECTRA_SIZES", "128,512").
 PROBES = int(os.environ.get("LAMDA_BENCH_SPECTRA_PROBES", "100"))
 K = int(os.environ.get("LAMDA_BENCH_SPECTRA_K", "16"))
 ROUNDS = int(os.environ.get("LAMDA_BENCH_ROUNDS", "3"))
+WARMUP = int(os.environ.get("LAMDA_BENCH_WARMUP", "1"))
 TOP = int(os.environ.get("LAMDA_BENCH_SPECTRA_TOP", "10"))
 RTOL = 1e-3                     # the accuracy every compared top-10 method must reach
 RESULTS: dict = {}
@@ -76,10 +78,14 @@ def problem(request):
     # the converged float64 reference of the top-10 eigenvalues
     m64 = MnistCNN().double().eval()
     m64.load_state_dict(model.state_dict())
+    t0 = time.perf_counter()
     ref = hessian_eigs(m64, None, (x.double(), y), k=TOP, which="LA", tol=1e-10, max_iter=600,
                        generator=torch.Generator().manual_seed(3))
     assert bool(ref.converged.all()), f"the float64 reference did not converge: {ref.residuals}"
     RESULTS.setdefault(B, {"data": source, "P": P})["reference"] = ref.eigenvalues.tolist()
+    print(f"\n[spectra B={B}] float64 reference: {ref.steps} Lanczos steps, {time.perf_counter() - t0:.1f} s, "
+          f"max residual {float(ref.residuals.max()):.1e}", flush=True)
+    _write_results()
     return {"B": B, "model": model, "x": x, "y": y, "V": V, "Z": Z, "ref": ref.eigenvalues}
 
 
@@ -90,12 +96,26 @@ def _time(benchmark, fn):
     def run():
         out["v"] = fn()
 
-    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
     return benchmark.stats.stats.median, out["v"]
+
+
+def _write_results() -> None:
+    out = os.path.join(os.path.dirname(__file__), "results")
+    os.makedirs(out, exist_ok=True)
+    tag = "-".join(str(B) for B in SIZES) + (f"-{os.environ['LAMDA_BENCH_TAG']}" if os.environ.get("LAMDA_BENCH_TAG") else "")
+    path = os.path.join(out, f"spectra-{platform.node()}-cpu-B{tag}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"torch": torch.__version__, "time": time.time(), "rounds": ROUNDS, "warmup": WARMUP,
+                   "threads": torch.get_num_threads(), "results": RESULTS}, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def _store(pb, case: str, method: str, seconds: float, **extra):
     RESULTS.setdefault(pb["B"], {}).setdefault(case, {})[method] = {"median_s": seconds, **extra}
+    print(f"\n[spectra B={pb['B']}] {case:<6} {method:<42} {seconds * 1e3:10.1f} ms  "
+          + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()), flush=True)
+    _write_results()
 
 
 def _eig_error(pb, vals) -> float:
@@ -378,9 +398,4 @@ def summary(request):
     with ctx:
         for line in lines:
             tr.write_line(line) if tr is not None else print(line)
-    out = os.path.join(os.path.dirname(__file__), "results")
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, f"spectra-{platform.node()}-cpu.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({"torch": torch.__version__, "time": time.time(), "rounds": ROUNDS, "results": RESULTS}, f, indent=1)
-    os.replace(path + ".tmp", path)
+    _write_results()

@@ -408,7 +408,11 @@ class Trainer:
             row["epoch_time_s"] = time.perf_counter() - t0
             rows.append(row)
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(test_acc=f"{row['test_acc']:.3f}", lam=f"{row.get('lambda_mean', float('nan')):.2f}")
+                post = {"test_acc": f"{row['test_acc']:.3f}"}
+                lam = row.get("lambda_mean")
+                if lam is not None and math.isfinite(float(lam)):       # epochs without a λ measurement show none
+                    post["lam"] = f"{float(lam):.2f}"
+                bar.set_postfix(post)
             if stop:
                 break
             if writer and epoch < epochs and (epoch % self.cfg.checkpoint_every == 0):

@@ -11,6 +11,8 @@ import torch
 
 __all__ = ["Lanczos", "rademacher"]
 
+DGKS = 2 ** -0.5     # repeat the Gram-Schmidt pass when it left less than this fraction of the vector
+
 
 def rademacher(shape, generator: torch.Generator | None, dtype, device) -> torch.Tensor:
     """±1 entries (drawn on the CPU from ``generator``, then moved to ``device``)."""
@@ -21,8 +23,11 @@ def rademacher(shape, generator: torch.Generator | None, dtype, device) -> torch
 class Lanczos:
     """Incremental Lanczos on a symmetric operator ``matvec: [P] -> [P]``.
 
-    Every new vector is orthogonalised twice against all previous ones (classical
-    Gram-Schmidt, twice is enough). On breakdown (β ≈ 0: the Krylov space is invariant)
+    Every new vector is orthogonalised against all previous ones by classical Gram-Schmidt,
+    repeated once when the projection cancelled most of the vector (the DGKS criterion, as in
+    ARPACK: the norm left is below 1/√2 of the norm of H q before any projection), which keeps
+    the basis orthogonal to working precision with one pass over the basis where the Krylov
+    direction is well separated, two where it is not. On breakdown (β ≈ 0: the Krylov space is invariant)
     the iteration stops, or — with ``restart=True`` — continues from a fresh random vector
     orthogonal to all previous ones (T becomes block diagonal), which also exposes repeated
     eigenvalues.
@@ -56,10 +61,17 @@ class Lanczos:
         self.exhausted = False  # no further step possible (invariant subspace without restart, or n == P)
         self.breakdown_tol = 10 * torch.finfo(v0.dtype).eps
 
-    def _orthogonalise(self, w: torch.Tensor, upto: int) -> torch.Tensor:
+    def _orthogonalise(self, w: torch.Tensor, upto: int, before: float | None = None) -> torch.Tensor:
+        """w minus its projection on ``Q[:upto]``; ``before``: the norm to judge cancellation against
+        (default ‖w‖)."""
         Qk = self.Q[:upto]
+        before = float(w.norm()) if before is None else before
         for _ in range(2):
             w = w - Qk.t() @ (Qk @ w)
+            after = float(w.norm())
+            if after > DGKS * before:
+                break
+            before = after
         return w
 
     def step(self) -> bool:
@@ -69,11 +81,12 @@ class Lanczos:
         j = self.n
         q = self.Q[j]
         w = self.matvec(q)
+        wnorm = float(w.norm())
         a = float(torch.dot(q, w))
         w = w - a * q
         if j > 0 and self.beta[j - 1] != 0.0:
             w = w - self.beta[j - 1] * self.Q[j - 1]
-        w = self._orthogonalise(w, j + 1)
+        w = self._orthogonalise(w, j + 1, wnorm)
         b = float(w.norm())
         self.alpha.append(a)
         self.n += 1

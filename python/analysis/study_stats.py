@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,12 +23,14 @@ class MeanCI:
     half: float
     n: int
 
-    def text(self, spec: str = ".4g") -> str:
+    def text(self, spec: str = ".4g", short: bool = False) -> str:
+        """``mean ± half (95 % CI, n = …)``; ``short``: ``mean ± half`` / ``mean ± n/a`` (for a table whose caption
+        states the CI and n)."""
         if self.n == 0:
             return "n/a"
         if self.n < 2:
-            return f"{fmt(self.mean, spec)} (n = 1, CI n/a)"
-        return f"{fmt(self.mean, spec)} ± {fmt(self.half, spec)} (95 % CI, n = {self.n})"
+            return f"{fmt(self.mean, spec)} ± n/a" if short else f"{fmt(self.mean, spec)} (n = 1, CI n/a)"
+        return f"{fmt(self.mean, spec)} ± {fmt(self.half, spec)}" + ("" if short else f" (95 % CI, n = {self.n})")
 
 
 def mean_ci(values, level: float = 0.95) -> MeanCI:
@@ -45,7 +48,7 @@ def mean_ci(values, level: float = 0.95) -> MeanCI:
 
 @dataclass
 class CorrelationCI:
-    """A :class:`Correlation` plus the bootstrap CI ``(lo, hi)`` of r (NaN when not computable)."""
+    """A :class:`Correlation` (its bootstrap CI included) with the CI bounds as ``lo``/``hi`` (NaN when not computable)."""
     corr: Correlation
     lo: float
     hi: float
@@ -55,34 +58,17 @@ class CorrelationCI:
         return self.corr.ok
 
     def text(self) -> str:
-        if not self.corr.ok:
-            return self.corr.text()
-        ci = (f"95 % bootstrap CI [{self.lo:+.3f}, {self.hi:+.3f}]" if np.isfinite(self.lo) else
-              f"bootstrap CI n/a{' (n < ' + str(MIN_BOOT) + ')' if self.corr.n < MIN_BOOT else ''}")
-        return f"{self.corr.text()[:-1]}, {ci})"
+        small = self.corr.ok and self.corr.n < MIN_BOOT
+        return self.corr.text() + (f" (n < {MIN_BOOT})" if small else "")
 
 
 MIN_BOOT = 5
 
 
-def pearson_ci(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> CorrelationCI:
-    """Pearson r over the finite pairs with a percentile bootstrap CI (resamples with a constant variable are
-    skipped; the CI is NaN for fewer than :data:`MIN_BOOT` pairs or when fewer than half of the resamples are
-    usable)."""
-    c = pearson(x, y)
-    if not c.ok or c.n < MIN_BOOT:
-        return CorrelationCI(c, float("nan"), float("nan"))
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(int(n_boot), x.size))
-    xs, ys = x[idx], y[idx]
-    xc, yc = xs - xs.mean(1, keepdims=True), ys - ys.mean(1, keepdims=True)
-    den = np.sqrt((xc ** 2).sum(1) * (yc ** 2).sum(1))
-    good = den > 0
-    if good.sum() < n_boot / 2:
-        return CorrelationCI(c, float("nan"), float("nan"))
-    r = (xc * yc).sum(1)[good] / den[good]
-    a = (1 - level) / 2
-    return CorrelationCI(c, float(np.quantile(r, a)), float(np.quantile(r, 1 - a)))
+def pearson_ci(x, y, n_boot: int = 2000, seed: int = 0) -> CorrelationCI:
+    """Pearson r over the finite pairs with its percentile bootstrap 95 % CI (:func:`stats.pearson`; the CI is
+    NaN for fewer than :data:`MIN_BOOT` pairs)."""
+    c = pearson(x, y, n_boot=n_boot, seed=seed)
+    if c.ok and c.n < MIN_BOOT:
+        c = dataclasses.replace(c, ci_lo=float("nan"), ci_hi=float("nan"))
+    return CorrelationCI(c, c.ci_lo, c.ci_hi)

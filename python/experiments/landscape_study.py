@@ -378,8 +378,7 @@ def analyze(out) -> int:
         r_top = np.arange(1, top.size + 1)
         r_neg = np.arange(top.size + 2, top.size + 2 + neg.size)
         mk = ["o", "s", "^", "D"][seeds.index(sd) % 4]
-        ax.plot(r_top[tc], top[tc], mk, ls="-" if tc.all() else "none", ms=3.5, color=COLORS[a], alpha=0.8,
-                label=f"{a} seed {sd}")
+        ax.plot(r_top[tc], top[tc], mk, ls="none", ms=3.5, color=COLORS[a], alpha=0.8, label=f"{a} seed {sd}")
         ax.plot(r_neg[nc], neg[nc], mk, ms=5, color=COLORS[a], mfc="none")
     ax.axhline(0, color="k", lw=0.5)
     ax.axvline(s["k"] + 1, color="grey", lw=0.5, ls=":")
@@ -471,7 +470,7 @@ def analyze(out) -> int:
     _table_image(out / "summary_table.png", header, body, "CNN vs ResNet on CIFAR-10 (per model; * = some Lanczos "
                  "pairs unconverged, left out)")
     aheader = ["arch", "n", "test acc", "test loss", "λ_max", "λ_min", "κ̂", "# negative", "sharpness", "barrier"]
-    abody = [[a, len(seeds)] + [cis[(a, k)].text(".4g") for k, _ in metrics] for a in archs]
+    abody = [[a, len(seeds)] + [cis[(a, k)].text(".4g", short=True) for k, _ in metrics] for a in archs]
     cheader = ["arch", "seeds", "barrier (nats)", "at α", "excess over line", "at α", "BN re-estimated",
                "min acc", "at α", "end-point accs"]
     cbody = [[c["arch"], f"{c['seed_a']}→{c['seed_b']}", fmt(c["barrier"], ".4f"), fmt(c["barrier_alpha"], ".2f"),

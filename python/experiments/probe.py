@@ -59,6 +59,7 @@ STEP_COLUMNS = ["step", "epoch", "loss", "accuracy", "curvature", "directional_c
                 "reference"]
 EPOCH_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "mean_curvature", "lr", "epoch_time_s"]
 MIN_SCALE = 0.1
+SEED_LINES = ("-", "--", ":", "-.")          # one line style per seed in the probe's own panels
 DPI = 300
 STYLES = {"sgd": ("-", "o"), "adam": ("--", "s"), "sam": ("-.", "^"), "probe": ("-", "D"),
           "sgd_matched": (":", "v")}
@@ -341,9 +342,10 @@ def _plots(out: pathlib.Path, raw: dict, cfg: dict) -> None:
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     ax = axes[0, 1]
     if "probe" in opts:
-        for sd in seeds:
+        for j, sd in enumerate(seeds):
             sc = raw[f"probe_seed{sd}_scale"]
-            ax.plot(np.arange(len(sc)), sc, "-", lw=1.2, color=colors["probe"], label=f"seed {sd}")
+            ax.plot(np.arange(len(sc)), sc, SEED_LINES[j % len(SEED_LINES)], lw=1.2, color=colors["probe"],
+                    label=f"seed {sd}")
         for v, lab in ((cfg["max_scale"], "max"), (1.0, "1"), (MIN_SCALE, "min")):
             ax.axhline(v, color="gray", ls="--", lw=0.8)
             ax.text(1.0, v, f" {lab}", transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="gray")
@@ -355,11 +357,9 @@ def _plots(out: pathlib.Path, raw: dict, cfg: dict) -> None:
     ax = axes[0, 2]
     if "probe" in opts:
         for j, sd in enumerate(seeds):
-            x = raw[f"probe_seed{sd}_probe_steps"]
-            ax.plot(x, raw[f"probe_seed{sd}_curvature"], "-", lw=1.0, color=colors["probe"],
-                    label="probed c" if j == 0 else None)
-            ax.plot(x, raw[f"probe_seed{sd}_reference"], "--", lw=1.4, color="k",
-                    label="running reference c_ref" if j == 0 else None)
+            x, ls = raw[f"probe_seed{sd}_probe_steps"], SEED_LINES[j % len(SEED_LINES)]
+            ax.plot(x, raw[f"probe_seed{sd}_curvature"], ls, lw=1.0, color=colors["probe"], label=f"probed c, seed {sd}")
+            ax.plot(x, raw[f"probe_seed{sd}_reference"], ls, lw=1.4, color="k", label=f"c_ref, seed {sd}")
         ax.set_yscale("log")
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     ax.set_xlabel("training step")
