@@ -80,3 +80,27 @@ def dense_param_hessian(model, x, y, loss=None):
         return loss(out, y).mean()
 
     return torch.func.hessian(f)(theta)
+
+
+def check_analyze_and_resume(main, out, argv, top_files, capsys, cell: str, run_dir: str) -> None:
+    """The study-runner contract on a finished results folder ``out`` (made by ``main(argv)``):
+    ``lamda analyze`` regenerates every top-level output (``top_files[2:]`` deleted first; results.csv
+    unchanged); a folder whose cell ``cell`` (e.g. ``"global/seed_42"``) lost its completion marker is
+    refused, naming the cell; a restart adopts the finished run folder ``run_dir`` (marker rewritten,
+    its final_model.pt not retrained)."""
+    before = (out / "results.csv").read_text()
+    for f in top_files[2:]:
+        (out / f).unlink()
+    assert main(["analyze", str(out)]) == 0
+    for f in top_files:
+        assert (out / f).is_file(), f
+    assert (out / "results.csv").read_text() == before
+    marker = out / ".cells" / f"{cell}.done.json"
+    marker.unlink()
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 2
+    assert cell in capsys.readouterr().err
+    stamp = (out / run_dir / "final_model.pt").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert marker.is_file()
+    assert (out / run_dir / "final_model.pt").stat().st_mtime_ns == stamp

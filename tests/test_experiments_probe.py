@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from _helpers import check_analyze_and_resume
 from lamda import io as lio
 from lamda.cli import main
 from lamda.experiments.probe import (EPOCH_COLUMNS, MIN_SCALE, OPTIMIZERS, STEP_COLUMNS, grid_cells, matched_lr,
@@ -121,24 +122,7 @@ def test_probe_smoke_writes_every_file(data_root, tmp_path, capsys):
     for phrase in ("| optimizer |", "| sgd_matched |", "Caveat: `smoke` preset", "running reference",
                    "probe − sgd_matched", "final curvature", "± n/a"):
         assert phrase in text, phrase
-    # `lamda analyze` regenerates every top-level output
-    before = (out / "results.csv").read_text()
-    for f in TOP_FILES[2:]:
-        (out / f).unlink()
-    assert main(["analyze", str(out)]) == 0
-    for f in TOP_FILES:
-        assert (out / f).is_file(), f
-    assert (out / "results.csv").read_text() == before
-    # a run without its completion marker is refused by analyze, naming the cell to resume
-    (out / ".cells" / "probe+sgd_matched" / "seed_42.done.json").unlink()
-    capsys.readouterr()
-    assert main(["analyze", str(out)]) == 2
-    assert "probe+sgd_matched/seed_42" in capsys.readouterr().err
-    # restart: finished run folders are adopted (marker rewritten), nothing is retrained
-    stamp = (out / "runs" / "probe" / "seed_42" / "final_model.pt").stat().st_mtime_ns
-    assert main(argv) == 0
-    assert (out / ".cells" / "probe+sgd_matched" / "seed_42.done.json").is_file()
-    assert (out / "runs" / "probe" / "seed_42" / "final_model.pt").stat().st_mtime_ns == stamp
+    check_analyze_and_resume(main, out, argv, TOP_FILES, capsys, "probe+sgd_matched/seed_42", "runs/probe/seed_42")
 
 
 def test_sgd_matched_without_probe_is_refused(tmp_path, capsys):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import lamda_ext
+from _helpers import check_analyze_and_resume
 from lamda import io as lio
 from lamda.cli import main
 from lamda.experiments.experiment_support import ci95_halfwidth
@@ -186,24 +187,7 @@ def test_selective_smoke_writes_every_file(data_root, tmp_path, capsys):
     for phrase in ("Caveat: `smoke` preset", "per-point", "true label in the pair", "95 % CI", "± n/a",
                    "## Selectivity index"):
         assert phrase in text, phrase
-    # `lamda analyze` regenerates every top-level output from the run folders
-    before = (out / "results.csv").read_text()
-    for f in TOP_FILES[2:]:
-        (out / f).unlink()
-    assert main(["analyze", str(out)]) == 0
-    for f in TOP_FILES:
-        assert (out / f).is_file(), f
-    assert (out / "results.csv").read_text() == before
-    # a run without its completion marker is refused by analyze, naming the cell to resume
-    (out / ".cells" / "global" / "seed_42.done.json").unlink()
-    capsys.readouterr()
-    assert main(["analyze", str(out)]) == 2
-    assert "global/seed_42" in capsys.readouterr().err
-    # restart: the finished run folder is adopted (marker rewritten), nothing is retrained
-    stamp = (out / "runs" / "global" / "seed_42" / "final_model.pt").stat().st_mtime_ns
-    assert main(argv) == 0
-    assert (out / ".cells" / "global" / "seed_42.done.json").is_file()
-    assert (out / "runs" / "global" / "seed_42" / "final_model.pt").stat().st_mtime_ns == stamp
+    check_analyze_and_resume(main, out, argv, TOP_FILES, capsys, "global/seed_42", "runs/global/seed_42")
     # a different setting in the same folder is refused
     capsys.readouterr()
     assert main(argv + ["--scale", "3"]) == 2
