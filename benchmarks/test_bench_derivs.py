@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import lamda_ext
+from _bench import derivs_fn
 from lamda.models import MnistCNN, SigmoidMLP
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,20 +47,7 @@ def test_directional_derivs(record, case, backend):
     x = torch.randn(b, 1, 28, 28, device=DEVICE)
     y = torch.randint(0, 10, (b,), device=DEVICE)
     u = lamda_ext.random_directions(x, k, torch.Generator(device=DEVICE).manual_seed(0))
-    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
-
-    if backend == "floor":
-        xs = torch.cat([x, u.reshape((-1,) + tuple(x.shape[1:]))])
-
-        def fn():
-            with torch.no_grad():
-                model(xs)
-            sync()
-    else:
-        def fn():
-            with torch.no_grad():
-                lamda_ext.directional_derivs(model, x, y, order=n, directions=u, backend=backend)
-            sync()
+    fn = derivs_fn(model, x, y, u, n, backend)
     record(case, backend, fn, rounds=3 if backend == "autograd" else 10)
 
 

@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 import lamda_ext
+from _bench import derivs_fn
 from lamda_ext import ops
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,17 +59,5 @@ def test_transformer_directional_derivs(record, case, backend):
     x = torch.randn((B,) + shape, device=DEVICE)
     y = torch.randint(0, 10, (B,), device=DEVICE)
     u = lamda_ext.random_directions(x, K, torch.Generator(device=DEVICE).manual_seed(0))
-    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
-    if backend == "floor":
-        xs = torch.cat([x, u.reshape((-1,) + shape)])
-
-        def fn():
-            with torch.no_grad():
-                model(xs)
-            sync()
-    else:
-        def fn():
-            with torch.no_grad():
-                lamda_ext.directional_derivs(model, x, y, order=N, directions=u, backend=backend)
-            sync()
+    fn = derivs_fn(model, x, y, u, N, backend)
     record(case, backend, fn, rounds=1 if TINY else (3 if backend == "autograd" else 10), warmup=0 if TINY else 1)
