@@ -205,11 +205,14 @@ def test_maxvit_t(train):
     y = torch.tensor([2])
     U = random_directions(x, 2, torch.Generator().manual_seed(3))
 
+    def call(xx, directions, backend, order):
+        torch.manual_seed(7)                                  # the same dropout / stochastic-depth draws every call
+        return directional_derivs(model, xx, y, order=order, directions=directions, backend=backend).detach()
+
     def derivs(backend, order, t=0.0):
-        torch.manual_seed(7)                                  # the same dropout / stochastic-depth draws
-        return directional_derivs(model, x, y, order=order, directions=U, backend=backend).detach() if t == 0 else \
-            torch.stack([directional_derivs(model, x + t * U[k], y, order=order, directions=U[k:k + 1],
-                                            backend=backend).detach()[:, 0] for k in range(U.shape[0])], dim=1)
+        if t == 0:
+            return call(x, U, backend, order)
+        return torch.stack([call(x + t * U[k], U[k:k + 1], backend, order)[:, 0] for k in range(U.shape[0])], dim=1)
 
     got = {b: derivs(b, 4) for b in ("taylor", "fused")}
     ref2 = derivs("autograd", 2)

@@ -62,28 +62,35 @@ def pearson(x, y, n_boot: int = 2000, seed: int = 0) -> Correlation:
     return Correlation(float(res.statistic), float(res.pvalue), n, ci_lo=float(lo), ci_hi=float(hi))
 
 
+def t_halfwidth(std, n: int, level: float = 0.95) -> float:
+    """Half-width of the two-sided Student-t interval of a mean: ``t_{(1+level)/2, n−1} · std / √n`` (``std`` with
+    ddof = 1). NaN for n < 2 (no interval from one value) or a missing/non-finite std. The one t-interval of every
+    study's tables."""
+    from scipy import stats
+    if n is None or int(n) < 2 or std is None or not np.isfinite(float(std)):
+        return float("nan")
+    return float(stats.t.ppf(0.5 + level / 2, int(n) - 1) * float(std) / np.sqrt(int(n)))
+
+
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
-    """Mean, half-width of the two-sided t-interval (``level``) and count of the finite values.
+    """Mean, half-width of the two-sided t-interval (``level``, :func:`t_halfwidth`) and count of the finite values.
 
     The half-width is NaN for n = 1 (no interval from one seed); (NaN, NaN, 0) when there is no finite value.
     """
-    from scipy import stats
     v = np.asarray([np.nan if x is None else float(x) for x in np.ravel(np.asarray(values, dtype=object))], float)
     v = v[np.isfinite(v)]
     n = int(v.size)
     if n == 0:
         return float("nan"), float("nan"), 0
-    if n == 1:
-        return float(v[0]), float("nan"), 1
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / np.sqrt(n))
-    return float(v.mean()), half, n
+    return float(v.mean()), t_halfwidth(v.std(ddof=1) if n > 1 else float("nan"), n, level), n
 
 
-def fmt_ci(mean: float, half: float, n: int, spec: str = ".3f") -> str:
-    """``"m ± h"`` (95 % CI half-width over n seeds), ``"m ± n/a"`` for one seed (no interval), ``"n/a"`` for none."""
-    if n == 0 or not np.isfinite(mean):
+def fmt_ci(mean, half, n: int, spec: str = ".3f") -> str:
+    """``"m ± h"`` (95 % CI half-width over n seeds), ``"m ± n/a"`` for one seed (no interval), ``"n/a"`` without a
+    mean."""
+    if mean is None or not n or not np.isfinite(float(mean)):
         return "n/a"
-    if n == 1 or not np.isfinite(half):
+    if int(n) < 2 or half is None or not np.isfinite(float(half)):
         return f"{fmt(mean, spec)} ± n/a"
     return f"{fmt(mean, spec)} ± {fmt(half, spec)}"
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 
 from .stats import Correlation, fmt, pearson
+from .stats import mean_ci as _mean_ci
 
 __all__ = ["MeanCI", "mean_ci", "CorrelationCI", "pearson_ci", "MIN_BOOT"]
 
@@ -34,16 +34,9 @@ class MeanCI:
 
 
 def mean_ci(values, level: float = 0.95) -> MeanCI:
-    """Mean and Student-t CI half-width ``t_{(1+level)/2, n-1} · s / √n`` over the finite values."""
-    from scipy import stats
-    v = np.asarray([np.nan if x is None else float(x) for x in values], dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return MeanCI(float("nan"), float("nan"), 0)
-    if v.size == 1:
-        return MeanCI(float(v[0]), float("nan"), 1)
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-    return MeanCI(float(v.mean()), half, int(v.size))
+    """Mean and Student-t CI half-width ``t_{(1+level)/2, n-1} · s / √n`` over the finite values
+    (:func:`stats.mean_ci`)."""
+    return MeanCI(*_mean_ci(values, level))
 
 
 @dataclass

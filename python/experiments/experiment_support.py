@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .. import io as lio
-from ..analysis.stats import fmt
+from ..analysis.stats import fmt, fmt_ci, t_halfwidth
 from ..data import load_dataset
 from ..trainer import run_is_complete
 from .runner import Cell, assigned, run_grid
@@ -169,14 +169,9 @@ def run_seeded_grid(tag: str, out: pathlib.Path, cells: list, shard_spec: str | 
 
 # ------------------------------------------------------------------ 95 % confidence intervals over seeds
 def ci95_halfwidth(std: float, n: int) -> float:
-    """Half-width of the two-sided 95 % Student-t interval of a mean: ``t_{0.975, n−1} · std / √n``.
-
-    ``std`` is the sample standard deviation (ddof = 1). NaN for ``n < 2`` (no interval from one value).
-    """
-    from scipy import stats
-    if n < 2 or std is None or not np.isfinite(std):
-        return float("nan")
-    return float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
+    """Half-width of the two-sided 95 % Student-t interval of a mean (:func:`lamda.analysis.stats.t_halfwidth`);
+    NaN for ``n < 2``."""
+    return t_halfwidth(std, n)
 
 
 def finite_mean_ci(values: Iterable) -> tuple[float, float, int]:
@@ -194,13 +189,7 @@ def group_mean_ci(rows: list[dict], key: str, columns: Sequence[str], order: Seq
     return table
 
 
-def pm_ci(mean, half, n: int, spec: str = ".3f") -> str:
-    """``"m ± h"`` (95 % CI half-width ``h``); ``"m ± n/a"`` when ``n < 2`` (no CI); ``"n/a"`` without a mean."""
-    if mean is None or not np.isfinite(float(mean)):
-        return "n/a"
-    if int(n) < 2 or half is None or not np.isfinite(float(half)):
-        return f"{fmt(mean, spec)} ± n/a"
-    return f"{fmt(mean, spec)} ± {fmt(half, spec)}"
+pm_ci = fmt_ci      # "m ± h" / "m ± n/a" / "n/a": the one formatter of a mean and its CI
 
 
 # ------------------------------------------------------------------ argparse types that check ranges
