@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _bench import eigs_curvlinops_eigsh, eigs_hessian_eigenthings, eigs_lamda_ext, eigs_pyhessian
 from lamda.models import MnistCNN
 
 from lamda_ext.hessian import HessianOperator, hessian_eigs, hessian_trace
@@ -132,50 +133,33 @@ def _eig_error(pb, vals) -> float:
 def test_eigs_lamda_ext(benchmark, problem):
     pb = problem
 
-    def run():
-        return hessian_eigs(pb["model"], None, (pb["x"], pb["y"]), k=TOP, which="LA", tol=1e-3,
-                            generator=torch.Generator().manual_seed(4))
-    t, res = _time(benchmark, run)
+    t, res = _time(benchmark, lambda: eigs_lamda_ext(pb["model"], pb["x"], pb["y"], TOP, 1e-3))
     _store(pb, "eigs", "lamda_ext lanczos (tol 1e-3)", t, max_rel_err=_eig_error(pb, res.eigenvalues),
            steps=res.steps)
 
 
 @pytest.mark.benchmark(group="spectra-eigs")
 def test_eigs_pyhessian(benchmark, problem):
-    pyhessian = pytest.importorskip("pyhessian", reason="PyHessian is not installed (pip install .[bench])")
+    pytest.importorskip("pyhessian", reason="PyHessian is not installed (pip install .[bench])")
     pb = problem
-
-    def run():
-        h = pyhessian.hessian(pb["model"], torch.nn.CrossEntropyLoss(), data=(pb["x"], pb["y"]), cuda=False)
-        return h.eigenvalues(maxIter=100, tol=1e-4, top_n=TOP)[0]
-    t, vals = _time(benchmark, run)
+    t, vals = _time(benchmark, lambda: eigs_pyhessian(pb["model"], pb["x"], pb["y"], TOP, 1e-4))
     _store(pb, "eigs", "PyHessian power+deflation (tol 1e-4)", t, max_rel_err=_eig_error(pb, vals))
 
 
 @pytest.mark.benchmark(group="spectra-eigs")
 def test_eigs_hessian_eigenthings(benchmark, problem):
-    he = pytest.importorskip("hessian_eigenthings", reason="hessian-eigenthings is not installed (pip install .[bench])")
+    pytest.importorskip("hessian_eigenthings", reason="hessian-eigenthings is not installed (pip install .[bench])")
     pb = problem
-
-    def run():
-        op = he.HessianOperator(pb["model"], [(pb["x"], pb["y"])], he.supervised_loss(F.cross_entropy))
-        return he.lanczos(op, k=TOP, max_iter=60, which="LA", seed=0, reorthogonalize=True).eigenvalues
-    t, vals = _time(benchmark, run)
-    _store(pb, "eigs", "hessian-eigenthings lanczos (60 steps)", t, max_rel_err=_eig_error(pb, vals.tolist()))
+    t, vals = _time(benchmark, lambda: eigs_hessian_eigenthings(pb["model"], pb["x"], pb["y"], TOP, 60))
+    _store(pb, "eigs", "hessian-eigenthings lanczos (60 steps)", t, max_rel_err=_eig_error(pb, vals))
 
 
 @pytest.mark.benchmark(group="spectra-eigs")
 def test_eigs_curvlinops_eigsh(benchmark, problem):
-    curvlinops = pytest.importorskip("curvlinops", reason="curvlinops is not installed (pip install .[bench])")
-    from scipy.sparse.linalg import eigsh
+    pytest.importorskip("curvlinops", reason="curvlinops is not installed (pip install .[bench])")
     pb = problem
     v0 = np.random.default_rng(0).standard_normal(sum(p.numel() for p in pb["model"].parameters()))
-
-    def run():
-        H = curvlinops.HessianLinearOperator(pb["model"], torch.nn.CrossEntropyLoss(), list(pb["model"].parameters()),
-                                             [(pb["x"], pb["y"])], check_deterministic=False)
-        return eigsh(H.to_scipy(), k=TOP, which="LA", tol=1e-3, v0=v0)[0]
-    t, vals = _time(benchmark, run)
+    t, vals = _time(benchmark, lambda: eigs_curvlinops_eigsh(pb["model"], pb["x"], pb["y"], TOP, 1e-3, v0))
     _store(pb, "eigs", "curvlinops + eigsh (tol 1e-3)", t, max_rel_err=_eig_error(pb, vals))
 
 

@@ -61,9 +61,9 @@ class Lanczos:
         self.exhausted = False  # no further step possible (invariant subspace without restart, or n == P)
         self.breakdown_tol = 10 * torch.finfo(v0.dtype).eps
 
-    def _orthogonalise(self, w: torch.Tensor, upto: int, before: float | None = None) -> torch.Tensor:
-        """w minus its projection on ``Q[:upto]``; ``before``: the norm to judge cancellation against
-        (default ‖w‖)."""
+    def _orthogonalise(self, w: torch.Tensor, upto: int, before: float | None = None) -> tuple[torch.Tensor, float]:
+        """(w minus its projection on ``Q[:upto]``, its norm); ``before``: the norm to judge cancellation
+        against (default ‖w‖)."""
         Qk = self.Q[:upto]
         before = float(w.norm()) if before is None else before
         for _ in range(2):
@@ -72,7 +72,7 @@ class Lanczos:
             if after > DGKS * before:
                 break
             before = after
-        return w
+        return w, after
 
     def step(self) -> bool:
         """One Lanczos step; returns False when no step could be taken."""
@@ -86,8 +86,7 @@ class Lanczos:
         w = w - a * q
         if j > 0 and self.beta[j - 1] != 0.0:
             w = w - self.beta[j - 1] * self.Q[j - 1]
-        w = self._orthogonalise(w, j + 1, wnorm)
-        b = float(w.norm())
+        w, b = self._orthogonalise(w, j + 1, wnorm)
         self.alpha.append(a)
         self.n += 1
         scale = max(abs(x) for x in self.alpha + [1e-300] + [abs(y) for y in self.beta])
@@ -103,8 +102,7 @@ class Lanczos:
             for _ in range(3):
                 r = self.sync(torch.randn(self.P, generator=self.generator, dtype=torch.float64)
                               .to(self.Q.dtype).to(self.Q.device))
-                r = self._orthogonalise(r, j + 1)
-                rn = float(r.norm())
+                r, rn = self._orthogonalise(r, j + 1)
                 if rn > 1e-8:
                     break
             else:

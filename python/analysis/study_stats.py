@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-
 from .stats import Correlation, fmt, pearson
 from .stats import mean_ci as _mean_ci
 
@@ -43,8 +42,14 @@ def mean_ci(values, level: float = 0.95) -> MeanCI:
 class CorrelationCI:
     """A :class:`Correlation` (its bootstrap CI included) with the CI bounds as ``lo``/``hi`` (NaN when not computable)."""
     corr: Correlation
-    lo: float
-    hi: float
+
+    @property
+    def lo(self) -> float:
+        return self.corr.ci_lo
+
+    @property
+    def hi(self) -> float:
+        return self.corr.ci_hi
 
     @property
     def ok(self) -> bool:
@@ -64,4 +69,4 @@ def pearson_ci(x, y, n_boot: int = 2000, seed: int = 0) -> CorrelationCI:
     c = pearson(x, y, n_boot=n_boot, seed=seed)
     if c.ok and c.n < MIN_BOOT:
         c = dataclasses.replace(c, ci_lo=float("nan"), ci_hi=float("nan"))
-    return CorrelationCI(c, c.ci_lo, c.ci_hi)
+    return CorrelationCI(c)
