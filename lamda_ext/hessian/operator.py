@@ -12,9 +12,11 @@ as long as the kept intermediates fit in ``memory_budget``; batches beyond it ar
 The cache is dropped when a parameter changes (in-place update) or a batch differs from the cached one.
 
 Quadratic forms ``zᵀHz`` (Hutchinson probes) need no HVP: ``zᵀHz = d²/dt² L(θ + t z)`` at t = 0, the
-second directional derivative, which the Taylor engine (:func:`lamda_ext.directional_derivs`) computes
-with forward passes only (about half the arithmetic of an HVP on a ReLU CNN). :meth:`quadratic_forms`
-uses it for ``(x, y)`` batches when every trainable parameter is differentiated, else HVPs.
+second directional derivative. :meth:`quadratic_forms` computes it for ``(x, y)`` batches when every
+trainable parameter is differentiated (else by HVPs): one reverse pass per batch gives the adjoint of every
+op output, and each probe then needs only a first-order Taylor pass whose second-order terms are contracted
+with those adjoints where they arise (:mod:`lamda_ext.taylor.quadratic`); models or losses that contraction
+does not cover take the plain order-2 Taylor run (:func:`lamda_ext.directional_derivs`).
 
 With ``torch.distributed`` initialised, every rank evaluates its share of the data
 (batches ``i % world == rank``, or a contiguous slice of the samples of a single batch) and the
@@ -38,6 +40,8 @@ from ..checks import check_hvp_inputs, check_int, check_reduction, check_vector_
 from ..derivs import directional_derivs
 from ..hvp import LinearizedHVP, loss_hvp
 from ..losses import LossSpec, resolve_loss
+from ..taylor.impl import Composite, Fused
+from ..taylor.quadratic import QuadraticForms
 from ..params import functional_state, model_loss_fn, trainable_parameters
 from .data import (
     batch_samples,
@@ -352,15 +356,36 @@ class HessianOperator:
             if n == 0:
                 continue
             step = max(1, _TAYLOR_SAMPLES // n)
+            forms = self._contracted_forms(x, y, backend)   # checks x and y (one plain forward)
             with torch.no_grad():
                 for i in range(0, Z.shape[0], step):
-                    d = directional_derivs(self.model, x, y, order=2, directions=Z[i:i + step], loss=self.loss,
-                                           wrt="params", backend=backend, label_smoothing=self.label_smoothing)
-                    acc[i:i + step] += float(n) * d[:, 1].to(torch.float64)
+                    if forms is not None:
+                        q = forms(Z[i:i + step])
+                    else:
+                        q = directional_derivs(self.model, x, y, order=2, directions=Z[i:i + step], loss=self.loss,
+                                               wrt="params", backend=backend,
+                                               label_smoothing=self.label_smoothing)[:, 1]
+                    acc[i:i + step] += float(n) * q.to(torch.float64)
             count += n
         total = _all_reduce_sum(acc, count, world)
         self.n_quadratic_forms += Z.shape[0]
         return (acc / total if self.reduction == "mean" else acc).cpu()
+
+    _contract_ok = True
+
+    def _contracted_forms(self, x, y, backend: str):
+        """:class:`~lamda_ext.taylor.quadratic.QuadraticForms` for this batch (one adjoint pass, then
+        first-order Taylor passes per block of probes), or None where the model or loss needs the plain
+        order-2 Taylor run (the same numbers, more arithmetic)."""
+        if not self._contract_ok:
+            return None
+        y = check_hvp_inputs(self.model, x, y, self.loss, "params", forward=True)
+        try:
+            return QuadraticForms(self.model, x, y, self.loss, self.label_smoothing,
+                                  Fused() if backend == "fused" else Composite())
+        except (NotImplementedError, RuntimeError):
+            self._contract_ok = False
+            return None
 
     @outside_inference_mode
     def matvec(self, v: torch.Tensor) -> torch.Tensor:

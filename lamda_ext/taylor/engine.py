@@ -21,7 +21,7 @@ from .series import RunContext, TaylorSeries, is_series
 
 
 
-def _head_terms(out, y, loss, label_smoothing: float, ctx: RunContext):
+def head_terms(out, y, loss, label_smoothing: float, ctx: RunContext):
     """Per-sample loss at t = 0 ``[B]`` and its derivatives ``[K, B, N]`` (None if out is constant in t)."""
     n = ctx.order
     if not is_series(out):
@@ -70,15 +70,17 @@ def input_derivs(model: nn.Module, x: torch.Tensor, y, u: torch.Tensor, order: i
         hi = u.unsqueeze(1).unsqueeze(0).expand((1, u.shape[0]) + tuple(x.shape))
     with ctx.active():
         out = model(TaylorSeries(x, hi))
-        loss0, d = _head_terms(out, y, loss, label_smoothing, ctx)
+        loss0, d = head_terms(out, y, loss, label_smoothing, ctx)
     if d is None:
         return x.new_zeros(x.shape[0], u.shape[0], order), loss0
     return d.transpose(0, 1), loss0
 
 
 @contextlib.contextmanager
-def _series_parameters(model: nn.Module, v: torch.Tensor):
-    """Temporarily replace every parameter p by the series p + t·v_k (v ``[K, P]``, parameters() order)."""
+def series_parameters(model: nn.Module, v: torch.Tensor, leaf: bool = False):
+    """Temporarily replace every parameter p by the series p + t·v_k (v ``[K, P]``, parameters() order).
+    ``leaf``: the primal is a fresh leaf ``p.detach().requires_grad_()`` (so the forward is differentiable
+    with respect to every primal even where ``p.requires_grad`` is False)."""
     swapped, offset = [], 0
     k = v.shape[0]
     owners = {}
@@ -89,7 +91,8 @@ def _series_parameters(model: nn.Module, v: torch.Tensor):
     try:
         for p in model.parameters():
             n = p.numel()
-            s = TaylorSeries(p, v[:, offset:offset + n].reshape((1, k) + tuple(p.shape)))
+            c0 = p.detach().requires_grad_() if leaf else p
+            s = TaylorSeries(c0, v[:, offset:offset + n].reshape((1, k) + tuple(p.shape)))
             offset += n
             for mod, name in owners[id(p)]:
                 mod._parameters[name] = s
@@ -104,9 +107,9 @@ def params_derivs(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, order: 
                   label_smoothing: float = 0.0, impl=None):
     """d^n/dt^n of the batch-mean loss at θ + t·v_k. v ``[K, P]`` → (``[K, order]``, per-sample loss ``[B]``)."""
     ctx = RunContext(order, v.shape[0], impl or Composite(), model)
-    with ctx.active(), _series_parameters(model, v):
+    with ctx.active(), series_parameters(model, v):
         out = model(x)
-        loss0, d = _head_terms(out, y, loss, label_smoothing, ctx)
+        loss0, d = head_terms(out, y, loss, label_smoothing, ctx)
     if d is None:
         return x.new_zeros(v.shape[0], order), loss0
     return d.mean(dim=1), loss0

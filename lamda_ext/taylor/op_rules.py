@@ -41,7 +41,10 @@ def from_terms(terms: Sequence[torch.Tensor]):
         return c0
     shape = torch.broadcast_shapes(c0.shape, *(t.shape[1:] for t in terms[1:]))
     k = max(t.shape[0] for t in terms[1:])
-    hi = torch.stack([t.expand((k,) + tuple(shape)) for t in terms[1:]])
+    if len(terms) == 2:     # one coefficient: a view, no copy
+        hi = terms[1].expand((k,) + tuple(shape)).unsqueeze(0)
+    else:
+        hi = torch.stack([t.expand((k,) + tuple(shape)) for t in terms[1:]])
     return TaylorSeries(c0.expand(shape), hi)
 
 
@@ -294,6 +297,21 @@ def bilinear(x, w, op_pp, op_lp, op_pk, op_kk, rowwise: bool = False):
     return from_terms(out)
 
 
+def _add_bias(out, b_rest, lead: int, trail: int):
+    """``out`` + the series part ``b_rest`` of a bias (primal zero, coefficients ``[Db, K, O]``) that broadcasts
+    over ``lead`` dims before and ``trail`` dims after the output-feature dim. ``out`` is the fresh result of
+    a linear/conv rule: the bias is added into its coefficients in place where they are not a broadcast
+    (no copy of the primal, no zero added to it), else as a series sum."""
+    bh = b_rest.hi.reshape(tuple(b_rest.hi.shape[:2]) + (1,) * lead + (b_rest.hi.shape[-1],) + (1,) * trail)
+    if (is_series(out) and 0 not in [st for st, n in zip(out.hi.stride(), out.hi.shape) if n > 1]
+            and out.degree >= bh.shape[0] and out.hi.dim() == bh.dim()
+            and torch.broadcast_shapes(out.hi[:bh.shape[0]].shape, bh.shape) == out.hi[:bh.shape[0]].shape):
+        out.hi[:bh.shape[0]] += bh
+        return out
+    return add(out, TaylorSeries(b_rest.c0.reshape((-1,) + (1,) * trail), bh.reshape(
+        tuple(bh.shape[:2]) + (bh.shape[2 + lead],) + (1,) * trail)))
+
+
 def _primal_bias(bias):
     """The bias the primal is computed with (the model's own op adds it, so the primal rounds as the model's
     does and every backend picks the same max-pool argmax on ties) and the series part still to add."""
@@ -322,7 +340,7 @@ def linear(x, weight, bias=None):
         out = bilinear(weight, x, lambda w0, x0: F.linear(x0, w0, b0), lambda wl, x0: pk(x0, wl), None, None)
     else:                     # only the bias is a series
         out = F.linear(x, weight, b0)
-    return out if b_rest is None else add(out, b_rest)
+    return out if b_rest is None else _add_bias(out, b_rest, _ndim(out) - 1, 0)
 
 
 def _conv(nd: int):
@@ -345,7 +363,10 @@ def _conv(nd: int):
                      groups=groups * k, **kw)
             return y.reshape((b, k, -1) + tuple(y.shape[2:])).movedim(1, 0)
 
-        def pk(x0, wk):
+        def pk(x0, wk):      # x0 [B, C, ...], wk [K, O, C/g, ...] → [K, B, O, ...]
+            if groups == 1:  # one dense conv with K·O output channels (no K-fold copy of x0)
+                y = conv(x0, wk.reshape((-1,) + tuple(wk.shape[2:])), None, **kw)
+                return y.reshape((y.shape[0], wk.shape[0], -1) + tuple(y.shape[2:])).movedim(1, 0)
             return grouped(x0.unsqueeze(1).expand((x0.shape[0], wk.shape[0]) + tuple(x0.shape[1:])), wk)
 
         def kk(xk, wk):
@@ -359,8 +380,7 @@ def _conv(nd: int):
             out = pp(x, weight)
         if b_rest is None:
             return out
-        return add(out, TaylorSeries(b_rest.c0.reshape((-1,) + (1,) * nd),
-                                     b_rest.hi.reshape(tuple(b_rest.hi.shape[:3]) + (1,) * nd)))
+        return _add_bias(out, b_rest, _ndim(out) - nd - 1, nd)
     return rule
 
 

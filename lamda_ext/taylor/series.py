@@ -64,6 +64,9 @@ class RunContext:
         self.impl = impl
         self.names = {id(m): (n or "<root>") for n, m in model.named_modules()} if model is not None else {}
         self.stack: list = []
+        # observe(name, out) -> out: sees (and may replace) the result of every dispatched op before it is
+        # committed or returned (lamda_ext.taylor.quadratic records and contracts coefficients with it)
+        self.observe: Optional[Callable] = None
 
     @property
     def n_coeffs(self) -> int:
@@ -419,6 +422,9 @@ def dispatch(func, args, kwargs):
     if inplace and not (args and isinstance(args[0], TaylorSeries)):
         _commit_inplace(name, args[0] if args else None, None)   # raises: a plain tensor cannot hold a series
     out = rule(*args, **kwargs)
+    observe = _state.ctx.observe if getattr(_state, "ctx", None) is not None else None
+    if observe is not None:
+        out = observe(name, out)
     if inplace:
         return _commit_inplace(name, args[0], out)
     if name in VIEW_OPS:

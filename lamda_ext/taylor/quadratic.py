@@ -1,0 +1,142 @@
+"""Second directional derivatives of the batch loss along many parameter directions,
+``q_k = d²/dt² L(θ + t·v_k) = v_kᵀ H v_k``, by adjoint contraction.
+
+Push the degree-1 series θ + t·v through the model. Every op's output is ``z(t) = z0 + t·z1 + t²·z2 + …``;
+when its inputs carry no second-order coefficient, ``z2`` is the op's own local term (``V·x1`` for a
+linear layer with weight series ``W + t·V``, ``½σ''(z0)·z1²`` for a smooth activation, ``a1·b1`` for a
+product; zero for ReLU and max-pool). Second-order coefficients enter the loss linearly, so
+
+    d²L/dt² = z1ᵀ ∇²ℓ z1 (the loss head on the logits' first-order tangent) + 2 Σ_ops ⟨∂L/∂z0_op, z2_op⟩.
+
+One reverse pass per batch gives the adjoints ``∂L/∂z0_op`` of every op output (shared by all directions);
+each direction then needs only first-order tangents: every op's ``z2`` is contracted with its adjoint where
+it arises and dropped, instead of being pushed through the rest of the network (the plain Taylor run at
+order 2 carries it to the loss). Same numbers as ``directional_derivs(order=2, wrt="params")`` to rounding.
+
+The two passes are matched op by op (name and output shape); a model whose op sequence differs between
+them (data-dependent control flow on anything but the primal) raises ``RuntimeError``, an op without a
+Taylor rule ``NotImplementedError`` — :class:`~lamda_ext.hessian.HessianOperator` then uses the plain
+order-2 Taylor run. Deterministic models only (no active dropout, batch norm in eval mode): the passes
+must see the same function.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..losses import resolve_loss
+from .engine import head_terms, series_parameters
+from .impl import Composite
+from .series import RunContext, TaylorSeries, is_series
+
+
+def _series_of(out) -> List[Tuple[int, TaylorSeries]]:
+    """The series among an op's results, with their positions (an op may return a tuple)."""
+    if is_series(out):
+        return [(-1, out)]
+    if isinstance(out, (tuple, list)):
+        return [(i, o) for i, o in enumerate(out) if is_series(o)]
+    return []
+
+
+def _replace(out, pos: int, new):
+    if pos < 0:
+        return new
+    items = list(out)
+    items[pos] = new
+    return type(out)(items) if isinstance(out, tuple) else items
+
+
+class QuadraticForms:
+    """``v_kᵀ H v_k`` of the batch loss (mean over the batch's per-sample losses) for rows of ``V``.
+
+    Built once per batch (one forward and one backward pass give the adjoints); each call then costs
+    one first-order Taylor pass for the directions it gets.
+
+    Args:
+        model: a deterministic model (eval-mode batch norm, no active dropout); its parameters in
+            ``parameters()`` order define the layout of ``V``'s rows.
+        x: inputs ``[B, *S]``; y: targets ``[B]`` (class labels) or like the output (MSE).
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        impl: the elementwise implementation (``Composite()`` or ``Fused()``).
+
+    ``self(V)``: ``V`` ``[K, P]`` → ``[K]`` (the model's dtype).
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y, loss: str = "cross_entropy",
+                 label_smoothing: float = 0.0, impl=None):
+        if loss not in ("cross_entropy", "mse"):
+            raise NotImplementedError(f"quadratic forms by contraction take loss 'cross_entropy' or 'mse', "
+                                      f"not {loss!r}")
+        self.model, self.x, self.y, self.loss, self.ls = model, x, y, loss, label_smoothing
+        self.impl = impl or Composite()
+        self.size = sum(p.numel() for p in model.parameters())
+        self.signature: List[Tuple[str, Tuple[int, ...]]] = []
+        self.adjoints: List[Optional[torch.Tensor]] = self._adjoints()
+
+    def _adjoints(self) -> List[Optional[torch.Tensor]]:
+        """``∂L/∂z0`` for every series an op returns, in dispatch order (None where L does not depend on it)."""
+        p0 = next(self.model.parameters())
+        primals: List[torch.Tensor] = []
+
+        def record(name, out):
+            for _, s in _series_of(out):
+                primals.append(s.c0)
+                self.signature.append((name, tuple(s.c0.shape)))
+            return out
+
+        ctx = RunContext(2, 1, self.impl, self.model)
+        ctx.observe = record
+        zero = p0.new_zeros(1, self.size)
+        with torch.enable_grad(), ctx.active(), series_parameters(self.model, zero, leaf=True):
+            out = self.model(self.x)
+            if not is_series(out):
+                raise NotImplementedError("the model's output does not depend on its parameters through ops "
+                                          "with Taylor rules")
+            total = resolve_loss(self.loss, self.ls)(out.c0, self.y).mean()
+            wanted = [i for i, c in enumerate(primals) if c.requires_grad]
+            grads = torch.autograd.grad(total, [primals[i] for i in wanted], allow_unused=True)
+        adj: List[Optional[torch.Tensor]] = [None] * len(primals)
+        for i, g in zip(wanted, grads):
+            adj[i] = g
+        return adj
+
+    def __call__(self, V: torch.Tensor) -> torch.Tensor:
+        if V.dim() != 2 or V.shape[1] != self.size:
+            raise ValueError(f"V must have shape [K, P]=[K, {self.size}], got {list(V.shape)}")
+        k = V.shape[0]
+        acc = V.new_zeros(k, dtype=torch.float64)
+        step = [0]
+
+        def contract(name, out):
+            for pos, s in _series_of(out):
+                i = step[0]
+                step[0] += 1
+                if i >= len(self.signature) or self.signature[i] != (name, tuple(s.c0.shape)):
+                    got = (name, tuple(s.c0.shape))
+                    want = self.signature[i] if i < len(self.signature) else "no op"
+                    raise RuntimeError(f"quadratic forms: op {i} of the forward pass is {got}, the adjoint pass "
+                                       f"saw {want}; the model's op sequence depends on more than the primal")
+                if s.degree < 2:
+                    continue
+                g = self.adjoints[i]
+                if g is not None:
+                    c2 = s.hi[1]                                  # [K or 1, *S]
+                    acc.add_(torch.tensordot(c2, g.to(c2.dtype), dims=g.dim()).to(torch.float64).expand(k))
+                out = _replace(out, pos, TaylorSeries(s.c0, s.hi[:1]))
+            return out
+
+        ctx = RunContext(2, k, self.impl, self.model)
+        ctx.observe = contract
+        with torch.no_grad(), ctx.active(), series_parameters(self.model, V):
+            out = self.model(self.x)
+            if step[0] != len(self.signature):
+                raise RuntimeError(f"quadratic forms: the forward pass ran {step[0]} ops, the adjoint pass "
+                                   f"{len(self.signature)}")
+            if not is_series(out) or out.degree > 1:
+                raise NotImplementedError("the model's output is not a first-order series")
+            _, d = head_terms(out, self.y, self.loss, self.ls, ctx)
+        head = d[..., 1].to(torch.float64).mean(dim=1)            # mean over the batch of z1ᵀ ∇²ℓ z1
+        return (head + 2.0 * acc).to(V.dtype)
