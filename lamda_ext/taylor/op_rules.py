@@ -11,7 +11,7 @@ slices folded into the batch.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -262,13 +262,13 @@ def _batch_broadcast(x: TaylorSeries) -> bool:
     return x.c0.dim() >= 2 and x.c0.shape[0] > 1 and x.hi.stride(2) == 0
 
 
-def bilinear(x, w, op_pp, op_lp, op_pk, op_kk, rowwise: bool = False):
+def bilinear(x, w, op_pp, op_lp, op_pk, op_kk, rowwise: bool = False, max_degree: Optional[int] = None):
     """Cauchy product of a bilinear op.
 
     op_pp(x0, w0); op_lp(x_lead [L, *S], w0) with any leading axis L; op_pk(x0, w_k [K, ...]);
     op_kk(x_k [K, *S], w_k [K, ...]). A constant ``w`` takes the folded fast path. ``rowwise``: the op
     acts on each entry of the primal's dim 0 independently, so a coefficient broadcast over that dim is
-    mapped once and broadcast again.
+    mapped once and broadcast again. ``max_degree``: compute the coefficients up to this degree only.
     """
     if not is_series(w):
         if rowwise and _batch_broadcast(x):
@@ -278,7 +278,7 @@ def bilinear(x, w, op_pp, op_lp, op_pk, op_kk, rowwise: bool = False):
                 tuple(x.hi.shape[:2]) + (b,) + tuple(h.shape[2:])))
         return map_linear(x, lambda c: op_pp(c, w), lambda h: op_lp(h, w))
     xt, wt = terms_of(x), w.terms()
-    n_out = min(order() + 1, len(xt) + len(wt) - 1)
+    n_out = min(order() + 1, len(xt) + len(wt) - 1, order() + 1 if max_degree is None else max_degree + 1)
     out = []
     for n in range(n_out):
         acc = None
@@ -372,7 +372,26 @@ def _conv(nd: int):
         def kk(xk, wk):
             return grouped(xk.movedim(0, 1), wk)
 
-        if is_series(x):
+        ctr = current_context().contraction
+        if (ctr is not None and groups == 1 and not isinstance(padding, str) and order() == 2
+                and is_series(x) and is_series(weight) and x.degree == 1 and weight.degree == 1
+                and x.c0.dim() == nd + 2):
+            # a contracted quadratic form: the second-order term V_k * x1_k enters only as ⟨ḡ, V_k * x1_k⟩,
+            # which is ⟨V_k, G_k⟩ with G = the weight gradient of the input x1 (all K as channels) under the
+            # shared output gradient ḡ: one dense convolution, no [K, B, O, ...] term
+            out = bilinear(x, weight, pp, lp, pk, kk, rowwise=True, max_degree=1)
+            g = ctr.adjoint()
+            if g is not None and tuple(g.shape) == tuple(out.c0.shape):
+                xk, vk = x.hi[0], weight.hi[0]                      # [K, B, C, ...], [K, O, C, ...]
+                k, b = xk.shape[:2]
+                xb = xk.movedim(0, 1).reshape((b, k * xk.shape[2]) + tuple(xk.shape[3:]))
+                lists = [[v] * nd if isinstance(v, int) else list(v) for v in (stride, padding, dilation)]
+                shape = (vk.shape[1], k * vk.shape[2]) + tuple(vk.shape[3:])
+                gw = torch.ops.aten.convolution_backward(
+                    g.to(xb.dtype), xb, xb.new_empty(shape), None, *lists, False, [0] * nd, 1,
+                    [False, True, False])[1]                         # [O, K·C, ...]
+                ctr.add((gw.reshape(vk.shape[1], k, -1).transpose(0, 1) * vk.reshape(k, vk.shape[1], -1)).sum((1, 2)))
+        elif is_series(x):
             out = bilinear(x, weight, pp, lp, pk, kk, rowwise=x.c0.dim() == nd + 2)
         elif is_series(weight):
             out = bilinear(weight, x, lambda w0, x0: pp(x0, w0), lambda wl, x0: pk(x0, wl), None, None)

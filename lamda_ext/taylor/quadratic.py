@@ -11,7 +11,10 @@ product; zero for ReLU and max-pool). Second-order coefficients enter the loss l
 One reverse pass per batch gives the adjoints ``∂L/∂z0_op`` of every op output (shared by all directions);
 each direction then needs only first-order tangents: every op's ``z2`` is contracted with its adjoint where
 it arises and dropped, instead of being pushed through the rest of the network (the plain Taylor run at
-order 2 carries it to the loss). Same numbers as ``directional_derivs(order=2, wrt="params")`` to rounding.
+order 2 carries it to the loss). A rule can do better still where its second-order term is a product of
+first-order ones (:class:`Contraction`): the convolution's ``⟨ḡ, V_k * x1_k⟩`` is ``⟨V_k, G_k⟩`` with ``G`` one
+weight-gradient convolution of all K tangents under the shared ``ḡ``, so the ``[K, B, O, ...]`` term is never
+formed. Same numbers as ``directional_derivs(order=2, wrt="params")`` to rounding.
 
 The two passes are matched op by op (name and output shape); a model whose op sequence differs between
 them (data-dependent control flow on anything but the primal) raises ``RuntimeError``, an op without a
@@ -107,13 +110,12 @@ class QuadraticForms:
         if V.dim() != 2 or V.shape[1] != self.size:
             raise ValueError(f"V must have shape [K, P]=[K, {self.size}], got {list(V.shape)}")
         k = V.shape[0]
-        acc = V.new_zeros(k, dtype=torch.float64)
-        step = [0]
+        ctr = Contraction(self.adjoints, k, V.device)
 
         def contract(name, out):
             for pos, s in _series_of(out):
-                i = step[0]
-                step[0] += 1
+                i = ctr.step
+                ctr.step += 1
                 if i >= len(self.signature) or self.signature[i] != (name, tuple(s.c0.shape)):
                     got = (name, tuple(s.c0.shape))
                     want = self.signature[i] if i < len(self.signature) else "no op"
@@ -124,19 +126,37 @@ class QuadraticForms:
                 g = self.adjoints[i]
                 if g is not None:
                     c2 = s.hi[1]                                  # [K or 1, *S]
-                    acc.add_(torch.tensordot(c2, g.to(c2.dtype), dims=g.dim()).to(torch.float64).expand(k))
+                    ctr.add(torch.tensordot(c2, g.to(c2.dtype), dims=g.dim()))
                 out = _replace(out, pos, TaylorSeries(s.c0, s.hi[:1]))
             return out
 
         ctx = RunContext(2, k, self.impl, self.model)
-        ctx.observe = contract
+        ctx.observe, ctx.contraction = contract, ctr
         with torch.no_grad(), ctx.active(), series_parameters(self.model, V):
             out = self.model(self.x)
-            if step[0] != len(self.signature):
-                raise RuntimeError(f"quadratic forms: the forward pass ran {step[0]} ops, the adjoint pass "
+            if ctr.step != len(self.signature):
+                raise RuntimeError(f"quadratic forms: the forward pass ran {ctr.step} ops, the adjoint pass "
                                    f"{len(self.signature)}")
             if not is_series(out) or out.degree > 1:
                 raise NotImplementedError("the model's output is not a first-order series")
             _, d = head_terms(out, self.y, self.loss, self.ls, ctx)
         head = d[..., 1].to(torch.float64).mean(dim=1)            # mean over the batch of z1ᵀ ∇²ℓ z1
-        return (head + 2.0 * acc).to(V.dtype)
+        return (head + 2.0 * ctr.acc).to(V.dtype)
+
+
+class Contraction:
+    """One contracted pass: ``acc[k]`` sums ``⟨∂L/∂z0_op, z2_op⟩`` over the ops seen so far; ``step`` is the
+    dispatch index of the next series an op returns. A rule may contract its own second-order term (the
+    convolution rule does, by a weight-gradient convolution): ``adjoint()`` is its output's ``∂L/∂z0`` (None
+    where the loss does not depend on it), ``add(q)`` adds ``⟨∂L/∂z0, z2⟩`` ``[K]``; it then returns degree 1."""
+
+    def __init__(self, adjoints: List[Optional[torch.Tensor]], k: int, device):
+        self.adjoints, self.k = adjoints, k
+        self.acc = torch.zeros(k, dtype=torch.float64, device=device)
+        self.step = 0
+
+    def adjoint(self) -> Optional[torch.Tensor]:
+        return self.adjoints[self.step] if self.step < len(self.adjoints) else None
+
+    def add(self, q: torch.Tensor) -> None:
+        self.acc.add_(q.to(torch.float64).expand(self.k))

@@ -67,6 +67,10 @@ class RunContext:
         # observe(name, out) -> out: sees (and may replace) the result of every dispatched op before it is
         # committed or returned (lamda_ext.taylor.quadratic records and contracts coefficients with it)
         self.observe: Optional[Callable] = None
+        # a contracted quadratic-form pass in progress (lamda_ext.taylor.quadratic.Contraction): a rule whose
+        # only second-order term is a product of first-order ones may contract it with the adjoint of its
+        # output itself (contraction.adjoint(), contraction.add(q)) and return a degree-1 series
+        self.contraction = None
 
     @property
     def n_coeffs(self) -> int:
