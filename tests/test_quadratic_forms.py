@@ -111,3 +111,24 @@ def test_refusals_and_operator_fallback():
     H = dense_param_hessian(lin, x, y)
     assert rel_err(op.quadratic_forms(Z), ((Z @ H) * Z).sum(dim=1), dim=0) < 1e-10
     assert not op._contract_ok
+
+
+def test_operator_keeps_adjoints_per_batch_until_parameters_change(monkeypatch):
+    import lamda_ext.taylor.quadratic as quadratic
+    passes = []
+    original = quadratic.QuadraticForms._adjoints
+    monkeypatch.setattr(quadratic.QuadraticForms, "_adjoints", lambda self: passes.append(1) or original(self))
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    op = HessianOperator(model, "cross_entropy", [(x[:5], y[:5]), (x[5:], y[5:])])
+    Z = _directions(model, k=3)
+    for _ in range(2):
+        H = dense_param_hessian(model, x, y)
+        for _ in range(2):
+            assert rel_err(op.quadratic_forms(Z), ((Z @ H) * Z).sum(dim=1), dim=0) < 1e-10
+        with torch.no_grad():
+            model[0].weight.mul_(1.5)        # an in-place update: the kept adjoints are stale
+    assert len(passes) == 4 and op.cached_bytes > 0      # one adjoint pass per batch and parameter value
+    op.clear_cache()
+    assert op.cached_bytes == 0

@@ -204,6 +204,8 @@ class HessianOperator:
         self._cache: dict[int, tuple[list[torch.Tensor], LinearizedHVP]] = {}
         self._cache_key = None
         self._cache_full = False
+        self._forms: dict[int, tuple[list[torch.Tensor], QuadraticForms]] = {}   # per batch: its adjoints
+        self._forms_key = None
 
     # ------------------------------------------------------------------ distributed helpers
     @property
@@ -228,11 +230,13 @@ class HessianOperator:
         self._cache.clear()
         self._cache_key = None
         self._cache_full = False
+        self._forms.clear()
+        self._forms_key = None
 
     @property
     def cached_bytes(self) -> int:
-        """Bytes held by the linearised batches."""
-        return sum(lin.nbytes for _, lin in self._cache.values())
+        """Bytes held by the linearised batches (and the adjoints kept for quadratic forms)."""
+        return sum(lin.nbytes for _, lin in self._cache.values()) + sum(f.nbytes for _, f in self._forms.values())
 
     def _batches(self):
         """``(batch on the device, samples, loss function of the parameter dict)`` for this rank's share."""
@@ -349,14 +353,16 @@ class HessianOperator:
         backend = "fused" if fused else "taylor"
         acc = torch.zeros(Z.shape[0], dtype=torch.float64, device=self.device)
         count = 0
-        for x, y in shard_batches(self.data, shard_rank, shard_world):
+        if self._forms and not torch.equal(self.flat_params(), self._forms_key):
+            self._forms.clear()              # the parameters changed: the adjoints are stale
+        for bi, (x, y) in enumerate(shard_batches(self.data, shard_rank, shard_world)):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True) if isinstance(y, torch.Tensor) else y
             n = x.shape[0]
             if n == 0:
                 continue
             step = max(1, _TAYLOR_SAMPLES // n)
-            forms = self._contracted_forms(x, y, backend)   # checks x and y (one plain forward)
+            forms = self._contracted_forms(bi, x, y, backend)
             with torch.no_grad():
                 for i in range(0, Z.shape[0], step):
                     if forms is not None:
@@ -373,19 +379,31 @@ class HessianOperator:
 
     _contract_ok = True
 
-    def _contracted_forms(self, x, y, backend: str):
-        """:class:`~lamda_ext.taylor.quadratic.QuadraticForms` for this batch (one adjoint pass, then
-        first-order Taylor passes per block of probes), or None where the model or loss needs the plain
-        order-2 Taylor run (the same numbers, more arithmetic)."""
+    def _contracted_forms(self, i: int, x, y, backend: str):
+        """:class:`~lamda_ext.taylor.quadratic.QuadraticForms` for the i-th batch (one adjoint pass, then
+        first-order Taylor passes per block of probes; kept for later calls on the same batch and parameters
+        within ``memory_budget``), or None where the model or loss needs the plain order-2 Taylor run (the
+        same numbers, more arithmetic). A new batch is checked first (one plain forward)."""
         if not self._contract_ok:
             return None
+        leaves = [x] + ([y] if isinstance(y, torch.Tensor) else [])
+        hit = self._forms.get(i)
+        if hit is not None and len(hit[0]) == len(leaves) and all(
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(hit[0], leaves)):
+            return hit[1]
         y = check_hvp_inputs(self.model, x, y, self.loss, "params", forward=True)
         try:
-            return QuadraticForms(self.model, x, y, self.loss, self.label_smoothing,
-                                  Fused() if backend == "fused" else Composite())
+            forms = QuadraticForms(self.model, x, y, self.loss, self.label_smoothing,
+                                   Fused() if backend == "fused" else Composite())
         except (NotImplementedError, RuntimeError):
             self._contract_ok = False
             return None
+        self._forms.pop(i, None)
+        if self.cached_bytes + forms.nbytes <= self.memory_budget:
+            if not self._forms:
+                self._forms_key = self.flat_params()
+            self._forms[i] = ([t.detach().clone() for t in leaves], forms)
+        return forms
 
     @outside_inference_mode
     def matvec(self, v: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,11 @@ class QuadraticForms:
         self.signature: List[Tuple[str, Tuple[int, ...]]] = []
         self.adjoints: List[Optional[torch.Tensor]] = self._adjoints()
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the adjoints."""
+        return sum(g.numel() * g.element_size() for g in self.adjoints if g is not None)
+
     def _adjoints(self) -> List[Optional[torch.Tensor]]:
         """``∂L/∂z0`` for every series an op returns, in dispatch order (None where L does not depend on it)."""
         p0 = next(self.model.parameters())
