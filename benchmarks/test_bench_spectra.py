@@ -325,7 +325,8 @@ def test_work_counts(problem):
     products, forward and backward), which machine load does not change. A cached operator product
     replays only the tangent pass (2 gradients of arithmetic: the HVP's tangent forward and tangent
     backward each cost twice the primal ones); an uncached HVP adds the primal forward and backward;
-    a Taylor-mode quadratic form ``zᵀHz`` needs forward passes only."""
+    a quadratic form ``zᵀHz`` needs first-order Taylor passes and, once per batch, one adjoint pass (counted here,
+    shared by the probes)."""
     from torch.utils.flop_counter import FlopCounterMode
     pb = problem
     model, x, y, V, Z = pb["model"], pb["x"], pb["y"], pb["V"], pb["Z"]
