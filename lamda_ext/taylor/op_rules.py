@@ -375,7 +375,7 @@ def _conv(nd: int):
         ctr = current_context().contraction
         if (ctr is not None and groups == 1 and not isinstance(padding, str) and order() == 2
                 and is_series(x) and is_series(weight) and x.degree == 1 and weight.degree == 1
-                and x.c0.dim() == nd + 2):
+                and x.c0.dim() == nd + 2 and x.hi.shape[1] == weight.hi.shape[1]):
             # a contracted quadratic form: the second-order term V_k * x1_k enters only as ⟨ḡ, V_k * x1_k⟩,
             # which is ⟨V_k, G_k⟩ with G = the weight gradient of the input x1 (all K as channels) under the
             # shared output gradient ḡ: one dense convolution, no [K, B, O, ...] term
