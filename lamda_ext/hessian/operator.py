@@ -205,7 +205,6 @@ class HessianOperator:
         self._cache_key = None
         self._cache_full = False
         self._forms: dict[int, tuple[list[torch.Tensor], QuadraticForms]] = {}   # per batch: its adjoints
-        self._forms_key = None
 
     # ------------------------------------------------------------------ distributed helpers
     @property
@@ -231,7 +230,28 @@ class HessianOperator:
         self._cache_key = None
         self._cache_full = False
         self._forms.clear()
-        self._forms_key = None
+
+    def _drop_stale_caches(self) -> None:
+        """Forget every kept batch when a parameter changed since the first was kept (the values are compared:
+        in-place updates through ``.data`` bump no version)."""
+        if (self._cache or self._forms) and (
+                self._cache_key is None or not torch.equal(self.flat_params(), self._cache_key)):
+            self.clear_cache()
+
+    def _kept(self, cache: dict, i: int, leaves: list):
+        """What ``cache`` keeps for the i-th batch if that batch's tensors are still ``leaves``, else None."""
+        hit = cache.get(i)
+        if hit is not None and len(hit[0]) == len(leaves) and all(
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(hit[0], leaves)):
+            return hit[1]
+        return None
+
+    def _keep(self, cache: dict, i: int, leaves: list, value) -> None:
+        """Keep ``value`` for the i-th batch (a copy of its tensors to recognise it; the parameter fingerprint is
+        taken with the first batch kept in either cache)."""
+        if not (self._cache or self._forms):
+            self._cache_key = self.flat_params()
+        cache[i] = ([t.detach().clone() for t in leaves], value)
 
     @property
     def cached_bytes(self) -> int:
@@ -278,20 +298,17 @@ class HessianOperator:
         """``H_f V`` for the i-th batch, from its cached linearisation when there is one (or room for one)."""
         if self.memory_budget > 0:
             leaves = tensor_leaves(batch)
-            hit = self._cache.get(i)
-            if hit is not None and len(hit[0]) == len(leaves) and all(
-                    a.shape == b.shape and torch.equal(a, b) for a, b in zip(hit[0], leaves)):
-                return hit[1](V, self.chunk)
+            kept = self._kept(self._cache, i, leaves)
+            if kept is not None:
+                return kept(V, self.chunk)
             if not self._cache_full:
                 lin = LinearizedHVP(f, self.params)
                 self.n_linearizations += 1
                 out = lin(V, self.chunk)      # the first call folds the primal part: nbytes is known after it
-                if self.cached_bytes - (hit[1].nbytes if hit else 0) + lin.nbytes <= self.memory_budget:
-                    if not self._cache:
-                        self._cache_key = self.flat_params()
-                    self._cache[i] = ([t.detach().clone() for t in leaves], lin)
+                self._cache.pop(i, None)      # a different batch at this position: its old linearisation goes
+                if self.cached_bytes + lin.nbytes <= self.memory_budget:
+                    self._keep(self._cache, i, leaves, lin)
                 else:
-                    self._cache.pop(i, None)
                     self._cache_full = True
                 return out
         with torch.enable_grad():
@@ -300,10 +317,7 @@ class HessianOperator:
     def _rows(self, V: torch.Tensor) -> torch.Tensor:
         """``H`` applied to each row of ``V`` ``[K, P]`` → ``[K, P]`` (over all data)."""
         _, world = dist_info()
-        if self._cache:   # the parameters' values, compared (in-place updates through .data bump no version)
-            now = self.flat_params()
-            if self._cache_key is None or not torch.equal(now, self._cache_key):
-                self.clear_cache()
+        self._drop_stale_caches()
         acc = torch.zeros_like(V)
         count = 0
         # (x, y) batches give batch-mean Hessians: weight n_b for both reductions; a loss_fn gives the
@@ -353,8 +367,7 @@ class HessianOperator:
         backend = "fused" if fused else "taylor"
         acc = torch.zeros(Z.shape[0], dtype=torch.float64, device=self.device)
         count = 0
-        if self._forms and not torch.equal(self.flat_params(), self._forms_key):
-            self._forms.clear()              # the parameters changed: the adjoints are stale
+        self._drop_stale_caches()
         for bi, (x, y) in enumerate(shard_batches(self.data, shard_rank, shard_world)):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True) if isinstance(y, torch.Tensor) else y
@@ -386,11 +399,10 @@ class HessianOperator:
         same numbers, more arithmetic). A new batch is checked first (one plain forward)."""
         if not self._contract_ok:
             return None
-        leaves = [x] + ([y] if isinstance(y, torch.Tensor) else [])
-        hit = self._forms.get(i)
-        if hit is not None and len(hit[0]) == len(leaves) and all(
-                a.shape == b.shape and torch.equal(a, b) for a, b in zip(hit[0], leaves)):
-            return hit[1]
+        leaves = tensor_leaves((x, y))
+        kept = self._kept(self._forms, i, leaves)
+        if kept is not None:
+            return kept
         y = check_hvp_inputs(self.model, x, y, self.loss, "params", forward=True)
         try:
             forms = QuadraticForms(self.model, x, y, self.loss, self.label_smoothing,
@@ -400,9 +412,7 @@ class HessianOperator:
             return None
         self._forms.pop(i, None)
         if self.cached_bytes + forms.nbytes <= self.memory_budget:
-            if not self._forms:
-                self._forms_key = self.flat_params()
-            self._forms[i] = ([t.detach().clone() for t in leaves], forms)
+            self._keep(self._forms, i, leaves, forms)
         return forms
 
     @outside_inference_mode
