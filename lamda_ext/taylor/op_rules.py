@@ -343,6 +343,22 @@ def linear(x, weight, bias=None):
     return out if b_rest is None else _add_bias(out, b_rest, _ndim(out) - 1, 0)
 
 
+def _contract_conv(ctr, xk, vk, out_shape, nd: int, stride, padding, dilation) -> None:
+    """Add ``⟨ḡ, V_k * x1_k⟩`` to a quadratic-form contraction without forming ``V_k * x1_k`` ``[K, B, O, ...]``:
+    it is ``⟨V_k, G_k⟩`` with ``G`` the weight gradient of the input ``x1`` (all K as channels) under the shared
+    output gradient ``ḡ`` (the output's adjoint), one dense convolution. xk ``[K, B, C, ...]``, vk ``[K, O, C, ...]``."""
+    g = ctr.adjoint()
+    if g is None or tuple(g.shape) != tuple(out_shape):   # no adjoint, or the op sequence differs (observe raises)
+        return
+    k, b = xk.shape[:2]
+    xb = xk.movedim(0, 1).reshape((b, k * xk.shape[2]) + tuple(xk.shape[3:]))
+    lists = [[v] * nd if isinstance(v, int) else list(v) for v in (stride, padding, dilation)]
+    shape = (vk.shape[1], k * vk.shape[2]) + tuple(vk.shape[3:])
+    gw = torch.ops.aten.convolution_backward(g.to(xb.dtype), xb, xb.new_empty(shape), None, *lists, False,
+                                             [0] * nd, 1, [False, True, False])[1]          # [O, K·C, ...]
+    ctr.add((gw.reshape(vk.shape[1], k, -1).transpose(0, 1) * vk.reshape(k, vk.shape[1], -1)).sum((1, 2)))
+
+
 def _conv(nd: int):
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
 
@@ -373,26 +389,15 @@ def _conv(nd: int):
             return grouped(xk.movedim(0, 1), wk)
 
         ctr = current_context().contraction
-        if (ctr is not None and groups == 1 and not isinstance(padding, str) and order() == 2
-                and is_series(x) and is_series(weight) and x.degree == 1 and weight.degree == 1
-                and x.c0.dim() == nd + 2 and x.hi.shape[1] == weight.hi.shape[1]):
-            # a contracted quadratic form: the second-order term V_k * x1_k enters only as ⟨ḡ, V_k * x1_k⟩,
-            # which is ⟨V_k, G_k⟩ with G = the weight gradient of the input x1 (all K as channels) under the
-            # shared output gradient ḡ: one dense convolution, no [K, B, O, ...] term
-            out = bilinear(x, weight, pp, lp, pk, kk, rowwise=True, max_degree=1)
-            g = ctr.adjoint()
-            if g is not None and tuple(g.shape) == tuple(out.c0.shape):
-                xk, vk = x.hi[0], weight.hi[0]                      # [K, B, C, ...], [K, O, C, ...]
-                k, b = xk.shape[:2]
-                xb = xk.movedim(0, 1).reshape((b, k * xk.shape[2]) + tuple(xk.shape[3:]))
-                lists = [[v] * nd if isinstance(v, int) else list(v) for v in (stride, padding, dilation)]
-                shape = (vk.shape[1], k * vk.shape[2]) + tuple(vk.shape[3:])
-                gw = torch.ops.aten.convolution_backward(
-                    g.to(xb.dtype), xb, xb.new_empty(shape), None, *lists, False, [0] * nd, 1,
-                    [False, True, False])[1]                         # [O, K·C, ...]
-                ctr.add((gw.reshape(vk.shape[1], k, -1).transpose(0, 1) * vk.reshape(k, vk.shape[1], -1)).sum((1, 2)))
-        elif is_series(x):
-            out = bilinear(x, weight, pp, lp, pk, kk, rowwise=x.c0.dim() == nd + 2)
+        if is_series(x):
+            # in a contracted quadratic-form pass the term V_k * x1_k is contracted here, not formed
+            contract = (ctr is not None and groups == 1 and not isinstance(padding, str) and order() == 2
+                        and is_series(weight) and x.degree == 1 and weight.degree == 1 and x.c0.dim() == nd + 2
+                        and x.hi.shape[1] == weight.hi.shape[1])
+            out = bilinear(x, weight, pp, lp, pk, kk, rowwise=x.c0.dim() == nd + 2,
+                           max_degree=1 if contract else None)
+            if contract:
+                _contract_conv(ctr, x.hi[0], weight.hi[0], out.c0.shape, nd, stride, padding, dilation)
         elif is_series(weight):
             out = bilinear(weight, x, lambda w0, x0: pp(x0, w0), lambda wl, x0: pk(x0, wl), None, None)
         else:

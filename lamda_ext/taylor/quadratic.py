@@ -114,34 +114,12 @@ class QuadraticForms:
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
         if V.dim() != 2 or V.shape[1] != self.size:
             raise ValueError(f"V must have shape [K, P]=[K, {self.size}], got {list(V.shape)}")
-        k = V.shape[0]
-        ctr = Contraction(self.adjoints, k, V.device)
-
-        def contract(name, out):
-            for pos, s in _series_of(out):
-                i = ctr.step
-                ctr.step += 1
-                if i >= len(self.signature) or self.signature[i] != (name, tuple(s.c0.shape)):
-                    got = (name, tuple(s.c0.shape))
-                    want = self.signature[i] if i < len(self.signature) else "no op"
-                    raise RuntimeError(f"quadratic forms: op {i} of the forward pass is {got}, the adjoint pass "
-                                       f"saw {want}; the model's op sequence depends on more than the primal")
-                if s.degree < 2:
-                    continue
-                g = self.adjoints[i]
-                if g is not None:
-                    c2 = s.hi[1]                                  # [K or 1, *S]
-                    ctr.add(torch.tensordot(c2, g.to(c2.dtype), dims=g.dim()))
-                out = _replace(out, pos, TaylorSeries(s.c0, s.hi[:1]))
-            return out
-
-        ctx = RunContext(2, k, self.impl, self.model)
-        ctx.observe, ctx.contraction = contract, ctr
+        ctr = Contraction(self.adjoints, self.signature, V.shape[0], V.device)
+        ctx = RunContext(2, V.shape[0], self.impl, self.model)
+        ctx.observe, ctx.contraction = ctr.observe, ctr
         with torch.no_grad(), ctx.active(), series_parameters(self.model, V):
             out = self.model(self.x)
-            if ctr.step != len(self.signature):
-                raise RuntimeError(f"quadratic forms: the forward pass ran {ctr.step} ops, the adjoint pass "
-                                   f"{len(self.signature)}")
+            ctr.finish()
             if not is_series(out) or out.degree > 1:
                 raise NotImplementedError("the model's output is not a first-order series")
             _, d = head_terms(out, self.y, self.loss, self.ls, ctx)
@@ -151,12 +129,15 @@ class QuadraticForms:
 
 class Contraction:
     """One contracted pass: ``acc[k]`` sums ``⟨∂L/∂z0_op, z2_op⟩`` over the ops seen so far; ``step`` is the
-    dispatch index of the next series an op returns. A rule may contract its own second-order term (the
-    convolution rule does, by a weight-gradient convolution): ``adjoint()`` is its output's ``∂L/∂z0`` (None
-    where the loss does not depend on it), ``add(q)`` adds ``⟨∂L/∂z0, z2⟩`` ``[K]``; it then returns degree 1."""
+    dispatch index of the next series an op returns. :meth:`observe` (the run's ``RunContext.observe``) checks
+    each op against the adjoint pass's ``signature``, contracts a second-order coefficient and drops it. A rule
+    may contract its own second-order term first (the convolution rule does, by a weight-gradient
+    convolution): ``adjoint()`` is its output's ``∂L/∂z0`` (None where the loss does not depend on it),
+    ``add(q)`` adds ``⟨∂L/∂z0, z2⟩`` ``[K]``; it then returns degree 1."""
 
-    def __init__(self, adjoints: List[Optional[torch.Tensor]], k: int, device):
-        self.adjoints, self.k = adjoints, k
+    def __init__(self, adjoints: List[Optional[torch.Tensor]], signature: List[Tuple[str, Tuple[int, ...]]],
+                 k: int, device):
+        self.adjoints, self.signature, self.k = adjoints, signature, k
         self.acc = torch.zeros(k, dtype=torch.float64, device=device)
         self.step = 0
 
@@ -165,3 +146,27 @@ class Contraction:
 
     def add(self, q: torch.Tensor) -> None:
         self.acc.add_(q.to(torch.float64).expand(self.k))
+
+    def observe(self, name: str, out):
+        for pos, s in _series_of(out):
+            i = self.step
+            self.step += 1
+            if i >= len(self.signature) or self.signature[i] != (name, tuple(s.c0.shape)):
+                want = self.signature[i] if i < len(self.signature) else "no op"
+                raise RuntimeError(f"quadratic forms: op {i} of the forward pass is {(name, tuple(s.c0.shape))}, "
+                                   f"the adjoint pass saw {want}; the model's op sequence depends on more than "
+                                   "the primal")
+            if s.degree < 2:
+                continue
+            g = self.adjoints[i]
+            if g is not None:
+                c2 = s.hi[1]                                      # [K or 1, *S]
+                self.add(torch.tensordot(c2, g.to(c2.dtype), dims=g.dim()))
+            out = _replace(out, pos, TaylorSeries(s.c0, s.hi[:1]))
+        return out
+
+    def finish(self) -> None:
+        """The forward pass is over: it must have run every op of the adjoint pass."""
+        if self.step != len(self.signature):
+            raise RuntimeError(f"quadratic forms: the forward pass ran {self.step} ops, the adjoint pass "
+                               f"{len(self.signature)}")
