@@ -9,7 +9,7 @@ import lamda_ext
 from _helpers import check_analyze_and_resume
 from lamda import io as lio
 from lamda.cli import main
-from lamda.experiments.experiment_support import ci95_halfwidth
+from lamda.analysis.stats import t_halfwidth
 from lamda.experiments.selective import (CONDITIONS, PAIR_NAMES, boundary_points, measure_pair_lambda,
                                          selectivity_rows, selectivity_table)
 
@@ -128,7 +128,7 @@ def test_selectivity_index_and_ci_against_hand_values():
     assert s49["selectivity_index_n"] == 2 and s49["selectivity_index_mean"] == pytest.approx(-0.75)
     assert s49["selectivity_index_ci95"] == pytest.approx(12.7062047 * 0.25, rel=1e-6)
     assert st[("selective_38", "3v8")]["selectivity_index_n"] == 0
-    assert np.isnan(ci95_halfwidth(1.0, 1))
+    assert np.isnan(t_halfwidth(1.0, 1))
 
 
 def test_selective_smoke_writes_every_file(data_root, tmp_path, capsys):

@@ -6,7 +6,7 @@
 - :func:`load_mnist_like`: MNIST from the data root, or the offline ``digits`` set when it is absent.
 - :func:`group_mean_std`, :func:`markdown_table`, :func:`pm`: tables for ``summary.md``.
 - :func:`my_cells`, :func:`run_seeded_grid`: thin wrappers over :mod:`lamda.experiments.runner`.
-- :func:`group_mean_ci`, :func:`pm_ci`: mean ± 95 % Student-t CI over seeds ("± n/a" for one seed).
+- :func:`group_mean_ci`, :func:`fmt_ci`: mean ± 95 % Student-t CI over seeds ("± n/a" for one seed).
 - :func:`arg_number`: argparse types that refuse values outside a range (and inf/NaN).
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from ..trainer import run_is_complete
 from .runner import Cell, assigned, run_grid
 
 __all__ = ["parse_seeds", "open_results_folder", "load_mnist_like", "group_mean_std", "markdown_table", "pm",
-           "my_cells", "run_seeded_grid", "fmt", "finite_mean_std", "ci95_halfwidth", "finite_mean_ci",
-           "group_mean_ci", "pm_ci", "arg_number"]
+           "my_cells", "run_seeded_grid", "fmt", "finite_mean_std", "finite_mean_ci",
+           "group_mean_ci", "fmt_ci", "arg_number"]
 
 
 SEED_MAX = 2**31 - 1        # every seed (and the offsets experiments add to it) fits torch's and numpy's seeds
@@ -168,16 +168,10 @@ def run_seeded_grid(tag: str, out: pathlib.Path, cells: list, shard_spec: str | 
 
 
 # ------------------------------------------------------------------ 95 % confidence intervals over seeds
-def ci95_halfwidth(std: float, n: int) -> float:
-    """Half-width of the two-sided 95 % Student-t interval of a mean (:func:`lamda.analysis.stats.t_halfwidth`);
-    NaN for ``n < 2``."""
-    return t_halfwidth(std, n)
-
-
 def finite_mean_ci(values: Iterable) -> tuple[float, float, int]:
-    """Mean, 95 % CI half-width (:func:`ci95_halfwidth`) and count of the finite values (NaN, NaN, 0 when none)."""
+    """Mean, 95 % CI half-width (:func:`lamda.analysis.stats.t_halfwidth`) and count of the finite values (NaN, NaN, 0 when none)."""
     m, s, n = finite_mean_std(values)
-    return m, ci95_halfwidth(s, n), n
+    return m, t_halfwidth(s, n), n
 
 
 def group_mean_ci(rows: list[dict], key: str, columns: Sequence[str], order: Sequence | None = None) -> list[dict]:
@@ -185,11 +179,10 @@ def group_mean_ci(rows: list[dict], key: str, columns: Sequence[str], order: Seq
     table = group_mean_std(rows, key, columns, order)
     for row in table:
         for c in columns:
-            row[f"{c}_ci95"] = ci95_halfwidth(row[f"{c}_std"], row[f"{c}_n"])
+            row[f"{c}_ci95"] = t_halfwidth(row[f"{c}_std"], row[f"{c}_n"])
     return table
 
 
-pm_ci = fmt_ci      # "m ± h" / "m ± n/a" / "n/a": the one formatter of a mean and its CI
 
 
 # ------------------------------------------------------------------ argparse types that check ranges

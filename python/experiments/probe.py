@@ -47,7 +47,7 @@ from ..sam import SAM
 from ..trainer import evaluate, resolve_device, run_is_complete
 from . import Experiment, register
 from .experiment_support import (add_mnist_like_argument, arg_number, finite_mean_ci, fmt, group_mean_ci,
-                                 load_mnist_like, markdown_table, open_results_folder, parse_seeds, pm_ci)
+                                 load_mnist_like, markdown_table, open_results_folder, parse_seeds, fmt_ci)
 from .runner import Cell, require_complete, run_grid
 
 __all__ = ["PRESETS", "OPTIMIZERS", "STEP_COLUMNS", "EPOCH_COLUMNS", "matched_lr", "smooth", "paired_difference",
@@ -399,19 +399,19 @@ def _statements(rows: list[dict], table: list[dict], cfg: dict) -> list[str]:
     lines = []
     best = max(table, key=lambda r: r["final_test_acc_mean"])
     lines.append(f"- Highest final test accuracy: `{best['optimizer']}` "
-                 f"({pm_ci(best['final_test_acc_mean'], best['final_test_acc_ci95'], best['n'], '.4f')}, "
+                 f"({fmt_ci(best['final_test_acc_mean'], best['final_test_acc_ci95'], best['n'], '.4f')}, "
                  f"n = {best['n']}).")
     if "probe" in by:
         p = by["probe"]
         lines.append(f"- The probe's lr scale (running reference, decay {cfg['settings']['ref_decay']}): mean "
-                     f"{pm_ci(p['scale_mean_mean'], p['scale_mean_ci95'], p['n'], '.3f')}, range "
+                     f"{fmt_ci(p['scale_mean_mean'], p['scale_mean_ci95'], p['n'], '.3f')}, range "
                      f"{fmt(min(r['scale_min'] for r in rows if r['optimizer'] == 'probe'), '.3f')}–"
                      f"{fmt(max(r['scale_max'] for r in rows if r['optimizer'] == 'probe'), '.3f')}; above 1 on "
                      f"{fmt(100 * p['frac_scale_above_1_mean'], '.0f')} % of steps, below 1 on "
                      f"{fmt(100 * p['frac_scale_below_1_mean'], '.0f')} %, at the cap {cfg['max_scale']} on "
                      f"{fmt(100 * p['frac_scale_at_max_mean'], '.0f')} %, at the floor {MIN_SCALE} on "
                      f"{fmt(100 * p['frac_scale_at_min_mean'], '.0f')} % (mean over {p['n']} seed(s)).")
-        lines.append(f"- Mean lr: probe {pm_ci(p['mean_lr_mean'], p['mean_lr_ci95'], p['n'], '.4g')} vs the SGD base "
+        lines.append(f"- Mean lr: probe {fmt_ci(p['mean_lr_mean'], p['mean_lr_ci95'], p['n'], '.4g')} vs the SGD base "
                      f"{cfg['settings']['sgd_lr']}" + ("; `sgd_matched` ran at that mean lr, per seed"
                                                        if "sgd_matched" in by else "") + ".")
     for other in ("sgd_matched", "sgd", "adam", "sam"):
@@ -425,16 +425,16 @@ def _statements(rows: list[dict], table: list[dict], cfg: dict) -> list[str]:
         else:
             verdict = "the 95 % CI includes 0: no difference shown (null result at this n)"
         ctrl = " (the matched-lr control: same mean lr, constant)" if other == "sgd_matched" else ""
-        lines.append(f"- probe − {other}{ctrl}: Δ final test accuracy = {pm_ci(m, h, n, '+.4f')} "
+        lines.append(f"- probe − {other}{ctrl}: Δ final test accuracy = {fmt_ci(m, h, n, '+.4f')} "
                      f"(paired over n = {n} seed(s)) — {verdict}.")
     for col, what in (("mean_curvature", "mean over training"), ("final_curvature", "mean over the last epoch")):
         order = sorted(table, key=lambda r: r[f"{col}_mean"] if np.isfinite(r[f"{col}_mean"]) else np.inf)
         lines.append(f"- Probe curvature ({what}), lowest first: " + ", ".join(
-            f"`{r['optimizer']}` {pm_ci(r[f'{col}_mean'], r[f'{col}_ci95'], r[f'{col}_n'], '.4g')}" for r in order)
+            f"`{r['optimizer']}` {fmt_ci(r[f'{col}_mean'], r[f'{col}_ci95'], r[f'{col}_n'], '.4g')}" for r in order)
             + ".")
     if "probe" in by and "sgd_matched" in by:
         m, h, n = paired_difference(rows, "probe", "sgd_matched", "final_curvature")
-        lines.append(f"- probe − sgd_matched, final curvature: {pm_ci(m, h, n, '+.4g')} (paired, n = {n}).")
+        lines.append(f"- probe − sgd_matched, final curvature: {fmt_ci(m, h, n, '+.4g')} (paired, n = {n}).")
     return lines
 
 
@@ -472,11 +472,11 @@ def analyze(out) -> int:
     data_line = f"{cfg['dataset']} ({cfg['train_size']} train / {cfg['test_size']} test)"
     if cfg.get("dataset_note"):
         data_line += f" — {cfg['dataset_note']}"
-    body = [[r["optimizer"], r["n"], pm_ci(r["mean_lr_mean"], r["mean_lr_ci95"], r["n"], ".4g"),
-             pm_ci(r["final_test_acc_mean"], r["final_test_acc_ci95"], r["n"], ".4f"),
-             pm_ci(r["final_test_loss_mean"], r["final_test_loss_ci95"], r["n"], ".4f"),
-             pm_ci(r["mean_curvature_mean"], r["mean_curvature_ci95"], r["mean_curvature_n"], ".4g"),
-             pm_ci(r["final_curvature_mean"], r["final_curvature_ci95"], r["final_curvature_n"], ".4g")]
+    body = [[r["optimizer"], r["n"], fmt_ci(r["mean_lr_mean"], r["mean_lr_ci95"], r["n"], ".4g"),
+             fmt_ci(r["final_test_acc_mean"], r["final_test_acc_ci95"], r["n"], ".4f"),
+             fmt_ci(r["final_test_loss_mean"], r["final_test_loss_ci95"], r["n"], ".4f"),
+             fmt_ci(r["mean_curvature_mean"], r["mean_curvature_ci95"], r["mean_curvature_n"], ".4g"),
+             fmt_ci(r["final_curvature_mean"], r["final_curvature_ci95"], r["final_curvature_n"], ".4g")]
             for r in table]
     text = [f"# Curvature-probe optimizer vs SGD, Adam, SAM (`lamda run probe --preset {cfg['preset']}`)", "",
             *_caveat(cfg),

@@ -48,7 +48,7 @@ from ..regularizers import LambdaPenalty, RegularizerSet
 from ..trainer import Trainer, TrainConfig, evaluate, train_run
 from . import Experiment, register
 from .experiment_support import (add_mnist_like_argument, arg_number, finite_mean_ci, fmt, group_mean_ci,
-                                 load_mnist_like, markdown_table, open_results_folder, parse_seeds, pm_ci)
+                                 load_mnist_like, markdown_table, open_results_folder, parse_seeds, fmt_ci)
 from .runner import Cell, require_complete, run_grid
 
 __all__ = ["PRESETS", "CONDITIONS", "PAIRS", "BOUNDARY_RULES", "BoundarySelection", "boundary_points",
@@ -452,21 +452,21 @@ def _plots(out: pathlib.Path, rows: list[dict], table: list[dict], sel: list[dic
 def _statements(table: list[dict], st: list[dict], cfg: dict) -> list[str]:
     lines = []
     base = next(r for r in table if r["condition"] == "baseline")
-    acc = lambda r: pm_ci(r["test_acc_mean"], r["test_acc_ci95"], r["test_acc_n"], ".4f")
+    acc = lambda r: fmt_ci(r["test_acc_mean"], r["test_acc_ci95"], r["test_acc_n"], ".4f")
     for r in table:
         if r["condition"] == "baseline":
             continue
         d = r["test_acc_mean"] - base["test_acc_mean"]
         lines.append(f"- `{r['condition']}`: test accuracy {acc(r)} vs baseline {acc(base)} (Δ = {d:+.4f}, "
                      f"n = {r['n']} seed(s)); the λ term was "
-                     f"{pm_ci(100 * r['penalty_share_mean_mean'], 100 * r['penalty_share_mean_ci95'], r['penalty_share_mean_n'], '.2f')} % "
+                     f"{fmt_ci(100 * r['penalty_share_mean_mean'], 100 * r['penalty_share_mean_ci95'], r['penalty_share_mean_n'], '.2f')} % "
                      "of the training loss (mean over epochs).")
     for r in st:
         m, h, n = r["selectivity_index_mean"], r["selectivity_index_ci95"], r["selectivity_index_n"]
         role = "control, no targeted pair" if r["condition"] == "global" else "targeted pair"
         lines.append(f"- `{r['condition']}` ({role}: {r['target_pair']}): selectivity index "
-                     f"{pm_ci(m, h, n, '+.3f')} (n = {n}; Δλ target {pm_ci(r['delta_target_mean'], r['delta_target_ci95'], n, '+.3f')}, "
-                     f"Δλ others {pm_ci(r['delta_others_mean'], r['delta_others_ci95'], n, '+.3f')}) — "
+                     f"{fmt_ci(m, h, n, '+.3f')} (n = {n}; Δλ target {fmt_ci(r['delta_target_mean'], r['delta_target_ci95'], n, '+.3f')}, "
+                     f"Δλ others {fmt_ci(r['delta_others_mean'], r['delta_others_ci95'], n, '+.3f')}) — "
                      + (_verdict(m, h, n) if r["condition"] != "global" else
                         "the size a non-selective penalty produces") + ".")
     miss = [f"{r['condition']}/{p} ({r['n'] - r[f'lambda_{p}_n']} of {r['n']})" for r in table for p in PAIR_NAMES
@@ -508,15 +508,15 @@ def analyze(out) -> int:
     s = cfg["settings"]
     header = ["condition", "n", "test acc", *[f"λ {p}" for p in PAIR_NAMES], *[f"points {p}" for p in PAIR_NAMES],
               "penalty share (%)"]
-    body = [[r["condition"], r["n"], pm_ci(r["test_acc_mean"], r["test_acc_ci95"], r["test_acc_n"], ".4f"),
-             *[pm_ci(r[f"lambda_{p}_mean"], r[f"lambda_{p}_ci95"], r[f"lambda_{p}_n"]) for p in PAIR_NAMES],
+    body = [[r["condition"], r["n"], fmt_ci(r["test_acc_mean"], r["test_acc_ci95"], r["test_acc_n"], ".4f"),
+             *[fmt_ci(r[f"lambda_{p}_mean"], r[f"lambda_{p}_ci95"], r[f"lambda_{p}_n"]) for p in PAIR_NAMES],
              *[fmt(r[f"n_boundary_{p}_mean"], ".0f") for p in PAIR_NAMES],
-             pm_ci(100 * r["penalty_share_mean_mean"], 100 * r["penalty_share_mean_ci95"], r["penalty_share_mean_n"],
+             fmt_ci(100 * r["penalty_share_mean_mean"], 100 * r["penalty_share_mean_ci95"], r["penalty_share_mean_n"],
                    ".2f") if r["penalty_share_mean_n"] else "—"] for r in table]
     sel_body = [[r["condition"], r["target_pair"], r["selectivity_index_n"],
-                 pm_ci(r["delta_target_mean"], r["delta_target_ci95"], r["delta_target_n"], "+.3f"),
-                 pm_ci(r["delta_others_mean"], r["delta_others_ci95"], r["delta_others_n"], "+.3f"),
-                 pm_ci(r["selectivity_index_mean"], r["selectivity_index_ci95"], r["selectivity_index_n"], "+.3f")]
+                 fmt_ci(r["delta_target_mean"], r["delta_target_ci95"], r["delta_target_n"], "+.3f"),
+                 fmt_ci(r["delta_others_mean"], r["delta_others_ci95"], r["delta_others_n"], "+.3f"),
+                 fmt_ci(r["selectivity_index_mean"], r["selectivity_index_ci95"], r["selectivity_index_n"], "+.3f")]
                 for r in st]
     data_line = f"{cfg['dataset']} ({cfg['train_size']} train / {cfg['test_size']} test)"
     if cfg.get("dataset_note"):
