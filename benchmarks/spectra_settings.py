@@ -1,8 +1,8 @@
 """Which settings of each method reach rtol 1e-3 on the top-k (LA) Hessian eigenvalues, and how long they take.
 
-k is the size of the reference. Run after ``test_bench_spectra.py`` for the same B (it reads that run's float64 reference from
-``benchmarks/results/spectra-*-cpu-B<B>.json``); one warm process, every setting timed once per repetition,
-interleaved. Needs the peers (``pip install .[bench]``). Settings by environment: LAM_TOLS, ETH_STEPS, EIGSH_TOLS,
+k is the size of the reference. Run after ``test_bench_spectra.py`` for the same B with an eigenvalue case (it
+reads that run's float64 reference from ``benchmarks/results/spectra-*-cpu-B<B>.json``; files of runs without one
+are skipped); one warm process, every setting timed once per repetition, interleaved. Needs the peers (``pip install .[bench]``). Settings by environment: LAM_TOLS, ETH_STEPS, EIGSH_TOLS,
 PYH_TOLS (comma lists), REPS.
 
     LAMDA_DATA_ROOT=../shared/data python benchmarks/spectra_settings.py 128
@@ -23,12 +23,19 @@ from test_bench_spectra import _data  # noqa: E402
 from lamda.models import MnistCNN  # noqa: E402
 
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 128
-found = sorted(glob.glob(os.path.join(HERE, "results", f"spectra-*-cpu-B{B}.json")))
-if not found:
+
+def _reference(path):
+    """The float64 reference stored in a benchmark result file (None where its run took no eigenvalue case)."""
+    with open(path) as f:
+        return json.load(f)["results"].get(str(B), {}).get("reference")
+
+
+refs = [r for r in map(_reference, sorted(glob.glob(os.path.join(HERE, "results", f"spectra-*-cpu-B{B}.json"))))
+        if r is not None]
+if not refs:
     sys.exit(f"no reference for B={B}: run LAMDA_BENCH_SPECTRA_SIZES={B} python -m pytest "
              "benchmarks/test_bench_spectra.py -k eigs_lamda first")
-with open(found[-1]) as f:
-    ref = torch.tensor(json.load(f)["results"][str(B)]["reference"], dtype=torch.float64)
+ref = torch.tensor(refs[-1], dtype=torch.float64)
 TOP = ref.numel()                 # as many eigenvalues as the benchmark's reference has (10 by default)
 torch.manual_seed(0)
 model = MnistCNN().eval()
