@@ -1,5 +1,5 @@
 """Build lamda_ext: the core package, its C++/CUDA extension ``lamda_ext._C``,
-and the research layer ``lamda`` (sources in ``python/``).
+and the research layer ``lamda`` (sources in ``python/lamda/``).
 
     pip install --no-build-isolation .
 
@@ -73,7 +73,7 @@ def _extension():
 
 
 core = find_packages(include=["lamda_ext", "lamda_ext.*"])
-research = ["lamda"] + ["lamda." + p for p in find_packages(where="python")]
+research = find_packages(where="python", include=["lamda", "lamda.*"])
 
 setup(
     name="lamda_ext",
@@ -81,7 +81,7 @@ setup(
     description="Geometry of neural-network losses: batched higher-order directional derivatives, "
                 "the curvature rate lambda, Hessian spectra, and the research layer built on them",
     packages=core + research,
-    package_dir={"lamda": "python", **{p: "python/" + p[len("lamda."):].replace(".", "/") for p in research[1:]}},
+    package_dir={"lamda": "python/lamda"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",

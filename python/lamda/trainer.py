@@ -167,7 +167,7 @@ def _make_optimizer(model, cfg: TrainConfig, regs: RegularizerSet):
         try:
             from .sam import SAM
         except ImportError as exc:  # pragma: no cover - depends on the sibling module
-            raise ImportError("the SAM regulariser needs lamda.sam.SAM (python/sam.py)") from exc
+            raise ImportError("the SAM regulariser needs lamda.sam.SAM (lamda/sam.py)") from exc
         return SAM(model.parameters(), base, rho=regs.sam_rho, model=model, **kw, **kw2)
     return base(model.parameters(), **kw, **kw2)
 
