@@ -29,7 +29,7 @@ namespace taylor {
 constexpr int kMaxCoeffs = 9;  // order N <= 8
 
 // The one list of elementwise kinds: X(Enum, "name"). The enum, the names, the count and the runtime
-// dispatch (ops.h) are generated from it; lamda_ext/taylor/rules.py:UNARY holds the same names in the same
+// dispatch (ops.h) are generated from it; lamda_ext/taylor/recurrences.py:UNARY holds the same names in the same
 // order (a test checks it). A kind in the list without a recurrence below (unary_series), in cpu/pack.h or in
 // cpu/taylor_cpu.cpp:unary_primal fails to compile (static_assert / -Werror=switch).
 #define LX_UNARY_KINDS(X) \

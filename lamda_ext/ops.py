@@ -1,4 +1,4 @@
-"""Fused Taylor kernels: the same functions as :mod:`lamda_ext.taylor.rules`, backed by
+"""Fused Taylor kernels: the same functions as :mod:`lamda_ext.taylor.recurrences`, backed by
 the C++/CUDA ops of ``lamda_ext._C`` (namespace ``torch.ops.lamda_ext``).
 
 All series are normalised Taylor coefficients (``c_n = f^(n)(0)/n!``) with the
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import _ext
-from .taylor.rules import UNARY_KINDS  # the one list of kinds (the kernels' X-macro mirrors it)
+from .taylor.recurrences import UNARY_KINDS  # the one list of kinds (the kernels' X-macro mirrors it)
 
 __all__ = ["UNARY_KINDS", "MAX_COEFFS", "available", "unary_coeffs", "cross_entropy_coeffs", "cross_entropy_deg1"]
 

@@ -267,10 +267,10 @@ def test_shared_random_directions_unit_norm_seeded_and_checked():
 
 def test_shared_directions_take_the_rowwise_path(monkeypatch):
     """The first conv/linear maps a shared direction once (not once per point), and the result still matches."""
-    from lamda_ext.taylor import op_rules
+    from lamda_ext.taylor.op_rules import linear
     seen = []
-    orig = op_rules._batch_broadcast
-    monkeypatch.setattr(op_rules, "_batch_broadcast", lambda x: seen.append(orig(x)) or seen[-1])
+    orig = linear.is_batch_broadcast
+    monkeypatch.setattr(linear, "is_batch_broadcast", lambda x: seen.append(orig(x)) or seen[-1])
     m, x, y = build("mnist_cnn")
     m.eval()
     u = lamda_ext.random_directions(x, 2, torch.Generator().manual_seed(0), shared=True)

@@ -1,5 +1,5 @@
 """The fused Taylor kernels (lamda_ext.ops, backed by lamda_ext._C) against the composite
-rules (lamda_ext.taylor.rules) in float64, gradcheck, opcheck and bad input.
+recurrences (lamda_ext.taylor.recurrences) in float64, gradcheck, opcheck and bad input.
 
 CUDA variants run when a CUDA device is present and the extension was compiled with CUDA;
 otherwise they skip with the reason.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lamda_ext import _ext, ops
-from lamda_ext.taylor import rules
+from lamda_ext.taylor import recurrences
 
 from _helpers import rel_err
 
@@ -49,18 +49,18 @@ def _series(C, shape, kind, gen, dtype=torch.float64, device="cpu"):
 def test_signatures_match_rules():
     for name in ("unary_coeffs", "cross_entropy_coeffs", "cross_entropy_deg1"):
         fused = inspect.signature(getattr(ops, name))
-        ref = inspect.signature(getattr(rules, name))
+        ref = inspect.signature(getattr(recurrences, name))
         assert list(fused.parameters) == list(ref.parameters), name
         for p in ref.parameters.values():
             assert fused.parameters[p.name].default == p.default, (name, p.name)
-    assert tuple(ops.UNARY_KINDS) == tuple(rules.UNARY_KINDS)
+    assert tuple(ops.UNARY_KINDS) == tuple(recurrences.UNARY_KINDS)
 
 
 def test_kernel_kinds_are_the_python_list():
-    """The X-macro list (LX_UNARY_KINDS) names exactly rules.UNARY, in order: the unknown-kind message lists it."""
-    with pytest.raises(ValueError, match="expected one of " + ", ".join(rules.UNARY_KINDS) + "$"):
+    """The X-macro list (LX_UNARY_KINDS) names exactly recurrences.UNARY, in order: the unknown-kind message lists it."""
+    with pytest.raises(ValueError, match="expected one of " + ", ".join(recurrences.UNARY_KINDS) + "$"):
         ops.unary_coeffs("nosuchkind", torch.zeros(2, 3, dtype=torch.float64))
-    for kind in rules.UNARY_KINDS:
+    for kind in recurrences.UNARY_KINDS:
         ops.unary_coeffs(kind, torch.ones(2, 3, dtype=torch.float64))
 
 
@@ -99,7 +99,7 @@ SHAPES = [(), (5,), (2, 3, 4)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind", rules.UNARY_KINDS)
+@pytest.mark.parametrize("kind", recurrences.UNARY_KINDS)
 def test_unary_matches_rules(kind, device):
     gen = torch.Generator().manual_seed(11)
     for C in range(1, 10):
@@ -107,28 +107,28 @@ def test_unary_matches_rules(kind, device):
             x = _series(C, shape, kind, gen, device=device)
             got = ops.unary_coeffs(kind, x, alpha=0.7)
             assert got.shape == x.shape and got.dtype == torch.float64 and got.device == x.device
-            assert _rel_err(got, rules.unary_coeffs(kind, x, alpha=0.7)) <= TOL, (kind, C, shape)
+            assert _rel_err(got, recurrences.unary_coeffs(kind, x, alpha=0.7)) <= TOL, (kind, C, shape)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind", rules.UNARY_KINDS)
+@pytest.mark.parametrize("kind", recurrences.UNARY_KINDS)
 def test_unary_noncontiguous_input(kind, device):
     gen = torch.Generator().manual_seed(12)
     base = _series(7, (6, 5, 4), kind, gen, device=device)
     for x in (base.transpose(1, 3), base[:, ::2, :, 1:], base.movedim(0, 3).contiguous().movedim(3, 0)):
         assert not x.is_contiguous()
         got = ops.unary_coeffs(kind, x, alpha=1.3)
-        assert _rel_err(got, rules.unary_coeffs(kind, x.contiguous(), alpha=1.3)) <= TOL
+        assert _rel_err(got, recurrences.unary_coeffs(kind, x.contiguous(), alpha=1.3)) <= TOL
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind", rules.UNARY_KINDS)
+@pytest.mark.parametrize("kind", recurrences.UNARY_KINDS)
 def test_unary_float32(kind, device):
     gen = torch.Generator().manual_seed(13)
     x = _series(7, (50,), kind, gen, device=device)
     got = ops.unary_coeffs(kind, x.float())
     assert got.dtype == torch.float32
-    assert _rel_err(got, rules.unary_coeffs(kind, x)) <= 1e-4
+    assert _rel_err(got, recurrences.unary_coeffs(kind, x)) <= 1e-4
 
 
 def test_unary_known_values():
@@ -157,7 +157,7 @@ def test_cross_entropy_matches_rules(device):
                 assert got.shape == (C, M)
                 # one class: the loss is exactly 0, so compare absolutely (1e-13 on O(1) logits)
                 floor = 1e-3 if classes == 1 else 1e-6
-                want = rules.cross_entropy_coeffs(z, target, ls)
+                want = recurrences.cross_entropy_coeffs(z, target, ls)
                 assert _rel_err(got, want, floor=floor) <= TOL, (C, M, classes, ls)
 
 
@@ -170,7 +170,7 @@ def test_cross_entropy_noncontiguous_and_large_logits(device):
     target = torch.randint(0, 12, (6,), generator=gen).to(device)
     got = ops.cross_entropy_coeffs(z, target, 0.2)
     assert torch.isfinite(got).all()
-    assert _rel_err(got, rules.cross_entropy_coeffs(z.contiguous(), target, 0.2)) <= TOL
+    assert _rel_err(got, recurrences.cross_entropy_coeffs(z.contiguous(), target, 0.2)) <= TOL
     # constant term equals torch's own cross-entropy
     ref0 = F.cross_entropy(z[0], target, reduction="none", label_smoothing=0.2)
     torch.testing.assert_close(got[0], ref0, rtol=1e-12, atol=0)
@@ -187,7 +187,7 @@ def test_cross_entropy_deg1_matches_rules(device):
             for ls in (0.0, 0.15):
                 got = ops.cross_entropy_deg1(z0, v, target, order, label_smoothing=ls)
                 assert got.shape == (K, B, order)
-                want = rules.cross_entropy_deg1(z0, v, target, order, ls)
+                want = recurrences.cross_entropy_deg1(z0, v, target, order, ls)
                 assert _rel_err(got, want, dim=2) <= TOL, (order, K, B, classes, ls)
 
 
@@ -222,11 +222,11 @@ def test_heads_float32(device):
     target = torch.randint(0, 10, (9,), generator=gen).to(device)
     got = ops.cross_entropy_coeffs(z.float(), target, 0.1)
     assert got.dtype == torch.float32
-    assert _rel_err(got, rules.cross_entropy_coeffs(z, target, 0.1)) <= 1e-4
+    assert _rel_err(got, recurrences.cross_entropy_coeffs(z, target, 0.1)) <= 1e-4
     v = torch.randn(4, 9, 10, generator=gen, dtype=torch.float64).to(device)
     got = ops.cross_entropy_deg1(z[0].float(), v.float(), target, 6, 0.1)
     assert got.dtype == torch.float32
-    assert _rel_err(got, rules.cross_entropy_deg1(z[0], v, target, 6, 0.1), dim=2) <= 1e-4
+    assert _rel_err(got, recurrences.cross_entropy_deg1(z[0], v, target, 6, 0.1), dim=2) <= 1e-4
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -235,13 +235,13 @@ def test_backward_with_expanded_grad(device):
     gen = torch.Generator().manual_seed(34)
     x = _series(6, (4, 9), "silu", gen, device=device).requires_grad_()
     ops.unary_coeffs("silu", x).sum().backward()
-    (want,) = torch.autograd.grad(rules.unary_coeffs("silu", x).sum(), x)
+    (want,) = torch.autograd.grad(recurrences.unary_coeffs("silu", x).sum(), x)
     assert _rel_err(x.grad, want) <= TOL
     z0 = torch.randn(4, 6, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     v = torch.randn(3, 4, 6, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     target = torch.randint(0, 6, (4,), generator=gen).to(device)
     ops.cross_entropy_deg1(z0, v, target, 5).sum().backward()
-    want = torch.autograd.grad(rules.cross_entropy_deg1(z0, v, target, 5).sum(), (z0, v))
+    want = torch.autograd.grad(recurrences.cross_entropy_deg1(z0, v, target, 5).sum(), (z0, v))
     assert _rel_err(z0.grad, want[0]) <= 1e-9 and _rel_err(v.grad, want[1]) <= 1e-9
 
 
@@ -259,7 +259,7 @@ def test_empty_batches(device):
 # ---- gradients ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind", rules.UNARY_KINDS)
+@pytest.mark.parametrize("kind", recurrences.UNARY_KINDS)
 def test_unary_gradcheck(kind, device):
     gen = torch.Generator().manual_seed(41)
     x = _series(5, (2, 3), kind, gen, device=device).requires_grad_()
@@ -267,7 +267,7 @@ def test_unary_gradcheck(kind, device):
     # the kernel backward also matches autograd through the composite rule
     g = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device)
     (got,) = torch.autograd.grad(ops.unary_coeffs(kind, x, 0.8), x, g)
-    (want,) = torch.autograd.grad(rules.unary_coeffs(kind, x, 0.8), x, g)
+    (want,) = torch.autograd.grad(recurrences.unary_coeffs(kind, x, 0.8), x, g)
     assert _rel_err(got, want) <= TOL
 
 
@@ -279,7 +279,7 @@ def test_cross_entropy_gradcheck(device):
     assert torch.autograd.gradcheck(lambda z: ops.cross_entropy_coeffs(z, target, 0.1), (z,))
     g = torch.randn(4, 3, generator=gen, dtype=torch.float64).to(device)
     (got,) = torch.autograd.grad(ops.cross_entropy_coeffs(z, target, 0.1), z, g)
-    (want,) = torch.autograd.grad(rules.cross_entropy_coeffs(z, target, 0.1), z, g)
+    (want,) = torch.autograd.grad(recurrences.cross_entropy_coeffs(z, target, 0.1), z, g)
     assert _rel_err(got, want) <= TOL
 
 
@@ -293,7 +293,7 @@ def test_cross_entropy_deg1_gradcheck(order, device):
     assert torch.autograd.gradcheck(lambda a, b: ops.cross_entropy_deg1(a, b, target, order, 0.1), (z0, v))
     g = torch.randn(2, 3, order, generator=gen, dtype=torch.float64).to(device)
     got = torch.autograd.grad(ops.cross_entropy_deg1(z0, v, target, order, 0.1), (z0, v), g)
-    want = torch.autograd.grad(rules.cross_entropy_deg1(z0, v, target, order, 0.1), (z0, v), g)
+    want = torch.autograd.grad(recurrences.cross_entropy_deg1(z0, v, target, order, 0.1), (z0, v), g)
     for a, b in zip(got, want):
         assert _rel_err(a, b) <= 1e-9
 

@@ -11,7 +11,7 @@ from _helpers import rel_err
 from lamda.models import MnistCNN
 from lamda_ext import directional_derivs
 from lamda_ext.taylor.impl import Composite
-from lamda_ext.taylor.op_rules import max_pool
+from lamda_ext.taylor.op_rules.selection import max_pool
 from lamda_ext.taylor.series import RunContext, TaylorSeries
 
 ROOT = Path(os.environ.get("LAMDA_DATA_ROOT", Path(__file__).resolve().parents[1] / ".." / ".." / "shared" / "data"))

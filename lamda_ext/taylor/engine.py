@@ -14,9 +14,11 @@ import math
 import torch
 from torch import nn
 
-from . import op_rules  # noqa: F401  (fills the rule table)
+from . import op_table  # noqa: F401  (fills the rule table)
 from ..losses import cross_entropy_per_sample, resolve_loss
 from .impl import Composite
+from .op_rules.arithmetic import mul, sub
+from .op_rules.factories import reduce
 from .series import RunContext, TaylorSeries, is_series
 
 
@@ -34,9 +36,9 @@ def head_terms(out, y, loss, label_smoothing: float, ctx: RunContext):
                     ctx.impl.cross_entropy_deg1(out.c0, out.hi[0], y, n, label_smoothing))
         terms = ctx.impl.cross_entropy(out.terms(), y, n + 1, label_smoothing)
     elif loss == "mse":
-        diff = op_rules.sub(out, y)
-        sq = op_rules.mul(diff, diff)
-        per = op_rules.reduce(sq, torch.mean, list(range(1, sq.c0.dim())))
+        diff = sub(out, y)
+        sq = mul(diff, diff)
+        per = reduce(sq, torch.mean, list(range(1, sq.c0.dim())))
         terms = per.terms() if is_series(per) else [per]
     elif callable(loss):
         per = loss(out, y)

@@ -1,6 +1,6 @@
 """Implementations of the elementwise Taylor rules and the cross-entropy head.
 
-:class:`Composite` runs the recurrences of :mod:`lamda_ext.taylor.rules` in ordinary torch ops
+:class:`Composite` runs the recurrences of :mod:`lamda_ext.taylor.recurrences` in ordinary torch ops
 (the ``taylor`` backend). :class:`Fused` runs the same maths in the C++/CUDA kernels exposed
 by :mod:`lamda_ext.ops` (the ``fused`` backend). Both take and return coefficient lists
 ``[c0, c1, ...]`` (c0 without the direction axis) or series, so the engine does not care which runs.
@@ -11,30 +11,28 @@ from typing import List
 
 import torch
 
-from . import rules
-from .op_rules import from_terms
-from .series import TaylorSeries
+from . import recurrences
+from .series import TaylorSeries, pad_coeffs
+from .series_ops import from_terms
 
 
 class Composite:
     name = "taylor"
 
     def unary(self, kind: str, x: TaylorSeries, n_out: int, alpha: float = 1.0) -> TaylorSeries:
-        return from_terms(rules.unary_list(kind, x.terms(), n_out, alpha))
+        return from_terms(recurrences.unary_list(kind, x.terms(), n_out, alpha))
 
     def cross_entropy(self, z: List[torch.Tensor], target: torch.Tensor, n_out: int, ls: float) -> List[torch.Tensor]:
-        return rules.cross_entropy_list(z, target, n_out, ls)
+        return recurrences.cross_entropy_list(z, target, n_out, ls)
 
     def cross_entropy_deg1(self, z0, v, target, order: int, ls: float) -> torch.Tensor:
-        return rules.cross_entropy_deg1(z0, v, target, order, ls)
+        return recurrences.cross_entropy_deg1(z0, v, target, order, ls)
 
 
 def _stack_full(terms: List[torch.Tensor], n_out: int) -> torch.Tensor:
     """``[c0, c1.., cD]`` → dense ``[n_out, K, *S]`` (c0 expanded over K, zero padding past D)."""
     shape = terms[1].shape
-    full = [terms[0].expand(shape)] + list(terms[1:])
-    full += [terms[1].new_zeros(shape)] * (n_out - len(full))
-    return torch.stack(full[:n_out])
+    return pad_coeffs(torch.stack([terms[0].expand(shape)] + list(terms[1:n_out])), n_out)
 
 
 class Fused(Composite):
@@ -50,10 +48,8 @@ class Fused(Composite):
         if n_out > self.ops.MAX_COEFFS:
             return super().unary(kind, x, n_out, alpha)
         hi = x.hi                                           # [D, K, *S]
-        parts = [x.c0.expand(hi.shape[1:]).unsqueeze(0), hi]
-        if n_out - 1 > hi.shape[0]:
-            parts.append(hi.new_zeros((n_out - 1 - hi.shape[0],) + tuple(hi.shape[1:])))
-        out = self.ops.unary_coeffs(kind, torch.cat(parts), alpha)   # [n_out, K, *S]
+        full = pad_coeffs(torch.cat([x.c0.expand(hi.shape[1:]).unsqueeze(0), hi]), n_out)
+        out = self.ops.unary_coeffs(kind, full, alpha)     # [n_out, K, *S]
         return TaylorSeries(out[0, 0], out[1:])
 
     def cross_entropy(self, z, target, n_out, ls):

@@ -7,7 +7,7 @@ degree (coefficients past D are exactly zero).
 
 It is not a ``torch.Tensor``: it implements ``__torch_function__``, so torch functions,
 ``torch.nn.functional`` calls and tensor methods used by a model's ``forward`` are
-routed to the rule table in :mod:`lamda_ext.taylor.op_rules`. An op without a rule
+routed to the rule table filled by :mod:`lamda_ext.taylor.op_table`. An op without a rule
 raises ``NotImplementedError`` naming the op and the module that called it. Values read
 in Python (``bool(x.sum() > 0)``, ``x.item()``, comparisons) are the primal's, which is
 exactly what autograd differentiates through: branches are taken at t = 0.
@@ -32,7 +32,7 @@ from torch import nn
 
 _state = threading.local()
 
-# canonical-name table: filled by op_rules (name -> rule(args, kwargs) -> result)
+# canonical-name table: filled by lamda_ext.taylor.op_table (name -> rule(*args, **kwargs) -> result)
 RULES: Dict[str, Callable] = {}
 
 _REFLECTED = {"__radd__": "radd", "__rsub__": "rsub", "__rmul__": "rmul", "__rtruediv__": "rtruediv",
@@ -360,10 +360,20 @@ def _refresh_args(args) -> None:
             _refresh_args(a)
 
 
-def _pad_degree(hi: torch.Tensor, degree: int) -> torch.Tensor:
-    if hi.shape[0] >= degree:
-        return hi
-    return torch.cat([hi, hi.new_zeros((degree - hi.shape[0],) + tuple(hi.shape[1:]))])
+def pad_coeffs(coeffs: torch.Tensor, count: int) -> torch.Tensor:
+    """Append zero coefficients along the leading axis up to ``count`` (the one padding helper).
+
+    Args:
+        coeffs: ``[M, ...]`` coefficients, e.g. a series' ``hi`` ``[D, K, *S]`` (then ``count`` is a degree) or
+            full coefficients ``[C, K, *S]`` with the primal first.
+        count: the length wanted along the leading axis.
+
+    Returns:
+        ``coeffs`` itself when ``M >= count``, else a new ``[count, ...]`` tensor: ``coeffs`` then zeros.
+    """
+    if coeffs.shape[0] >= count:
+        return coeffs
+    return torch.cat([coeffs, coeffs.new_zeros((count - coeffs.shape[0],) + tuple(coeffs.shape[1:]))])
 
 
 def _assign(target: "TaylorSeries", c0: torch.Tensor, hi: torch.Tensor, name: str) -> None:
@@ -379,8 +389,8 @@ def _assign(target: "TaylorSeries", c0: torch.Tensor, hi: torch.Tensor, name: st
         k = max(base.hi.shape[1], hi.shape[1])
         bc0 = base.c0.reshape(-1).clone()
         bc0[pos] = c0.reshape(-1)
-        bhi = _pad_degree(base.hi, deg).expand((deg, k) + tuple(base.c0.shape)).reshape(deg, k, -1).clone()
-        bhi[:, :, pos] = _pad_degree(hi, deg).expand((deg, k) + tuple(c0.shape)).reshape(deg, k, -1)
+        bhi = pad_coeffs(base.hi, deg).expand((deg, k) + tuple(base.c0.shape)).reshape(deg, k, -1).clone()
+        bhi[:, :, pos] = pad_coeffs(hi, deg).expand((deg, k) + tuple(c0.shape)).reshape(deg, k, -1)
         _assign(base, bc0.reshape(base.c0.shape), bhi.reshape((deg, k) + tuple(base.c0.shape)), name)
         v.version = base._version
     target.c0, target.hi = c0, hi

@@ -1,4 +1,5 @@
-"""Composite Taylor rules: univariate Taylor-coefficient recurrences in ordinary torch ops.
+"""Univariate Taylor-coefficient recurrences of elementwise functions and the cross-entropy head, in
+ordinary torch ops.
 
 All series are in *normalised* coefficients, ``c_n = f^(n)(0) / n!``. These are the
 reference the fused kernels (:mod:`lamda_ext.ops`) are checked against, and the
@@ -178,7 +179,7 @@ def elu_list(x: Series, n_out: int, alpha: float = 1.0) -> Series:
 
 # The one list of elementwise kinds on the Python side: kind -> (composite recurrence, torch reference function).
 # It mirrors LX_UNARY_KINDS in csrc/taylor_recurrences.h (same names, same order; tests/test_kernels.py checks the
-# kernels accept exactly these). lamda_ext.ops, the Taylor op rules (op_rules) and the tests all derive from it.
+# kernels accept exactly these). lamda_ext.ops, the op table (op_table) and the tests all derive from it.
 # Adding a kind: its row here + its recurrence in taylor_recurrences.h (list and unary_series), its block
 # recurrence in cpu/pack.h and its primal transcendental in cpu/taylor_cpu.cpp (unary_primal).
 UNARY = {

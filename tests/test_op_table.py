@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lamda_ext.taylor.engine  # noqa: F401  (fills the rule table)
+import lamda_ext.taylor.op_table  # noqa: F401  (fills the rule table)
 from lamda_ext.routing import HigherOrderSafe
-from lamda_ext.taylor import rules
+from lamda_ext.taylor import recurrences
 from lamda_ext.taylor.impl import Composite, Fused
 from lamda_ext.taylor.series import RULES, RunContext, TaylorSeries, is_series
 
@@ -190,12 +190,12 @@ CASES = {
 
 def test_every_rule_has_a_case():
     missing = sorted(set(RULES) - set(CASES))
-    assert not missing, f"Taylor rules without a case in tests/test_rule_table.py: {missing}"
+    assert not missing, f"Taylor rules without a case in tests/test_op_table.py: {missing}"
     assert not sorted(set(CASES) - set(RULES)), "cases for names that are not rules"
 
 
 def test_every_kind_is_a_rule():
-    assert set(rules.UNARY_KINDS) <= set(RULES)
+    assert set(recurrences.UNARY_KINDS) <= set(RULES)
 
 
 def _inputs(shapes, domain, seed):
@@ -248,7 +248,7 @@ def test_rule_matches_autograd(name):
     _check(name, Composite())
 
 
-@pytest.mark.parametrize("name", sorted(rules.UNARY_KINDS) + ["gelu", "softplus"])
+@pytest.mark.parametrize("name", sorted(recurrences.UNARY_KINDS) + ["gelu", "softplus"])
 def test_fused_unary_rules_match_autograd(name):
     from lamda_ext import ops
     if not ops.available():

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lamda_ext.taylor import rules
+from lamda_ext.taylor import recurrences
 
-FUNCS = {kind: ref for kind, (_, ref) in rules.UNARY.items()}   # derived from the one list of kinds
+FUNCS = {kind: ref for kind, (_, ref) in recurrences.UNARY.items()}   # derived from the one list of kinds
 
 
 def _autograd_coeffs(f, x0, x1, x2, n):
@@ -27,10 +27,10 @@ def test_unary_rules_match_autograd(kind):
     x0 = torch.rand(7, generator=g, dtype=torch.float64) * 2 + (0.2 if kind == "log" else -1.0)
     x1, x2 = torch.randn(7, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
     want = _autograd_coeffs(FUNCS[kind], x0, x1, x2, 9)
-    got = rules.unary_list(kind, [x0, x1, x2], 9)
+    got = recurrences.unary_list(kind, [x0, x1, x2], 9)
     for n in range(9):
         torch.testing.assert_close(got[n], want[n], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(rules.unary_coeffs(kind, torch.stack([x0, x1, x2])), torch.stack(got[:3]))
+    torch.testing.assert_close(recurrences.unary_coeffs(kind, torch.stack([x0, x1, x2])), torch.stack(got[:3]))
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
@@ -39,8 +39,8 @@ def test_cross_entropy_series_and_cumulant_head(smoothing):
     z0 = torch.randn(5, 4, generator=g, dtype=torch.float64) * 3
     v = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
     y = torch.randint(0, 4, (5,), generator=g)
-    d = rules.cross_entropy_deg1(z0, v, y, 8, smoothing)
-    c = rules.cross_entropy_list([z0, v], y, 9, smoothing)
+    d = recurrences.cross_entropy_deg1(z0, v, y, 8, smoothing)
+    c = recurrences.cross_entropy_list([z0, v], y, 9, smoothing)
     for n in range(1, 9):
         torch.testing.assert_close(d[..., n - 1], c[n] * math.factorial(n), rtol=1e-10, atol=1e-12)
     for k in range(2):
@@ -57,15 +57,15 @@ def test_pow_recip_mul():
     for a in (-0.5, 0.5, 2.5):
         want = _autograd_coeffs(lambda s: s ** a, x[0], x[1], torch.zeros_like(x[0]), 7)
         for n, w in enumerate(want):
-            torch.testing.assert_close(rules.pow_list(x, a, 7)[n], w, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(recurrences.pow_list(x, a, 7)[n], w, rtol=1e-10, atol=1e-12)
     want = _autograd_coeffs(lambda s: 1 / s, x[0], x[1], torch.zeros_like(x[0]), 7)
     for n, w in enumerate(want):
-        torch.testing.assert_close(rules.recip_list(x, 7)[n], w, rtol=1e-10, atol=1e-12)
-    prod = rules.mul_list(x, x, 5)
+        torch.testing.assert_close(recurrences.recip_list(x, 7)[n], w, rtol=1e-10, atol=1e-12)
+    prod = recurrences.mul_list(x, x, 5)
     assert len(prod) == 3
     torch.testing.assert_close(prod[2], x[1] * x[1])
 
 
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown unary kind"):
-        rules.unary_coeffs("cosh", torch.zeros(3, 2))
+        recurrences.unary_coeffs("cosh", torch.zeros(3, 2))

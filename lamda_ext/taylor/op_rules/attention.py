@@ -1,0 +1,55 @@
+"""Attention: ``scaled_dot_product_attention`` composed from series products, masks and softmax, and
+``F.multi_head_attention_forward`` (the slow path of ``nn.MultiheadAttention``) run as torch's own body on series."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ...routing import unguarded
+from ..series import is_series
+from .activations import softmax
+from .arithmetic import add, mul
+from .products import matmul
+from .selection import dropout, masked_fill
+from .shape import repeat_interleave, transpose
+
+__all__ = ["scaled_dot_product_attention", "multi_head_attention_forward"]
+
+
+def _masked(attn, keep: torch.Tensor):
+    """``attn`` with −inf where ``keep`` is False (series or tensor scores)."""
+    return masked_fill(attn, ~keep, float("-inf")) if is_series(attn) else attn.masked_fill(~keep, float("-inf"))
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False):
+    """softmax(q kᵀ · scale + mask) v in series ops; dropout draws its mask as the math reference does."""
+    q_shape, k_shape = tuple(query.shape), tuple(key.shape)
+    length, src = q_shape[-2], k_shape[-2]
+    scale = 1.0 / math.sqrt(q_shape[-1]) if scale is None else scale
+    if enable_gqa and len(q_shape) >= 3 and q_shape[-3] != k_shape[-3]:
+        rep = q_shape[-3] // k_shape[-3]
+        key = repeat_interleave(key, rep, -3) if is_series(key) else key.repeat_interleave(rep, -3)
+        value = repeat_interleave(value, rep, -3) if is_series(value) else value.repeat_interleave(rep, -3)
+    kt = transpose(key, -2, -1) if is_series(key) else key.transpose(-2, -1)
+    attn = mul(matmul(query, kt), scale)
+    ref = attn.c0 if is_series(attn) else attn
+    if is_causal:
+        attn = _masked(attn, torch.ones(length, src, dtype=torch.bool, device=ref.device).tril())
+    if attn_mask is not None:
+        attn = _masked(attn, attn_mask) if attn_mask.dtype == torch.bool else add(attn, attn_mask)
+    attn = softmax(attn, -1) if is_series(attn) else torch.softmax(attn, -1)
+    if dropout_p > 0.0:
+        attn = dropout(attn, dropout_p, True) if is_series(attn) else F.dropout(attn, dropout_p, True)
+    return matmul(attn, value)
+
+
+_mha_body = unguarded(F.multi_head_attention_forward)
+
+
+def multi_head_attention_forward(*args, **kwargs):
+    """torch's own ``F.multi_head_attention_forward`` run on series: projections, head split, SDPA or explicit
+    softmax attention (need_weights), masks, dropout, output projection."""
+    return _mha_body(*args, **kwargs)
