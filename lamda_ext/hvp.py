@@ -40,6 +40,7 @@ from ._state import RngReplay, fresh_input, outside_inference_mode
 from .checks import check_hvp_inputs, check_reduction, check_v, params_and_v
 from .losses import LossSpec, resolve_loss
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
+from .routing import torch_jvp_warning_filtered
 
 __all__ = ["hvp", "params_hvp", "input_hvp", "loss_hvp", "LinearizedHVP"]
 
@@ -105,10 +106,9 @@ def _replays_consistently(tangent_map: Callable) -> bool:
 def _linearize(g: Callable, primal) -> Callable | None:
     """``torch.func.linearize`` of ``g`` at ``primal`` (with the cheap-tangent op formulations active): the tangent
     map, or None when its replays would not compute the same map (:func:`_replays_consistently`)."""
-    with ForwardOverReverseOps(), warnings.catch_warnings():
+    with ForwardOverReverseOps(), torch_jvp_warning_filtered(), warnings.catch_warnings():
         # torch's constant folding warns about its own get_attr nodes
         warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
         tangent_map = linearize(g, primal)[1]
     return tangent_map if _replays_consistently(tangent_map) else None
 
@@ -116,7 +116,7 @@ def _linearize(g: Callable, primal) -> Callable | None:
 def _eager_tangent_map(g: Callable, primal) -> Callable:
     """The tangent map of ``g`` at ``primal`` evaluated afresh for every direction (one ``jvp`` each)."""
     def tangent_map(tangent):
-        with ForwardOverReverseOps():
+        with ForwardOverReverseOps(), torch_jvp_warning_filtered():
             return jvp(g, (primal,), (tangent,))[1]
     return tangent_map
 
@@ -148,7 +148,7 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
     """
     if not batched or v.shape[0] == 1:
         vs = v if not batched else v[0]
-        with ForwardOverReverseOps():
+        with ForwardOverReverseOps(), torch_jvp_warning_filtered():
             out = pack(jvp(g, (primal,), (unpack(vs),))[1])
         return out if not batched else out.unsqueeze(0)
     # random ops (dropout) stay in the traced graph and draw again on every replay: each replay
