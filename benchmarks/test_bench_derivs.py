@@ -1,10 +1,10 @@
 """Directional derivatives: every fast path against the autograd reference on the same inputs.
 
 Run:  pytest benchmarks/test_bench_derivs.py --benchmark-only -s
-Cases (issue 2 and 3): MNIST CNN B=32 K=15 N=6; sigmoid MLP B=128 K=15 N=6;
+Cases: MNIST CNN B=32 K=15 N=6; sigmoid MLP B=128 K=15 N=6;
 tanh MLP 784-768-768-512-512-10 B=64 K=8 N=4; all float32. ``floor`` = K+1 plain
 forward passes (one primal batch plus the K·B tangent batch).
-Shared directions (issue 10): the λ-diagnostic's measurement (MNIST CNN, 25-point chunk, K=15, N=6; and the
+Shared directions: the λ-diagnostic's measurement (MNIST CNN, 25-point chunk, K=15, N=6; and the
 sigmoid MLP B=128) with directions ``[K, *S]`` shared by all points against the same directions expanded to
 ``[K, B, *S]`` (variant ``expanded``; ``speedup_vs_expanded`` in the table), for taylor and fused.
 """

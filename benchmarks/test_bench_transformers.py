@@ -1,7 +1,7 @@
 """Transformers in Taylor mode: taylor and fused against the nested-autograd reference on the same inputs.
 
 Run:  pytest benchmarks/test_bench_transformers.py -s -p no:cacheprovider
-Cases (issue 13): torchvision VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+Cases: torchvision VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
 hidden_dim=32, mlp_dim=64) on B=16 CIFAR-sized images, and nn.TransformerEncoder (2 layers, d=32, 4 heads,
 ff 64, gelu, pre-LN) on B=16 sequences of 16 tokens; order 6, K = 15, float32, eval mode. ``floor`` = K+1 plain
 forward passes. Set LAMDA_BENCH_TINY=1 for a smoke run (B=2, K=2, order 2).

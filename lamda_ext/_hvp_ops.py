@@ -3,8 +3,7 @@
 The HVP differentiates the *backward* pass with forward mode, so what matters is the forward-mode
 formula of each op's backward kernel. For ReLU that formula is wasteful: the tangent of
 ``threshold_backward(g, x)`` is built as ``zeros_like(ẋ) + threshold_backward(ġ, x)`` — three passes
-over a K-batched activation where one suffices. Measured on the MNIST CNN (batch 128, K = 16, CPU)
-the ReLU backward tangents alone took ~0.3 s of a ~2.1 s HVP.
+over a K-batched activation where one suffices.
 
 :class:`ForwardOverReverseOps` is a ``TorchFunctionMode`` that, while active, computes ReLU as an
 ``autograd.Function`` with a saved 0/1 mask: forward ``x.clamp_min(0)``, backward ``g · mask``,

@@ -1,5 +1,8 @@
-"""Model state around a measurement: a measurement never changes the model.
+"""Model state around a measurement: a measurement never changes the model, nor the caller's inputs.
 
+- The model runs on a copy of the caller's input (:func:`fresh_input`), one per forward pass, wherever it would
+  otherwise get the caller's own tensor: a model that changes its input in place (``x.flatten(1).add_(1)``)
+  changes the copy, and every pass starts from the caller's values.
 - Batch norm in train mode uses batch statistics, but its running statistics are left as
   they were (all backends see the same normalisation; nothing is updated).
 - Dropout: every backend uses one mask per measurement. Backends that run the model once per
@@ -11,9 +14,36 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Mapping
 
 import torch
 from torch import nn
+
+
+def fresh_input(x):
+    """A copy of a model input for one forward pass.
+
+    Args:
+        x: a tensor, or a mapping (a dict, a Hugging Face ``BatchEncoding``), list or tuple (named tuples
+            included) holding tensors, nested; other values are passed through.
+
+    Returns:
+        The same structure with every tensor cloned (same dtype, device and values; a new storage), so that a
+        model changing its input in place changes the copy and never the caller's tensor. A mapping whose type
+        cannot be built from a dict comes back as a dict.
+    """
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, Mapping):
+        items = {k: fresh_input(v) for k, v in x.items()}
+        try:
+            return type(x)(items)
+        except TypeError:
+            return items
+    if isinstance(x, (list, tuple)):
+        items = [fresh_input(v) for v in x]
+        return type(x)(*items) if hasattr(x, "_fields") else type(x)(items)
+    return x
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import weakref
 import torch
 from torch import nn
 
-from ._state import RngReplay, frozen_batchnorm_stats
+from ._state import RngReplay, fresh_input, frozen_batchnorm_stats
 from .losses import LossSpec, check_output, check_targets
 from .params import trainable_parameters
 
@@ -85,10 +85,11 @@ def _module_stack(model: nn.Module):
 
 
 def check_forward(model: nn.Module, x: torch.Tensor, y, loss: LossSpec) -> None:
-    """One plain forward pass at ``x`` (no grad; the RNG state and batch-norm running statistics are restored,
-    so the measurement that follows is unchanged) to check the model's output against x and the loss:
-    x's shape must fit the model, the output must be one tensor ``[B, ...]``, and the targets must fit the
-    output (:func:`lamda_ext.losses.check_output`). ``y`` must already have passed ``check_targets``.
+    """One plain forward pass at a copy of ``x`` to check the model's output against x and the loss: x's shape
+    must fit the model, the output must be one tensor ``[B, ...]``, and the targets must fit the output
+    (:func:`lamda_ext.losses.check_output`). ``y`` must already have passed ``check_targets``. No grad; the RNG
+    state and batch-norm running statistics are restored and ``x`` is left as it was (a model that changes its
+    input in place changes the copy), so the measurement that follows is unchanged.
 
     A ``RuntimeError`` of the forward (e.g. "mat1 and mat2 shapes cannot be multiplied") becomes a
     ``ValueError`` naming x's shape and the innermost module that was running.
@@ -103,7 +104,7 @@ def check_forward(model: nn.Module, x: torch.Tensor, y, loss: LossSpec) -> None:
     replay = RngReplay(x.device)
     try:
         with torch.no_grad(), frozen_batchnorm_stats(model):
-            out = model(x)
+            out = model(fresh_input(x))
     except (NotImplementedError, torch.OutOfMemoryError):
         raise
     except RuntimeError as err:

@@ -36,10 +36,11 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, linearize, vmap
 
 from ._hvp_ops import ForwardOverReverseOps
-from ._state import RngReplay, outside_inference_mode
+from ._state import RngReplay, fresh_input, outside_inference_mode
 from .checks import check_hvp_inputs, check_reduction, check_v, params_and_v
 from .losses import LossSpec, resolve_loss
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
+from .routing import torch_jvp_warning_filtered
 
 __all__ = ["hvp", "params_hvp", "input_hvp", "loss_hvp", "LinearizedHVP"]
 
@@ -50,13 +51,74 @@ def _default_chunk(v: torch.Tensor) -> int | None:
     return 1 if v.device.type == "cpu" else None
 
 
-def _linearize(g: Callable, primal):
-    """``torch.func.linearize`` of ``g`` at ``primal`` (with the cheap-tangent op formulations active)."""
-    with ForwardOverReverseOps(), warnings.catch_warnings():
+def _folded_graph(tangent_map: Callable) -> torch.fx.GraphModule | None:
+    """The constant-folded graph a ``torch.func.linearize`` tangent map replays (None when it is not found)."""
+    for cell in getattr(tangent_map, "__closure__", None) or ():
+        if isinstance(cell.cell_contents, torch.fx.GraphModule):
+            return cell.cell_contents
+    return None
+
+
+# in-place ops that replace every value they write: a replay recomputes what they write
+_OVERWRITES = {torch.ops.aten.fill_.Scalar, torch.ops.aten.fill_.Tensor, torch.ops.aten.zero_.default,
+               torch.ops.aten.copy_.default}
+
+
+def _written_nodes(node: torch.fx.Node) -> list:
+    """The graph values an op node writes into (its arguments the op's schema marks as written)."""
+    schema = getattr(node.target, "_schema", None)
+    if node.op != "call_function" or schema is None:
+        return []
+    out = []
+    for i, arg in enumerate(schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            val = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+            out += [a for a in (val if isinstance(val, (list, tuple)) else [val]) if isinstance(a, torch.fx.Node)]
+    return out
+
+
+def _replays_consistently(tangent_map: Callable) -> bool:
+    """Whether every replay of a linearised graph computes the same map.
+
+    The values of the graph that do not depend on the direction are computed once and kept (constant folding).
+    An in-place write into one of them (a model that changes its input or an intermediate in place, such as
+    ``h += r``) would be applied again by every replay, each replay then starting from the previous one's values.
+    A full overwrite (``fill_``, ``zero_``, ``copy_``) of a kept value that nothing else reads is redone by every
+    replay and is consistent. False also when the graph is not found.
+    """
+    gm = _folded_graph(tangent_map)
+    if gm is None:
+        return False
+    per_replay = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or any(a in per_replay for a in node.all_input_nodes):
+            per_replay.add(node)
+        for written in _written_nodes(node):
+            if written in per_replay:
+                continue
+            if node.target in _OVERWRITES and len(written.users) == 1:
+                per_replay.add(node)
+                continue
+            return False
+    return True
+
+
+def _linearize(g: Callable, primal) -> Callable | None:
+    """``torch.func.linearize`` of ``g`` at ``primal`` (with the cheap-tangent op formulations active): the tangent
+    map, or None when its replays would not compute the same map (:func:`_replays_consistently`)."""
+    with ForwardOverReverseOps(), torch_jvp_warning_filtered(), warnings.catch_warnings():
         # torch's constant folding warns about its own get_attr nodes
         warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
-        return linearize(g, primal)[1]
+        tangent_map = linearize(g, primal)[1]
+    return tangent_map if _replays_consistently(tangent_map) else None
+
+
+def _eager_tangent_map(g: Callable, primal) -> Callable:
+    """The tangent map of ``g`` at ``primal`` evaluated afresh for every direction (one ``jvp`` each)."""
+    def tangent_map(tangent):
+        with ForwardOverReverseOps(), torch_jvp_warning_filtered():
+            return jvp(g, (primal,), (tangent,))[1]
+    return tangent_map
 
 
 def _apply_tangent_map(tangent_map: Callable, v: torch.Tensor, unpack: Callable, pack: Callable,
@@ -80,12 +142,13 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
     For K > 1 directions ``torch.func.linearize`` evaluates the forward-over-reverse pass once and
     keeps its tangent part as a graph; that graph is then vmapped over the directions (``chunk_size``
     at a time, see :func:`_default_chunk`), so the primal forward and backward are not repeated per
-    direction or per chunk. ``unpack`` turns a direction into the tangent pytree, ``pack`` the
-    resulting tangent pytree into the output layout.
+    direction or per chunk. Where replaying the graph would not give the same map (the function writes in
+    place into values of the point) every direction takes its own ``jvp``. ``unpack`` turns a direction into
+    the tangent pytree, ``pack`` the resulting tangent pytree into the output layout.
     """
     if not batched or v.shape[0] == 1:
         vs = v if not batched else v[0]
-        with ForwardOverReverseOps():
+        with ForwardOverReverseOps(), torch_jvp_warning_filtered():
             out = pack(jvp(g, (primal,), (unpack(vs),))[1])
         return out if not batched else out.unsqueeze(0)
     # random ops (dropout) stay in the traced graph and draw again on every replay: each replay
@@ -93,6 +156,8 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
     # single-direction HVP would draw, and the generator ends one draw on, as after that HVP
     start = RngReplay(v.device)
     tangent_map = _linearize(g, primal)
+    if tangent_map is None:      # the function writes in place into values of the point: one jvp per direction
+        return _apply_tangent_map(_eager_tangent_map(g, primal), v, unpack, pack, 1, start)
     return _apply_tangent_map(tangent_map, v, unpack, pack, chunk_size, start)
 
 
@@ -105,17 +170,17 @@ def loss_hvp(f: Callable, primal: dict[str, torch.Tensor], v: torch.Tensor,
                                  flatten_params, chunk_size)
 
 
-def _graph_nbytes(tangent_map: Callable) -> int:
+def _graph_nbytes(tangent_map: Callable | None) -> int:
     """Bytes held by the constants of a linearised graph (distinct storages), 0 when none are found."""
+    gm = _folded_graph(tangent_map)
+    if gm is None:
+        return 0
     seen, total = set(), 0
-    for cell in getattr(tangent_map, "__closure__", None) or ():
-        mod = cell.cell_contents
-        if isinstance(mod, torch.nn.Module):
-            for t in list(mod.parameters()) + list(mod.buffers()):
-                st = t.untyped_storage()
-                if st.data_ptr() not in seen:
-                    seen.add(st.data_ptr())
-                    total += st.nbytes()
+    for t in list(gm.parameters()) + list(gm.buffers()):
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
     return total
 
 
@@ -124,15 +189,22 @@ class LinearizedHVP:
 
     Construction traces the forward-over-reverse pass; the first call evaluates its primal part once
     and keeps what the tangent pass needs (the activations and backward intermediates, :attr:`nbytes`
-    bytes); every call replays only the tangent part, for one direction ``[P]`` or each row of ``[K, P]`` (``chunk_size`` rows per
-    vmapped replay; None = one at a time on the CPU, all at once elsewhere). For deterministic
-    functions only: random ops would draw again on every replay.
+    bytes); every call replays only the tangent part, for one direction ``[P]`` or each row of ``[K, P]``
+    (``chunk_size`` rows per vmapped replay; None = one at a time on the CPU, all at once elsewhere). For
+    deterministic functions only: random ops would draw again on every replay. A function that writes in
+    place into values of the point (:attr:`replays` False) keeps nothing and takes one ``jvp`` per direction.
     """
 
     def __init__(self, f: Callable, primal: dict[str, torch.Tensor]):
         self.primal = {k: t.detach() for k, t in primal.items()}
+        self._grad = grad(f)
         with torch.enable_grad():
-            self._map = _linearize(grad(f), self.primal)
+            self._map = _linearize(self._grad, self.primal)
+
+    @property
+    def replays(self) -> bool:
+        """Whether calls replay the kept tangent graph (else every direction runs its own ``jvp``)."""
+        return self._map is not None
 
     @property
     def nbytes(self) -> int:
@@ -143,9 +215,10 @@ class LinearizedHVP:
         """``H v`` for v ``[P]`` or ``[K, P]`` (same shape out, detached)."""
         batched = v.dim() == 2
         V = v if batched else v.unsqueeze(0)
+        tangent_map = self._map if self.replays else _eager_tangent_map(self._grad, self.primal)
         with torch.enable_grad():
-            out = _apply_tangent_map(self._map, V, lambda vec: unflatten_params(vec, self.primal),
-                                     flatten_params, chunk_size).detach()
+            out = _apply_tangent_map(tangent_map, V, lambda vec: unflatten_params(vec, self.primal),
+                                     flatten_params, chunk_size if self.replays else 1).detach()
         return out if batched else out[0]
 
 
@@ -156,11 +229,12 @@ def params_hvp(model, x, y, v, loss_fn, params: dict[str, torch.Tensor],
 
 
 def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.Tensor:
-    """Per-sample input-space HVPs; v shaped like x or ``[K, *x.shape]``."""
+    """Per-sample input-space HVPs; v shaped like x or ``[K, *x.shape]``. The model runs on a copy of the
+    differentiated input (it may change its input in place; x stays as the caller passed it)."""
     state = functional_state(model, set())
 
     def total(xx: torch.Tensor) -> torch.Tensor:
-        return loss_fn(functional_call(model, (state,), (xx,)), y).sum()
+        return loss_fn(functional_call(model, (state,), (fresh_input(xx),)), y).sum()
 
     return _forward_over_reverse(grad(total), x.detach(), v, v.dim() == x.dim() + 1, lambda vec: vec,
                                  lambda out: out, chunk_size)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ._state import outside_inference_mode
+from ._state import fresh_input, outside_inference_mode
 from .checks import check_hvp_inputs, check_v, params_and_v
 from .losses import LossSpec, resolve_loss
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
@@ -42,7 +42,7 @@ def input_grad(model, x, y, loss_fn, create_graph=False):
     state = functional_state(model, set())
     xx = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        val = loss_fn(functional_call(model, (state,), (xx,)), y).sum()
+        val = loss_fn(functional_call(model, (state,), (fresh_input(xx),)), y).sum()
         (g,) = torch.autograd.grad(val, xx, create_graph=create_graph)
     return g, xx
 

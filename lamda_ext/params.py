@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ._state import fresh_input
+
 __all__ = ["trainable_parameters", "flatten_params", "unflatten_params", "functional_state", "model_loss_fn"]
 
 
@@ -62,11 +64,12 @@ def functional_state(model: nn.Module, names: set[str] | None = None) -> dict[st
 
 
 def model_loss_fn(model: nn.Module, x: torch.Tensor, y, loss_fn: Callable, names: list[str]):
-    """``f(params_dict) -> batch-mean loss`` evaluated through ``functional_call``."""
+    """``f(params_dict) -> batch-mean loss`` evaluated through ``functional_call``, each call on a copy of ``x``
+    (the model may change its input in place; ``x`` stays as the caller passed it)."""
     state = functional_state(model, set(names))
 
     def f(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = functional_call(model, (params, state), (x,))
+        out = functional_call(model, (params, state), (fresh_input(x),))
         return loss_fn(out, y).mean()
 
     return f

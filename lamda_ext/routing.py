@@ -3,15 +3,29 @@
 :class:`HigherOrderSafe` routes ops whose native kernels cannot be differentiated to high order to
 elementary-op composites (used by the ``autograd`` and ``func`` reference backends);
 :mod:`lamda_ext._hvp_ops` builds its forward-over-reverse routes on :class:`RoutingMode`.
+:func:`torch_jvp_warning_filtered` wraps the calls that may be a process's first use of forward-mode AD.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import types
+import warnings
 
 import torch
 
-__all__ = ["RoutingMode", "HigherOrderSafe", "unguarded"]
+__all__ = ["RoutingMode", "HigherOrderSafe", "unguarded", "torch_jvp_warning_filtered"]
+
+
+@contextlib.contextmanager
+def torch_jvp_warning_filtered():
+    """Filter the ``FutureWarning`` "`torch.jit.script` is deprecated" that torch raises from inside itself when
+    a process makes its first dual tensor (``torch.func.jvp``, ``torch.func.linearize``): torch then imports its
+    forward-AD decompositions, which call ``torch.jit.script``. A user of the HVPs cannot act on it; every other
+    warning passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        yield
 
 
 def _composite_batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,

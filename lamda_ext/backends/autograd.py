@@ -11,7 +11,7 @@ import torch
 from torch.func import functional_call
 
 from ..losses import resolve_loss
-from .._state import RngReplay
+from .._state import RngReplay, fresh_input
 from ..routing import HigherOrderSafe
 
 
@@ -47,13 +47,14 @@ def _input_derivs(model, x, y, u, order, loss, label_smoothing=0.0, keep_graph=T
 
 
 def perturbed_call(model, x, v_k: torch.Tensor, t: torch.Tensor):
-    """model(x) with every parameter p replaced by p + t·v (v flat over ``parameters()`` order)."""
+    """model(x) with every parameter p replaced by p + t·v (v flat over ``parameters()`` order), run on a copy
+    of x (the model may change its input in place)."""
     params, offset = {}, 0
     for name, p in model.named_parameters():
         params[name] = p + t * v_k[offset:offset + p.numel()].reshape(p.shape)
         offset += p.numel()
     buffers = dict(model.named_buffers())
-    return functional_call(model, {**params, **buffers}, (x,))
+    return functional_call(model, {**params, **buffers}, (fresh_input(x),))
 
 
 def _params_derivs(model, x, y, v, order, loss, label_smoothing=0.0, keep_graph=True):

@@ -8,7 +8,7 @@ import torch
 
 from ..losses import resolve_loss
 from .._state import RngReplay
-from ..routing import HigherOrderSafe
+from ..routing import HigherOrderSafe, torch_jvp_warning_filtered
 from .autograd import perturbed_call
 
 
@@ -50,11 +50,11 @@ def _mean_with_samples(per_sample: torch.Tensor):
 
 def input_derivs(model, x, y, u, order, loss, label_smoothing=0.0):
     """d^n/dt^n loss_b(x + t·u_k): x ``[B, ...]``, u ``[K, B, ...]`` or shared ``[K, ...]`` (broadcast) → ``[B, K, order]``."""
-    with HigherOrderSafe():
+    with HigherOrderSafe(), torch_jvp_warning_filtered():
         return _input_derivs(model, x, y, u, order, loss, label_smoothing)
 
 
 def params_derivs(model, x, y, v, order, loss, label_smoothing=0.0):
     """d^n/dt^n of the batch-mean loss at θ + t·v_k: v ``[K, P]`` → ``[K, order]``."""
-    with HigherOrderSafe():
+    with HigherOrderSafe(), torch_jvp_warning_filtered():
         return _params_derivs(model, x, y, v, order, loss, label_smoothing)

@@ -35,7 +35,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .._ext import build_info
-from .._state import outside_inference_mode
+from .._state import fresh_input, outside_inference_mode
 from ..checks import check_hvp_inputs, check_int, check_reduction, check_vector_like
 from ..derivs import directional_derivs
 from ..hvp import LinearizedHVP, loss_hvp
@@ -285,7 +285,7 @@ class HessianOperator:
                 continue
 
             def f(p, batch=batch):
-                out = functional_call(wrapper, ({f"model.{k}": v for k, v in p.items()}, state), (batch,))
+                out = functional_call(wrapper, ({f"model.{k}": v for k, v in p.items()}, state), (fresh_input(batch),))
                 if not isinstance(out, torch.Tensor) or out.dim() != 0:
                     raise ValueError("loss_fn(model, batch) must return a scalar tensor (the batch's mean or "
                                      f"summed loss), got {type(out).__name__} of shape "

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import op_table  # noqa: F401  (fills the rule table)
+from .._state import fresh_input
 from ..losses import cross_entropy_per_sample, resolve_loss
 from .impl import Composite
 from .op_rules.arithmetic import mul, sub
@@ -110,7 +111,7 @@ def params_derivs(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, order: 
     """d^n/dt^n of the batch-mean loss at θ + t·v_k. v ``[K, P]`` → (``[K, order]``, per-sample loss ``[B]``)."""
     ctx = RunContext(order, v.shape[0], impl or Composite(), model)
     with ctx.active(), series_parameters(model, v):
-        out = model(x)
+        out = model(fresh_input(x))      # a copy: the model may change its (constant) input in place
         loss0, d = head_terms(out, y, loss, label_smoothing, ctx)
     if d is None:
         return x.new_zeros(v.shape[0], order), loss0

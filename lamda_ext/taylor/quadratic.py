@@ -29,6 +29,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
+from .._state import fresh_input
 from ..losses import resolve_loss
 from .engine import head_terms, series_parameters
 from .impl import Composite
@@ -99,7 +100,7 @@ class QuadraticForms:
         ctx.observe = record
         zero = p0.new_zeros(1, self.size)
         with torch.enable_grad(), ctx.active(), series_parameters(self.model, zero, leaf=True):
-            out = self.model(self.x)
+            out = self.model(fresh_input(self.x))
             if not is_series(out):
                 raise NotImplementedError("the model's output does not depend on its parameters through ops "
                                           "with Taylor rules")
@@ -118,7 +119,7 @@ class QuadraticForms:
         ctx = RunContext(2, V.shape[0], self.impl, self.model)
         ctx.observe, ctx.contraction = ctr.observe, ctr
         with torch.no_grad(), ctx.active(), series_parameters(self.model, V):
-            out = self.model(self.x)
+            out = self.model(fresh_input(self.x))
             ctr.finish()
             if not is_series(out) or out.degree > 1:
                 raise NotImplementedError("the model's output is not a first-order series")
