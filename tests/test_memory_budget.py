@@ -11,7 +11,10 @@ from torch import nn
 
 import lamda_ext
 from lamda_ext.memory import AllocationTracker, resolve_budget
+from lamda_ext.planning import SAFETY
 from lamda_ext.split import Job
+from lamda_ext.checks import check_forward
+from lamda_ext.hvp import HVP_KEEP, HVP_ROW_PARAMS, HVP_ROW_POINT, hvp_chunks
 from _helpers import rel_err
 from _models import build
 
@@ -205,3 +208,23 @@ def test_allocation_tracker_counts_what_is_alive():
     assert (tr.peak, tr.total, tr.live) == (10000, 10800, 800)
     del d
     assert tr.live == 0
+
+
+@pytest.mark.parametrize("name, wrt", [("functional", "params"), ("functional", "input"), ("cifar_resnet", "params")])
+def test_hvp_split_equals_unsplit(name, wrt):
+    """hvp within a budget that splits the points (eval mode) and the directions gives the unsplit numbers."""
+    m, x, y = _case(name)
+    m.eval()
+    g = torch.Generator().manual_seed(4)
+    P = sum(p.numel() for p in m.parameters())
+    v = torch.randn((3, P) if wrt == "params" else (3,) + tuple(x.shape), generator=g, dtype=DT)
+    whole = lamda_ext.hvp(m, x, y, v, wrt=wrt, memory_budget=2**40)
+    forward = check_forward(m, x, y, "cross_entropy") / x.shape[0]
+    pbytes = P * 8 if wrt == "params" else 0
+    budget = int((forward * (HVP_KEEP + HVP_ROW_POINT)
+                  + HVP_ROW_PARAMS * pbytes) / SAFETY) + 1     # one point, one direction
+    assert hvp_chunks(x.shape[0], 3, forward, pbytes, budget, True) == (1, 1)
+    split = lamda_ext.hvp(m, x, y, v, wrt=wrt, memory_budget=budget)
+    assert rel_err(split.reshape(3, -1), whole.reshape(3, -1), dim=0) <= 1e-12
+    with pytest.raises(ValueError, match="smallest budget that works"):
+        lamda_ext.hvp(m, x, y, v, wrt=wrt, memory_budget=budget // 2)
