@@ -13,7 +13,7 @@ from ._state import RngReplay, frozen_batchnorm_stats, outside_inference_mode
 from .checks import check_direction_tensor, check_forward, check_model_and_x, check_order, check_wrt
 from .directions import num_parameters, random_directions, random_param_directions
 from .losses import LOSS_NAMES, LossSpec, check_targets, resolve_loss
-from .memory import Budget, resolve_budget
+from .memory import Budget, heap_reuse, resolve_budget
 from .planning import Plan, make_plan
 from .recompute import derivs_with_recompute, differentiable_inputs
 from .split import Job, run_chunks
@@ -165,7 +165,7 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
     budget = resolve_budget(memory_budget, x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
     job, name, fallback, forward_bytes = _prepare(model, x, y, order, directions, loss, wrt, backend, generator,
                                                   label_smoothing)
-    with frozen_batchnorm_stats(model):
+    with frozen_batchnorm_stats(model), heap_reuse(job.x.device):
         derivs, loss0 = _run(job, name, fallback, budget, forward_bytes)
     return (derivs, loss0) if return_loss else derivs
 

@@ -39,7 +39,7 @@ from ._hvp_ops import ForwardOverReverseOps
 from ._state import RngReplay, fresh_input, outside_inference_mode
 from .checks import check_forward, check_hvp_inputs, check_reduction, check_v, params_and_v
 from .losses import LossSpec, resolve_loss
-from .memory import Budget, format_bytes, resolve_budget
+from .memory import Budget, format_bytes, heap_reuse, resolve_budget
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
 from .planning import SAFETY, choose_chunks
 from .routing import torch_jvp_warning_filtered
@@ -326,7 +326,7 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
     param_bytes = sum(p.numel() * p.element_size() for p in params.values())
     b, k = hvp_chunks(x.shape[0], rows, forward_bytes / x.shape[0], param_bytes, budget, _splittable(model, x, y))
     chunk = chunk_size if chunk_size is not None else (None if k >= rows else k)
-    with torch.enable_grad():
+    with torch.enable_grad(), heap_reuse(x.device):
         if wrt == "params":
             out = _params_hvp_points(model, x, y, v, loss_fn, params, chunk, b)
             return out * x.shape[0] if reduction == "sum" else out

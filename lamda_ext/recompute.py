@@ -16,6 +16,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._state import RngReplay, frozen_batchnorm_stats
+from .memory import heap_reuse
 from .split import Job, run_chunks
 
 __all__ = ["differentiable_inputs", "derivs_with_recompute"]
@@ -42,23 +43,27 @@ class _Runner:
 
     def backward(self, gd: torch.Tensor, gl: torch.Tensor) -> list:
         job = self.job
-        B = job.n_points
         grads = [None] * len(self.inputs)
         after = RngReplay(job.x.device)
         try:
-            for c in self.plan.recompute_chunks:
-                (p0, p1), (k0, k1) = c.points, c.directions
-                self.start.reset()
-                with torch.enable_grad(), frozen_batchnorm_stats(job.model):
-                    d, loss0 = job.sub(c).run()
-                outs, gouts = [d], [gd[p0:p1, k0:k1] if job.wrt == "input" else gd[k0:k1] * ((p1 - p0) / B)]
-                if k0 == 0 and gl is not None:
-                    outs.append(loss0)
-                    gouts.append(gl[p0:p1])
-                got = torch.autograd.grad(outs, self.inputs, gouts, allow_unused=True)
-                grads = [g if a is None else (a if g is None else a + g) for a, g in zip(grads, got)]
+            with heap_reuse(job.x.device):
+                return self._chunks(gd, gl, grads)
         finally:
             after.reset()
+
+    def _chunks(self, gd: torch.Tensor, gl: torch.Tensor, grads: list) -> list:
+        job, B = self.job, self.job.n_points
+        for c in self.plan.recompute_chunks:
+            (p0, p1), (k0, k1) = c.points, c.directions
+            self.start.reset()
+            with torch.enable_grad(), frozen_batchnorm_stats(job.model):
+                d, loss0 = job.sub(c).run()
+            outs, gouts = [d], [gd[p0:p1, k0:k1] if job.wrt == "input" else gd[k0:k1] * ((p1 - p0) / B)]
+            if k0 == 0 and gl is not None:
+                outs.append(loss0)
+                gouts.append(gl[p0:p1])
+            got = torch.autograd.grad(outs, self.inputs, gouts, allow_unused=True)
+            grads = [g if a is None else (a if g is None else a + g) for a, g in zip(grads, got)]
         return grads
 
 
