@@ -10,9 +10,10 @@ from torch import nn
 
 from ._state import RngReplay, fresh_input, frozen_batchnorm_stats
 from .losses import LossSpec, check_output, check_targets
+from .memory import AllocationTracker
 from .params import trainable_parameters
 
-__all__ = ["MAX_ORDER", "MAX_ORDERS", "WRT", "check_model_and_x", "check_finite_state", "check_forward",
+__all__ = ["all_finite", "finite_flag", "MAX_ORDER", "MAX_ORDERS", "WRT", "check_model_and_x", "check_finite_state", "check_forward",
            "check_wrt", "check_order", "check_direction_tensor", "check_hvp_inputs", "check_vector_like", "check_v",
            "params_and_v", "check_int", "check_reduction"]
 
@@ -24,6 +25,23 @@ MAX_ORDER = max(MAX_ORDERS.values())
 WRT = ("params", "input")
 
 
+_FINITE_SLICE = 1 << 20
+
+
+def finite_flag(t: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor: every element of ``t`` is finite. Checked in slices of 2^20 elements, so the
+    temporaries of ``isfinite`` stay small next to a large parameter or input (no host sync)."""
+    flat = t.reshape(-1)
+    if flat.numel() <= _FINITE_SLICE:
+        return torch.isfinite(flat).all()
+    return torch.stack([torch.isfinite(s).all() for s in flat.split(_FINITE_SLICE)]).all()
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Every element of ``t`` is finite (:func:`finite_flag`, read on the host)."""
+    return bool(finite_flag(t))
+
+
 def check_model_and_x(model, x):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -33,7 +51,7 @@ def check_model_and_x(model, x):
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}; convert it with x.float()")
     if x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(f"x must have a batch dimension with at least one point, got shape {list(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise ValueError("x contains NaN or inf values; clean the inputs before measuring derivatives")
     p = next((q for q in model.parameters() if q.dtype.is_floating_point), None)
     if p is not None:
@@ -60,7 +78,7 @@ def check_finite_state(model: nn.Module) -> None:
             raise ValueError(f"the model's {what} was created under torch.inference_mode(): derivatives cannot be "
                              "taken through it; build or load the model outside inference mode")
     dev = named[0][1].device
-    ok = torch.stack([torch.isfinite(t).all().to(dev) for _, t in named])
+    ok = torch.stack([finite_flag(t).to(dev) for _, t in named])
     if not bool(ok.all()):
         what = next(n for (n, _), good in zip(named, ok.tolist()) if not good)
         raise ValueError(f"the model's {what} contains NaN or inf values; every derivative would be NaN "
@@ -84,7 +102,7 @@ def _module_stack(model: nn.Module):
     return stack, handles
 
 
-def check_forward(model: nn.Module, x: torch.Tensor, y, loss: LossSpec) -> None:
+def check_forward(model: nn.Module, x: torch.Tensor, y, loss: LossSpec) -> int:
     """One plain forward pass at a copy of ``x`` to check the model's output against x and the loss: x's shape
     must fit the model, the output must be one tensor ``[B, ...]``, and the targets must fit the output
     (:func:`lamda_ext.losses.check_output`). ``y`` must already have passed ``check_targets``. No grad; the RNG
@@ -93,17 +111,21 @@ def check_forward(model: nn.Module, x: torch.Tensor, y, loss: LossSpec) -> None:
 
     A ``RuntimeError`` of the forward (e.g. "mat1 and mat2 shapes cannot be multiplied") becomes a
     ``ValueError`` naming x's shape and the innermost module that was running.
+
+    Returns the bytes that forward pass allocated (:class:`lamda_ext.memory.AllocationTracker`), the unit of the
+    coarse size estimate of :mod:`lamda_ext.planning`.
     """
     key = _forward_signature(model, x)
     seen = _CHECKED_OUTPUTS.get(model)
     if seen is not None and key in seen and not callable(loss):
-        check_output(loss, seen[key], y, x.shape[0])   # the output's shape and dtype, from the first call
-        return
+        meta, nbytes = seen[key]
+        check_output(loss, meta, y, x.shape[0])   # the output's shape and dtype, from the first call
+        return nbytes
     names = {id(m): (n or "<root>") for n, m in model.named_modules()}
     stack, handles = _module_stack(model)
     replay = RngReplay(x.device)
     try:
-        with torch.no_grad(), frozen_batchnorm_stats(model):
+        with torch.no_grad(), frozen_batchnorm_stats(model), AllocationTracker() as tracker:
             out = model(fresh_input(x))
     except (NotImplementedError, torch.OutOfMemoryError):
         raise
@@ -118,10 +140,12 @@ def check_forward(model: nn.Module, x: torch.Tensor, y, loss: LossSpec) -> None:
         replay.reset()
     check_output(loss, out, y, x.shape[0])
     if isinstance(out, torch.Tensor):
-        _CHECKED_OUTPUTS.setdefault(model, {})[key] = torch.empty(out.shape, dtype=out.dtype, device="meta")
+        meta = torch.empty(out.shape, dtype=out.dtype, device="meta")
+        _CHECKED_OUTPUTS.setdefault(model, {})[key] = (meta, tracker.total)
+    return tracker.total
 
 
-# model → {forward signature → its output as a meta tensor}: a model whose forward was checked once for an
+# model → {forward signature → (its output as a meta tensor, bytes the forward allocated)}: a model whose forward was checked once for an
 # input of this shape, dtype and device, in this mode and with parameters of these shapes, is not run again
 # (a training loop that measures every step pays for one check forward, not one per step)
 _CHECKED_OUTPUTS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -160,7 +184,7 @@ def check_direction_tensor(d: torch.Tensor, expected: tuple, what: str, x: torch
         raise ValueError(f"device mismatch: directions are on {d.device} but x is on {x.device}")
     if d.dim() != len(expected) or tuple(d.shape[1:]) != tuple(expected[1:]) or d.shape[0] < 1:
         raise ValueError(f"directions must have shape {what}, got {list(d.shape)}")
-    if not bool(torch.isfinite(d).all()):
+    if not all_finite(d):
         raise ValueError("directions contain NaN or inf values")
 
 
@@ -191,7 +215,7 @@ def check_vector_like(v, dtype: torch.dtype, device: torch.device, what: str) ->
         raise TypeError(f"dtype mismatch: v is {v.dtype} but the {what} are {dtype}")
     if v.device != device:
         raise ValueError(f"device mismatch: v is on {v.device} but the {what} are on {device}")
-    if v.device.type != "meta" and not bool(torch.isfinite(v).all()):
+    if v.device.type != "meta" and not all_finite(v):
         raise ValueError("v contains NaN or inf values")
 
 

@@ -1,6 +1,7 @@
 """``directional_derivs``: batched n-th directional derivatives of the loss (DESIGN.md §1–2)."""
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Optional, Union
 
@@ -12,6 +13,14 @@ from ._state import RngReplay, frozen_batchnorm_stats, outside_inference_mode
 from .checks import check_direction_tensor, check_forward, check_model_and_x, check_order, check_wrt
 from .directions import num_parameters, random_directions, random_param_directions
 from .losses import LOSS_NAMES, LossSpec, check_targets, resolve_loss
+from .memory import Budget, heap_reuse, resolve_budget
+from .planning import Plan, make_plan
+from .recompute import derivs_with_recompute, differentiable_inputs
+from .split import Job, run_chunks
+
+__all__ = ["directional_derivs", "plan"]
+
+log = logging.getLogger("lamda_ext")
 
 def _directions(directions, model, x, wrt, generator):
     if isinstance(directions, torch.Tensor):
@@ -47,11 +56,58 @@ def _fused_available() -> bool:
     return ops.available()
 
 
+def _prepare(model, x, y, order, directions, loss, wrt, backend, generator, label_smoothing):
+    """Check the arguments (one plain forward pass included) and build the call's :class:`Job`; returns
+    ``(job, backend name, auto-fallback wanted, bytes of the plain forward pass)``."""
+    check_model_and_x(model, x)
+    check_wrt(wrt)
+    if backend not in backends.NAMES:
+        raise ValueError(f"backend must be one of {backends.NAMES}, got {backend!r}")
+    check_order(order, backend)
+    if not (callable(loss) or loss in LOSS_NAMES):
+        raise ValueError(f"loss must be one of {LOSS_NAMES} or a callable (output, y) -> per-sample loss; got {loss!r}")
+    resolve_loss(loss, label_smoothing)
+    y = check_targets(loss, y, x.shape[0])
+    if isinstance(y, torch.Tensor) and y.device != x.device:
+        raise ValueError(f"device mismatch: y is on {y.device} but x is on {x.device}")
+    dirs = _directions(directions, model, x, wrt, generator)
+    forward_bytes = check_forward(model, x, y, loss)
+    if backend == "fused" and not _fused_available():
+        raise RuntimeError("backend='fused' needs the compiled extension lamda_ext._C; build it with "
+                           "`pip install --no-build-isolation .` or use backend='taylor'")
+    name = backend if backend != "auto" else ("fused" if _fused_available() else "taylor")
+    impl = backends.BACKENDS[name]
+    fn = impl.input_derivs if wrt == "input" else impl.params_derivs
+    job = Job(model, x, y, dirs, order, loss, wrt, label_smoothing, fn)
+    return job, name, backend == "auto", forward_bytes
+
+
+def _planned(job: Job, name: str, budget: int, forward_bytes: int, measure: bool = False, start=None):
+    needs_grad = torch.is_grad_enabled() and bool(differentiable_inputs(job))
+    return make_plan(job, name, budget, needs_grad, forward_bytes, measure, start)
+
+
+def _execute(job: Job, name: str, budget: int, forward_bytes: int):
+    """The call's ``(d, loss0)``: Taylor backends by their plan within ``budget``, every chunk from the random-
+    number state at the start of the call; the references unsplit."""
+    if name not in ("taylor", "fused"):
+        return job.run()
+    start = RngReplay(job.x.device)
+    p, done = _planned(job, name, budget, forward_bytes, start=start)
+    log.debug("%s", p)
+    if p.mode == "measure":
+        with torch.no_grad():
+            return run_chunks(job, p.chunks, done, start)
+    if p.mode == "graph":
+        return run_chunks(job, p.chunks, start=start)
+    return derivs_with_recompute(job, p, done, start)
+
+
 @outside_inference_mode
 def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, order: int = 6,
                        directions: Union[int, torch.Tensor] = 15, loss: LossSpec = "cross_entropy",
                        wrt: str = "input", backend: str = "auto", generator: Optional[torch.Generator] = None,
-                       label_smoothing: float = 0.0, return_loss: bool = False):
+                       label_smoothing: float = 0.0, return_loss: bool = False, memory_budget: Budget = "auto"):
     """n-th directional derivatives of the loss, n = 1..order.
 
     Args:
@@ -79,50 +135,87 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
         return_loss: also return the per-sample loss at t = 0, ``[B]``, from the same forward pass
             (one dropout mask; batch-norm running statistics are not updated), so a penalised training
             step ``loss.mean() + scale * d.abs().mean()`` needs no second forward pass.
+        memory_budget: bytes of working memory the call may use beyond the model and its inputs, or
+            ``"auto"``: half of the free memory of x's device (:func:`lamda_ext.memory.resolve_budget`). The
+            taylor/fused backends split the call into chunks of directions and — for models with no module in
+            training mode — of points so that their peak stays within it (:func:`plan` shows the split); the
+            numbers are those of the unsplit call. A differentiable call (grad mode on and a parameter, x or
+            the directions requiring grad) keeps its autograd graph when that fits, else its backward pass
+            recomputes the chunks one at a time. The references (autograd, func) run unsplit.
 
     Returns ``derivs`` or ``(derivs, loss)``; both are differentiable with respect to the model
     parameters when grad mode is on (under ``torch.inference_mode()`` they are computed outside it and
     detached).
 
-    Bad input raises ``ValueError``/``TypeError`` before any derivative is taken; one plain forward pass
-    (no grad, RNG and batch-norm statistics restored) checks that x fits the model, that the output is one
-    tensor ``[B, ...]`` and that the targets fit it (labels in range, MSE targets of the output's shape, a
-    callable loss returning ``[B]``).
-    """
-    check_model_and_x(model, x)
-    check_wrt(wrt)
-    if backend not in backends.NAMES:
-        raise ValueError(f"backend must be one of {backends.NAMES}, got {backend!r}")
-    check_order(order, backend)
-    if not (callable(loss) or loss in LOSS_NAMES):
-        raise ValueError(f"loss must be one of {LOSS_NAMES} or a callable (output, y) -> per-sample loss; got {loss!r}")
-    resolve_loss(loss, label_smoothing)
-    y = check_targets(loss, y, x.shape[0])
-    if isinstance(y, torch.Tensor) and y.device != x.device:
-        raise ValueError(f"device mismatch: y is on {y.device} but x is on {x.device}")
-    dirs = _directions(directions, model, x, wrt, generator)
-    check_forward(model, x, y, loss)
+    Raises:
+        ValueError, TypeError: bad input, before any derivative is taken; one plain forward pass (no grad,
+            RNG and batch-norm statistics restored) checks that x fits the model, that the output is one
+            tensor ``[B, ...]`` and that the targets fit it (labels in range, MSE targets of the output's
+            shape, a callable loss returning ``[B]``). A ``memory_budget`` too small for one point and one
+            direction is refused with the smallest budget that works.
 
-    if backend == "fused" and not _fused_available():
-        raise RuntimeError("backend='fused' needs the compiled extension lamda_ext._C; build it with "
-                           "`pip install --no-build-isolation .` or use backend='taylor'")
-    name = backend if backend != "auto" else ("fused" if _fused_available() else "taylor")
-    with frozen_batchnorm_stats(model):
-        derivs, loss0 = _run(name, backend == "auto", model, x, y, dirs, order, loss, wrt, label_smoothing)
+    Example:
+        >>> import torch, lamda_ext
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        >>> x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+        >>> d = lamda_ext.directional_derivs(model, x, y, order=4, directions=2)
+        >>> tuple(d.shape)
+        (5, 2, 4)
+    """
+    budget = resolve_budget(memory_budget, x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
+    job, name, fallback, forward_bytes = _prepare(model, x, y, order, directions, loss, wrt, backend, generator,
+                                                  label_smoothing)
+    with frozen_batchnorm_stats(model), heap_reuse(job.x.device):
+        derivs, loss0 = _run(job, name, fallback, budget, forward_bytes)
     return (derivs, loss0) if return_loss else derivs
 
 
-def _run(name, fallback, model, x, y, dirs, order, loss, wrt, ls):
-    impl = backends.BACKENDS[name]
-    fn = impl.input_derivs if wrt == "input" else impl.params_derivs
+def _run(job: Job, name: str, fallback: bool, budget: int, forward_bytes: int):
     if not fallback:
-        return fn(model, x, y, dirs, order, loss, ls)
-    replay = RngReplay(x.device)
+        return _execute(job, name, budget, forward_bytes)
+    replay = RngReplay(job.x.device)
     try:
-        return fn(model, x, y, dirs, order, loss, ls)
+        return _execute(job, name, budget, forward_bytes)
     except NotImplementedError as err:
-        warnings.warn(f"backend='auto': {err} Falling back to backend='autograd'.", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"backend='auto': {err} Falling back to backend='autograd'.", RuntimeWarning, stacklevel=4)
         replay.reset()
         ref = backends.BACKENDS["autograd"]
-        fn = ref.input_derivs if wrt == "input" else ref.params_derivs
-        return fn(model, x, y, dirs, order, loss, ls)
+        fn = ref.input_derivs if job.wrt == "input" else ref.params_derivs
+        job.fn = fn
+        return job.run()
+
+
+@outside_inference_mode
+def plan(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, order: int = 6,
+         directions: Union[int, torch.Tensor] = 15, loss: LossSpec = "cross_entropy", wrt: str = "input",
+         backend: str = "auto", generator: Optional[torch.Generator] = None, label_smoothing: float = 0.0,
+         memory_budget: Budget = "auto") -> Plan:
+    """How :func:`directional_derivs` with the same arguments splits its work (no derivative is returned).
+
+    The taylor/fused backends measure the working memory and FLOPs of the call's first chunks — one point (or
+    all points when they cannot be split) with one, then two directions — and fit a cost model linear in
+    points and directions; the plan is the largest chunks whose predicted peak stays within the budget. The cost
+    model is remembered, so the call that follows plans without measuring again.
+
+    Returns:
+        :class:`lamda_ext.planning.Plan`: ``chunks`` (points and directions of each), ``mode`` (``"measure"``,
+        ``"graph"`` or ``"recompute"``, from the current grad mode), ``predicted_peak`` (bytes of working
+        memory), ``forward_passes`` (matrix-product/convolution FLOPs over those of one plain forward pass of
+        all points), ``budget``. ``print(plan)`` gives a summary.
+
+    Example:
+        >>> import torch, lamda_ext
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        >>> x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+        >>> p = lamda_ext.plan(model, x, y, order=4, directions=3, memory_budget=2**30)
+        >>> p.n_chunks, p.mode
+        (1, 'graph')
+    """
+    budget = resolve_budget(memory_budget, x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
+    job, name, _, forward_bytes = _prepare(model, x, y, order, directions, loss, wrt, backend, generator,
+                                           label_smoothing)
+    if name not in ("taylor", "fused"):
+        raise ValueError(f"backend={backend!r} runs unsplit (one direction at a time); plans are made for the "
+                         "taylor and fused backends")
+    with frozen_batchnorm_stats(model):
+        return _planned(job, name, budget, forward_bytes, measure=True)[0]

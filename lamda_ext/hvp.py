@@ -37,12 +37,42 @@ from torch.func import functional_call, grad, jvp, linearize, vmap
 
 from ._hvp_ops import ForwardOverReverseOps
 from ._state import RngReplay, fresh_input, outside_inference_mode
-from .checks import check_hvp_inputs, check_reduction, check_v, params_and_v
+from .checks import check_forward, check_hvp_inputs, check_reduction, check_v, params_and_v
 from .losses import LossSpec, resolve_loss
+from .memory import Budget, format_bytes, heap_reuse, resolve_budget
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
+from .planning import SAFETY, choose_chunks
 from .routing import torch_jvp_warning_filtered
 
-__all__ = ["hvp", "params_hvp", "input_hvp", "loss_hvp", "LinearizedHVP"]
+__all__ = ["hvp", "hvp_chunks", "params_hvp", "input_hvp", "loss_hvp", "LinearizedHVP"]
+
+
+# Coarse memory model of a forward-over-reverse HVP, in units of the plain forward pass's allocations per point
+# (F) and the parameters' bytes (Pb): the linearised primal keeps about KEEP·F per point; each direction's
+# tangent pass takes about ROW_PARAMS·Pb + ROW_POINT·F per point.
+HVP_KEEP, HVP_ROW_PARAMS, HVP_ROW_POINT = 4.0, 6.0, 2.0
+
+
+def hvp_chunks(n_points: int, rows: int, point_bytes: float, param_bytes: float, budget: int,
+               splittable: bool) -> tuple[int, int]:
+    """Points and directions per evaluation so that the HVP's coarse memory model stays within ``budget``
+    (points only when ``splittable``); ValueError naming the smallest budget that works otherwise."""
+    def size(b, k):
+        return b * point_bytes * (HVP_KEEP + HVP_ROW_POINT * k) + k * HVP_ROW_PARAMS * param_bytes
+
+    b, k = choose_chunks(n_points, rows, splittable, SAFETY * budget, size)
+    if b == 0:
+        need = size(1 if splittable else n_points, 1) / SAFETY
+        raise ValueError(f"memory_budget={budget} bytes ({format_bytes(budget)}) is too small for one Hessian-vector "
+                         f"product of {'one point' if splittable else f'the {n_points} points'}; the smallest budget "
+                         f"that works is about {int(need) + 1} bytes ({format_bytes(need)})")
+    return b, k
+
+
+def _splittable(model: nn.Module, x: torch.Tensor, y) -> bool:
+    """Points can be evaluated apart: no module in training mode and targets one row per point."""
+    return not any(m.training for m in model.modules()) and (
+        y is None or isinstance(y, torch.Tensor) and y.dim() >= 1 and y.shape[0] == x.shape[0])
 
 
 def _default_chunk(v: torch.Tensor) -> int | None:
@@ -243,7 +273,7 @@ def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.T
 @outside_inference_mode
 def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec = "cross_entropy",
         wrt: str = "params", label_smoothing: float = 0.0, chunk_size: int | None = None,
-        reduction: str = "mean") -> torch.Tensor:
+        reduction: str = "mean", memory_budget: Budget = "auto") -> torch.Tensor:
     """Hessian-vector product(s) of the loss by forward-over-reverse.
 
     Args:
@@ -254,28 +284,78 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
         loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(output, y) -> [B]``.
         label_smoothing: for cross-entropy.
         chunk_size: directions per vmapped tangent evaluation (K directions share one primal pass
-            either way); None = one at a time on the CPU, all at once elsewhere.
+            either way); None = one at a time on the CPU, all at once elsewhere, at most as many as
+            ``memory_budget`` allows.
         reduction: ``wrt="params"`` only: ``"mean"`` (the Hessian of the batch-mean loss) or ``"sum"``
             (of the summed loss, B times the mean's).
+        memory_budget: bytes the call may use beyond the model and its inputs, or ``"auto"`` (half of the
+            free memory of x's device). From the plain forward pass's allocations and the parameters' size
+            (:func:`hvp_chunks`) the call picks how many directions one vmapped evaluation takes and — for
+            models with no module in training mode — evaluates the points in chunks (the batch-mean Hessian
+            is the point-weighted mean of the chunks'); the numbers are those of the unsplit call.
 
     Returns:
         ``H v`` with the shape of ``v``. For ``wrt="params"`` H is the Hessian of the batch-mean (or summed) loss;
         for ``wrt="input"`` entry b is ``H_b v_b`` (Hessian of sample b's loss w.r.t. ``x_b``).
         The result is detached (not differentiable w.r.t. the parameters).
+
+    Example:
+        >>> import torch, lamda_ext
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+        >>> x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+        >>> v = torch.randn(2, sum(p.numel() for p in model.parameters()))
+        >>> tuple(lamda_ext.hvp(model, x, y, v).shape)
+        (2, 26)
     """
-    y = check_hvp_inputs(model, x, y, loss, wrt)
+    budget = resolve_budget(memory_budget, x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
+    y = check_hvp_inputs(model, x, y, loss, wrt, forward=False)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     check_reduction(reduction)
-    loss_fn = resolve_loss(loss, label_smoothing)
-    if wrt == "params":
-        params, _ = params_and_v(model, v)
-        with torch.enable_grad():
-            out = params_hvp(model, x, y, v, loss_fn, params, chunk_size).detach()
-        return out * x.shape[0] if reduction == "sum" else out
-    if reduction != "mean":
+    if wrt != "params" and reduction != "mean":
         raise ValueError("reduction applies to wrt='params'; input-space HVPs are per sample (H_b v_b), "
                          "leave reduction='mean'")
-    check_v(v, tuple(x.shape), x, "inputs x")
-    with torch.enable_grad():
-        return input_hvp(model, x, y, v, loss_fn, chunk_size).detach()
+    forward_bytes = check_forward(model, x, y, loss)
+    loss_fn = resolve_loss(loss, label_smoothing)
+    if wrt == "params":
+        params, batched = params_and_v(model, v)
+    else:
+        batched = check_v(v, tuple(x.shape), x, "inputs x")
+        params = {}
+    rows = v.shape[0] if batched else 1
+    param_bytes = sum(p.numel() * p.element_size() for p in params.values())
+    b, k = hvp_chunks(x.shape[0], rows, forward_bytes / x.shape[0], param_bytes, budget, _splittable(model, x, y))
+    chunk = chunk_size if chunk_size is not None else (None if k >= rows else k)
+    with torch.enable_grad(), heap_reuse(x.device):
+        if wrt == "params":
+            out = _params_hvp_points(model, x, y, v, loss_fn, params, chunk, b)
+            return out * x.shape[0] if reduction == "sum" else out
+        return _input_hvp_points(model, x, y, v, loss_fn, chunk, b, batched)
+
+
+def _point_slices(n: int, b: int):
+    return [(i, min(i + b, n)) for i in range(0, n, b)]
+
+
+def _params_hvp_points(model, x, y, v, loss_fn, params, chunk, b) -> torch.Tensor:
+    """The batch-mean HVP as the point-weighted mean of chunks of ``b`` points."""
+    n = x.shape[0]
+    if b >= n:
+        return params_hvp(model, x, y, v, loss_fn, params, chunk).detach()
+    out = None
+    for lo, hi in _point_slices(n, b):
+        part = params_hvp(model, x[lo:hi], y[lo:hi] if isinstance(y, torch.Tensor) else y, v, loss_fn, params,
+                          chunk).detach() * ((hi - lo) / n)
+        out = part if out is None else out + part
+    return out
+
+
+def _input_hvp_points(model, x, y, v, loss_fn, chunk, b, batched) -> torch.Tensor:
+    """Per-sample input HVPs, chunks of ``b`` points side by side."""
+    n = x.shape[0]
+    if b >= n:
+        return input_hvp(model, x, y, v, loss_fn, chunk).detach()
+    dim = 1 if batched else 0
+    parts = [input_hvp(model, x[lo:hi], y[lo:hi] if isinstance(y, torch.Tensor) else y, v.narrow(dim, lo, hi - lo),
+                       loss_fn, chunk).detach() for lo, hi in _point_slices(n, b)]
+    return torch.cat(parts, dim=dim)

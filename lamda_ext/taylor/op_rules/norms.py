@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import recurrences
-from ..series import is_series
+from ..series import TaylorSeries, is_series
 from ..series_ops import from_terms, order
 from .arithmetic import add, mul, power, sub
 from .factories import reduce
@@ -46,8 +46,23 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         y = _standardize(x, [0] + list(range(2, nd)), eps)
         return _affine(y, weight, bias, shape)
     inv = torch.rsqrt(running_var + eps)
-    y = mul(sub(x, running_mean.reshape(shape)), inv.reshape(shape))
-    return _affine(y, weight, bias, shape)
+    if is_series(weight) or is_series(bias):
+        y = mul(sub(x, running_mean.reshape(shape)), inv.reshape(shape))
+        return _affine(y, weight, bias, shape)
+    return _fixed_affine(x, running_mean, inv, weight, bias, shape)
+
+
+def _fixed_affine(x, mean, inv, weight, bias, shape):
+    """Eval-mode batch norm with constant affine parameters: the primal as the composite computes it, the
+    higher coefficients in one multiply by ``inv · weight`` (one pass over the K-fold coefficients)."""
+    c0 = (x.c0 - mean.reshape(shape)) * inv.reshape(shape)
+    scale = inv
+    if weight is not None:
+        c0 = c0 * weight.reshape(shape)
+        scale = inv * weight
+    if bias is not None:
+        c0 = c0 + bias.reshape(shape)
+    return TaylorSeries(c0, x.hi * scale.reshape(shape))
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):

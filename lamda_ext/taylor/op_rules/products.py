@@ -46,6 +46,34 @@ def cauchy(term_lists: List[list], op: Callable) -> list:
     return out
 
 
+def _stacked(terms: list, has_k: list, dim: int) -> torch.Tensor:
+    """Terms concatenated along ``dim``; a term without the direction axis (a primal) gets it, broadcast."""
+    shaped = [t if k else t.unsqueeze(0) for t, k in zip(terms, has_k)]
+    lead = torch.broadcast_shapes(*(t.shape[:-2] for t in shaped))
+    return torch.cat([t.expand(lead + t.shape[-2:]) for t in shaped], dim=dim)
+
+
+def _matmul_terms(ta: list, tb: list) -> list:
+    """Coefficients of ``a @ b`` for two series: ``y_n = Σ_i a_i @ b_{n−i}``. Where a product is larger than its
+    factors (``q @ kᵀ`` in attention: [T, d] @ [d, T]), the terms of one order are one matmul over the
+    concatenated contraction, ``[a_0 … a_n] @ [b_n; …; b_0]``: one output written instead of n + 1 summed."""
+    m, p, q = ta[0].shape[-2], ta[0].shape[-1], tb[0].shape[-1]
+    grown = m * q > p * (m + q)
+    out = [torch.matmul(ta[0], tb[0])]
+    for n in range(1, min(order() + 1, len(ta) + len(tb) - 1)):
+        pairs = [(i, n - i) for i in range(max(0, n - len(tb) + 1), min(n, len(ta) - 1) + 1)]
+        if grown and len(pairs) > 1:
+            out.append(torch.matmul(_stacked([ta[i] for i, _ in pairs], [i > 0 for i, _ in pairs], -1),
+                                    _stacked([tb[j] for _, j in pairs], [j > 0 for _, j in pairs], -2)))
+            continue
+        acc = None
+        for i, j in pairs:
+            t = torch.matmul(ta[i], tb[j])
+            acc = t if acc is None else acc + t
+        out.append(acc)
+    return out
+
+
 def _product(a, b, op: Callable):
     """A bilinear op that broadcasts over leading dims, with at most one operand a series."""
     if not is_series(b):
@@ -66,7 +94,7 @@ def matmul(a, b):
     a = align(a, nd) if is_series(a) else a.reshape((1,) * (nd - a.dim()) + tuple(a.shape))
     b = align(b, nd) if is_series(b) else b.reshape((1,) * (nd - b.dim()) + tuple(b.shape))
     if is_series(a) and is_series(b):
-        out = from_terms(cauchy([a.terms(), b.terms()], lambda ts, idx: torch.matmul(*ts)))
+        out = from_terms(_matmul_terms(a.terms(), b.terms()))
     else:
         out = _product(a, b, torch.matmul)
     if ra == 1 and rb == 1:

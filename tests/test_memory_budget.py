@@ -1,0 +1,278 @@
+"""memory_budget and plans: a split call gives the unsplit call's numbers and gradients, the plan predicts
+the peak, and a budget too small is refused with the smallest one that works."""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import sys
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import lamda_ext
+from lamda_ext.memory import AllocationTracker, resolve_budget
+from lamda_ext.planning import SAFETY
+from lamda_ext.split import Job
+from lamda_ext.checks import check_forward
+from lamda_ext.hvp import HVP_KEEP, HVP_ROW_PARAMS, HVP_ROW_POINT, hvp_chunks
+from _helpers import rel_err
+from _models import build
+
+DT = torch.float64
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block with dropout, on [B, T, D] tokens, and a classification head."""
+
+    def __init__(self, dim=8, classes=4):
+        super().__init__()
+        self.enc = nn.TransformerEncoderLayer(dim, 2, 16, dropout=0.2, batch_first=True, norm_first=True)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        return self.head(self.enc(x).mean(dim=1))
+
+
+def _case(name):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    if name == "block":
+        m, x = Block().double(), torch.randn(3, 5, 8, generator=g, dtype=DT)
+        return m, x, torch.randint(0, 4, (3,), generator=g)
+    if name == "mobilenet":
+        m = torchvision.models.mobilenet_v3_small(num_classes=5).double()
+        x = torch.randn(3, 3, 32, 32, generator=g, dtype=DT)
+        return m, x, torch.randint(0, 5, (3,), generator=g)
+    m, x, y = build(name)
+    return m, x, y
+
+
+def _split_budget(model, x, y, grad: bool = False, **kw) -> int:
+    """A budget that makes the call take several chunks (twice the smallest one that works, for a
+    differentiable call when ``grad``)."""
+    with torch.set_grad_enabled(grad):
+        p = lamda_ext.plan(model, x, y, memory_budget=2**40, **kw)
+    return 2 * p.min_budget
+
+
+CASES = ["functional", "cifar_resnet", "block", "mobilenet"]
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("wrt", ["input", "params"])
+def test_split_equals_unsplit(name, train, wrt):
+    m, x, y = _case(name)
+    m.train(train)
+    order, K = 3, 5
+    kw = dict(order=order, directions=K, wrt=wrt, generator=torch.Generator().manual_seed(3))
+    dirs = (lamda_ext.random_directions(x, K, kw.pop("generator")) if wrt == "input"
+            else lamda_ext.random_param_directions(m, K, kw.pop("generator")))
+    kw["directions"] = dirs
+    budget = _split_budget(m, x, y, **kw)
+    with torch.no_grad():
+        p = lamda_ext.plan(m, x, y, memory_budget=budget, **kw)
+        assert p.n_chunks > 1, str(p)
+        torch.manual_seed(5)
+        split = lamda_ext.directional_derivs(m, x, y, memory_budget=budget, **kw)
+        torch.manual_seed(5)
+        whole = lamda_ext.directional_derivs(m, x, y, memory_budget=2**40, **kw)
+    assert rel_err(split, whole) <= 1e-12
+    if not train and wrt == "input":   # chunks of points and directions reproduce every entry
+        assert torch.equal(split, whole) or rel_err(split, whole) <= 1e-14
+
+
+@pytest.mark.parametrize("name", ["functional", "block"])
+@pytest.mark.parametrize("wrt", ["input", "params"])
+def test_recomputed_backward_equals_graph(name, wrt):
+    """A differentiable call whose graph does not fit recomputes chunk by chunk in backward: the same values,
+    parameter gradients and loss gradients as the graph of the unsplit call (dropout masks replayed)."""
+    m, x, y = _case(name)
+    m.train()
+    x = x.clone().requires_grad_(wrt == "input")
+    kw = dict(order=3, directions=4, wrt=wrt, generator=torch.Generator().manual_seed(2), return_loss=True)
+    budget = _split_budget(m, x, y, grad=True, **{k: v for k, v in kw.items() if k != "return_loss"})
+    params = [p for p in m.parameters() if p.requires_grad]
+    results = []
+    for b in (budget, 2**40):
+        kw["generator"] = torch.Generator().manual_seed(2)
+        torch.manual_seed(7)
+        d, loss = lamda_ext.directional_derivs(m, x, y, memory_budget=b, **kw)
+        obj = d.pow(2).sum() + loss.sum()
+        inputs = params + ([x] if wrt == "input" else [])
+        results.append((d.detach(), torch.autograd.grad(obj, inputs), torch.get_rng_state()))
+    (d1, g1, r1), (d2, g2, r2) = results
+    assert rel_err(d1, d2) <= 1e-12
+    for a, b in zip(g1, g2):
+        assert rel_err(a.reshape(-1, 1), b.reshape(-1, 1)) <= 1e-11   # on the scale of the whole tensor
+    assert torch.equal(r1, r2)   # the RNG ends where the unsplit call leaves it
+
+
+def test_recompute_mode_is_planned_when_the_graph_does_not_fit():
+    m, x, y = _case("block")
+    kw = dict(order=3, directions=4)
+    budget = _split_budget(m, x, y, grad=True, **kw)
+    p = lamda_ext.plan(m, x, y, memory_budget=budget, **kw)      # grad mode on, parameters require grad
+    assert p.mode == "recompute" and len(p.recompute_chunks) >= 1
+    with torch.no_grad():
+        assert lamda_ext.plan(m, x, y, memory_budget=budget, **kw).mode == "measure"
+
+
+@pytest.mark.parametrize("budget", [10**6, 1])
+def test_budget_too_small_names_the_smallest_that_works(budget):
+    m = torchvision.models.resnet18(num_classes=10).eval()
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 10, (2,))
+    with torch.no_grad(), pytest.raises(ValueError, match=r"too small .* smallest budget that works is about (\d+)"):
+        lamda_ext.directional_derivs(m, x, y, order=2, directions=2, memory_budget=budget)
+    with torch.no_grad():
+        p = lamda_ext.plan(m, x, y, order=2, directions=2, memory_budget=2**40)
+        d = lamda_ext.directional_derivs(m, x, y, order=2, directions=2, memory_budget=p.min_budget)
+    assert d.shape == (2, 2, 2)
+
+
+@pytest.mark.parametrize("bad, err", [("lots", TypeError), (-5, ValueError), (0, ValueError), (True, TypeError),
+                                      (1.5, TypeError)])
+def test_budget_argument_is_checked(bad, err):
+    m, x, y = _case("functional")
+    with pytest.raises(err, match="memory_budget"):
+        lamda_ext.directional_derivs(m, x, y, order=2, directions=2, memory_budget=bad)
+
+
+def test_auto_budget_is_a_fraction_of_free_memory():
+    import psutil
+    free = psutil.virtual_memory().available
+    b = resolve_budget("auto", torch.device("cpu"))
+    assert 0.2 * free <= b <= 0.8 * free
+    assert resolve_budget(12345, torch.device("cpu")) == 12345
+
+
+def _wide(name):
+    """Models whose working memory dwarfs their inputs (the input checks of a call then do not matter)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    if name == "mlp":
+        m = nn.Sequential(nn.Linear(8, 512), nn.GELU(), nn.Linear(512, 512), nn.Tanh(), nn.Linear(512, 4))
+        x = torch.randn(12, 8, generator=g)
+    elif name == "cnn":
+        m = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3),
+                          nn.SiLU(), nn.Flatten(), nn.Linear(32 * 6 * 6, 4))
+        x = torch.randn(12, 1, 8, 8, generator=g)
+    else:
+        m = nn.Sequential(nn.TransformerEncoderLayer(16, 2, 256, dropout=0.0, batch_first=True), nn.Flatten(),
+                          nn.Linear(4 * 16, 4))
+        x = torch.randn(12, 4, 16, generator=g)
+    return m.double().eval(), x.double(), torch.randint(0, 4, (12,), generator=g)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "transformer"])
+def test_plan_predicts_the_peak(name, monkeypatch):
+    """The predicted peak of a split call is within 25 % of the largest peak measured on its chunks (the
+    working memory the budget bounds; the call's input checks come before it)."""
+    m, x, y = _wide(name)
+    kw = dict(order=4, directions=lamda_ext.random_directions(x, 6, torch.Generator().manual_seed(0)))
+    peaks = []
+    run = Job.run
+
+    def tracked(job):
+        with AllocationTracker() as tr:
+            out = run(job)
+        peaks.append(tr.peak)
+        return out
+
+    with torch.no_grad():
+        budget = 3 * lamda_ext.plan(m, x, y, memory_budget=2**40, **kw).min_budget
+        p = lamda_ext.plan(m, x, y, memory_budget=budget, **kw)
+        monkeypatch.setattr(Job, "run", tracked)
+        lamda_ext.directional_derivs(m, x, y, memory_budget=budget, **kw)
+    assert p.n_chunks > 1 and len(peaks) == p.n_chunks
+    assert abs(p.predicted_peak - max(peaks)) <= 0.25 * max(peaks), (p.predicted_peak, peaks)
+    assert max(peaks) <= budget
+
+
+def test_plan_is_logged_at_debug_level(caplog):
+    m, x, y = _case("functional")
+    with caplog.at_level(logging.DEBUG, logger="lamda_ext"), torch.no_grad():
+        lamda_ext.directional_derivs(m, x, y, order=2, directions=3, memory_budget=2**40)
+    assert any(r.getMessage().startswith("plan: B=3 points") for r in caplog.records)
+
+
+def test_allocation_tracker_counts_what_is_alive():
+    with AllocationTracker() as tr:
+        a = torch.empty(1000, dtype=torch.float64)       # 8000 bytes
+        b = a.view(10, 100)                               # a view: no new storage
+        c = torch.empty(500, dtype=torch.float32)         # 2000 bytes
+        del a, c
+        assert tr.live == 8000                            # b keeps a's storage alive
+        del b
+        d = torch.empty(100, dtype=torch.float64)         # 800 bytes
+    assert (tr.peak, tr.total, tr.live) == (10000, 10800, 800)
+    del d
+    assert tr.live == 0
+
+
+@pytest.mark.parametrize("name, wrt", [("functional", "params"), ("functional", "input"), ("cifar_resnet", "params")])
+def test_hvp_split_equals_unsplit(name, wrt):
+    """hvp within a budget that splits the points (eval mode) and the directions gives the unsplit numbers."""
+    m, x, y = _case(name)
+    m.eval()
+    g = torch.Generator().manual_seed(4)
+    P = sum(p.numel() for p in m.parameters())
+    v = torch.randn((3, P) if wrt == "params" else (3,) + tuple(x.shape), generator=g, dtype=DT)
+    whole = lamda_ext.hvp(m, x, y, v, wrt=wrt, memory_budget=2**40)
+    forward = check_forward(m, x, y, "cross_entropy") / x.shape[0]
+    pbytes = P * 8 if wrt == "params" else 0
+    budget = int((forward * (HVP_KEEP + HVP_ROW_POINT)
+                  + HVP_ROW_PARAMS * pbytes) / SAFETY) + 1     # one point, one direction
+    assert hvp_chunks(x.shape[0], 3, forward, pbytes, budget, True) == (1, 1)
+    split = lamda_ext.hvp(m, x, y, v, wrt=wrt, memory_budget=budget)
+    assert rel_err(split.reshape(3, -1), whole.reshape(3, -1), dim=0) <= 1e-12
+    with pytest.raises(ValueError, match="smallest budget that works"):
+        lamda_ext.hvp(m, x, y, v, wrt=wrt, memory_budget=budget // 2)
+
+
+@pytest.mark.skipif(os.environ.get("LAMDA_SLOW_TESTS") != "1", reason="a ViT-B-width model in float64 against nested "
+                    "torch.func.jvp at order 6: minutes; set LAMDA_SLOW_TESTS=1")
+def test_vit_split_matches_func_and_one_direction_at_a_time():
+    """A ViT-B-width 2-block ViT (float64, 64×64 images, patch 16) split within a budget matches nested
+    torch.func.jvp and the same directions taken one at a time."""
+    torch.manual_seed(0)
+    m = torchvision.models.VisionTransformer(64, 16, 2, 12, 768, 3072, num_classes=10)
+    nn.init.normal_(m.heads.head.weight, std=0.05)
+    m = m.double().eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1, 3, 64, 64, generator=g, dtype=DT), torch.randint(0, 10, (1,), generator=g)
+    u = lamda_ext.random_directions(x, 3, g)
+    with torch.no_grad():
+        budget = 2 * lamda_ext.plan(m, x, y, order=6, directions=u, memory_budget=2**40).min_budget
+        split = lamda_ext.directional_derivs(m, x, y, order=6, directions=u, memory_budget=budget)
+        single = torch.cat([lamda_ext.directional_derivs(m, x, y, order=6, directions=u[k:k + 1])
+                            for k in range(3)], dim=1)
+    ref = lamda_ext.directional_derivs(m, x, y, order=6, directions=u, backend="func")
+    assert rel_err(split, ref) <= 1e-8
+    assert rel_err(split, single) <= 1e-12
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc options")
+def test_heap_reuse_serves_large_tensors_without_page_faults():
+    """Inside heap_reuse the pages of freed 64 MiB tensors are reused once the heap has grown (no page fault per
+    page on the next one); outside, glibc maps and unmaps every such block."""
+    from lamda_ext.memory import _glibc, heap_reuse
+    if _glibc() is None:
+        pytest.skip("not glibc")
+
+    def faults_per_tensor(n):
+        out = []
+        for _ in range(n):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            torch.ones(2**23, dtype=torch.float64)      # 64 MiB, freed at once
+            out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        return out
+
+    with heap_reuse(torch.device("cpu")):
+        inside = max(faults_per_tensor(8)[-3:])          # after the heap has grown
+    outside = min(faults_per_tensor(3))
+    pages = 2**26 // 4096
+    assert inside < 0.1 * pages < 0.9 * pages < outside, (inside, outside)
