@@ -2,14 +2,14 @@
 # One call on a GPU machine: build the extension for the visible GPU, run the CUDA tests, the kernel
 # tests under compute-sanitizer, and the benchmarks. Logs go to $OUT (or ./gpu_logs).
 #
-#   bash benchmarks/gpu_check.sh [build|diag|tests|sanitizer|bench ...]   (default: all, in that order)
+#   bash benchmarks/gpu_check.sh [build|diag|tests|sanitizer|bench|scale ...]   (default: all, in that order)
 #
 # Needs torch with CUDA and nvcc; nothing is downloaded (pip install --no-build-isolation --no-deps).
 set -u
 OUT=${OUT:-$PWD/gpu_logs}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-steps=${*:-build diag tests sanitizer bench}
+steps=${*:-build diag tests sanitizer bench scale}
 status=0
 
 log() { echo "== $* ($(date +%T))" | tee -a "$OUT/summary.txt"; }
@@ -80,6 +80,17 @@ except ValueError as e:
       log "benchmarks"
       python3 -P -m pytest -q -s -p no:cacheprovider benchmarks/test_bench_derivs.py 2>&1 | tee "$OUT/bench.log" \
         | grep -A40 "ratios (median" | tee -a "$OUT/summary.txt"
+      ;;
+    scale)
+      log "scale: real-size models at K = 15, N = 6 (time in forward passes, peak CUDA memory)"
+      for case in "vit_b_16 1" "vit_b_16 16" "resnet50 8" "gpt2_small 1"; do
+        set -- $case
+        timeout 240 python3 -P benchmarks/scale_case.py --model "$1" --points "$2" --directions 15 --order 6 \
+          --backend fused --repeat 2 >>"$OUT/scale.jsonl" 2>>"$OUT/scale.err" || status=1
+        tail -1 "$OUT/scale.jsonl" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r['model'], \
+'B=%d' % r['points'], 'forward passes', ['%.1f' % v for v in r['forward_passes']], 'peak CUDA %.2f GB' % \
+r.get('peak_cuda_GB', float('nan')), 'ok' if r['ok'] else r.get('error'))" 2>&1 | tee -a "$OUT/summary.txt"
+      done
       ;;
     *) echo "unknown step $step"; exit 2;;
   esac
