@@ -71,7 +71,7 @@ def plot(surface, path_result, path: pathlib.Path) -> None:
     a3.set_ylabel("training accuracy (%)", color="C1")
     a2.set_title(f"linear mode connectivity: barrier {path_result.barrier:.3f} nats", fontsize=10)
     lines = a2.get_lines()[:1] + a3.get_lines()
-    a2.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=8)
+    a2.legend(lines, [ln.get_label() for ln in lines], loc="center left", fontsize=8)
     a2.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=30, help="Hutchinson probes for the trace")
     p.add_argument("--density-iters", type=int, default=40, help="Lanczos steps per density probe")
     p.add_argument("--density-probes", type=int, default=1)
+    p.add_argument("--memory-budget", type=int, default=None,
+                   help="bytes of linearised batches the operator keeps between products (0: recompute each time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=pathlib.Path, default=None)
     args = p.parse_args()
@@ -90,7 +92,8 @@ def main() -> None:
     train(model, data.x_train, data.y_train, args.epochs, args.seed)
     model.eval()                                      # a deterministic Hessian: batch norm uses running statistics
 
-    op = lamda_ext.HessianOperator(model, "cross_entropy", (data.x_train, data.y_train))
+    op = lamda_ext.HessianOperator(model, "cross_entropy", (data.x_train, data.y_train),
+                                   memory_budget=args.memory_budget)
     name = "ResNet-18" if args.blocks == 2 else f"ResNet with {args.blocks} BasicBlock(s) per stage"
     print(f"{name} on {len(data.y_train)} {data.name} images, P = {op.size:,} parameters")
 
