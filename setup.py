@@ -88,7 +88,9 @@ setup(
     install_requires=["torch>=2.4", "torchvision", "numpy", "scipy", "matplotlib", "tqdm", "scikit-learn"],
     extras_require={"test": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff"],
                     # peers of benchmarks/test_bench_spectra.py only (skipped when missing); never a runtime dependency
-                    "bench": ["pyhessian", "hessian-eigenthings", "curvlinops-for-pytorch"]},
+                    "bench": ["pyhessian", "hessian-eigenthings", "curvlinops-for-pytorch"],
+                    # the documentation site: `mkdocs build --strict` (docs/about-docs.md)
+                    "docs": ["mkdocs-material", "mkdocstrings[python]"]},
     entry_points={"console_scripts": ["lamda=lamda.cli:main"]},
     zip_safe=False,
 )
