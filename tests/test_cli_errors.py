@@ -1,7 +1,7 @@
 """Bad flags and damaged results: one line on stderr, exit code 2, no traceback (issue 12, runner/file items).
 
 Three tables: `lamda run` with bad flags (fail before any work), `lamda analyze` on a finished probe smoke
-folder damaged in one way per case, and the file readers of lamda.io on damaged files. Plus the resume of a
+folder damaged in one way per case, and the file readers of lamda.result_files on damaged files. Plus the resume of a
 finished run that lost its lambda_data.npz.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from lamda import io as lio
+from lamda import result_files as lio
 from lamda.cli import main
-from lamda.experiments import runner
+from lamda.studies import runner
 
 
 def one_line_error(capsys, rc, phrases, prefix):
@@ -80,7 +80,7 @@ def test_device_cuda_without_gpu(tmp_path, capsys):
 
 def test_ddp_refused_for_an_experiment_with_its_own_training_loop(tmp_path, capsys, monkeypatch):
     import lamda.cli
-    from lamda.experiments import get
+    from lamda.studies import get
     assert get("selective").ddp and get("diagnostic").ddp and not get("spectrum").ddp
     monkeypatch.setattr(lamda.cli.distributed, "init_from_env", lambda device: True)     # as under torchrun
     rc = main(["run", "probe", "--preset", "smoke", "--ddp", "--out", str(tmp_path / "o")])
@@ -171,7 +171,7 @@ def test_resume_redoes_a_damaged_cell_then_analyze_passes(finished, tmp_path, ca
     assert a == b                                                   # the redone run gives the same numbers
 
 
-# ------------------------------------------------------------------------------------ lamda.io readers
+# ------------------------------------------------------------------------------------ lamda.result_files readers
 def _npz_bytes(**arrays):
     import io
     buf = io.BytesIO()

@@ -19,7 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 import lamda_ext  # noqa: E402
 import lamda_ext.ops  # noqa: E402
 
-from _helpers import rel_err  # noqa: E402
+from tests._helpers import rel_err  # noqa: E402
 
 DT = torch.float64
 TOL = 1e-8

@@ -1,4 +1,4 @@
-"""The shared grid runner (lamda.experiments.runner): markers, resume, damaged cells, shards, the folder lock."""
+"""The shared grid runner (lamda.studies.runner): markers, resume, damaged cells, shards, the folder lock."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from lamda import io as lio
-from lamda.experiments import runner
-from lamda.experiments.runner import (Cell, FolderLockedError, cell_is_complete, folder_lock, recorded_cells,
+from lamda import result_files as lio
+from lamda.studies import runner
+from lamda.studies.runner import (Cell, FolderLockedError, cell_is_complete, folder_lock, recorded_cells,
                                       require_complete, run_grid)
 
 
@@ -174,7 +174,7 @@ def test_lock_is_reentrant_and_shared_by_one_job(tmp_path, monkeypatch):
 
 
 def test_run_seeded_grid_wraps_the_runner(tmp_path, capsys):
-    from lamda.experiments.experiment_support import my_cells, run_seeded_grid
+    from lamda.studies.support import my_cells, run_seeded_grid
     from lamda.trainer import run_is_complete
     calls = []
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lamda import io as lio
+from lamda import result_files as lio
 from lamda.cli import main
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -160,7 +160,7 @@ def test_killed_rank_is_restarted_and_redoes_no_finished_cell(data_root, tmp_pat
 
 
 def test_ddp_training_equals_one_process(tmp_path):
-    from torchrun_ddp_worker import VARIANTS, build
+    from tests.torchrun_ddp_worker import VARIANTS, build
     torchrun([str(HERE / "torchrun_ddp_worker.py"), str(tmp_path / "ddp")])
     torch.set_num_threads(1)
     for v in VARIANTS:

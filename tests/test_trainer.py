@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import lamda_ext
-from lamda import io as lio
+from lamda import result_files as lio
 from lamda.data import load_dataset
 from lamda.measure import LambdaMeter, MeasureConfig, fit_lambda, log_abs_mean, regenerate_directions
 from lamda.models import SigmoidMLP

@@ -15,10 +15,10 @@ import sys
 from lamda_ext.hessian import rank_local
 
 from . import distributed
-from . import io as lio
-from .experiments import broken, get, parse_shard, registry
-from .experiments.experiment_support import SEED_MAX
-from .experiments.runner import folder_lock, recorded_cells, require_complete
+from . import result_files as lio
+from .studies import broken, get, parse_shard, registry
+from .studies.support import SEED_MAX
+from .studies.runner import folder_lock, recorded_cells, require_complete
 from .trainer import resolve_device
 
 __all__ = ["main", "build_parser"]

@@ -15,8 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import io as lio  # noqa: E402
-from .analysis.stats import MIN_FIT_POINTS  # noqa: E402
+from . import result_files as lio  # noqa: E402
+from .stats import MIN_FIT_POINTS  # noqa: E402
 
 __all__ = ["plt", "new_figure", "save", "grid", "heatmap", "scatter_labeled", "lambda_evolution_figure",
            "save_gif", "DPI", "color_cycle", "value_range", "MARKERS"]

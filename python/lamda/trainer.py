@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from . import io as lio
+from . import result_files as lio
 from .data import TensorDataset, batches
 from .measure import LambdaMeter
 from .regularizers import RegularizerSet

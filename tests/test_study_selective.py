@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 import lamda_ext
-from _helpers import check_analyze_and_resume
-from lamda import io as lio
+from tests._helpers import check_analyze_and_resume
+from lamda import result_files as lio
 from lamda.cli import main
-from lamda.analysis.stats import t_halfwidth
-from lamda.experiments.selective import (CONDITIONS, PAIR_NAMES, boundary_points, measure_pair_lambda,
+from lamda.stats import t_halfwidth
+from lamda.studies.selective.run import (CONDITIONS, PAIR_NAMES, boundary_points, measure_pair_lambda,
                                          selectivity_rows, selectivity_table)
 
 RESULT_COLUMNS = ["condition", "seed", "test_acc", "test_loss", "train_acc", "lambda_4v9", "lambda_3v8", "lambda_5v6",
@@ -207,7 +207,7 @@ def test_selective_flags_refuse_meaningless_values(flag, value, tmp_path, capsys
 
 
 def test_full_preset_scale_and_scale_help_states_the_measured_share(capsys):
-    from lamda.experiments.selective import PRESETS
+    from lamda.studies.selective.run import PRESETS
     assert PRESETS["full"]["scale"] == 200.0 and PRESETS["full"]["max_boundary"] == 200
     with pytest.raises(SystemExit) as exc:
         main(["run", "selective", "-h"])

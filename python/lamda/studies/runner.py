@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 from lamda_ext.hessian import rank_local
 
 from .. import distributed
-from .. import io as lio
+from .. import result_files as lio
 from . import parse_shard
 
 __all__ = ["Cell", "run_grid", "assigned", "cell_is_complete", "require_complete", "recorded_cells", "folder_lock",

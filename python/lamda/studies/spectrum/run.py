@@ -38,16 +38,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import io as lio
-from .. import plots
-from ..analysis.study_stats import pearson_ci
-from ..data import batches
-from ..landscape.eigcheck import checked_eigs
-from ..models import SigmoidMLP
-from ..trainer import resolve_device
-from . import Experiment, register
-from .argtypes import float_in, int_at_least, int_list
-from .experiment_support import (
+from ... import result_files as lio
+from ... import plots
+from ...study_stats import pearson_ci
+from ...data import batches
+from ...landscape.eigcheck import checked_eigs
+from ...models import SigmoidMLP
+from ...trainer import resolve_device
+from .. import Experiment, register
+from ..argtypes import float_in, int_at_least, int_list
+from ..support import (
     add_mnist_like_argument,
     fmt,
     load_mnist_like,
@@ -55,7 +55,7 @@ from .experiment_support import (
     open_results_folder,
     parse_seeds,
 )
-from .runner import Cell, require_complete, run_grid
+from ..runner import Cell, require_complete, run_grid
 
 __all__ = ["PRESETS", "l2_grid", "l2_label", "train_model", "hessian_data", "run", "analyze", "MODEL_COLUMNS",
            "DATA_DIR", "COLLAPSE_ACC", "is_collapsed", "grid_cells"]

@@ -31,18 +31,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .. import distributed
-from .. import io as lio
-from ..data import load_dataset
-from ..measure import DIRECTION_MODES, LambdaMeter, MeasureConfig
-from ..models import build_model
-from ..regularizers import (Augmentation, Dropout, InputGradientPenalty, LabelSmoothing, RegularizerSet, SAM,
+from ... import distributed
+from ... import result_files as lio
+from ...data import load_dataset
+from ...measure import DIRECTION_MODES, LambdaMeter, MeasureConfig
+from ...models import build_model
+from ...regularizers import (Augmentation, Dropout, InputGradientPenalty, LabelSmoothing, RegularizerSet, SAM,
                             WeightDecay)
-from ..schedule import MeasurementSchedule
-from ..trainer import Trainer, TrainConfig, train_run
-from . import Experiment, register
-from .experiment_support import parse_seeds
-from .runner import Cell, cell_is_complete, recorded_cells, require_complete, run_grid
+from ...schedule import MeasurementSchedule
+from ...trainer import Trainer, TrainConfig, train_run
+from .. import Experiment, register
+from ..support import parse_seeds
+from ..runner import Cell, cell_is_complete, recorded_cells, require_complete, run_grid
 
 __all__ = ["PRESETS", "FAMILIES", "RunSpec", "plan_runs", "run", "analyze", "dataset_dirs", "plan_cells"]
 
@@ -293,7 +293,7 @@ def run(args) -> int:
 
     rc = run_grid(NAME, out, cells, work, analyze, shard=args.shard, progress=True)
     if rc == 0 and distributed.rank_world()[0] == 0 and all(cell_is_complete(out, c) for c in cells):
-        from ..analysis.diagnostic import figure_folders
+        from .analysis import figure_folders
         print(f"[diagnostic] summary: {out / 'summary.md'}", flush=True)
         for f in figure_folders(out):
             print(f"[diagnostic] figures: {f}", flush=True)
@@ -302,7 +302,7 @@ def run(args) -> int:
 
 def analyze(out) -> int:
     """Regenerate every analysis from disk; refuses a folder whose runs are not all complete."""
-    from ..analysis.diagnostic import analyze_experiment
+    from .analysis import analyze_experiment
     out = pathlib.Path(out)
     cells = recorded_cells(out)
     if cells is not None:

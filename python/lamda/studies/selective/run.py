@@ -41,15 +41,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import io as lio
-from .. import plots
-from ..models import build_model
-from ..regularizers import LambdaPenalty, RegularizerSet
-from ..trainer import Trainer, TrainConfig, evaluate, train_run
-from . import Experiment, register
-from .experiment_support import (add_mnist_like_argument, arg_number, finite_mean_ci, fmt, group_mean_ci,
+from ... import result_files as lio
+from ... import plots
+from ...models import build_model
+from ...regularizers import LambdaPenalty, RegularizerSet
+from ...trainer import Trainer, TrainConfig, evaluate, train_run
+from .. import Experiment, register
+from ..support import (add_mnist_like_argument, arg_number, finite_mean_ci, fmt, group_mean_ci,
                                  load_mnist_like, markdown_table, open_results_folder, parse_seeds, fmt_ci)
-from .runner import Cell, require_complete, run_grid
+from ..runner import Cell, require_complete, run_grid
 
 __all__ = ["PRESETS", "CONDITIONS", "PAIRS", "BOUNDARY_RULES", "BoundarySelection", "boundary_points",
            "measure_pair_lambda", "selectivity_rows", "selectivity_table", "grid_cells", "run", "analyze"]

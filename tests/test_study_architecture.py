@@ -2,10 +2,10 @@
 the study's model sizes; the summary's definitions; flag validation; the CI helpers of the summary."""
 import numpy as np
 import pytest
-from lamda import io as lio
-from lamda.analysis.study_stats import mean_ci, pearson_ci
+from lamda import result_files as lio
+from lamda.study_stats import mean_ci, pearson_ci
 from lamda.cli import main
-from lamda.experiments.landscape_study import (
+from lamda.studies.architecture.run import (
     CONNECTIVITY_COLUMNS,
     RESULT_COLUMNS,
     condition_number,

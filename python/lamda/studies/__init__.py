@@ -44,11 +44,11 @@ def register(exp: Experiment) -> Experiment:
 
 
 def registry() -> dict[str, Experiment]:
-    """All experiments, importing every (non-underscore) module of this package once."""
+    """All experiments, importing every study subpackage of this package once."""
     global _LOADED
     if not _LOADED:
         for mod in pkgutil.iter_modules(__path__):
-            if not mod.name.startswith("_"):
+            if mod.ispkg:
                 try:
                     importlib.import_module(f"{__name__}.{mod.name}")
                 except Exception as exc:  # noqa: BLE001 - reported by get() and `lamda list`

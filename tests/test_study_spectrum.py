@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lamda import io as lio
+from lamda import result_files as lio
 from lamda.cli import main
 from lamda.data import load_dataset
-from lamda.experiments.spectrum import (
+from lamda.studies.spectrum.run import (
     COLLAPSE_ACC,
     MODEL_COLUMNS,
     is_collapsed,

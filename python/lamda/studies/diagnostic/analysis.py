@@ -32,10 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import io as lio
-from .. import plots
-from ..measure import fit_lambda
-from .stats import bootstrap_stderr, cv, fmt, fmt_ci, mean_ci, pearson
+from ... import result_files as lio
+from ... import plots
+from ...measure import fit_lambda
+from ...stats import bootstrap_stderr, cv, fmt, fmt_ci, mean_ci, pearson
 
 __all__ = ["RunData", "load_runs", "write_run_plot", "analyze_dataset", "analyze_experiment", "K_GRID", "WINDOWS",
            "joint_metrics", "CRITERIA", "lambda_onset", "accuracy_degradation_onset", "convergence_epoch",

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from _helpers import check_analyze_and_resume
-from lamda import io as lio
+from tests._helpers import check_analyze_and_resume
+from lamda import result_files as lio
 from lamda.cli import main
-from lamda.experiments.probe import (EPOCH_COLUMNS, MIN_SCALE, OPTIMIZERS, STEP_COLUMNS, grid_cells, matched_lr,
+from lamda.studies.probe.run import (EPOCH_COLUMNS, MIN_SCALE, OPTIMIZERS, STEP_COLUMNS, grid_cells, matched_lr,
                                      paired_difference, smooth)
 
 TOP_FILES = ["config.json", "experiment_config.json", "summary.md", "results.csv", "summary_table.csv",

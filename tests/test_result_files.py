@@ -1,11 +1,11 @@
-"""Atomic writes and safe checkpoint loading (lamda.io)."""
+"""Atomic writes and safe checkpoint loading (lamda.result_files)."""
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from lamda import io as lio
+from lamda import result_files as lio
 
 
 def test_csv_roundtrip_with_missing_and_nonfinite(tmp_path):

@@ -42,11 +42,11 @@ import time
 import numpy as np
 import torch
 
-from .. import io as lio
-from .. import plots
-from ..analysis.study_stats import mean_ci, pearson_ci
-from ..data import load_dataset
-from ..landscape import (
+from ... import result_files as lio
+from ... import plots
+from ...study_stats import mean_ci, pearson_ci
+from ...data import load_dataset
+from ...landscape import (
     SurfaceResult,
     loss_surface,
     mode_connectivity,
@@ -54,14 +54,14 @@ from ..landscape import (
     plot_surface_3d,
     sharpness,
 )
-from ..landscape.eigcheck import checked_eigs
-from ..models import STUDY_SIZES, build_model
-from ..regularizers import Augmentation, RegularizerSet
-from ..trainer import TrainConfig, Trainer, resolve_device, run_is_complete, train_run
-from . import Experiment, register
-from .argtypes import int_at_least
-from .experiment_support import fmt, markdown_table, open_results_folder, parse_seeds
-from .runner import Cell, cell_is_complete, require_complete, run_grid
+from ...landscape.eigcheck import checked_eigs
+from ...models import STUDY_SIZES, build_model
+from ...regularizers import Augmentation, RegularizerSet
+from ...trainer import TrainConfig, Trainer, resolve_device, run_is_complete, train_run
+from .. import Experiment, register
+from ..argtypes import int_at_least
+from ..support import fmt, markdown_table, open_results_folder, parse_seeds
+from ..runner import Cell, cell_is_complete, require_complete, run_grid
 
 __all__ = ["PRESETS", "ARCHS", "RESULT_COLUMNS", "CONNECTIVITY_COLUMNS", "run", "analyze", "condition_number",
            "model_cells", "pair_cells"]

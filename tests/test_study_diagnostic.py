@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lamda import io as lio
+from lamda import result_files as lio
 from lamda.cli import main
 
 FAMILY_FILES = {
@@ -70,7 +70,7 @@ def check_dataset_tree(root: pathlib.Path, runs, epochs: int, points: int):
     for f in SUMMARY_FILES:
         assert (root / "00_summary" / f).is_file(), f
     labels = [lio.read_json(root / r / "config.json")["label"] for r in runs]
-    from lamda.analysis.diagnostic import validation_files
+    from lamda.studies.diagnostic.analysis import validation_files
     listed = set(validation_files(labels))
     for f in VALIDATION_FILES + [f"temporal_directional_stability/spaghetti_{lab}.png" for lab in labels]:
         assert f in listed, f
@@ -221,7 +221,7 @@ def test_kill_and_resume(tmp_path):
 
 
 def test_registry_and_shard_parsing():
-    from lamda.experiments import get, parse_shard, registry
+    from lamda.studies import get, parse_shard, registry
     assert "diagnostic" in registry() and get("diagnostic").analyze is not None
     assert parse_shard(None) == (0, 1) and parse_shard("2/3") == (2, 3)
     for bad in ("3/3", "1", "a/b", "0/0"):
@@ -232,7 +232,7 @@ def test_registry_and_shard_parsing():
 
 
 def test_plan_runs_matches_the_issue():
-    from lamda.experiments.diagnostic import plan_runs
+    from lamda.studies.diagnostic.run import plan_runs
     full = [s.rel for s in plan_runs("mnist", "full")]
     assert len(full) == 17 and full[0] == "01_baseline" and full[1] == "02_dropout/dropout_0.3"
     assert full[-1] == "07_input_gradient_penalty/igp_1.0"
@@ -250,7 +250,7 @@ def test_plan_runs_matches_the_issue():
 
 
 def test_onset_rules_on_hand_made_series():
-    from lamda.analysis.diagnostic import accuracy_degradation_onset, convergence_epoch, lambda_onset
+    from lamda.studies.diagnostic.analysis import accuracy_degradation_onset, convergence_epoch, lambda_onset
     acc = [0.1, 0.8, 0.9, 0.95, 0.949, 0.93, 0.92]
     rows = [{"epoch": e, "test_acc": a} for e, a in enumerate(acc)]
     assert accuracy_degradation_onset(rows) == 5          # from epoch 5 on ≥ 1 pp below the 0.95 peak (epoch 3)
@@ -270,7 +270,7 @@ def test_onset_rules_on_hand_made_series():
 def test_joint_metrics_on_exact_lines():
     """log|d_n| exactly linear in n with slope s_k per direction: every window gives λ_k = s_k; CV = std/|mean|;
     the bootstrap standard error is measured (≈ std·√((n−1)/n)/√K here), the formula one is std/√K."""
-    from lamda.analysis.diagnostic import WINDOWS, joint_metrics, meets
+    from lamda.studies.diagnostic.analysis import WINDOWS, joint_metrics, meets
     s = np.linspace(-2.0, -1.6, 15)
     n = np.arange(1, 7)
     log_abs = (0.3 + s[:, None] * n[None, :])[None].repeat(2, 0)            # [M=2, 15, 6]
@@ -293,7 +293,7 @@ def test_joint_metrics_on_exact_lines():
 def test_bootstrap_stderr_can_disagree_with_the_formula():
     """Two distinct values repeated (a two-point distribution): the bootstrap follows the resampling, and a
     constant set gives zero — the check stderr ≈ std/√K is a measurement, not an identity."""
-    from lamda.analysis.stats import bootstrap_stderr
+    from lamda.stats import bootstrap_stderr
     rng = np.random.default_rng(0)
     v = np.array([[-3.0] * 14 + [3.0]])                       # heavy outlier
     b = bootstrap_stderr(v, 5, 5000, rng)[0]
@@ -304,7 +304,7 @@ def test_bootstrap_stderr_can_disagree_with_the_formula():
 def test_stats_helpers_hand_computed():
     from scipy import stats as st
 
-    from lamda.analysis.stats import cv, fmt_ci, mean_ci, pearson
+    from lamda.stats import cv, fmt_ci, mean_ci, pearson
     m, h, n = mean_ci([1.0, 2.0, 3.0])
     assert (m, n) == (2.0, 3) and h == pytest.approx(st.t.ppf(0.975, 2) * 1.0 / np.sqrt(3))
     m1, h1, n1 = mean_ci([0.5])
@@ -334,7 +334,7 @@ class _TwoClassHead(torch.nn.Module):
 
 
 def _measured_cv(anisotropic: bool, mode: str) -> float:
-    from lamda.analysis.stats import cv
+    from lamda.stats import cv
     from lamda.measure import LambdaMeter, MeasureConfig
     g = torch.Generator().manual_seed(0)
     x = (0.05 if not anisotropic else 0.5) * torch.randn(20, 1, 4, 4, generator=g, dtype=torch.float64)
@@ -358,8 +358,8 @@ def test_cv_separates_anisotropic_from_isotropic_directions():
 def test_cv_and_k_convergence_csvs_match_the_npz(tmp_path):
     """Recompute CV over directions and the K-convergence numbers from lambda_data.npz alone and compare with the
     CSVs the analysis wrote."""
-    from lamda.analysis.diagnostic import REF_WINDOW, joint_metrics
-    from lamda.analysis.stats import cv
+    from lamda.studies.diagnostic.analysis import REF_WINDOW, joint_metrics
+    from lamda.stats import cv
     from lamda.measure import fit_lambda
     out = tmp_path / "out"
     assert main(["run", "diagnostic", "--preset", "smoke", "--methods", "baseline,sam", "--epochs", "1",

@@ -38,17 +38,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import io as lio
-from .. import plots
-from ..data import batches
-from ..landscape import CurvatureAdaptiveLR, CurvatureProbe
-from ..models import build_model
-from ..sam import SAM
-from ..trainer import evaluate, resolve_device, run_is_complete
-from . import Experiment, register
-from .experiment_support import (add_mnist_like_argument, arg_number, finite_mean_ci, fmt, group_mean_ci,
+from ... import result_files as lio
+from ... import plots
+from ...data import batches
+from ...landscape import CurvatureAdaptiveLR, CurvatureProbe
+from ...models import build_model
+from ...sam import SAM
+from ...trainer import evaluate, resolve_device, run_is_complete
+from .. import Experiment, register
+from ..support import (add_mnist_like_argument, arg_number, finite_mean_ci, fmt, group_mean_ci,
                                  load_mnist_like, markdown_table, open_results_folder, parse_seeds, fmt_ci)
-from .runner import Cell, require_complete, run_grid
+from ..runner import Cell, require_complete, run_grid
 
 __all__ = ["PRESETS", "OPTIMIZERS", "STEP_COLUMNS", "EPOCH_COLUMNS", "matched_lr", "smooth", "paired_difference",
            "grid_cells", "train_one", "run", "analyze"]

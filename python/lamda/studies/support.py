@@ -17,8 +17,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .. import io as lio
-from ..analysis.stats import fmt, fmt_ci, t_halfwidth
+from .. import result_files as lio
+from ..stats import fmt, fmt_ci, t_halfwidth
 from ..data import load_dataset
 from ..trainer import run_is_complete
 from .runner import Cell, assigned, run_grid

@@ -1,0 +1,2 @@
+"""The ``probe`` study (registers itself with :mod:`lamda.studies`)."""
+from . import run  # noqa: F401
