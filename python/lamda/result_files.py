@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io as _io
+import io
 import json
 import math
 import os
@@ -24,7 +24,7 @@ import torch
 __all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "read_json", "write_csv", "read_csv",
            "write_npz", "read_npz", "save_figure", "save_checkpoint", "load_checkpoint", "CheckpointError",
            "CHECKPOINT_FORMAT", "remove_stale_temp_files", "MissingEntryError", "read_json_object",
-           "check_output_folder"]
+           "check_output_folder", "jsonable"]
 
 CHECKPOINT_FORMAT = "lamda-checkpoint-v1"
 
@@ -124,20 +124,21 @@ def write_text(path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def _jsonable(obj: Any):
+def jsonable(obj: Any):
+    """``obj`` with mappings, sequences, numpy/torch values and paths turned into JSON types (NaN/inf → None)."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating, float)):
         f = float(obj)
         return f if math.isfinite(f) else None
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.detach().cpu().tolist())
+        return jsonable(obj.detach().cpu().tolist())
     if isinstance(obj, pathlib.PurePath):
         return str(obj)
     return obj
@@ -145,7 +146,7 @@ def _jsonable(obj: Any):
 
 def write_json(path, obj: Any) -> None:
     """Write ``obj`` as indented JSON (numpy/torch values converted; NaN/inf written as null)."""
-    write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path) -> Any:
@@ -182,7 +183,7 @@ def write_csv(path, rows: Sequence[Mapping[str, Any]], fieldnames: Iterable[str]
                 if k not in fieldnames:
                     fieldnames.append(k)
     fieldnames = list(fieldnames)
-    buf = _io.StringIO()
+    buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fieldnames, extrasaction="raise", lineterminator="\n")
     w.writeheader()
     for r in rows:
@@ -268,7 +269,7 @@ def read_npz(path) -> dict[str, np.ndarray]:
             return _FileDict({k: z[k] for k in z.files}, path, "array")
     except FileNotFoundError:
         raise
-    except Exception as exc:  # noqa: BLE001 - zipfile/EOF/OSError/ValueError: all mean a damaged file
+    except Exception as exc:      # zipfile/EOF/OSError/ValueError: all mean a damaged file
         why = "it holds object arrays" if "pickle" in str(exc).lower() else f"{type(exc).__name__}"
         raise ValueError(f"{path} is not a readable .npz file ({why}: truncated, damaged or not written by "
                          f"lamda); delete it and rerun the command that writes it") from None

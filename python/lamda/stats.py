@@ -1,18 +1,23 @@
 """Small statistics helpers that say "not enough data" instead of returning a meaningless number.
 
-- :func:`mean_ci`: mean and 95 % t-interval half-width over seeds (n/a for one value).
-- :func:`pearson`: Pearson r, two-sided p and a bootstrap 95 % CI over the pairs, with n.
+- :func:`mean_ci`: mean, 95 % Student-t half-width and count over seeds (:class:`MeanCI`; n/a for one value).
+- :func:`pearson`: Pearson r, two-sided p and a bootstrap 95 % CI over the pairs, with n; :func:`pearson_ci`
+  the same without a CI below :data:`MIN_BOOT` pairs.
 - :func:`cv`: coefficient of variation std/|mean| (the study's definition).
 - :func:`bootstrap_stderr`: the standard error of a mean of K values, measured by resampling K of them.
+- :func:`fmt`, :func:`fmt_ci`: numbers and ``mean ± half-width`` for tables ("n/a" when missing).
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
+from typing import Iterable, NamedTuple
 
 import numpy as np
 
-__all__ = ["Correlation", "pearson", "fmt", "mean_ci", "fmt_ci", "cv", "bootstrap_stderr", "MIN_FIT_POINTS"]
+__all__ = ["Correlation", "CorrelationCI", "MeanCI", "pearson", "pearson_ci", "fmt", "mean_ci", "fmt_ci",
+           "t_halfwidth", "cv", "bootstrap_stderr", "MIN_FIT_POINTS", "MIN_BOOT"]
 
 MIN_FIT_POINTS = 5     # no fit line through fewer points
 
@@ -72,17 +77,42 @@ def t_halfwidth(std, n: int, level: float = 0.95) -> float:
     return float(stats.t.ppf(0.5 + level / 2, int(n) - 1) * float(std) / np.sqrt(int(n)))
 
 
-def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
+class MeanCI(NamedTuple):
+    """Mean, 95 % CI ``half`` width (NaN for n < 2) and count ``n`` of the finite values; unpacks as
+    ``mean, half, n``."""
+
+    mean: float
+    half: float
+    n: int
+
+    def text(self, spec: str = ".4g", short: bool = False) -> str:
+        """``mean ± half (95 % CI, n = …)``; ``short``: ``mean ± half`` / ``mean ± n/a`` (for a table whose caption
+        states the CI and n)."""
+        if self.n == 0:
+            return "n/a"
+        if self.n < 2:
+            return f"{fmt(self.mean, spec)} ± n/a" if short else f"{fmt(self.mean, spec)} (n = 1, CI n/a)"
+        return f"{fmt(self.mean, spec)} ± {fmt(self.half, spec)}" + ("" if short else f" (95 % CI, n = {self.n})")
+
+
+def finite_values(values: Iterable) -> np.ndarray:
+    """The finite entries of ``values`` (numbers, None, NaN; any iterable or array) as a float64 vector."""
+    arr = values if isinstance(values, np.ndarray) else np.asarray(list(values), dtype=object)
+    v = np.asarray([np.nan if x is None else float(x) for x in np.ravel(arr)], float)
+    return v[np.isfinite(v)]
+
+
+def mean_ci(values: Iterable, level: float = 0.95) -> MeanCI:
     """Mean, half-width of the two-sided t-interval (``level``, :func:`t_halfwidth`) and count of the finite values.
 
-    The half-width is NaN for n = 1 (no interval from one seed); (NaN, NaN, 0) when there is no finite value.
+    ``values``: numbers, None or NaN (those two are left out), as any iterable or array. The half-width is NaN
+    for n = 1 (no interval from one seed); ``(NaN, NaN, 0)`` when there is no finite value.
     """
-    v = np.asarray([np.nan if x is None else float(x) for x in np.ravel(np.asarray(values, dtype=object))], float)
-    v = v[np.isfinite(v)]
+    v = finite_values(values)
     n = int(v.size)
     if n == 0:
-        return float("nan"), float("nan"), 0
-    return float(v.mean()), t_halfwidth(v.std(ddof=1) if n > 1 else float("nan"), n, level), n
+        return MeanCI(float("nan"), float("nan"), 0)
+    return MeanCI(float(v.mean()), t_halfwidth(v.std(ddof=1) if n > 1 else float("nan"), n, level), n)
 
 
 def fmt_ci(mean, half, n: int, spec: str = ".3f") -> str:
@@ -130,3 +160,39 @@ def fmt(v, spec: str = ".3f", missing: str = "n/a") -> str:
     except (TypeError, ValueError):
         return missing
     return format(f, spec) if np.isfinite(f) else missing
+
+
+MIN_BOOT = 5        # no bootstrap CI of a correlation from fewer pairs
+
+
+@dataclass
+class CorrelationCI:
+    """A :class:`Correlation` (its bootstrap CI included) with the CI bounds as ``lo``/``hi`` (NaN when not
+    computable)."""
+
+    corr: Correlation
+
+    @property
+    def lo(self) -> float:
+        return self.corr.ci_lo
+
+    @property
+    def hi(self) -> float:
+        return self.corr.ci_hi
+
+    @property
+    def ok(self) -> bool:
+        return self.corr.ok
+
+    def text(self) -> str:
+        small = self.corr.ok and self.corr.n < MIN_BOOT
+        return self.corr.text() + (f" (n < {MIN_BOOT})" if small else "")
+
+
+def pearson_ci(x, y, n_boot: int = 2000, seed: int = 0) -> CorrelationCI:
+    """Pearson r over the finite pairs with its percentile bootstrap 95 % CI (:func:`pearson`; the CI is NaN for
+    fewer than :data:`MIN_BOOT` pairs)."""
+    c = pearson(x, y, n_boot=n_boot, seed=seed)
+    if c.ok and c.n < MIN_BOOT:
+        c = dataclasses.replace(c, ci_lo=float("nan"), ci_hi=float("nan"))
+    return CorrelationCI(c)

@@ -18,7 +18,8 @@ that reads every cell's files and writes the aggregate tables, figures and ``sum
   the shard's cells are dealt round-robin to the ranks. Each rank runs its cells (Hessian tools stay on the
   rank's own data: :func:`lamda_ext.hessian.rank_local`), all ranks meet at a barrier, and rank 0 alone runs
   ``analyze(out)`` once every cell of the grid is complete.
-- **Log.** One line per cell, naming the rank: ``[tag] rank 1/2: <key> done in 3.2 s``.
+- **Log.** One line per computed cell, naming the rank (``[tag] rank 1/2: <key> done in <t> s``); then each
+  rank's time for its cells, and rank 0's time for the analysis, each phase on its own line.
 """
 from __future__ import annotations
 
@@ -38,20 +39,32 @@ from typing import Callable, Sequence
 from lamda_ext.hessian import rank_local
 
 from .. import distributed
-from .. import result_files as lio
-from . import parse_shard
+from .. import result_files
 
-__all__ = ["Cell", "run_grid", "assigned", "cell_is_complete", "require_complete", "recorded_cells", "folder_lock",
-           "FolderLockedError", "CELLS_DIR", "LOCK_NAME"]
+__all__ = ["Cell", "run_grid", "assigned", "parse_shard", "cell_is_complete", "require_complete", "recorded_cells",
+           "folder_lock", "FolderLockedError", "CELLS_DIR", "LOCK_NAME"]
 
 CELLS_DIR = ".cells"
 LOCK_NAME = ".lamda.lock"
 _GRID_FILE = "grid.json"
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]*$")
-# test-only hook (tests/test_torchrun.py): the rank named by _TEST_EXIT_RANK exits after its first finished
-# cell, once (the flag file records that it happened), so that torchrun's elastic agent restarts the job.
-_TEST_EXIT_FLAG = "LAMDA_TEST_EXIT_AFTER_FIRST_CELL"
-_TEST_EXIT_RANK = "LAMDA_TEST_EXIT_RANK"
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """``"i/n"`` (0 ≤ i < n) → ``(i, n)``; None → ``(0, 1)``.
+
+    Raises:
+        ValueError: not of the form ``i/n`` with ``n >= 1`` and ``0 <= i < n``.
+    """
+    if spec is None or spec == "":
+        return 0, 1
+    try:
+        i, n = (int(v) for v in str(spec).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs n >= 1 and 0 <= i < n, got {spec!r}")
+    return i, n
 
 
 class FolderLockedError(ValueError):
@@ -85,7 +98,7 @@ class Cell:
         if not isinstance(self.params, dict):
             raise TypeError(f"Cell.params must be a dict, got {type(self.params).__name__}")
         try:
-            json.dumps(lio._jsonable(self.params))
+            json.dumps(result_files.jsonable(self.params))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"Cell.params of {self.key!r} must be JSON-able: {exc}") from None
         outs = (self.outputs,) if isinstance(self.outputs, str) else tuple(self.outputs)
@@ -102,7 +115,7 @@ def _marker_path(out: pathlib.Path, cell: Cell) -> pathlib.Path:
 
 
 def _normalised(params: dict):
-    return json.loads(json.dumps(lio._jsonable(params)))
+    return json.loads(json.dumps(result_files.jsonable(params)))
 
 
 def _manifest(out: pathlib.Path, cell: Cell) -> dict[str, int]:
@@ -123,7 +136,7 @@ def _manifest(out: pathlib.Path, cell: Cell) -> dict[str, int]:
 
 
 def _write_marker(out: pathlib.Path, cell: Cell, seconds: float, rank: int, world: int) -> None:
-    lio.write_json(_marker_path(out, cell), {
+    result_files.write_json(_marker_path(out, cell), {
         "key": cell.key, "params": cell.params, "outputs": _manifest(out, cell), "rank": rank, "world": world,
         "host": socket.gethostname(), "pid": os.getpid(), "seconds": seconds,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
@@ -136,7 +149,7 @@ def _problem(out: pathlib.Path, cell: Cell) -> str | None:
     if not mp.is_file():
         return "not finished"
     try:
-        rec = lio.read_json(mp)
+        rec = result_files.read_json(mp)
         files = rec["outputs"]
         same = rec["key"] == cell.key and _normalised(rec["params"]) == _normalised(cell.params)
     except (ValueError, KeyError, TypeError, OSError):
@@ -172,7 +185,7 @@ def recorded_cells(out: pathlib.Path) -> list[Cell] | None:
     if not p.is_file():
         return None
     try:
-        rec = lio.read_json(p)
+        rec = result_files.read_json(p)
         return [Cell(c["key"], c["params"], tuple(c["outputs"])) for c in rec["cells"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{p} is damaged ({type(exc).__name__}: {exc}); repeat the `lamda run` command with "
@@ -246,7 +259,7 @@ def folder_lock(out: pathlib.Path):
                     f"for it to finish or choose another --out" + ("" if same_host else
                                                                    f" (if it is gone, delete {lock})"))
         if rec is None:
-            lio.write_json(lock, me)
+            result_files.write_json(lock, me)
     _HELD[key] = 1
     try:
         yield
@@ -275,7 +288,7 @@ def _read_lock(lock: pathlib.Path) -> dict | None:
     if not lock.is_file():
         return None
     try:
-        rec = lio.read_json(lock)
+        rec = result_files.read_json(lock)
     except (ValueError, OSError):
         return {"pid": None}        # unreadable: treated as stale
     return rec if isinstance(rec, dict) else {"pid": None}
@@ -287,25 +300,18 @@ def _log(tag: str, msg: str) -> None:
 
 
 def _record_grid(out: pathlib.Path, tag: str, cells: Sequence[Cell]) -> None:
-    lio.write_json(out / CELLS_DIR / _GRID_FILE, {
+    result_files.write_json(out / CELLS_DIR / _GRID_FILE, {
         "tag": tag, "cells": [{"key": c.key, "params": c.params, "outputs": list(c.outputs)} for c in cells]})
 
 
-def _test_exit_hook(rank: int) -> None:
-    flag = os.environ.get(_TEST_EXIT_FLAG)
-    if flag and rank == int(os.environ.get(_TEST_EXIT_RANK, "1")) and not os.path.exists(flag):
-        pathlib.Path(flag).write_text(str(os.getpid()))
-        print(f"[runner] test hook: rank {rank} exits after its first cell", flush=True)
-        os._exit(3)
-
-
-def _run_cell(tag, out, c: Cell, work, progress: bool, rank: int, world: int) -> None:
-    """Run one cell on this rank alone (Hessian tools local to the rank) and write its marker."""
+def _run_cell(tag, out, c: Cell, work, progress: bool, rank: int, world: int) -> bool:
+    """Run one cell on this rank alone (Hessian tools local to the rank) and write its marker; False when it was
+    finished earlier."""
     why = _problem(out, c)
     if why is None:
         if progress:
             _log(tag, f"rank {rank}/{world}: {c.key} finished earlier, skipped")
-        return
+        return False
     if why != "not finished":
         _log(tag, f"rank {rank}/{world}: {c.key} redone from scratch: {why}")
         _clear(out, c)
@@ -316,12 +322,14 @@ def _run_cell(tag, out, c: Cell, work, progress: bool, rank: int, world: int) ->
         work(c)
     _write_marker(out, c, time.perf_counter() - t, rank, world)
     _log(tag, f"rank {rank}/{world}: {c.key} done in {time.perf_counter() - t:.1f} s")
-    _test_exit_hook(rank)
+    return True
 
 
-def _run_together(tag, out, cells, work, shard, rank: int, world: int) -> None:
-    """``--ddp``: every rank runs every cell of the shard together; rank 0 clears, marks and logs."""
+def _run_together(tag, out, cells, work, shard, rank: int, world: int) -> int:
+    """``--ddp``: every rank runs every cell of the shard together; rank 0 clears, marks and logs. Returns the
+    number of cells computed."""
     i, n = parse_shard(shard)
+    computed = 0
     for c in [c for j, c in enumerate(cells) if j % n == i]:
         why = _problem(out, c)
         distributed.barrier()                       # nobody has changed this cell's files while others looked
@@ -339,6 +347,8 @@ def _run_together(tag, out, cells, work, shard, rank: int, world: int) -> None:
         if rank == 0:
             _write_marker(out, c, time.perf_counter() - t, rank, world)
             _log(tag, f"rank 0/{world} (all ranks, DDP): {c.key} done in {time.perf_counter() - t:.1f} s")
+        computed += 1
+    return computed
 
 
 def assigned(cells: Sequence, shard: str | None = None) -> list:
@@ -382,19 +392,27 @@ def run_grid(tag: str, out: pathlib.Path, cells: Sequence[Cell], work: Callable[
         if rank == 0:
             _record_grid(out, tag, cells)
         if distributed.ddp_requested():
-            _run_together(tag, out, cells, work, shard, rank, world)
+            computed = _run_together(tag, out, cells, work, shard, rank, world)
         else:
-            for c in assigned(cells, shard):
-                _run_cell(tag, out, c, work, progress, rank, world)
+            computed = sum(_run_cell(tag, out, c, work, progress, rank, world) for c in assigned(cells, shard))
+        _log(tag, f"rank {rank}/{world}: the cell phase took {time.perf_counter() - t0:.1f} s "
+                  f"({computed} cell(s) computed)")
         distributed.barrier()
-        rc = 0
-        if rank == 0:
-            missing = [c for c in cells if not cell_is_complete(out, c)]
-            if missing:
-                _log(tag, f"{len(missing)} cell(s) of other shards are not finished; run `lamda analyze {out}` "
-                          f"when every shard is done")
-            elif analyze is not None:
-                rc = int(analyze(out) or 0)
-                _log(tag, f"rank 0 wrote the analysis in {time.perf_counter() - t0:.1f} s; see {out}")
+        rc = _analyze_complete_grid(tag, out, cells, analyze) if rank == 0 else 0
         distributed.barrier()
+    return rc
+
+
+def _analyze_complete_grid(tag: str, out: pathlib.Path, cells: Sequence[Cell], analyze) -> int:
+    """Rank 0 after the cells: ``analyze(out)`` (timed on its own) when every cell of the grid is complete."""
+    missing = [c for c in cells if not cell_is_complete(out, c)]
+    if missing:
+        _log(tag, f"{len(missing)} cell(s) of other shards are not finished; run `lamda analyze {out}` "
+                  f"when every shard is done")
+        return 0
+    if analyze is None:
+        return 0
+    t = time.perf_counter()
+    rc = int(analyze(out) or 0)
+    _log(tag, f"rank 0 wrote the analysis in {time.perf_counter() - t:.1f} s; see {out}")
     return rc
