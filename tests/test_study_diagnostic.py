@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lamda import result_files as lio
+from lamda import result_files
 from lamda.cli import main
 
 FAMILY_FILES = {
@@ -30,7 +30,8 @@ SMOKE_RUNS = ["01_baseline", "02_dropout/dropout_0.5", "03_weight_decay/wd_1e-3"
 RUN_FILES = ["training_metrics.csv", "lambda_data.npz", "lambda_evolution.png", "final_model.pt"]
 SUMMARY_FILES = ["all_methods_comparison.png", "performance_vs_lambda.png", "generalization_gap_vs_lambda.png",
                  "calibration_vs_lambda.png", "summary_statistics.csv"]
-# the study's validation tree, spelled out (per-method spaghetti files are added per run label)
+# the study's validation tree, spelled out with the study's file names (per-method spaghetti files are added per
+# run label; the two named spaghetti figures exist when their family ran)
 VALIDATION_FILES = [
     "direction_convergence/direction_convergence.png",
     "direction_convergence/direction_convergence.csv",
@@ -40,21 +41,22 @@ VALIDATION_FILES = [
     "direction_convergence/convergence_epoch_50.png",
     "direction_convergence/cv_vs_K_across_training.png",
     "direction_convergence/per_method_convergence.png",
-    "order_sensitivity/order_sensitivity.png",
+    "order_sensitivity/lambda_vs_order_config.png",
+    "order_sensitivity/per_method_order_sensitivity.png",
     "order_sensitivity/order_sensitivity.csv",
     "order_sensitivity/order_difference_heatmap.png",
     "order_sensitivity/first_order_bias_analysis.png",
-    "temporal_directional_stability/spaghetti_plots.png",
+    "temporal_directional_stability/spaghetti_all_methods_grid.png",
     "temporal_directional_stability/violin_evolution.png",
     "temporal_directional_stability/cv_over_time.png",
     "temporal_directional_stability/direction_correlation_matrix.png",
     "temporal_directional_stability/temporal_stability.csv",
     "joint_K_order_optimization/lambda_heatmap.png",
-    "joint_K_order_optimization/stderr_heatmap.png",
-    "joint_K_order_optimization/cv_heatmap.png",
-    "joint_K_order_optimization/deviation_heatmap.png",
+    "joint_K_order_optimization/heatmap_standard_error.png",
+    "joint_K_order_optimization/heatmap_coefficient_variation.png",
+    "joint_K_order_optimization/heatmap_deviation_from_truth.png",
     "joint_K_order_optimization/pareto_frontier.png",
-    "joint_K_order_optimization/per_method_grid.png",
+    "joint_K_order_optimization/per_method_K_order_grid.png",
     "joint_K_order_optimization/temporal_evolution.gif",
     "joint_K_order_optimization/optimal_config_recommendations.txt",
     "joint_K_order_optimization/heatmap_lambda_estimate_epoch_0.png",
@@ -62,28 +64,38 @@ VALIDATION_FILES = [
     "joint_K_order_optimization/heatmap_lambda_estimate_epoch_25.png",
     "joint_K_order_optimization/heatmap_lambda_estimate_epoch_50.png",
 ]
+NAMED_SPAGHETTI = {"weight_decay": "temporal_directional_stability/spaghetti_weight_decay_0.001.png",
+                   "sam": "temporal_directional_stability/spaghetti_sam_0.1.png"}
+# names the study does not use
+OLD_NAMES = ["order_sensitivity/order_sensitivity.png", "temporal_directional_stability/spaghetti_plots.png",
+             "joint_K_order_optimization/stderr_heatmap.png", "joint_K_order_optimization/cv_heatmap.png",
+             "joint_K_order_optimization/deviation_heatmap.png", "joint_K_order_optimization/per_method_grid.png"]
 
 
 def check_dataset_tree(root: pathlib.Path, runs, epochs: int, points: int):
-    """Every file of the issue's tree, and the npz keys/shapes of every run."""
+    """Every file of the study's tree, and the npz keys/shapes of every run."""
     M = len([e for e in range(epochs + 1) if e <= 10 or e == epochs])   # schedule for epochs <= 11
     for f in SUMMARY_FILES:
         assert (root / "00_summary" / f).is_file(), f
-    labels = [lio.read_json(root / r / "config.json")["label"] for r in runs]
-    from lamda.studies.diagnostic.analysis import validation_files
-    listed = set(validation_files(labels))
-    for f in VALIDATION_FILES + [f"temporal_directional_stability/spaghetti_{lab}.png" for lab in labels]:
-        assert f in listed, f
+    configs = [result_files.read_json(root / r / "config.json") for r in runs]
+    labels = [c["label"] for c in configs]
+    families = {c["family"] for c in configs}
+    from lamda.studies.diagnostic.validation import validation_files
+    listed = set(validation_files(labels, families))
+    expected = (VALIDATION_FILES + [f"temporal_directional_stability/spaghetti_{lab}.png" for lab in labels]
+                + [f for fam, f in NAMED_SPAGHETTI.items() if fam in families])
+    assert listed == set(expected), set(expected) ^ listed
+    for f in expected:
         assert (root / "validation_analysis" / f).is_file(), f
-    for f in listed:
-        assert (root / "validation_analysis" / f).is_file(), f
+    for f in OLD_NAMES + [f for fam, f in NAMED_SPAGHETTI.items() if fam not in families]:
+        assert not (root / "validation_analysis" / f).exists(), f
     fams = {r.split("/")[0] for r in runs}
     for fam in fams:
         assert (root / fam / FAMILY_FILES[fam]).is_file(), fam
     for r in runs:
         for f in RUN_FILES:
             assert (root / r / f).is_file(), f"{r}/{f}"
-        z = lio.read_npz(root / r / "lambda_data.npz")
+        z = result_files.read_npz(root / r / "lambda_data.npz")
         assert z["derivatives"].shape == (M, 15, 6)
         assert z["log_abs_derivatives"].shape == (M, 15, 6)
         assert z["derivatives_per_point"].shape == (M, points, 15, 6)
@@ -99,12 +111,12 @@ def check_dataset_tree(root: pathlib.Path, runs, epochs: int, points: int):
         assert str(z["direction_mode"]) == "shared"
         assert np.all(np.isfinite(z["lambda_values"]))
         assert not (root / r / "checkpoint.pt").exists()
-        rows = lio.read_csv(root / r / "training_metrics.csv")
+        rows = result_files.read_csv(root / r / "training_metrics.csv")
         assert [row["epoch"] for row in rows] == list(range(epochs + 1))
         for col in ("train_acc", "test_acc", "train_loss", "test_loss", "gap", "ece", "lambda_mean"):
             assert col in rows[0]
-        assert lio.load_checkpoint(root / r / "final_model.pt")["complete"]
-    stats = lio.read_csv(root / "00_summary" / "summary_statistics.csv")
+        assert result_files.load_checkpoint(root / r / "final_model.pt")["complete"]
+    stats = result_files.read_csv(root / "00_summary" / "summary_statistics.csv")
     assert len(stats) == len(runs)
 
 
@@ -115,13 +127,13 @@ def check_every_file_loads(out: pathlib.Path):
             continue
         assert ".tmp" not in p.name and p.name != "checkpoint.pt", p
         if p.suffix == ".npz":
-            lio.read_npz(p)
+            result_files.read_npz(p)
         elif p.suffix == ".csv":
-            assert lio.read_csv(p)
+            assert result_files.read_csv(p)
         elif p.suffix == ".json":
-            lio.read_json(p)
+            result_files.read_json(p)
         elif p.suffix == ".pt":
-            lio.load_checkpoint(p)
+            result_files.load_checkpoint(p)
         elif p.suffix in (".png", ".gif"):
             with Image.open(p) as im:
                 if p.suffix == ".png":      # every PNG at 300 dpi
@@ -129,13 +141,13 @@ def check_every_file_loads(out: pathlib.Path):
                 im.verify()
 
 
-def test_smoke_mnist_acceptance(data_root, tmp_path):
-    """The issue's acceptance command: smoke preset on MNIST, whole tree, then `lamda analyze` from disk."""
+def test_smoke_acceptance(tmp_path, capsys):
+    """The acceptance command `lamda run diagnostic --preset smoke` (the offline digits set): every file of the
+    study's tree by the study's names, then `lamda analyze` from disk."""
     out = tmp_path / "out"
-    t0 = time.perf_counter()
-    assert main(["run", "diagnostic", "--dataset", "mnist", "--preset", "smoke", "--data-root", str(data_root),
-                 "--out", str(out), "--no-progress"]) == 0
-    elapsed = time.perf_counter() - t0
+    assert main(["run", "diagnostic", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    log = capsys.readouterr().out
+    assert "the cell phase took" in log and "rank 0 wrote the analysis in" in log
     assert (out / "experiment_config.json").is_file() and (out / "summary.md").is_file()
     check_dataset_tree(out, SMOKE_RUNS, epochs=2, points=8)
     check_every_file_loads(out)
@@ -144,7 +156,10 @@ def test_smoke_mnist_acceptance(data_root, tmp_path):
     assert "± n/a" in summary and "± 0.0000" not in summary and "**Caveat:**" in summary
     assert summary.count("**H") == 4 and ("Pearson r" in summary or "not enough data" in summary)
     for r in SMOKE_RUNS:
-        assert f"| {lio.read_json(out / r / 'config.json')['label']} |" in summary
+        assert f"| {result_files.read_json(out / r / 'config.json')['label']} |" in summary
+    # the named spaghetti figures say which run (strength) they show
+    assert ("`spaghetti_weight_decay_0.001.png` shows `wd_1e-3` (weight decay 0.001)" in summary
+            and "`spaghetti_sam_0.1.png` shows `sam_rho_0.1` (SAM ρ = 0.1)" in summary)
     # regenerate every analysis from disk alone
     before = summary
     for d in ("00_summary", "validation_analysis"):
@@ -157,7 +172,6 @@ def test_smoke_mnist_acceptance(data_root, tmp_path):
     assert main(["analyze", str(out)]) == 0
     check_dataset_tree(out, SMOKE_RUNS, epochs=2, points=8)
     assert (out / "summary.md").read_text() == before
-    print(f"smoke mnist: {elapsed:.1f} s")
 
 
 def test_offline_digits_with_shards(tmp_path):
@@ -221,7 +235,8 @@ def test_kill_and_resume(tmp_path):
 
 
 def test_registry_and_shard_parsing():
-    from lamda.studies import get, parse_shard, registry
+    from lamda.studies import get, registry
+    from lamda.studies.runner import parse_shard
     assert "diagnostic" in registry() and get("diagnostic").analyze is not None
     assert parse_shard(None) == (0, 1) and parse_shard("2/3") == (2, 3)
     for bad in ("3/3", "1", "a/b", "0/0"):
@@ -231,8 +246,8 @@ def test_registry_and_shard_parsing():
         get("nope")
 
 
-def test_plan_runs_matches_the_issue():
-    from lamda.studies.diagnostic.run import plan_runs
+def test_plan_runs_match_the_study():
+    from lamda.studies.diagnostic.config import plan_runs
     full = [s.rel for s in plan_runs("mnist", "full")]
     assert len(full) == 17 and full[0] == "01_baseline" and full[1] == "02_dropout/dropout_0.3"
     assert full[-1] == "07_input_gradient_penalty/igp_1.0"
@@ -270,7 +285,7 @@ def test_onset_rules_on_hand_made_series():
 def test_joint_metrics_on_exact_lines():
     """log|d_n| exactly linear in n with slope s_k per direction: every window gives λ_k = s_k; CV = std/|mean|;
     the bootstrap standard error is measured (≈ std·√((n−1)/n)/√K here), the formula one is std/√K."""
-    from lamda.studies.diagnostic.analysis import WINDOWS, joint_metrics, meets
+    from lamda.studies.diagnostic.validation.metrics import WINDOWS, joint_metrics, meets
     s = np.linspace(-2.0, -1.6, 15)
     n = np.arange(1, 7)
     log_abs = (0.3 + s[:, None] * n[None, :])[None].repeat(2, 0)            # [M=2, 15, 6]
@@ -358,22 +373,22 @@ def test_cv_separates_anisotropic_from_isotropic_directions():
 def test_cv_and_k_convergence_csvs_match_the_npz(tmp_path):
     """Recompute CV over directions and the K-convergence numbers from lambda_data.npz alone and compare with the
     CSVs the analysis wrote."""
-    from lamda.studies.diagnostic.analysis import REF_WINDOW, joint_metrics
+    from lamda.studies.diagnostic.validation.metrics import REF_WINDOW, joint_metrics
     from lamda.stats import cv
     from lamda.measure import fit_lambda
     out = tmp_path / "out"
     assert main(["run", "diagnostic", "--preset", "smoke", "--methods", "baseline,sam", "--epochs", "1",
                  "--points", "4", "--out", str(out), "--no-progress"]) == 0
     for rel in ("01_baseline", "06_sam/sam_rho_0.1"):
-        label = lio.read_json(out / rel / "config.json")["label"]
-        z = lio.read_npz(out / rel / "lambda_data.npz")
+        label = result_files.read_json(out / rel / "config.json")["label"]
+        z = result_files.read_npz(out / rel / "lambda_data.npz")
         lam = fit_lambda(z["log_abs_derivatives"], REF_WINDOW)                     # [M, 15]
         np.testing.assert_allclose(lam, z["lambda_values"], rtol=1e-10, atol=1e-12)
-        ts = [r for r in lio.read_csv(out / "validation_analysis/temporal_directional_stability/temporal_stability.csv")
+        ts = [r for r in result_files.read_csv(out / "validation_analysis/temporal_directional_stability/temporal_stability.csv")
               if r["method"] == label]
         np.testing.assert_allclose([r["cv"] for r in ts], np.std(lam, 1, ddof=1) / np.abs(lam.mean(1)), rtol=1e-9)
         np.testing.assert_allclose([r["cv"] for r in ts], cv(lam, 1), rtol=1e-12)
-        dc = [r for r in lio.read_csv(out / "validation_analysis/direction_convergence/direction_convergence.csv")
+        dc = [r for r in result_files.read_csv(out / "validation_analysis/direction_convergence/direction_convergence.csv")
               if r["method"] == label]
         assert [r["K"] for r in dc] == list(range(1, 16))
         assert dc[-1]["lambda_final"] == pytest.approx(lam[-1].mean(), rel=1e-12)
@@ -414,7 +429,7 @@ def test_shared_meter_stores_the_directions_it_used():
 
 def test_two_seeds_per_point_mode(tmp_path, capsys):
     """--seeds puts one seed_<s>/ folder per seed in every run folder and the tables give mean ± 95 % CI over
-    seeds; --direction-mode per-point keeps the old protocol (no stored directions)."""
+    seeds; --direction-mode per-point draws the directions per point (none stored)."""
     from scipy import stats as st
     out = tmp_path / "out"
     assert main(["run", "diagnostic", "--preset", "smoke", "--methods", "baseline,sam", "--epochs", "1",
@@ -425,13 +440,13 @@ def test_two_seeds_per_point_mode(tmp_path, capsys):
     for rel in ("01_baseline", "06_sam/sam_rho_0.1"):
         for seed in (3, 4):
             d = out / rel / f"seed_{seed}"
-            assert lio.read_json(d / "config.json")["seed"] == seed
-            z = lio.read_npz(d / "lambda_data.npz")
+            assert result_files.read_json(d / "config.json")["seed"] == seed
+            z = result_files.read_npz(d / "lambda_data.npz")
             assert "directions" not in z and str(z["direction_mode"]) == "per-point"
             assert (d / "lambda_evolution.png").is_file()
-    table = lio.read_csv(out / "00_summary" / "summary_statistics.csv")
+    table = result_files.read_csv(out / "00_summary" / "summary_statistics.csv")
     base = next(t for t in table if t["method"] == "baseline")
-    accs = [lio.read_csv(out / "01_baseline" / f"seed_{s}" / "training_metrics.csv")[-1]["test_acc"] for s in (3, 4)]
+    accs = [result_files.read_csv(out / "01_baseline" / f"seed_{s}" / "training_metrics.csv")[-1]["test_acc"] for s in (3, 4)]
     assert base["n_seeds"] == 2 and base["test_acc_mean"] == pytest.approx(np.mean(accs))
     assert base["test_acc_ci95"] == pytest.approx(st.t.ppf(0.975, 1) * np.std(accs, ddof=1) / np.sqrt(2))
     summary = (out / "summary.md").read_text()
