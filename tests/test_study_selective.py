@@ -7,11 +7,12 @@ from torch import nn
 
 import lamda_ext
 from tests._helpers import check_analyze_and_resume
-from lamda import result_files as lio
+from lamda import result_files
 from lamda.cli import main
 from lamda.stats import t_halfwidth
-from lamda.studies.selective.run import (CONDITIONS, PAIR_NAMES, boundary_points, measure_pair_lambda,
-                                         selectivity_rows, selectivity_table)
+from lamda.studies.selective.analysis import selectivity_rows, selectivity_table
+from lamda.studies.selective.boundary import boundary_points, measure_pair_lambda
+from lamda.studies.selective.config import CONDITIONS, PAIR_NAMES
 
 RESULT_COLUMNS = ["condition", "seed", "test_acc", "test_loss", "train_acc", "lambda_4v9", "lambda_3v8", "lambda_5v6",
                   "n_boundary_4v9", "n_boundary_3v8", "n_boundary_5v6", "n_candidates_4v9", "n_candidates_3v8",
@@ -137,39 +138,39 @@ def test_selective_smoke_writes_every_file(data_root, tmp_path, capsys):
     assert main(argv) == 0
     for f in TOP_FILES:
         assert (out / f).is_file(), f
-    cfg = lio.read_json(out / "experiment_config.json")
+    cfg = result_files.read_json(out / "experiment_config.json")
     assert cfg["scale"] == 200.0 and cfg["measurement"]["boundary_rule"] == "label"
     assert cfg["measurement"]["direction_protocol"] == "per-point"
-    rows = lio.read_csv(out / "results.csv")
+    rows = result_files.read_csv(out / "results.csv")
     assert list(rows[0]) == RESULT_COLUMNS
     assert [r["condition"] for r in rows] == list(CONDITIONS)
-    table = lio.read_csv(out / "summary_table.csv")
+    table = result_files.read_csv(out / "summary_table.csv")
     assert [r["condition"] for r in table] == list(CONDITIONS)
     for col in ("test_acc_mean", "test_acc_ci95", "lambda_4v9_mean", "lambda_4v9_ci95", "n_boundary_5v6_mean",
                 "penalty_share_mean_mean"):
         assert col in table[0], col
-    sel = lio.read_csv(out / "selectivity.csv")
+    sel = result_files.read_csv(out / "selectivity.csv")
     assert list(sel[0]) == ["condition", "seed", "target_pair", "delta_target", "delta_others", "selectivity_index"]
     assert {(r["condition"], r["target_pair"]) for r in sel} == {
         ("selective_49", "4v9"), ("selective_38", "3v8"), ("global", "4v9"), ("global", "3v8")}
-    st = lio.read_csv(out / "selectivity_table.csv")
+    st = result_files.read_csv(out / "selectivity_table.csv")
     assert "selectivity_index_ci95" in st[0] and all(r["selectivity_index_ci95"] is None for r in st)   # n = 1
-    z = lio.read_npz(out / "selective_data.npz")
+    z = result_files.read_npz(out / "selective_data.npz")
     assert z["lambda_per_pair"].shape == (4, 1, 3) and z["boundary_counts"].shape == (4, 1, 3)
     measured = 0
     for cond in CONDITIONS:
         rd = out / "runs" / cond / "seed_42"
         for f in RUN_FILES:
             assert (rd / f).is_file(), f"{cond}/{f}"
-        hist = lio.read_csv(rd / "training_metrics.csv")
+        hist = result_files.read_csv(rd / "training_metrics.csv")
         assert [h["epoch"] for h in hist] == [0, 1, 2]
         if cond == "baseline":
             assert "penalty_share_lambda_penalty" not in hist[0]
         else:   # the penalty's share of the loss is logged per epoch
             assert 0.0 < hist[1]["penalty_share_lambda_penalty"] < 1.0
-        bl = lio.read_json(rd / "boundary_lambda.json")
+        bl = result_files.read_json(rd / "boundary_lambda.json")
         assert set(bl) == set(PAIR_NAMES)
-        npz = lio.read_npz(rd / "boundary_lambda.npz")
+        npz = result_files.read_npz(rd / "boundary_lambda.npz")
         for p, e in bl.items():
             assert e["n_points"] == min(30, e["n_candidates"])
             assert (e["lambda"] is None) == (e["n_points"] < 10)        # fewer than 10 points → missing
@@ -206,11 +207,12 @@ def test_selective_flags_refuse_meaningless_values(flag, value, tmp_path, capsys
     assert not (tmp_path / "x").exists()
 
 
-def test_full_preset_scale_and_scale_help_states_the_measured_share(capsys):
-    from lamda.studies.selective.run import PRESETS
+def test_full_preset_scale_and_scale_help_says_where_the_share_is_logged(capsys):
+    from lamda.studies.selective.config import PRESETS
     assert PRESETS["full"]["scale"] == 200.0 and PRESETS["full"]["max_boundary"] == 200
     with pytest.raises(SystemExit) as exc:
         main(["run", "selective", "-h"])
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "Measured at 200" in text and "% of the training loss" in text
+    assert "200 as in the study's final run" in text and "share of the training loss" in text
+    assert "logged in training_metrics.csv" in text and "Measured" not in text
