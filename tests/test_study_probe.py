@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from tests._helpers import check_analyze_and_resume
-from lamda import result_files as lio
+from lamda import result_files
 from lamda.cli import main
-from lamda.studies.probe.run import (EPOCH_COLUMNS, MIN_SCALE, OPTIMIZERS, STEP_COLUMNS, grid_cells, matched_lr,
-                                     paired_difference, smooth)
+from lamda.studies.probe.analysis import paired_difference
+from lamda.studies.probe.config import EPOCH_COLUMNS, MIN_SCALE, OPTIMIZERS, STEP_COLUMNS, grid_cells
+from lamda.studies.probe.run import matched_lr
+from lamda.studies.probe.series import smooth
 
 TOP_FILES = ["config.json", "experiment_config.json", "summary.md", "results.csv", "summary_table.csv",
              "probe_data.npz", "curvature_over_training.png", "lr_scale.png", "accuracy_over_training.png"]
@@ -57,13 +59,13 @@ def test_probe_smoke_writes_every_file(data_root, tmp_path, capsys):
     assert main(argv) == 0
     for f in TOP_FILES:
         assert (out / f).is_file(), f
-    cfg = lio.read_json(out / "config.json")
+    cfg = result_files.read_json(out / "config.json")
     s = cfg["settings"]
     assert s["ref_decay"] == 0.7
-    rows = lio.read_csv(out / "results.csv")
+    rows = result_files.read_csv(out / "results.csv")
     assert list(rows[0]) == RESULT_COLUMNS
     assert [r["optimizer"] for r in rows] == list(OPTIMIZERS)
-    table = {r["optimizer"]: r for r in lio.read_csv(out / "summary_table.csv")}
+    table = {r["optimizer"]: r for r in result_files.read_csv(out / "summary_table.csv")}
     assert set(table) == set(OPTIMIZERS)                                # incl. the matched-lr SGD row
     for col in ("final_test_acc_mean", "final_test_acc_ci95", "mean_curvature_mean", "final_curvature_mean",
                 "mean_lr_mean"):
@@ -72,14 +74,14 @@ def test_probe_smoke_writes_every_file(data_root, tmp_path, capsys):
     steps = {}
     for o in OPTIMIZERS:
         rd = out / "runs" / o / "seed_42"
-        st = steps[o] = lio.read_csv(rd / "steps.csv")
+        st = steps[o] = result_files.read_csv(rd / "steps.csv")
         assert list(st[0]) == STEP_COLUMNS and len(st) == n_steps
         assert [r["probed"] for r in st] == [int(i % s["probe_every"] == 0) for i in range(n_steps)]
         curv = np.array([r["curvature"] for r in st if r["probed"]])
         assert np.all(np.isfinite(curv)) and np.all(curv > 0)          # logged for every optimizer
-        ep = lio.read_csv(rd / "epochs.csv")
+        ep = result_files.read_csv(rd / "epochs.csv")
         assert list(ep[0]) == EPOCH_COLUMNS and len(ep) == s["epochs"]
-        assert lio.load_checkpoint(rd / "final_model.pt")["complete"]
+        assert result_files.load_checkpoint(rd / "final_model.pt")["complete"]
         lrs = np.array([r["lr"] for r in st])
         if o == "probe":      # lr = base · scale, scale in [0.1, max_scale], logged with its reference
             sc = np.array([r["scale"] for r in st])
@@ -104,12 +106,12 @@ def test_probe_smoke_writes_every_file(data_root, tmp_path, capsys):
     # the matched-lr control runs at the probe's mean lr, constant
     m = np.mean([r["lr"] for r in steps["probe"]])
     assert np.allclose([r["lr"] for r in steps["sgd_matched"]], m, rtol=1e-12)
-    assert lio.read_json(out / "runs" / "sgd_matched" / "seed_42" / "config.json")["lr"] == pytest.approx(m)
+    assert result_files.read_json(out / "runs" / "sgd_matched" / "seed_42" / "config.json")["lr"] == pytest.approx(m)
     by = {r["optimizer"]: r for r in rows}
     assert by["sgd_matched"]["mean_lr"] == pytest.approx(by["probe"]["mean_lr"])
     last_ep = [r["curvature"] for r in steps["sgd"] if r["probed"] and r["epoch"] == s["epochs"]]
     assert by["sgd"]["final_curvature"] == pytest.approx(np.mean(last_ep))
-    z = lio.read_npz(out / "probe_data.npz")
+    z = result_files.read_npz(out / "probe_data.npz")
     for o in OPTIMIZERS:
         assert z[f"{o}_seed42_curvature"].shape == (len(range(0, n_steps, s["probe_every"])),)
         assert z[f"{o}_seed42_test_acc"].shape == (s["epochs"],)
