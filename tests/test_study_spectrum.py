@@ -4,17 +4,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lamda import result_files as lio
+from lamda import result_files
 from lamda.cli import main
 from lamda.data import load_dataset
-from lamda.studies.spectrum.run import (
-    COLLAPSE_ACC,
-    MODEL_COLUMNS,
-    is_collapsed,
-    l2_grid,
-    l2_label,
-    train_model,
-)
+from lamda.studies.spectrum.analysis import is_collapsed
+from lamda.studies.spectrum.config import COLLAPSE_ACC, MODEL_COLUMNS, l2_grid, l2_label
+from lamda.studies.spectrum.training import train_model
 from lamda.models import SigmoidMLP
 from torch.func import functional_call
 
@@ -70,14 +65,14 @@ def test_spectrum_npy_eigenvectors(data_root, tmp_path, capsys):
     argv = ["run", "spectrum", "--preset", "smoke", "--data-root", str(data_root), "--out", str(out),
             "--hidden", "2,2", "--steps", "1", "--eigvec-format", "npy", "--which", "LA"]
     assert main(argv) == 0
-    cfg = lio.read_json(out / "config.json")
+    cfg = result_files.read_json(out / "config.json")
     assert cfg["which"] == "LA" and cfg["settings"]["eigvec_format"] == "npy"
     d = out / "test_data"
     assert not (d / "Hessian-eigenvectors-42-0.00000.csv").exists()
     V = np.load(d / "Hessian-eigenvectors-42-0.00000.npy")
     assert V.dtype == np.float32 and V.shape == (784 * 2 + 2 + 2 * 2 + 2 + 2 * 10 + 10, cfg["settings"]["k"])
     np.testing.assert_allclose(np.linalg.norm(V, axis=0), 1.0, rtol=1e-5)
-    vals = np.array([r["eigenvalue"] for r in lio.read_csv(d / "Hessian-eigenvalues-42-0.00000.csv")])
+    vals = np.array([r["eigenvalue"] for r in result_files.read_csv(d / "Hessian-eigenvalues-42-0.00000.csv")])
     assert np.all(np.diff(vals) <= 0)                                           # LA: descending
     assert "Hessian-eigenvectors-{ID}-{L2}.npy" in (out / "summary.md").read_text()
     # resume: the finished cell is skipped; a lost eigenvector file makes the runner redo that model
@@ -95,7 +90,7 @@ def test_spectrum_smoke_files_and_dense_eigh(data_root, tmp_path):
     # a tiny MLP (784-2-2-10, P = 1606) so that the dense Hessian is cheap; tight Lanczos tolerance
     assert main(["run", "spectrum", "--preset", "smoke", "--data-root", str(data_root), "--out", str(out),
                  "--hidden", "2,2", "--tol", "1e-10"]) == 0
-    cfg = lio.read_json(out / "config.json")
+    cfg = result_files.read_json(out / "config.json")
     assert cfg["which"] == "LM" and cfg["settings"]["eigvec_format"] == "csv"
     k, n_h = cfg["settings"]["k"], cfg["settings"]["hessian_samples"]
     for f in ("summary.md", "spectrum.npz", "spectrum_vs_l2.png", "lambda_max_vs_test_accuracy.png",
@@ -104,13 +99,13 @@ def test_spectrum_smoke_files_and_dense_eigh(data_root, tmp_path):
     text = (out / "summary.md").read_text()
     for phrase in ("Caveat: smoke preset", "which = LM", "Collapsed models", "Epoch cap", "Lanczos convergence"):
         assert phrase in text, phrase
-    z = lio.read_npz(out / "spectrum.npz")
+    z = result_files.read_npz(out / "spectrum.npz")
     assert z["converged"].all() and (z["rel_residual"] <= 1e-10).all()
-    cells = [lio.read_json(out / "cells" / f"42-{lab}.json") for lab in ("0.00000", "0.09000")]
+    cells = [result_files.read_json(out / "cells" / f"42-{lab}.json") for lab in ("0.00000", "0.09000")]
     np.testing.assert_array_equal(z["collapsed"][0], [c["Test_Accuracy"] < 15.0 for c in cells])
     np.testing.assert_array_equal(z["epoch_cap"][0], [not c["stopped_early"] and c["Epochs"] == 3 for c in cells])
     out_d = out / "test_data"
-    rows = lio.read_csv(out_d / "Model-42.csv")
+    rows = result_files.read_csv(out_d / "Model-42.csv")
     assert list(rows[0]) == MODEL_COLUMNS
     assert [r["L2_strength"] for r in rows] == pytest.approx([0.0, 0.09])
     P = 784 * 2 + 2 + 2 * 2 + 2 + 2 * 10 + 10
@@ -119,12 +114,12 @@ def test_spectrum_smoke_files_and_dense_eigh(data_root, tmp_path):
                   f"Hessian-eigenvectors-42-{lab}.csv", f"model_weights-42-{lab}.pth"):
             assert (out_d / f).is_file(), f
             assert not (out / f).exists()
-        g = lio.read_csv(out_d / f"gradients-42-{lab}.csv")
+        g = result_files.read_csv(out_d / f"gradients-42-{lab}.csv")
         assert list(g[0]) == ["parameter", "flat_index", "gradient"] and len(g) == P
         assert (out_d / f"Hessian-eigenvalues-42-{lab}.csv").read_text().splitlines()[0] == "index,eigenvalue"
         with open(out_d / f"Hessian-eigenvectors-42-{lab}.csv") as fh:
             assert fh.readline().strip().split(",") == ["param_index"] + [f"eigvec_{i}" for i in range(1, k + 1)]
-    z = lio.read_npz(out / "spectrum.npz")
+    z = result_files.read_npz(out / "spectrum.npz")
     assert z["eigenvalues"].shape == (1, 2, k)
 
     # dense float64 Hessian of the mean cross-entropy over the same training samples, for the L2 = 0.09 model
@@ -149,7 +144,7 @@ def test_spectrum_smoke_files_and_dense_eigh(data_root, tmp_path):
     H = torch.autograd.functional.hessian(loss, flat0, vectorize=True)
     ev = torch.linalg.eigh(0.5 * (H + H.T)).eigenvalues
     dense = ev[torch.argsort(ev.abs(), descending=True)][:k].numpy()          # LM: by |λ|, descending
-    rows_e = lio.read_csv(out_d / f"Hessian-eigenvalues-42-{lab}.csv")
+    rows_e = result_files.read_csv(out_d / f"Hessian-eigenvalues-42-{lab}.csv")
     ours = np.array([r["eigenvalue"] for r in rows_e])
     assert [r["index"] for r in rows_e] == list(range(1, k + 1))
     np.testing.assert_allclose(ours, dense, rtol=1e-6, atol=1e-9 * abs(dense[0]))
@@ -159,7 +154,7 @@ def test_spectrum_smoke_files_and_dense_eigh(data_root, tmp_path):
     v = torch.from_numpy(V[:, 1])
     assert float(torch.linalg.norm(H @ v - ours[0] * v)) < 1e-6 * abs(ours[0]) * float(v.norm()) + 1e-7
     # and the stored gradient is the gradient of the same loss
-    gcsv = np.array([r["gradient"] for r in lio.read_csv(out_d / f"gradients-42-{lab}.csv")])
+    gcsv = np.array([r["gradient"] for r in result_files.read_csv(out_d / f"gradients-42-{lab}.csv")])
     gref = torch.func.grad(loss)(flat0).numpy()
     np.testing.assert_allclose(gcsv, gref, rtol=1e-9, atol=1e-12)
     # `lamda analyze` regenerates the tables and figures from the cells
