@@ -2,14 +2,11 @@
 the study's model sizes; the summary's definitions; flag validation; the CI helpers of the summary."""
 import numpy as np
 import pytest
-from lamda import result_files as lio
-from lamda.study_stats import mean_ci, pearson_ci
+from lamda import result_files
 from lamda.cli import main
-from lamda.studies.architecture.run import (
-    CONNECTIVITY_COLUMNS,
-    RESULT_COLUMNS,
-    condition_number,
-)
+from lamda.stats import mean_ci, pearson_ci
+from lamda.studies.architecture.analysis import condition_number
+from lamda.studies.architecture.config import CONNECTIVITY_COLUMNS, RESULT_COLUMNS
 from lamda.models import STUDY_SIZES, build_model, count_parameters
 from scipy import stats
 
@@ -65,16 +62,16 @@ def test_landscape_smoke_writes_every_file(data_root, tmp_path, capsys):
     assert main(argv) == 0
     for f in TOP_FILES:
         assert (out / f).is_file(), f
-    cfg = lio.read_json(out / "config.json")
+    cfg = result_files.read_json(out / "config.json")
     s = cfg["settings"]
-    rows = lio.read_csv(out / "results.csv")
+    rows = result_files.read_csv(out / "results.csv")
     assert list(rows[0]) == RESULT_COLUMNS
     assert [(r["arch"], r["seed"]) for r in rows] == [("cnn", 42), ("cnn", 43), ("resnet", 42), ("resnet", 43)]
     for r in rows:
         rd = out / "runs" / r["arch"] / f"seed_{r['seed']}"
         for f in RUN_FILES:
             assert (rd / f).is_file(), f
-        z = lio.read_npz(rd / "hessian.npz")
+        z = result_files.read_npz(rd / "hessian.npz")
         top, tc = z["top_eigenvalues"], z["top_converged"].astype(bool)
         neg, nc = z["negative_eigenvalues"], z["negative_converged"].astype(bool)
         assert top.shape == (s["k"],) and s["k"] >= 15 and neg.shape == (s["k_neg"],)
@@ -91,10 +88,10 @@ def test_landscape_smoke_writes_every_file(data_root, tmp_path, capsys):
             assert r["condition_number"] == pytest.approx(r["lambda_max"] / abs(r["lambda_min"]))
         assert np.isfinite(r["sharpness"]) and np.isfinite(r["sharpness_random"])
         assert r["hessian_hvps"] > 0
-    conn = lio.read_csv(out / "connectivity.csv")
+    conn = result_files.read_csv(out / "connectivity.csv")
     assert list(conn[0]) == CONNECTIVITY_COLUMNS and [c["arch"] for c in conn] == ["cnn", "resnet"]
     for c in conn:
-        path = lio.read_json(out / "pairs" / f"connectivity_{c['arch']}_42-43.json")
+        path = result_files.read_json(out / "pairs" / f"connectivity_{c['arch']}_42-43.json")
         L = np.asarray(path["losses"])
         assert c["barrier"] == pytest.approx(L.max() - min(L[0], L[-1]))
         assert c["excess"] >= 0.0 and 0.0 <= c["barrier_alpha"] <= 1.0
@@ -103,10 +100,10 @@ def test_landscape_smoke_writes_every_file(data_root, tmp_path, capsys):
         assert c["bn_reestimated"] == int(c["arch"] == "resnet")
     cnn_table_acc = [r["test_acc"] for r in rows if r["arch"] == "cnn"]
     assert [conn[0]["acc_a"], conn[0]["acc_b"]] == pytest.approx(cnn_table_acc)   # no BN: the same numbers
-    corr = lio.read_csv(out / "correlations.csv")
+    corr = result_files.read_csv(out / "correlations.csv")
     assert [c["quantity"] for c in corr] == ["sharpness_vs_test_acc", "lambda_max_vs_test_acc",
                                              "condition_number_vs_test_acc"]
-    z = lio.read_npz(out / "pairs" / "surface_cnn.npz")
+    z = result_files.read_npz(out / "pairs" / "surface_cnn.npz")
     res = s["surface_res"]
     assert res % 2 == 1 and z["losses"].shape == (res, res) and np.all(np.isfinite(z["losses"]))
     assert z["alphas"][res // 2] == 0.0 and z["betas"][res // 2] == 0.0          # trained point on a node
