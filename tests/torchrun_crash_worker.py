@@ -1,10 +1,11 @@
 """Started by tests/test_torchrun.py under ``torchrun``: ``lamda run …`` in which one rank dies once, right after
-the completion marker of its first cell is written, so that torchrun's elastic agent restarts the job.
+its first cell is finished (marker written, "done" line logged), so that torchrun's elastic agent restarts the job.
 
     python -m torch.distributed.run … tests/torchrun_crash_worker.py FLAG RANK run probe --preset smoke …
 
 ``FLAG`` is a file the dying rank creates (it dies only while the file is absent: once); ``RANK`` the rank that
-dies. The crash is injected by wrapping :func:`lamda.result_files.write_json`, which writes the markers.
+dies. The runner logs a cell's "done" line after writing its completion marker, so the worker watches this
+process's standard output for that line.
 """
 from __future__ import annotations
 
@@ -12,26 +13,30 @@ import os
 import pathlib
 import sys
 
-from lamda import result_files
 from lamda.cli import main
 
 
-def crash_after_first_marker(flag: pathlib.Path, rank: int) -> None:
-    """Make rank ``rank`` exit (status 3) after writing its first ``.cells/…done.json``, unless ``flag`` exists."""
-    write_json = result_files.write_json
+class _ExitAfterFirstCell:
+    """A stdout that exits the process (status 3) once it has passed on the first "<key> done in" line."""
 
-    def write(path, obj) -> None:
-        write_json(path, obj)
-        p = pathlib.Path(path)
-        if (p.name.endswith(".done.json") and ".cells" in p.parts and int(os.environ.get("RANK", "0")) == rank
-                and not flag.exists()):
-            flag.write_text(str(os.getpid()))
-            print(f"[crash worker] rank {rank} exits after its first cell", flush=True)
+    def __init__(self, stream, flag: pathlib.Path, rank: int):
+        self.stream, self.flag, self.rank = stream, flag, rank
+
+    def write(self, text: str) -> int:
+        n = self.stream.write(text)
+        if f"rank {self.rank}/" in text and " done in " in text and not self.flag.exists():
+            self.flag.write_text(str(os.getpid()))
+            self.stream.write(f"[crash worker] rank {self.rank} exits after its first cell\n")
+            self.stream.flush()
             os._exit(3)
+        return n
 
-    result_files.write_json = write
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 if __name__ == "__main__":
-    crash_after_first_marker(pathlib.Path(sys.argv[1]), int(sys.argv[2]))
+    flag, rank = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+    if int(os.environ.get("RANK", "0")) == rank:
+        sys.stdout = _ExitAfterFirstCell(sys.stdout, flag, rank)
     sys.exit(main(sys.argv[3:]))
