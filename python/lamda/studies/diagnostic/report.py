@@ -93,7 +93,7 @@ def _significance(c: Correlation, xname: str, what: str) -> str:
                                          ci0=ci0, xname=xname, direction="higher" if c.r > 0 else "lower")
 
 
-def _h2(h, table: list[dict]) -> str:
+def _h2(h) -> str:
     if h.base is None:
         return H2_NO_BASE
     b = h.base["lambda_final_mean"]
@@ -127,7 +127,7 @@ def _h4(h) -> str:
                          leads=", ".join(f"{k} {v:+d}" for k, v in h.leads))
 
 
-def hypothesis_lines(h, table: list[dict]) -> list[str]:
+def hypothesis_lines(h) -> list[str]:
     """The four hypotheses in words (:class:`.analysis.Hypotheses`)."""
     lam_x = "higher (less negative) λ"
     h1 = H1.substitute(acc=h.acc.text(), gap=h.gap.text(),
@@ -135,7 +135,7 @@ def hypothesis_lines(h, table: list[dict]) -> list[str]:
                        gap_sig=_significance(h.gap, lam_x, "generalisation gap") if h.gap.ok else "")
     h3 = H3.substitute(spread=h.spread_gap.text(), sig=_significance(h.spread_gap, "a larger spread of λ over "
                                                                      "directions", "gap") if h.spread_gap.ok else "")
-    return [h1, _h2(h, table), h3, _h4(h)]
+    return [h1, _h2(h), h3, _h4(h)]
 
 
 def check_lines(c) -> list[str]:
@@ -179,7 +179,7 @@ def _dataset_section(out: pathlib.Path, cfg: dict, ds: str, res) -> str:
         dataset=ds, train=st["train"], test=st["test"], epochs=st["epochs"], batch=st["batch"], lr=st["lr"],
         schedule=st["schedule"], model=st["model"], points=st["points"],
         caveat="**Caveat:** " + "; ".join(res.caveats) + ".\n\n" if res.caveats else "",
-        rows="\n".join(rows), hypotheses="\n".join(f"- {h}" for h in hypothesis_lines(res.hypotheses, res.table)),
+        rows="\n".join(rows), hypotheses="\n".join(f"- {h}" for h in hypothesis_lines(res.hypotheses)),
         validation_note=f" (runs of seed {res.validation_seed})" if multi else "",
         checks="\n".join(f"- {ln}" for ln in checks),
         summary_dir=(ddir / "00_summary").relative_to(out), validation_dir=(ddir / "validation_analysis").relative_to(out),

@@ -72,20 +72,19 @@ def _trend_line(sp, trend) -> str:
                             l2_max=f"{sp.grid[-1]:g}")
 
 
-def _flagged(sp, mask, what: str) -> str:
-    """``"L2 = a, b …"`` for up to ten flagged models."""
-    n = int(mask.sum())
-    return f"L2 = {', '.join(l2_label(v) for v in sp.l2[mask][:10])}{' …' if n > 10 else ''}" if n else what
+def _flagged(sp, mask) -> str:
+    """``"L2 = a, b …"``: the L2 values of up to ten flagged models."""
+    return f"L2 = {', '.join(l2_label(v) for v in sp.l2[mask][:10])}{' …' if int(mask.sum()) > 10 else ''}"
 
 
 def _flag_lines(sp, s: dict) -> list[str]:
     n_col, n_cap, total = int(sp.collapsed.sum()), int(sp.capped.sum()), sp.acc.size
     collapsed = (f"- Collapsed models (test accuracy < {COLLAPSE_ACC:g} %, chance = 10 %): {n_col} of {total}, "
                  "excluded from every correlation and trend"
-                 + (f" ({_flagged(sp, sp.collapsed, '')}; mean test loss "
+                 + (f" ({_flagged(sp, sp.collapsed)}; mean test loss "
                     f"{np.mean(sp.get('Test_Loss')[sp.collapsed]):.4f} vs ln 10 = {np.log(10):.4f})." if n_col else "."))
     capped = (f"- Epoch cap: {n_cap} of {total} model(s) reached max_epochs = {s['max_epochs']} before early stopping "
-              f"(patience {s['patience']})" + (f": {_flagged(sp, sp.capped, '')} — their training had not converged "
+              f"(patience {s['patience']})" + (f": {_flagged(sp, sp.capped)} — their training had not converged "
                                                "by the study's rule." if n_cap else "."))
     return [collapsed, capped]
 
