@@ -1,5 +1,5 @@
-"""Shared test helpers (import as ``from _helpers import ...``; pytest puts tests/ on sys.path):
-the relative errors every comparison uses, and the small float64 models and batches of the HVP/Hessian tests."""
+"""Shared test helpers (``from tests._helpers import ...``): the relative errors every comparison uses, the small
+float64 models and batches of the HVP/Hessian tests, and the study-runner contract of the study tests."""
 from __future__ import annotations
 
 import torch

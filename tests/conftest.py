@@ -27,6 +27,6 @@ def data_root() -> pathlib.Path:
 
 
 def pytest_configure(config):
-    # the tests run small tensors: one intra-op thread avoids oversubscription (measured 10-50x slowdowns
-    # with 2 threads when the 2 cores are shared) and costs little on an idle machine
+    # the tests run small tensors: one intra-op thread avoids oversubscribing cores that other processes share,
+    # and costs little on an idle machine
     torch.set_num_threads(1)

@@ -4,8 +4,8 @@ import torch
 
 import lamda_ext
 import lamda_ext.ops
-from _helpers import rel_err
-from _models import build
+from tests._helpers import rel_err
+from tests._models import build
 
 MODELS = ["sequential", "functional", "mnist_cnn", "sigmoid_mlp", "cifar_resnet", "resnet18"]
 TOL = 1e-8

@@ -1,7 +1,7 @@
-"""Bad flags and damaged results: one line on stderr, exit code 2, no traceback (issue 12, runner/file items).
+"""Bad flags and damaged results: one line on stderr, exit code 2, no traceback.
 
 Three tables: `lamda run` with bad flags (fail before any work), `lamda analyze` on a finished probe smoke
-folder damaged in one way per case, and the file readers of lamda.io on damaged files. Plus the resume of a
+folder damaged in one way per case, and the file readers of lamda.result_files on damaged files. Plus the resume of a
 finished run that lost its lambda_data.npz.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from lamda import io as lio
+from lamda import result_files
 from lamda.cli import main
-from lamda.experiments import runner
+from lamda.studies import runner
 
 
 def one_line_error(capsys, rc, phrases, prefix):
@@ -80,7 +80,7 @@ def test_device_cuda_without_gpu(tmp_path, capsys):
 
 def test_ddp_refused_for_an_experiment_with_its_own_training_loop(tmp_path, capsys, monkeypatch):
     import lamda.cli
-    from lamda.experiments import get
+    from lamda.studies import get
     assert get("selective").ddp and get("diagnostic").ddp and not get("spectrum").ddp
     monkeypatch.setattr(lamda.cli.distributed, "init_from_env", lambda device: True)     # as under torchrun
     rc = main(["run", "probe", "--preset", "smoke", "--ddp", "--out", str(tmp_path / "o")])
@@ -90,7 +90,7 @@ def test_ddp_refused_for_an_experiment_with_its_own_training_loop(tmp_path, caps
 def test_second_run_on_a_busy_folder_is_refused(tmp_path, capsys, sleeper):
     out = tmp_path / "out"
     out.mkdir()
-    lio.write_json(out / runner.LOCK_NAME, {"pid": sleeper, "host": runner.socket.gethostname(), "job": None,
+    result_files.write_json(out / runner.LOCK_NAME, {"pid": sleeper, "host": runner.socket.gethostname(), "job": None,
                                             "since": "now"})
     rc = main(["run", "probe", "--preset", "smoke", "--dataset", "digits", "--out", str(out)])
     one_line_error(capsys, rc, [f"in use by another lamda process (pid {sleeper}", "choose another --out"],
@@ -166,12 +166,12 @@ def test_resume_redoes_a_damaged_cell_then_analyze_passes(finished, tmp_path, ca
     assert "sgd/seed_42 redone from scratch: its file runs/sgd/seed_42/steps.csv changed size" in log
     assert "adam/seed_42 finished earlier, skipped" in log
     assert main(["analyze", str(out)]) == 0
-    a, b = lio.read_csv(out / "runs" / "sgd" / "seed_42" / "steps.csv"), \
-        lio.read_csv(finished / "runs" / "sgd" / "seed_42" / "steps.csv")
+    a, b = result_files.read_csv(out / "runs" / "sgd" / "seed_42" / "steps.csv"), \
+        result_files.read_csv(finished / "runs" / "sgd" / "seed_42" / "steps.csv")
     assert a == b                                                   # the redone run gives the same numbers
 
 
-# ------------------------------------------------------------------------------------ lamda.io readers
+# ------------------------------------------------------------------------------------ lamda.result_files readers
 def _npz_bytes(**arrays):
     import io
     buf = io.BytesIO()
@@ -180,24 +180,24 @@ def _npz_bytes(**arrays):
 
 
 READER_CASES = {
-    "csv_torn_row": ("m.csv", b"epoch,loss,acc\n0,1.5,0.1\n1,1.2", lio.read_csv,
+    "csv_torn_row": ("m.csv", b"epoch,loss,acc\n0,1.5,0.1\n1,1.2", result_files.read_csv,
                      ["m.csv line 3: 2 field(s) where the header has 3", "cut or edited"]),
-    "csv_extra_field": ("m.csv", b"epoch,loss\n0,1.5,7\n", lio.read_csv, ["m.csv line 2: 3 field(s)"]),
+    "csv_extra_field": ("m.csv", b"epoch,loss\n0,1.5,7\n", result_files.read_csv, ["m.csv line 2: 3 field(s)"]),
     "csv_garbage_cell": ("m.csv", b"epoch,loss\n0,1.5\n1,abc\n2,0.9\n",
-                         lambda p: lio.read_csv(p, numeric=["epoch", "loss", "not_a_column"]),
+                         lambda p: result_files.read_csv(p, numeric=["epoch", "loss", "not_a_column"]),
                          ["m.csv line 3: column 'loss' holds 'abc' where numbers are expected"]),
     "metrics_garbage_cell": ("training_metrics.csv", b"epoch,train_loss\n0,1.5\n1,0.9\n2,x7\n",
-                             lambda p: lio.read_csv(p, numeric=__import__("lamda.trainer").trainer.METRIC_COLUMNS),
+                             lambda p: result_files.read_csv(p, numeric=__import__("lamda.trainer").trainer.METRIC_COLUMNS),
                              ["training_metrics.csv line 4: column 'train_loss' holds 'x7'"]),
-    "csv_empty": ("m.csv", b"", lio.read_csv, ["m.csv is empty"]),
-    "csv_binary": ("m.csv", b"\xff\xfe\x00garbage", lio.read_csv, ["m.csv is not a readable CSV"]),
-    "npz_truncated": ("lambda_data.npz", _npz_bytes(a=np.arange(1000.0))[:300], lio.read_npz,
+    "csv_empty": ("m.csv", b"", result_files.read_csv, ["m.csv is empty"]),
+    "csv_binary": ("m.csv", b"\xff\xfe\x00garbage", result_files.read_csv, ["m.csv is not a readable CSV"]),
+    "npz_truncated": ("lambda_data.npz", _npz_bytes(a=np.arange(1000.0))[:300], result_files.read_npz,
                       ["lambda_data.npz is not a readable .npz file", "delete it and rerun"]),
-    "npz_garbage": ("lambda_data.npz", b"this is not a zip file at all", lio.read_npz,
+    "npz_garbage": ("lambda_data.npz", b"this is not a zip file at all", result_files.read_npz,
                     ["lambda_data.npz is not a readable .npz file"]),
-    "npz_object_array": ("lambda_data.npz", _npz_bytes(a=np.array([{"x": 1}], dtype=object)), lio.read_npz,
+    "npz_object_array": ("lambda_data.npz", _npz_bytes(a=np.array([{"x": 1}], dtype=object)), result_files.read_npz,
                          ["lambda_data.npz is not a readable .npz file (it holds object arrays"]),
-    "json_truncated": ("c.json", b'{"a": [1, 2', lio.read_json, ["c.json is not valid JSON"]),
+    "json_truncated": ("c.json", b'{"a": [1, 2', result_files.read_json, ["c.json is not valid JSON"]),
 }
 
 
@@ -214,21 +214,21 @@ def test_readers_name_the_damaged_file(case, tmp_path):
 
 
 def test_missing_entries_name_the_file(tmp_path):
-    lio.write_npz(tmp_path / "lambda_data.npz", derivatives=np.zeros((2, 3)))
-    z = lio.read_npz(tmp_path / "lambda_data.npz")
+    result_files.write_npz(tmp_path / "lambda_data.npz", derivatives=np.zeros((2, 3)))
+    z = result_files.read_npz(tmp_path / "lambda_data.npz")
     with pytest.raises(ValueError, match=r"lambda_data.npz has no array 'lambda_values' \(it has: derivatives\)"):
         z["lambda_values"]
     with pytest.raises(KeyError):                                   # still a KeyError for `except KeyError` code
         z["lambda_values"]
     assert z.get("lambda_values") is None and np.array_equal(z["derivatives"], np.zeros((2, 3)))
-    lio.write_json(tmp_path / "c.json", {"settings": {"epochs": 3}})
-    c = lio.read_json(tmp_path / "c.json")
+    result_files.write_json(tmp_path / "c.json", {"settings": {"epochs": 3}})
+    c = result_files.read_json(tmp_path / "c.json")
     with pytest.raises(ValueError, match=r"c.json has no entry 'k' \(it has: epochs\)"):
         c["settings"]["k"]
     assert c == {"settings": {"epochs": 3}} and json.dumps(c)       # behaves as plain JSON data otherwise
     # a column may mix labels and numbers unless the caller says it is numeric; empty cells are None
     (tmp_path / "ok.csv").write_text("name,strength,loss\nsgd,0.1,1.5\nadam,rotation,\n")
-    assert lio.read_csv(tmp_path / "ok.csv", numeric=["loss"]) == [
+    assert result_files.read_csv(tmp_path / "ok.csv", numeric=["loss"]) == [
         {"name": "sgd", "strength": 0.1, "loss": 1.5}, {"name": "adam", "strength": "rotation", "loss": None}]
 
 
@@ -250,10 +250,10 @@ def test_finished_run_that_lost_lambda_data_is_trained_again(tmp_path):
 
     rd = tmp_path / "run"
     first = train_run(build, rd)
-    assert run_is_complete(rd) and "lambda_data.npz" in lio.load_checkpoint(rd / "final_model.pt")["files"]
+    assert run_is_complete(rd) and "lambda_data.npz" in result_files.load_checkpoint(rd / "final_model.pt")["files"]
     (rd / "lambda_data.npz").unlink()
     assert not run_is_complete(rd)
     again = train_run(build, rd)
     assert not again.skipped and run_is_complete(rd)
-    np.testing.assert_array_equal(lio.read_npz(rd / "lambda_data.npz")["lambda_values"],
+    np.testing.assert_array_equal(result_files.read_npz(rd / "lambda_data.npz")["lambda_values"],
                                   first.lambda_data["lambda_values"])

@@ -9,8 +9,8 @@ import torch
 
 import lamda_ext
 import lamda_ext.ops
-from _helpers import rel_err
-from _models import build
+from tests._helpers import rel_err
+from tests._models import build
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from lamda_ext.hessian import HessianOperator, hessian_density, hessian_eigs, hessian_trace
 
-from _helpers import DT, batch, mlp, train_briefly
+from tests._helpers import DT, batch, mlp, train_briefly
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 

@@ -18,7 +18,7 @@ import lamda_ext.ops
 from lamda_ext import HessianOperator, curvature_rate, hessian_density, hessian_eigs, hessian_trace, hvp
 from lamda_ext.hvp_reference import hvp_double_backward, hvp_finite_difference
 
-from _helpers import rel_err
+from tests._helpers import rel_err
 
 pytestmark = pytest.mark.filterwarnings("ignore:hessian_eigs. Lanczos stopped:RuntimeWarning")
 

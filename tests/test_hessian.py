@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lamda_ext.hessian import HessianOperator, hessian_density, hessian_eigs, hessian_trace, slq_nodes
 
-from _helpers import DT, batch, dense_param_hessian, mlp, tiny_cnn, train_briefly  # noqa: F401
-from _helpers import rel_norm as rel
+from tests._helpers import DT, batch, dense_param_hessian, mlp, tiny_cnn, train_briefly
+from tests._helpers import rel_norm as rel
 
 MODELS = {"mlp": mlp, "cnn": tiny_cnn}
 

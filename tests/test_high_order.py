@@ -3,8 +3,8 @@ the same numbers, and order 10 against nested autograd on the sigmoid MLP and th
 import pytest
 import torch
 
-from _helpers import rel_err
-from _models import build
+from tests._helpers import rel_err
+from tests._models import build
 from lamda_ext import directional_derivs, ops
 from lamda_ext.checks import MAX_ORDERS
 

@@ -10,8 +10,8 @@ from lamda_ext.hvp import hvp
 from lamda_ext.hvp_reference import hvp_double_backward, hvp_finite_difference
 from lamda_ext.params import flatten_params, trainable_parameters, unflatten_params
 
-from _helpers import DT, batch, dense_param_hessian, mlp, tiny_cnn, train_briefly  # noqa: F401
-from _helpers import rel_norm as rel
+from tests._helpers import DT, batch, dense_param_hessian, mlp, tiny_cnn
+from tests._helpers import rel_norm as rel
 
 
 @pytest.mark.parametrize("make", [mlp, tiny_cnn])

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _helpers import rel_err
+from tests._helpers import rel_err
 from lamda_ext import directional_derivs
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from lamda_ext import _ext, ops
 from lamda_ext.taylor import recurrences
 
-from _helpers import rel_err
+from tests._helpers import rel_err
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason=f"extension lamda_ext._C not built: {_ext.load_error()}")
 

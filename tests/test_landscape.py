@@ -14,7 +14,7 @@ from lamda.landscape import (CurvatureAdaptiveLR, CurvatureEstimate, CurvaturePr
 from lamda_ext.hvp import hvp
 from lamda_ext.params import flatten_params
 
-from _helpers import DT, tiny_cnn, train_briefly  # noqa: F401
+from tests._helpers import DT, tiny_cnn, train_briefly
 
 
 def teacher_data(n=200, seed=0):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import rel_err
+from tests._helpers import rel_err
 from lamda.models import MnistCNN
 from lamda_ext import directional_derivs
 from lamda_ext.taylor.impl import Composite

@@ -45,7 +45,7 @@ def test_running_reference_rule_hand_computed():
     r5 = math.sqrt(r4 * 0.25)            # = 0.4204
     r6 = math.sqrt(r5 * 100.0)           # = 6.484
     refs = [r1, r2, r3, r4, r5, r6]
-    clip = lambda v: min(2.0, max(0.2, v))            # noqa: E731
+    clip = lambda v: min(2.0, max(0.2, v))
     scales = [clip(math.sqrt(r / x)) for r, x in zip(refs, c)]
     assert scales == pytest.approx([1.0, 0.5, 2.0, math.sqrt(r4 / 0.25), 0.2, math.sqrt(r6 / 100.0)], rel=1e-12)
     np.testing.assert_allclose(lrs, [0.1 * s for s in scales], rtol=1e-12)

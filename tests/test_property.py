@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-import lamda_ext  # noqa: E402
-import lamda_ext.ops  # noqa: E402
+import lamda_ext
+import lamda_ext.ops
 
-from _helpers import rel_err  # noqa: E402
+from tests._helpers import rel_err
 
 DT = torch.float64
 TOL = 1e-8

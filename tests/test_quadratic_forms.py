@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _helpers import dense_param_hessian, rel_err
-from _models import build
+from tests._helpers import dense_param_hessian, rel_err
+from tests._models import build
 from lamda_ext import directional_derivs
 from lamda_ext.hessian import HessianOperator
 from lamda_ext.taylor.impl import Composite, Fused

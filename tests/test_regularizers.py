@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import lamda_ext
+from lamda_ext.checks import MAX_ORDERS
 from lamda.models import MnistCNN, SigmoidMLP
 from lamda.regularizers import (Augmentation, Dropout, InputGradientPenalty, LabelSmoothing, LambdaPenalty,
                                 RegularizerSet, SAM, WeightDecay)
@@ -112,7 +113,10 @@ def test_lambda_penalty_no_selected_sample_is_zero_and_max_points():
     assert p2.select(torch.tensor([0, 1, 2, 1])).tolist() == [True, True, False, False]
     p3 = LambdaPenalty(1.0, classes=[1], max_points=1)
     assert p3.select(torch.tensor([0, 1, 2, 1])).tolist() == [False, True, False, False]
-    with pytest.raises(ValueError):
-        LambdaPenalty(1.0, order=9)
+    # the order follows the core's limit per backend (lamda_ext.checks.MAX_ORDERS)
+    assert LambdaPenalty(1.0, order=MAX_ORDERS["taylor"]).order == MAX_ORDERS["taylor"]
+    for order, backend in ((0, "auto"), (MAX_ORDERS["auto"] + 1, "auto"), (MAX_ORDERS["autograd"] + 1, "autograd")):
+        with pytest.raises(ValueError, match="order must be in 1.."):
+            LambdaPenalty(1.0, order=order, backend=backend)
     regs = RegularizerSet([pen, InputGradientPenalty(0.1)])
     assert regs.has_penalty and set(regs.penalties(m, x, y)) == {"lambda_penalty", "input_gradient_penalty"}

@@ -1,4 +1,4 @@
-"""The shared grid runner (lamda.experiments.runner): markers, resume, damaged cells, shards, the folder lock."""
+"""The shared grid runner (lamda.studies.runner): markers, resume, damaged cells, shards, the folder lock."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from lamda import io as lio
-from lamda.experiments import runner
-from lamda.experiments.runner import (Cell, FolderLockedError, cell_is_complete, folder_lock, recorded_cells,
+from lamda import result_files
+from lamda.studies import runner
+from lamda.studies.runner import (Cell, FolderLockedError, cell_is_complete, folder_lock, recorded_cells,
                                       require_complete, run_grid)
 
 
@@ -26,12 +26,12 @@ class Recorder:
 
     def work(self, cell):
         self.calls.append(cell.key)
-        lio.write_text(self.out / "files" / f"c{cell.params['i']}.txt", f"cell {cell.params['i']}\n" * 3)
+        result_files.write_text(self.out / "files" / f"c{cell.params['i']}.txt", f"cell {cell.params['i']}\n" * 3)
 
     def analyze(self, out):
         self.analyses += 1
         assert all(cell_is_complete(out, c) for c in _grid())
-        lio.write_text(out / "summary.md", "ok\n")
+        result_files.write_text(out / "summary.md", "ok\n")
         return 0
 
 
@@ -56,7 +56,7 @@ def test_runs_each_cell_once_then_skips(tmp_path, capsys):
     assert rec.calls == [c.key for c in _grid()] and rec.analyses == 1
     log = capsys.readouterr().out
     assert all(f"[t] rank 0/1: g/c{i} done in" in log for i in range(4))
-    marker = lio.read_json(tmp_path / ".cells" / "g" / "c2.done.json")
+    marker = result_files.read_json(tmp_path / ".cells" / "g" / "c2.done.json")
     assert marker["params"] == {"i": 2} and marker["outputs"] == {"files/c2.txt": len("cell 2\n") * 3}
     assert not (tmp_path / runner.LOCK_NAME).exists()             # released
     assert [c.key for c in recorded_cells(tmp_path)] == [c.key for c in _grid()]
@@ -85,7 +85,7 @@ def test_damaged_finished_cells_are_redone_from_scratch(tmp_path, capsys):
     (tmp_path / "files" / "c1.txt").unlink()                                   # deleted output
     with open(tmp_path / "files" / "c2.txt", "r+") as fh:                      # truncated output
         fh.truncate(5)
-    lio.write_text(tmp_path / ".cells" / "g" / "c3.done.json", "{garbage")     # damaged marker
+    result_files.write_text(tmp_path / ".cells" / "g" / "c3.done.json", "{garbage")     # damaged marker
     assert not cell_is_complete(tmp_path, _grid()[1])
     with pytest.raises(ValueError) as ei:
         require_complete(tmp_path, _grid())
@@ -128,7 +128,7 @@ def test_duplicate_keys_refused(tmp_path):
 def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        lio.write_json(tmp_path / runner.LOCK_NAME, {"pid": sleeper.pid, "host": runner.socket.gethostname(),
+        result_files.write_json(tmp_path / runner.LOCK_NAME, {"pid": sleeper.pid, "host": runner.socket.gethostname(),
                                                      "job": None, "since": "then"})
         with pytest.raises(FolderLockedError, match=rf"in use by another lamda process \(pid {sleeper.pid}"):
             run_grid("t", tmp_path, _grid(1), Recorder(tmp_path).work, None)
@@ -141,7 +141,7 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     assert run_grid("t", tmp_path, _grid(1), rec.work, None) == 0 and rec.calls == ["g/c0"]
     assert not (tmp_path / runner.LOCK_NAME).exists()
     # a lock from another host cannot be checked: refused, naming the file to delete
-    lio.write_json(tmp_path / runner.LOCK_NAME, {"pid": 1, "host": "elsewhere", "job": None, "since": "then"})
+    result_files.write_json(tmp_path / runner.LOCK_NAME, {"pid": 1, "host": "elsewhere", "job": None, "since": "then"})
     with pytest.raises(FolderLockedError, match="on host elsewhere.*delete"):
         with folder_lock(tmp_path):
             pass
@@ -149,7 +149,7 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
 
 def test_lock_is_reentrant_and_shared_by_one_job(tmp_path, monkeypatch):
     with folder_lock(tmp_path):
-        rec = lio.read_json(tmp_path / runner.LOCK_NAME)
+        rec = result_files.read_json(tmp_path / runner.LOCK_NAME)
         assert rec["pid"] == os.getpid()
         with folder_lock(tmp_path):                 # the CLI holds it, run_grid takes it again
             pass
@@ -158,7 +158,7 @@ def test_lock_is_reentrant_and_shared_by_one_job(tmp_path, monkeypatch):
     # a rank of the same torchrun job (same job id) shares a lock held by a live process
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        lio.write_json(tmp_path / runner.LOCK_NAME, {"pid": sleeper.pid, "host": runner.socket.gethostname(),
+        result_files.write_json(tmp_path / runner.LOCK_NAME, {"pid": sleeper.pid, "host": runner.socket.gethostname(),
                                                      "job": "job-1", "since": "then"})
         monkeypatch.setattr(runner.distributed, "job_id", lambda: "job-1")
         with folder_lock(tmp_path):
@@ -173,26 +173,25 @@ def test_lock_is_reentrant_and_shared_by_one_job(tmp_path, monkeypatch):
         sleeper.wait()
 
 
-def test_run_seeded_grid_wraps_the_runner(tmp_path, capsys):
-    from lamda.experiments.experiment_support import my_cells, run_seeded_grid
-    from lamda.trainer import run_is_complete
-    calls = []
+def test_each_phase_is_logged_with_its_own_time(tmp_path, capsys, monkeypatch):
+    """The cells and the analysis are timed apart: a clock that only the work (10 s per cell) and the analysis
+    (1 s) move gives a cell phase of 40 s and an analysis of 1 s, not 41 s."""
+    now = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: now[0])
+    rec = Recorder(tmp_path)
 
-    def train_cell(name, seed, rd):
-        calls.append((name, seed))
-        lio.write_text(rd / "steps.csv", "a\n1\n")
-        lio.save_checkpoint(rd / "final_model.pt", {"complete": True})
+    def work(cell):
+        now[0] += 10.0
+        rec.work(cell)
 
-    cells = [("sgd", 1), ("adam", 1), ("sgd", 2)]
-    assert my_cells(cells, "1/2") == [("adam", 1)]
-    # a run folder finished before markers existed is adopted, not retrained
-    train_cell("sgd", 2, tmp_path / "runs" / "sgd" / "seed_2")
-    calls.clear()
-    seen = []
-    assert run_seeded_grid("s", tmp_path, cells, None, train_cell, lambda out: seen.append(out) or 0) == 0
-    assert calls == [("sgd", 1), ("adam", 1)] and seen == [tmp_path]
-    assert "rank 0/1: adam/seed_1 done in" in capsys.readouterr().out
-    # a finished run that lost a file is retrained (its folder is cleared, so the trainer does not skip it)
-    (tmp_path / "runs" / "adam" / "seed_1" / "steps.csv").unlink()
-    run_seeded_grid("s", tmp_path, cells, None, train_cell, lambda out: 0)
-    assert calls[-1] == ("adam", 1) and run_is_complete(tmp_path / "runs" / "adam" / "seed_1")
+    def analyze(out):
+        now[0] += 1.0
+        return rec.analyze(out)
+
+    assert run_grid("t", tmp_path, _grid(), work, analyze) == 0
+    log = capsys.readouterr().out
+    assert "[t] rank 0/1: the cell phase took 40.0 s (4 cell(s) computed)" in log
+    assert "[t] rank 0 wrote the analysis in 1.0 s" in log
+    assert run_grid("t", tmp_path, _grid(), work, analyze) == 0          # resumed: no cell computed again
+    log = capsys.readouterr().out
+    assert "the cell phase took 0.0 s (0 cell(s) computed)" in log and "wrote the analysis in 1.0 s" in log

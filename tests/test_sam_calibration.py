@@ -11,7 +11,7 @@ from torch import nn
 from lamda.calibration import calibration_bins, expected_calibration_error, reliability_diagram
 from lamda.sam import SAM, bn_frozen
 
-from _helpers import DT
+from tests._helpers import DT
 
 # ----------------------------------------------------------------------------------------------- SAM
 

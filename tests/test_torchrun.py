@@ -1,8 +1,6 @@
 """`torchrun … -m lamda run` (gloo, 2 CPU ranks): grids spread over ranks equal one process, a killed rank
 resumes without redoing finished cells, and `--ddp` training equals one process with the same global batch.
 
-The spectrum case needs spectrum on the shared runner (branch studies2, "port to the shared grid runner").
-
 Tolerances: grid cells run the same code with one thread in both set-ups, so their numbers must agree to
 rtol 1e-10 (in practice bit for bit); DDP runs in float64 and must agree to 1e-12 in every parameter (the only
 difference is the order in which gloo sums the two ranks' gradients).
@@ -20,12 +18,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lamda import io as lio
+from lamda import result_files
 from lamda.cli import main
 
 HERE = pathlib.Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -52,7 +48,7 @@ def done_lines(log: str, tag: str) -> dict[str, list[int]]:
 
 
 def assert_same_csv(a: pathlib.Path, b: pathlib.Path) -> None:
-    ra, rb = lio.read_csv(a), lio.read_csv(b)
+    ra, rb = result_files.read_csv(a), result_files.read_csv(b)
     assert len(ra) == len(rb) and ra and list(ra[0]) == list(rb[0]), a
     for x, y in zip(ra, rb):
         for k in x:
@@ -65,7 +61,7 @@ def assert_same_csv(a: pathlib.Path, b: pathlib.Path) -> None:
 
 
 def assert_same_npz(a: pathlib.Path, b: pathlib.Path) -> None:
-    za, zb = lio.read_npz(a), lio.read_npz(b)
+    za, zb = result_files.read_npz(a), result_files.read_npz(b)
     assert sorted(za) == sorted(zb)
     for k in za:
         if za[k].dtype.kind in "fc":
@@ -116,7 +112,7 @@ def assert_same_results(out: pathlib.Path, ref: pathlib.Path) -> None:
         elif f.suffix == ".npy":
             np.testing.assert_allclose(np.load(g), np.load(f), rtol=1e-10, atol=1e-12)
         elif f.name == "final_model.pt":
-            a, b = lio.load_checkpoint(g)["model"], lio.load_checkpoint(f)["model"]
+            a, b = result_files.load_checkpoint(g)["model"], result_files.load_checkpoint(f)["model"]
             for k in b:
                 torch.testing.assert_close(a[k], b[k], rtol=1e-10, atol=1e-12)
         else:
@@ -129,13 +125,13 @@ def assert_same_results(out: pathlib.Path, ref: pathlib.Path) -> None:
 def test_grid_over_two_ranks_equals_one_process(exp, data_root, tmp_path, single):
     out = tmp_path / exp
     log = torchrun(_args(exp, data_root, out))
-    cells = lio.read_json(out / ".cells" / "grid.json")["cells"]
+    cells = result_files.read_json(out / ".cells" / "grid.json")["cells"]
     done = done_lines(log, exp)
     # each cell computed once, by the rank the round-robin gives it; both ranks worked
     assert done == {c["key"]: [j % 2] for j, c in enumerate(cells)}, done
     assert len(cells) >= 2
     for c in cells:
-        assert lio.read_json(out / ".cells" / f"{c['key']}.done.json")["world"] == 2
+        assert result_files.read_json(out / ".cells" / f"{c['key']}.done.json")["world"] == 2
     # rank 0 alone wrote the aggregates, once
     assert log.count("rank 0 wrote the analysis") == 1 and "rank 1 wrote" not in log
     assert (out / "summary.md").is_file() and not (out / ".lamda.lock").exists()
@@ -146,11 +142,11 @@ def test_killed_rank_is_restarted_and_redoes_no_finished_cell(data_root, tmp_pat
     out = tmp_path / "probe"
     flag = tmp_path / "rank1_exited"
     args = [a for a in _args("probe", data_root, out) if a != "--no-progress"]   # log the skipped cells too
-    log = torchrun(args, restarts=1,
-                   env_extra={"LAMDA_TEST_EXIT_AFTER_FIRST_CELL": str(flag), "LAMDA_TEST_EXIT_RANK": "1"})
-    assert flag.is_file() and "test hook: rank 1 exits after its first cell" in log
+    # rank 1 dies right after its first cell's marker (tests/torchrun_crash_worker.py), once
+    log = torchrun([str(HERE / "torchrun_crash_worker.py"), str(flag), "1", *args[2:]], restarts=1)
+    assert flag.is_file() and "rank 1 exits after its first cell" in log
     done = done_lines(log, "probe")
-    cells = [c["key"] for c in lio.read_json(out / ".cells" / "grid.json")["cells"]]
+    cells = [c["key"] for c in result_files.read_json(out / ".cells" / "grid.json")["cells"]]
     assert sorted(done) == sorted(cells)
     assert all(len(r) == 1 for r in done.values()), done             # no finished cell was computed twice
     # rank 1's first cell was finished before the crash and skipped after the restart
@@ -160,7 +156,7 @@ def test_killed_rank_is_restarted_and_redoes_no_finished_cell(data_root, tmp_pat
 
 
 def test_ddp_training_equals_one_process(tmp_path):
-    from torchrun_ddp_worker import VARIANTS, build
+    from tests.torchrun_ddp_worker import VARIANTS, build
     torchrun([str(HERE / "torchrun_ddp_worker.py"), str(tmp_path / "ddp")])
     torch.set_num_threads(1)
     for v in VARIANTS:
@@ -177,5 +173,5 @@ def test_ddp_training_equals_one_process(tmp_path):
                 if k in b:
                     assert a[k] == pytest.approx(b[k], rel=1e-12), (v, k)
         # rank 0 alone wrote the run folder: the finished run's files and no leftovers
-        assert lio.load_checkpoint(tmp_path / "ddp" / v / "final_model.pt")["complete"]
+        assert result_files.load_checkpoint(tmp_path / "ddp" / v / "final_model.pt")["complete"]
         assert not (tmp_path / "ddp" / v / "checkpoint.pt").exists()

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import lamda_ext
-from lamda import io as lio
+from lamda_ext.checks import MAX_ORDERS
+from lamda import result_files
 from lamda.data import load_dataset
 from lamda.measure import LambdaMeter, MeasureConfig, fit_lambda, log_abs_mean, regenerate_directions
 from lamda.models import SigmoidMLP
@@ -35,7 +36,7 @@ def _builder(data, epochs=3, regs=(), schedule="none", points=6):
 
 
 def _rows_wo_time(path):
-    return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in lio.read_csv(path)]
+    return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in result_files.read_csv(path)]
 
 
 def test_schedule():
@@ -69,20 +70,20 @@ def test_run_learns_writes_files_and_is_reproducible(digits, tmp_path):
     train_run(_builder(digits), tmp_path / "a")
     d = tmp_path / "a"
     assert run_is_complete(d) and not (d / "checkpoint.pt").exists()
-    rows = lio.read_csv(d / "training_metrics.csv")
+    rows = result_files.read_csv(d / "training_metrics.csv")
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert rows[-1]["test_acc"] > 0.5 > rows[0]["test_acc"]
     for r in rows:
         assert r["gap"] == pytest.approx(r["train_acc"] - r["test_acc"])
         assert 0.0 <= r["ece"] <= 1.0
-    lam = lio.read_npz(d / "lambda_data.npz")
+    lam = result_files.read_npz(d / "lambda_data.npz")
     assert lam["derivatives_per_point"].shape == (4, 6, 4, 4)
     assert lam["lambda_values"].shape == (4, 4) and list(lam["epochs"]) == [0, 1, 2, 3]
     np.testing.assert_allclose(lam["test_acc"], [r["test_acc"] for r in rows])
     # a second run from scratch gives the same numbers
     train_run(_builder(digits), tmp_path / "b")
     assert _rows_wo_time(d / "training_metrics.csv") == _rows_wo_time(tmp_path / "b" / "training_metrics.csv")
-    lb = lio.read_npz(tmp_path / "b" / "lambda_data.npz")
+    lb = result_files.read_npz(tmp_path / "b" / "lambda_data.npz")
     for k in lam:
         np.testing.assert_array_equal(lam[k], lb[k])
     # a finished run is skipped
@@ -93,14 +94,14 @@ def test_run_learns_writes_files_and_is_reproducible(digits, tmp_path):
 
 def test_lambda_data_consistent_and_regenerable(digits, tmp_path):
     train_run(_builder(digits, epochs=1), tmp_path)
-    lam = lio.read_npz(tmp_path / "lambda_data.npz")
+    lam = result_files.read_npz(tmp_path / "lambda_data.npz")
     dpp = lam["derivatives_per_point"]
     np.testing.assert_allclose(lam["derivatives"], dpp.mean(1))
     np.testing.assert_allclose(lam["log_abs_derivatives"], np.stack([log_abs_mean(d, 0) for d in dpp]))
     # λ from lamda_ext.curvature_rate(pool="points") equals the numpy least-squares fit of the stored log|d_n|
     np.testing.assert_allclose(lam["lambda_values"], fit_lambda(lam["log_abs_derivatives"]), rtol=1e-6, atol=1e-8)
     # regenerate the directions from the stored seeds and recompute the last measurement with the autograd reference
-    ck = lio.load_checkpoint(tmp_path / "final_model.pt")
+    ck = result_files.load_checkpoint(tmp_path / "final_model.pt")
     model = SigmoidMLP(hidden=(32,), dropout=0.2)
     model.load_state_dict(ck["model"])
     model.eval()
@@ -145,13 +146,13 @@ def test_interrupted_run_resumes_bit_identically(digits, tmp_path, monkeypatch, 
         train_run(build(), tmp_path / "cut")
     monkeypatch.setattr(Trainer, "train_epoch", orig)
     cut = tmp_path / "cut"
-    assert lio.load_checkpoint(cut / "checkpoint.pt")["epoch"] == 2 and not run_is_complete(cut)
+    assert result_files.load_checkpoint(cut / "checkpoint.pt")["epoch"] == 2 and not run_is_complete(cut)
     train_run(build(), cut)
     assert _rows_wo_time(cut / "training_metrics.csv") == _rows_wo_time(tmp_path / "ref" / "training_metrics.csv")
-    a, b = lio.load_checkpoint(cut / "final_model.pt"), lio.load_checkpoint(tmp_path / "ref" / "final_model.pt")
+    a, b = result_files.load_checkpoint(cut / "final_model.pt"), result_files.load_checkpoint(tmp_path / "ref" / "final_model.pt")
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
-    rows = lio.read_csv(cut / "training_metrics.csv")
+    rows = result_files.read_csv(cut / "training_metrics.csv")
     if kind == "igp":
         assert all(0 < r["penalty_share_input_gradient_penalty"] < 1 for r in rows[1:])
 
@@ -169,7 +170,7 @@ def test_corrupt_checkpoint_restarts_from_scratch(digits, tmp_path):
 
 def test_cosine_schedule_and_sam(digits, tmp_path):
     train_run(_builder(digits, epochs=2, regs=[SAM(0.05)], schedule="cosine"), tmp_path)
-    rows = lio.read_csv(tmp_path / "training_metrics.csv")
+    rows = result_files.read_csv(tmp_path / "training_metrics.csv")
     for r in rows:
         assert r["lr"] == pytest.approx(3e-3 * (1 + math.cos(math.pi * r["epoch"] / 2)) / 2, abs=1e-12)
     assert rows[-1]["train_acc"] > rows[0]["train_acc"]
@@ -202,5 +203,7 @@ def test_bad_config():
         TrainConfig(optimizer="rmsprop")
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="step")
-    with pytest.raises(ValueError):
-        MeasureConfig(order=9)
+    assert MeasureConfig(order=MAX_ORDERS["auto"]).order == MAX_ORDERS["auto"]        # the core's limit
+    for order, backend in ((0, "auto"), (MAX_ORDERS["auto"] + 1, "auto"), (MAX_ORDERS["func"] + 1, "func")):
+        with pytest.raises(ValueError, match="order must be in 1.."):
+            MeasureConfig(order=order, backend=backend)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from _helpers import rel_err
+from tests._helpers import rel_err
 from lamda_ext import directional_derivs, random_directions
 
 TOL = 1e-8

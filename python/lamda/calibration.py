@@ -76,7 +76,7 @@ def reliability_diagram(probs, labels, path: str | os.PathLike, n_bins: int = 15
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import save_figure
+    from .result_files import save_figure
 
     if not 150 <= int(dpi) <= 300:
         raise ValueError(f"dpi must be in [150, 300], got {dpi}")

@@ -1,8 +1,8 @@
 """Command line: ``lamda run <experiment> [flags]`` and ``lamda analyze DIR``.
 
-Experiments come from :mod:`lamda.experiments` (each module registers itself). Under ``torchrun``
+Experiments come from :mod:`lamda.studies` (each study subpackage registers itself). Under ``torchrun``
 (``torchrun --nproc_per_node N -m lamda run …``) the process group is set up from the environment and the
-experiment's grid is spread over the ranks (:mod:`lamda.experiments.runner`); with ``--ddp`` all ranks train
+experiment's grid is spread over the ranks (:mod:`lamda.studies.runner`); with ``--ddp`` all ranks train
 each run together instead. Every error a user can act on is one line on stderr and exit code 2.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import sys
 from lamda_ext.hessian import rank_local
 
 from . import distributed
-from . import io as lio
-from .experiments import broken, get, parse_shard, registry
-from .experiments.experiment_support import SEED_MAX
-from .experiments.runner import folder_lock, recorded_cells, require_complete
+from .result_files import check_output_folder, read_json_object
+from .studies import broken, get, registry
+from .studies.argtypes import SEED_MAX, seed
+from .studies.runner import folder_lock, parse_shard, recorded_cells, require_complete
 from .trainer import resolve_device
 
 __all__ = ["main", "build_parser"]
@@ -34,19 +34,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not 0 <= v <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"must be in [0, {SEED_MAX}], got {text}")
-    return v
-
-
 def _add_common(p: argparse.ArgumentParser, exp) -> None:
     p.add_argument("--preset", choices=exp.presets, default=exp.default_preset,
-                   help=f"problem size (default {exp.default_preset}): smoke = minutes-scale check that writes every "
+                   help=f"problem size (default {exp.default_preset}): smoke = the smallest run that writes every "
                         "file, quick = CPU-sized, full = the published settings")
     p.add_argument("--out", default=f"runs/{exp.name}", help="results folder (default runs/%(prog)s)".replace("%(prog)s", exp.name))
     p.add_argument("--data-root", default=None, help="data folder (default $LAMDA_DATA_ROOT, then ./data)")
@@ -56,7 +46,7 @@ def _add_common(p: argparse.ArgumentParser, exp) -> None:
     p.add_argument("--ddp", action="store_true",
                    help="under torchrun: train each run over all ranks with DistributedDataParallel (one run at a "
                         "time) instead of giving each rank its own runs of the grid")
-    p.add_argument("--seed", type=_seed, default=42, help=f"global seed in [0, {SEED_MAX}] (default 42)")
+    p.add_argument("--seed", type=seed, default=42, help=f"global seed in [0, {SEED_MAX}] (default 42)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -100,7 +90,7 @@ def _run(args) -> int:
         exp = get(args.experiment)
         resolve_device(args.device)
         parse_shard(args.shard)
-        out = lio.check_output_folder(args.out)
+        out = check_output_folder(args.out)
         launched = distributed.init_from_env(args.device)
         if args.ddp and not launched:
             raise ValueError("--ddp needs torchrun (torchrun --nproc_per_node N -m lamda run … --ddp)")
@@ -126,7 +116,7 @@ def _analyze(out: pathlib.Path) -> int:
         cfg_path = out / "experiment_config.json"
         if not cfg_path.is_file():
             raise ValueError(f"{out} has no experiment_config.json (not a results folder of `lamda run`)")
-        name = lio.read_json_object(cfg_path, required=("experiment",))["experiment"]
+        name = read_json_object(cfg_path, required=("experiment",))["experiment"]
         if not isinstance(name, str):
             raise ValueError(f"{cfg_path}: 'experiment' must be a name, got {name!r}; the file is damaged")
         exp = get(name)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import lamda_ext
+from lamda_ext.checks import check_order
 
 DIRECTION_MODES = ("shared", "per-point")
 
@@ -59,8 +60,7 @@ class MeasureConfig:
             raise ValueError(f"direction_mode must be one of {DIRECTION_MODES}, got {self.direction_mode!r}")
         if self.points < 1 or self.directions < 1 or self.chunk_size < 1:
             raise ValueError(f"points, directions and chunk_size must be >= 1, got {self}")
-        if not 1 <= self.order <= 8:
-            raise ValueError(f"order must be in 1..8, got {self.order}")
+        check_order(self.order, self.backend)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,11 +12,11 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from . import io as lio  # noqa: E402
-from .analysis.stats import MIN_FIT_POINTS  # noqa: E402
+from .result_files import atomic_path
+from .stats import MIN_FIT_POINTS
 
 __all__ = ["plt", "new_figure", "save", "grid", "heatmap", "scatter_labeled", "lambda_evolution_figure",
            "save_gif", "DPI", "color_cycle", "value_range", "MARKERS"]
@@ -47,7 +47,7 @@ def save(fig, path, dpi: int = DPI) -> None:
     path = pathlib.Path(path)
     fmt = path.suffix.lstrip(".") or "png"
     try:
-        with lio.atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi, format=fmt, bbox_inches="tight",
                         **({"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}))
     finally:
@@ -174,11 +174,12 @@ def lambda_evolution_figure(epochs: np.ndarray, lambda_values: np.ndarray, metri
 def save_gif(frames: list, path, duration_ms: int = 600, dpi: int = 120) -> None:
     """Write matplotlib figures as an animated GIF (atomic; figures are closed). Frames should share one colour
     scale (pass the same vmin/vmax to every frame's heatmap)."""
+    import io
+
     from PIL import Image
-    import io as _io
     images = []
     for fig in frames:
-        buf = _io.BytesIO()
+        buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
         plt.close(fig)
         buf.seek(0)
@@ -186,5 +187,5 @@ def save_gif(frames: list, path, duration_ms: int = 600, dpi: int = 120) -> None
     if not images:
         raise ValueError("save_gif needs at least one frame")
     path = pathlib.Path(path)
-    with lio.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)

@@ -26,6 +26,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from lamda_ext.checks import check_order
+
 from .data import Augmenter
 
 __all__ = ["Regularizer", "Dropout", "WeightDecay", "Augmentation", "LabelSmoothing", "SAM",
@@ -179,8 +181,7 @@ class LambdaPenalty(Regularizer):
     def __init__(self, scale: float, order: int = 3, directions: int = 2, classes: Iterable[int] | None = None,
                  backend: str = "auto", max_points: int | None = None, seed: int = 0):
         self.scale = _check_nonneg("lambda penalty scale", scale)
-        if not 1 <= order <= 8:
-            raise ValueError(f"order must be in 1..8, got {order}")
+        check_order(order, backend)
         if directions < 1:
             raise ValueError(f"directions must be >= 1, got {directions}")
         self.order, self.directions, self.backend = int(order), int(directions), backend

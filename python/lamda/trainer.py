@@ -38,9 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from . import io as lio
+from .result_files import (CheckpointError, load_checkpoint, read_csv, read_npz, remove_stale_temp_files,
+                           save_checkpoint, write_csv, write_json, write_npz)
 from .data import TensorDataset, batches
 from .measure import LambdaMeter
+from .optimizers import load_optimizer_state, lr_scheduler, make_optimizer, optimizer_state
 from .regularizers import RegularizerSet
 from .schedule import MeasurementSchedule
 
@@ -151,45 +153,10 @@ def run_is_complete(run_dir: str | os.PathLike) -> bool:
     if not p.is_file():
         return False
     try:
-        ck = lio.load_checkpoint(p)
-    except lio.CheckpointError:
+        ck = load_checkpoint(p)
+    except CheckpointError:
         return False
     return bool(ck.get("complete", False)) and all((run_dir / f).is_file() for f in ck.get("files", []))
-
-
-def _make_optimizer(model, cfg: TrainConfig, regs: RegularizerSet):
-    kw = {"lr": cfg.lr, **regs.optimizer_kwargs()}
-    if cfg.optimizer == "adam":
-        base, kw2 = torch.optim.Adam, {}
-    else:
-        base, kw2 = torch.optim.SGD, {"momentum": cfg.momentum}
-    if regs.sam_rho is not None:
-        try:
-            from .sam import SAM
-        except ImportError as exc:  # pragma: no cover - depends on the sibling module
-            raise ImportError("the SAM regulariser needs lamda.sam.SAM (lamda/sam.py)") from exc
-        return SAM(model.parameters(), base, rho=regs.sam_rho, model=model, **kw, **kw2)
-    return base(model.parameters(), **kw, **kw2)
-
-
-def _lr_scheduler(opt, cfg: TrainConfig):
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
-    return None
-
-
-def _opt_state(opt):
-    st = {"main": opt.state_dict()}
-    if hasattr(opt, "base_optimizer"):
-        st["base"] = opt.base_optimizer.state_dict()
-    return st
-
-
-def _load_opt_state(opt, st):
-    opt.load_state_dict(st["main"])
-    if "base" in st and hasattr(opt, "base_optimizer"):
-        opt.base_optimizer.load_state_dict(st["base"])
-        opt.param_groups = opt.base_optimizer.param_groups     # keep SAM and its base sharing the groups
 
 
 class Trainer:
@@ -233,9 +200,9 @@ class Trainer:
                 raise ValueError("pass either a SAM regulariser or an optimizer_factory, not both")
             self.opt = optimizer_factory(self.model)
         else:
-            self.opt = _make_optimizer(self.model, cfg, regs)
+            self.opt = make_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.momentum, regs)
         # SAM steps its base optimiser (they share param_groups), so the schedule follows that one
-        self.sched = _lr_scheduler(getattr(self.opt, "base_optimizer", self.opt), cfg)
+        self.sched = lr_scheduler(getattr(self.opt, "base_optimizer", self.opt), cfg.schedule, cfg.epochs)
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
@@ -363,66 +330,23 @@ class Trainer:
         writer = self.rank == 0 or not self.ddp          # under ddp rank 0 alone writes files
         run_dir.mkdir(parents=True, exist_ok=True)
         if writer:
-            lio.remove_stale_temp_files(run_dir)      # left by a process killed mid-write
+            remove_stale_temp_files(run_dir)      # left by a process killed mid-write
         ck_path = run_dir / "checkpoint.pt"
-        rows: list[dict] = []
-        meas: list[dict] = []
-        start = 0
-        if ck_path.exists():
-            try:
-                ck = lio.load_checkpoint(ck_path)
-                self.model.load_state_dict(ck["model"])
-                _load_opt_state(self.opt, ck["optimizer"])
-                if self.sched is not None and ck.get("scheduler") is not None:
-                    self.sched.load_state_dict(ck["scheduler"])
-                self._set_rng_state(ck["rng"])
-                rows = json.loads(ck["rows"])
-                meas = [{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in r.items()} for r in ck["meas"]]
-                start = int(ck["epoch"]) + 1
-            except (lio.CheckpointError, KeyError, RuntimeError, ValueError) as exc:
-                warnings.warn(f"{ck_path}: {exc}; restarting the run from scratch")
-                raise _Restart() from exc
+        rows, meas, start = self._resume(ck_path)
         if self.ddp:
             distributed.barrier()                     # every rank has read the checkpoint before rank 0 rewrites it
         extra = {"measurement_indices": measurement_indices} if measurement_indices is not None else {}
         epochs = self.cfg.epochs
         bar = _progress(range(start, epochs + 1), desc, self.cfg.progress, total=epochs + 1, initial=start)
         for epoch in bar:
-            t0 = time.perf_counter()
-            self._epoch = epoch
-            run_stats = self.train_epoch(f"{desc} epoch {epoch}") if epoch > 0 else {}
-            if self.sched is not None and epoch > 0:
-                self.sched.step()
-            row = {"epoch": epoch, **self._metrics(), **run_stats}
-            row["lr"] = getattr(self.opt, "base_optimizer", self.opt).param_groups[0]["lr"]
-            row["measured"] = 0
-            stop = epoch < epochs and self._should_stop(rows + [row])
-            if self.meter is not None and (self.schedule.should_measure(epoch, epochs) or stop):
-                r = self.meter.measure(self.model)
-                lam = r["lambda_values"]
-                row["lambda_mean"] = float(np.nanmean(lam)) if np.isfinite(lam).any() else float("nan")
-                row["lambda_std"] = float(np.nanstd(lam)) if np.isfinite(lam).any() else float("nan")
-                row["measured"] = 1
-                meas.append({**r, **{k: row[k] for k in ("epoch", "train_acc", "test_acc", "train_loss",
-                                                         "test_loss", "ece")}})
-            row["epoch_time_s"] = time.perf_counter() - t0
+            row, stop = self._epoch_row(epoch, rows, meas, desc)
             rows.append(row)
-            if hasattr(bar, "set_postfix"):
-                post = {"test_acc": f"{row['test_acc']:.3f}"}
-                lam = row.get("lambda_mean")
-                if lam is not None and math.isfinite(float(lam)):       # epochs without a λ measurement show none
-                    post["lam"] = f"{float(lam):.2f}"
-                bar.set_postfix(post)
+            _show(bar, row)
             if stop:
                 break
             if writer and epoch < epochs and (epoch % self.cfg.checkpoint_every == 0):
                 self._write_tables(run_dir, rows, meas, extra)
-                lio.save_checkpoint(ck_path, {
-                    "model": self.model.state_dict(), "optimizer": _opt_state(self.opt),
-                    "scheduler": self.sched.state_dict() if self.sched is not None else None,
-                    "rng": self._rng_state(), "epoch": epoch, "rows": json.dumps(rows),
-                    "meas": [{k: (torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v)
-                              for k, v in r.items()} for r in meas]})
+                self._save_checkpoint(ck_path, epoch, rows, meas)
         if hasattr(bar, "close"):
             bar.close()
         if not writer:
@@ -431,14 +355,71 @@ class Trainer:
                 lam.update(extra)
             distributed.barrier()                     # rank 0 has written the finished run
             return RunResult(run_dir, rows, lam, skipped=False, config=config)
+        return self._finish(run_dir, config, rows, meas, extra, extra_outputs)
+
+    def _resume(self, ck_path: pathlib.Path) -> tuple[list[dict], list[dict], int]:
+        """``(rows, measurements, first epoch)`` from the run's checkpoint (empty, 0 without one); a corrupt
+        checkpoint raises :class:`_Restart` (the caller starts the run from scratch)."""
+        if not ck_path.exists():
+            return [], [], 0
+        try:
+            ck = load_checkpoint(ck_path)
+            self.model.load_state_dict(ck["model"])
+            load_optimizer_state(self.opt, ck["optimizer"])
+            if self.sched is not None and ck.get("scheduler") is not None:
+                self.sched.load_state_dict(ck["scheduler"])
+            self._set_rng_state(ck["rng"])
+            rows = json.loads(ck["rows"])
+            meas = [{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in r.items()} for r in ck["meas"]]
+            return rows, meas, int(ck["epoch"]) + 1
+        except (CheckpointError, KeyError, RuntimeError, ValueError) as exc:
+            warnings.warn(f"{ck_path}: {exc}; restarting the run from scratch")
+            raise _Restart() from exc
+
+    def _epoch_row(self, epoch: int, rows: list[dict], meas: list[dict], desc: str) -> tuple[dict, bool]:
+        """Train one epoch (none at epoch 0), evaluate, measure λ when the schedule (or early stopping) asks;
+        returns the epoch's metrics row and whether training stops here. Appends the measurement to ``meas``."""
+        t0 = time.perf_counter()
+        epochs = self.cfg.epochs
+        self._epoch = epoch
+        run_stats = self.train_epoch(f"{desc} epoch {epoch}") if epoch > 0 else {}
+        if self.sched is not None and epoch > 0:
+            self.sched.step()
+        row = {"epoch": epoch, **self._metrics(), **run_stats}
+        row["lr"] = getattr(self.opt, "base_optimizer", self.opt).param_groups[0]["lr"]
+        row["measured"] = 0
+        stop = epoch < epochs and self._should_stop(rows + [row])
+        if self.meter is not None and (self.schedule.should_measure(epoch, epochs) or stop):
+            r = self.meter.measure(self.model)
+            lam = r["lambda_values"]
+            row["lambda_mean"] = float(np.nanmean(lam)) if np.isfinite(lam).any() else float("nan")
+            row["lambda_std"] = float(np.nanstd(lam)) if np.isfinite(lam).any() else float("nan")
+            row["measured"] = 1
+            meas.append({**r, **{k: row[k] for k in ("epoch", "train_acc", "test_acc", "train_loss",
+                                                     "test_loss", "ece")}})
+        row["epoch_time_s"] = time.perf_counter() - t0
+        return row, stop
+
+    def _save_checkpoint(self, ck_path: pathlib.Path, epoch: int, rows: list[dict], meas: list[dict]) -> None:
+        save_checkpoint(ck_path, {
+            "model": self.model.state_dict(), "optimizer": optimizer_state(self.opt),
+            "scheduler": self.sched.state_dict() if self.sched is not None else None,
+            "rng": self._rng_state(), "epoch": epoch, "rows": json.dumps(rows),
+            "meas": [{k: (torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v)
+                      for k, v in r.items()} for r in meas]})
+
+    def _finish(self, run_dir, config, rows, meas, extra, extra_outputs) -> RunResult:
+        """Write the finished run's files in order (tables, config, extra outputs, ``final_model.pt`` last) and
+        delete the checkpoint."""
+        ck_path = run_dir / "checkpoint.pt"
         lam = self._write_tables(run_dir, rows, meas, extra)
-        lio.write_json(run_dir / "config.json", config)
+        write_json(run_dir / "config.json", config)
         result = RunResult(run_dir, rows, lam, skipped=False, config=config)
         if extra_outputs is not None:
             extra_outputs(run_dir, result)
         files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and p.name != ck_path.name
                        and not p.name.startswith("."))
-        lio.save_checkpoint(run_dir / "final_model.pt", {
+        save_checkpoint(run_dir / "final_model.pt", {
             "model": self.model.state_dict(), "complete": True, "config": json.dumps(config, default=str),
             "final_metrics": json.dumps(rows[-1] if rows else {}), "files": files})
         if ck_path.exists():
@@ -470,11 +451,11 @@ class Trainer:
             for k in r:
                 if k not in cols:
                     cols.append(k)
-        lio.write_csv(run_dir / "training_metrics.csv", rows, cols)
+        write_csv(run_dir / "training_metrics.csv", rows, cols)
         lam = self._lambda_arrays(meas)
         if lam:
             lam.update(extra)
-            lio.write_npz(run_dir / "lambda_data.npz", **lam)
+            write_npz(run_dir / "lambda_data.npz", **lam)
         return lam
 
 
@@ -483,10 +464,20 @@ class _Restart(Exception):
 
 
 def _load_finished(run_dir: pathlib.Path, config: dict) -> RunResult:
-    rows = lio.read_csv(run_dir / "training_metrics.csv", numeric=METRIC_COLUMNS)
+    rows = read_csv(run_dir / "training_metrics.csv", numeric=METRIC_COLUMNS)
     p = run_dir / "lambda_data.npz"
-    lam = lio.read_npz(p) if p.exists() else {}
+    lam = read_npz(p) if p.exists() else {}
     return RunResult(run_dir, rows, lam, skipped=True, config=config)
+
+
+def _show(bar, row: dict) -> None:
+    """The progress bar's test accuracy and λ (epochs without a λ measurement show none)."""
+    if hasattr(bar, "set_postfix"):
+        post = {"test_acc": f"{row['test_acc']:.3f}"}
+        lam = row.get("lambda_mean")
+        if lam is not None and math.isfinite(float(lam)):
+            post["lam"] = f"{float(lam):.2f}"
+        bar.set_postfix(post)
 
 
 def _progress(it, desc, enabled, total=None, initial=0):

@@ -6,7 +6,7 @@ hessian_trace, hessian_density).
 """
 from .connectivity import ConnectivityResult, PathBarrier, mode_connectivity, path_barrier, recompute_bn_stats
 from .evaluate import evaluate
-from .probe import CurvatureAdaptiveLR, CurvatureEstimate, CurvatureProbe
+from .curvature_probe import CurvatureAdaptiveLR, CurvatureEstimate, CurvatureProbe
 from .sharpness import data_gradient, sharpness
 from .surface import (SurfaceResult, loss_surface, plot_contour, plot_contour_panels, plot_surface_1d, plot_surface_3d,
                       random_direction, surface_grid)

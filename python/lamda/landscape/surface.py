@@ -137,7 +137,7 @@ def _plt():
 
 def plot_surface_1d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int = 200, title: str = "") -> str:
     """Loss (left axis) and accuracy (right axis) along the 1-D direction; PNG written atomically."""
-    from ..io import save_figure
+    from ..result_files import save_figure
     if result.ndim != 1:
         raise ValueError("plot_surface_1d needs a 1-D result (loss_surface(..., directions=1))")
     plt = _plt()
@@ -157,7 +157,7 @@ def plot_surface_1d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int 
 def plot_contour(result: SurfaceResult, path: str | os.PathLike, *, levels: int = 30, dpi: int = 200,
                  title: str = "") -> str:
     """Filled contour plot of the 2-D loss surface; PNG written atomically."""
-    from ..io import save_figure
+    from ..result_files import save_figure
     if result.ndim != 2:
         raise ValueError("plot_contour needs a 2-D result (loss_surface(..., directions=2))")
     plt = _plt()
@@ -179,7 +179,7 @@ def plot_surface_3d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int 
                     vmax: float | None = None) -> str:
     """3-D surface plot of the 2-D loss surface; PNG written atomically. ``vmin``/``vmax`` fix the colour
     scale and the z range (to share them between surfaces); values outside are clipped."""
-    from ..io import save_figure
+    from ..result_files import save_figure
     if result.ndim != 2:
         raise ValueError("plot_surface_3d needs a 2-D result (loss_surface(..., directions=2))")
     plt = _plt()
@@ -212,7 +212,7 @@ def plot_contour_panels(results: dict, path: str | os.PathLike, *, levels: int =
     """
     from matplotlib.colors import LogNorm
 
-    from ..io import save_figure
+    from ..result_files import save_figure
     if not results:
         raise ValueError("results is empty")
     for name, r in results.items():

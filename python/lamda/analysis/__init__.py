@@ -1,1 +1,0 @@
-"""Post-hoc analyses that run on saved results alone (no training)."""

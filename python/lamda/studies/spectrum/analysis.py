@@ -1,0 +1,125 @@
+"""Post-hoc analysis of the spectrum study from its cell records: the study's ``Model-{ID}.csv`` tables, the
+eigenvalue arrays (unconverged pairs left out), collapse and epoch-cap flags, the outlier count, the trend of
+λ_max with L2 and its correlation with test accuracy."""
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...result_files import read_json, write_csv, write_npz, write_text
+from ...stats import CorrelationCI, pearson_ci
+from ..runner import require_complete
+from . import figures, report
+from .config import COLLAPSE_ACC, DATA_DIR, MODEL_COLUMNS, grid_cells, l2_label
+
+__all__ = ["analyze", "is_collapsed", "outlier_count", "Spectra", "spectra", "Trend", "l2_trend"]
+
+
+def is_collapsed(test_accuracy_pct) -> np.ndarray:
+    """True where the test accuracy (%) is at chance level: < :data:`COLLAPSE_ACC`."""
+    return np.asarray(test_accuracy_pct, float) < COLLAPSE_ACC
+
+
+def outlier_count(vals: np.ndarray) -> int:
+    """Position of the largest ratio gap λ_i / λ_{i+1} among the positive top eigenvalues (0 when < 2)."""
+    v = np.sort(np.asarray(vals, float))[::-1]
+    v = v[v > 0]
+    if v.size < 2:
+        return 0
+    return int(np.argmax(v[:-1] / v[1:]) + 1)
+
+
+def _column(rows: dict, ids: list, key: str, dtype=float) -> np.ndarray:
+    """The record column ``key`` of every model, ``[ids, L2 values, ...]``."""
+    return np.array([[r[key] for r in rows[i]] for i in ids], dtype)
+
+
+@dataclass
+class Spectra:
+    """Every model's numbers, ``[ids, L2 values]`` (eigenvalue arrays ``[ids, L2 values, k]`` in the order of
+    ``which``): ``eig`` as computed, ``eig_c`` with unconverged pairs as NaN; ``lam_max`` the largest converged
+    eigenvalue; ``n_out`` the outlier count per model and ``n_typ`` its median; ``get(key)`` any record column."""
+
+    grid: np.ndarray
+    rows: dict
+    ids: list
+    eig: np.ndarray
+    conv: np.ndarray
+    res: np.ndarray
+    acc: np.ndarray
+    eig_c: np.ndarray
+    lam_max: np.ndarray
+    collapsed: np.ndarray
+    capped: np.ndarray
+    n_out: np.ndarray
+    n_typ: int
+
+    def get(self, key: str, dtype=float) -> np.ndarray:
+        return _column(self.rows, self.ids, key, dtype)
+
+    @property
+    def l2(self) -> np.ndarray:
+        """The L2 strength of every model, ``[ids, L2 values]``."""
+        return np.tile(self.grid, (len(self.ids), 1))
+
+
+def spectra(rows: dict, ids: list, grid: np.ndarray) -> Spectra:
+    """The arrays of :class:`Spectra` from the cell records ``rows[id]`` (one per L2 value, in grid order)."""
+    eig, conv = _column(rows, ids, "eigenvalues"), _column(rows, ids, "converged", bool)
+    acc = _column(rows, ids, "Test_Accuracy")
+    eig_c = np.where(conv, eig, np.nan)                                      # unconverged → NaN (never plotted)
+    lam_max = np.array([[np.nanmax(e) if np.isfinite(e).any() else np.nan for e in row] for row in eig_c])
+    n_out = np.array([[outlier_count(v[np.isfinite(v)]) for v in e] for e in eig_c])
+    return Spectra(grid, rows, ids, eig, conv, _column(rows, ids, "rel_residual"), acc, eig_c, lam_max,
+                   is_collapsed(acc), _column(rows, ids, "epoch_cap", bool), n_out,
+                   int(np.median(n_out)) if n_out.size else 0)
+
+
+@dataclass
+class Trend:
+    """Spearman ρ and p of λ_max against L2 over the non-collapsed models (None: too few for a trend)."""
+
+    rho: float | None
+    p: float | None
+    n: int
+
+
+def l2_trend(sp: Spectra) -> Trend:
+    """The monotone trend of λ_max with L2 over the non-collapsed models (needs ≥ 3 L2 values and models)."""
+    from scipy import stats
+    keep = ~sp.collapsed
+    if sp.grid.size >= 3 and keep.sum() >= 3 and np.ptp(sp.lam_max[keep]) > 0:
+        r = stats.spearmanr(sp.l2[keep], sp.lam_max[keep])
+        return Trend(float(r.statistic), float(r.pvalue), int(keep.sum()))
+    return Trend(None, None, int(keep.sum()))
+
+
+def _write_arrays(path: pathlib.Path, sp: Spectra) -> None:
+    write_npz(path, ids=np.array(sp.ids), l2=sp.grid, eigenvalues=sp.eig, converged=sp.conv,
+              rel_residual=sp.res, lambda_max_converged=sp.lam_max, test_accuracy=sp.acc, collapsed=sp.collapsed,
+              epoch_cap=sp.capped, train_loss=sp.get("Train_Loss"), test_loss=sp.get("Test_Loss"),
+              epochs=sp.get("Epochs", int), gradient_norm=sp.get("gradient_norm"), hvps=sp.get("hvps", int))
+
+
+def analyze(out) -> int:
+    """Regenerate ``Model-{ID}.csv``, ``spectrum.npz``, the figures and ``summary.md`` from the cell records."""
+    out = pathlib.Path(out)
+    cfg = read_json(out / "experiment_config.json")
+    grid = np.asarray(cfg["l2_grid"], float)
+    s, ids = cfg["settings"], cfg["ids"]
+    dd = out / cfg.get("data_dir", DATA_DIR)
+    require_complete(out, grid_cells(ids, grid, s["eigvec_format"]))
+    rows = {}
+    for ident in ids:
+        rows[ident] = [read_json(out / "cells" / f"{ident}-{l2_label(l2)}.json") for l2 in grid]
+        write_csv(dd / f"Model-{ident}.csv", [{c: r[c] for c in MODEL_COLUMNS} for r in rows[ident]], MODEL_COLUMNS)
+    sp = spectra(rows, ids, grid)
+    _write_arrays(out / "spectrum.npz", sp)
+    keep = ~sp.collapsed
+    corr: CorrelationCI = pearson_ci(sp.lam_max[keep], sp.acc[keep])
+    figures.spectrum_vs_l2_figure(out / "spectrum_vs_l2.png", sp, s["k"], cfg["which"])
+    figures.lambda_max_vs_accuracy_figure(out / "lambda_max_vs_test_accuracy.png", sp, corr)
+    write_text(out / "summary.md", report.summary(cfg, sp, corr, l2_trend(sp)))
+    return 0
