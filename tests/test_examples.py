@@ -15,6 +15,8 @@ import sys
 import pytest
 import torch.distributed as dist
 
+from tests.conftest import find_data_root
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
@@ -45,19 +47,11 @@ TORCHRUN_FLAGS = ["--images", "16", "--points", "4", "--directions", "2", "--ord
                   "--tol", "0.5", "--max-iter", "4", "--probes", "2"]
 
 
-def data_root() -> str | None:
-    """The offline data root the suite uses (``$LAMDA_DATA_ROOT``, else ``../shared/data``), if it exists."""
-    for cand in (os.environ.get("LAMDA_DATA_ROOT"), REPO.parent / "shared" / "data"):
-        if cand and pathlib.Path(cand).is_dir():
-            return str(cand)
-    return None
-
-
 def run(cmd: list[str], timeout: int) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    root = data_root()
+    root = find_data_root()
     if root is not None:
-        env["LAMDA_DATA_ROOT"] = root
+        env["LAMDA_DATA_ROOT"] = str(root)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd[1:])} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     return proc.stdout

@@ -18,8 +18,8 @@ from lamda_ext.planning import SAFETY
 from lamda_ext.split import Job
 from lamda_ext.checks import check_forward
 from lamda_ext.hvp import HVP_KEEP, HVP_ROW_PARAMS, HVP_ROW_POINT, hvp_chunks
-from _helpers import rel_err
-from _models import build
+from tests._helpers import rel_err
+from tests._models import build
 
 DT = torch.float64
 
