@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..routing import unguarded
+from ..losses import split_ignored
+from ..routing import sdpa_masks, unguarded
 from . import rules
 from .series import RULES, TaylorSeries, current_context, is_series
 
@@ -243,16 +244,44 @@ def log_softmax(x, dim=None, _stacklevel=3, dtype=None):
     d = dim if dim >= 0 else dim + x.c0.dim()
     terms = [t.movedim(d if i == 0 else d + 1, -1) for i, t in enumerate(x.terms())]
     m = terms[0].detach().amax(dim=-1, keepdim=True)
-    e = rules.exp_list([terms[0] - m] + terms[1:], n)
+    shifted = [terms[0] - m] + terms[1:]          # log_softmax(x) = (x − m) − log Σ e^(x − m): no cancellation
+    e = rules.exp_list(shifted, n)
     lse = rules.log_list([c.sum(dim=-1, keepdim=True) for c in e], n)
-    lse[0] = lse[0] + m
-    out = [(terms[i] if i < len(terms) else 0.0) - lse[i] for i in range(n)]
+    out = [(shifted[i] if i < len(shifted) else 0.0) - lse[i] for i in range(n)]
     return from_terms([o.movedim(-1, d if i == 0 else d + 1) for i, o in enumerate(out)])
 
 
 @register("softmax")
 def softmax(x, dim=None, _stacklevel=3, dtype=None):
     return unary("exp", log_softmax(x, dim))
+
+
+@register("cross_entropy")
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    """``F.cross_entropy`` of a series of logits ``[N, C, *d]`` (or ``[C]``) and class-index targets, by the run's
+    loss head (the fused kernels under ``backend='fused'``): entries labelled ``ignore_index`` count 0 and
+    ``reduction="mean"`` divides by the counted entries, as torch does."""
+    if is_series(target) or not isinstance(target, torch.Tensor) or target.is_floating_point():
+        raise NotImplementedError("Taylor mode: cross_entropy takes class-index targets (an integer tensor) only; "
+                                  "use backend='autograd' for class probabilities")
+    if weight is not None or size_average is not None or reduce is not None:
+        raise NotImplementedError("Taylor mode: cross_entropy with class weights or the legacy size_average/reduce "
+                                  "arguments has no rule; use backend='autograd'")
+    classes = input.c0.shape[1 if input.c0.dim() >= 2 else 0]
+    flat = _reshape(movedim(input, 1, -1) if input.c0.dim() > 2 else input, -1, classes)
+    safe, keep = split_ignored(target.reshape(-1), ignore_index)
+    terms = current_context().impl.cross_entropy(flat.terms(), safe, order() + 1, float(label_smoothing))
+    if keep is not None:
+        terms = [t * keep.to(t.dtype) for t in terms]
+    per = from_terms(terms).reshape(target.shape)      # a series, or a tensor when the logits are constant in t
+    if reduction == "none":
+        return per
+    if reduction == "sum":
+        return per.sum()
+    if reduction != "mean":
+        raise ValueError(f"cross_entropy: unknown reduction {reduction!r}")
+    return per.sum() * (1.0 / (float(keep.sum()) if keep is not None else float(target.numel())))
 
 
 # ----------------------------------------------------------------------------- bilinear
@@ -631,12 +660,23 @@ def to(x, *args, **kwargs):
     return TaylorSeries(c0, x.hi.to(dtype=c0.dtype, device=c0.device))
 
 
+@register("type")
+def type_(x, dtype=None, non_blocking=False, **kwargs):
+    """``x.type()`` (the primal's type name) or ``x.type(dtype)`` (a cast, as ``to``)."""
+    if dtype is None:
+        return x.c0.type()
+    c0 = x.c0.type(dtype, non_blocking)
+    return TaylorSeries(c0, x.hi.to(c0.dtype))
+
+
 register("float")(lambda x: to(x, torch.float32))
 register("double")(lambda x: to(x, torch.float64))
 
 
 def _join(tensors, dim, fn):
     tensors = list(tensors)
+    if fn is torch.cat:     # torch.cat skips legacy empty 1-D constants (e.g. an empty key/value cache)
+        tensors = [t for t in tensors if is_series(t) or not (isinstance(t, torch.Tensor) and t.shape == (0,))]
     series = [t for t in tensors if is_series(t)]
     if not series:
         return fn(tensors, dim)
@@ -1012,16 +1052,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     kt = transpose(key, -2, -1) if is_series(key) else key.transpose(-2, -1)
     attn = mul(matmul(query, kt), scale)
     ref = attn.c0 if is_series(attn) else attn
-    if is_causal:
-        keep = torch.ones(length, src, dtype=torch.bool, device=ref.device).tril()
+    keep, bias, dead = sdpa_masks(length, src, attn_mask, is_causal, ref.device)
+    if keep is not None:
         attn = masked_fill(attn, ~keep, float("-inf")) if is_series(attn) else attn.masked_fill(~keep, float("-inf"))
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            attn = masked_fill(attn, ~attn_mask, float("-inf")) if is_series(attn) else \
-                attn.masked_fill(~attn_mask, float("-inf"))
-        else:
-            attn = add(attn, attn_mask)
+    if bias is not None:
+        attn = add(attn, bias)
     attn = softmax(attn, -1) if is_series(attn) else torch.softmax(attn, -1)
+    if dead is not None:        # rows with nothing to attend: zero weights, as torch gives them
+        attn = masked_fill(attn, dead, 0.0) if is_series(attn) else attn.masked_fill(dead, 0.0)
     if dropout_p > 0.0:
         attn = dropout(attn, dropout_p, True) if is_series(attn) else F.dropout(attn, dropout_p, True)
     return matmul(attn, value)
