@@ -37,6 +37,7 @@ from torch.func import functional_call, grad, jvp, linearize, vmap
 
 from ._hvp_ops import ForwardOverReverseOps
 from ._state import RngReplay, outside_inference_mode
+from .batches import prepare
 from .checks import check_hvp_inputs, check_reduction, check_v, params_and_v
 from .losses import LossSpec, resolve_loss
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
@@ -57,6 +58,30 @@ def _linearize(g: Callable, primal):
         warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
         return linearize(g, primal)[1]
+
+
+def _linearize_or_none(g: Callable, primal):
+    """:func:`_linearize`, or None when ``g`` cannot be traced (Python control flow on tensor values, e.g. a Hugging
+    Face model checking whether its attention mask pads anything)."""
+    try:
+        return _linearize(g, primal)
+    except RuntimeError as err:
+        if "data-dependent" not in str(err):
+            raise
+        return None
+
+
+def _jvp_rows(g: Callable, primal, v: torch.Tensor, unpack: Callable, pack: Callable,
+              start: RngReplay | None = None) -> torch.Tensor:
+    """``jvp`` of ``g`` at ``primal`` along each row of ``v``, one forward-over-reverse pass per row (the RNG reset to
+    ``start`` before each)."""
+    outs = []
+    for vec in v:
+        if start is not None:
+            start.reset()
+        with ForwardOverReverseOps():
+            outs.append(pack(jvp(g, (primal,), (unpack(vec),))[1]))
+    return torch.stack(outs)
 
 
 def _apply_tangent_map(tangent_map: Callable, v: torch.Tensor, unpack: Callable, pack: Callable,
@@ -92,7 +117,9 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
     # restarts the generator where the trace started, so every direction sees the mask that a
     # single-direction HVP would draw, and the generator ends one draw on, as after that HVP
     start = RngReplay(v.device)
-    tangent_map = _linearize(g, primal)
+    tangent_map = _linearize_or_none(g, primal)
+    if tangent_map is None:             # untraceable: one full pass per direction
+        return _jvp_rows(g, primal, v, unpack, pack, start)
     return _apply_tangent_map(tangent_map, v, unpack, pack, chunk_size, start)
 
 
@@ -112,9 +139,14 @@ def _graph_nbytes(tangent_map: Callable) -> int:
         mod = cell.cell_contents
         if isinstance(mod, torch.nn.Module):
             for t in list(mod.parameters()) + list(mod.buffers()):
-                st = t.untyped_storage()
-                if st.data_ptr() not in seen:
-                    seen.add(st.data_ptr())
+                try:
+                    st = t.untyped_storage()
+                    ptr = st.data_ptr()
+                except RuntimeError:     # a folded constant without a valid storage of its own: count its elements
+                    total += t.numel() * t.element_size()
+                    continue
+                if ptr not in seen:
+                    seen.add(ptr)
                     total += st.nbytes()
     return total
 
@@ -126,26 +158,29 @@ class LinearizedHVP:
     and keeps what the tangent pass needs (the activations and backward intermediates, :attr:`nbytes`
     bytes); every call replays only the tangent part, for one direction ``[P]`` or each row of ``[K, P]`` (``chunk_size`` rows per
     vmapped replay; None = one at a time on the CPU, all at once elsewhere). For deterministic
-    functions only: random ops would draw again on every replay.
+    functions only: random ops would draw again on every replay. A function that cannot be traced (control flow
+    on tensor values) keeps nothing: every call runs the whole forward-over-reverse pass per direction.
     """
 
     def __init__(self, f: Callable, primal: dict[str, torch.Tensor]):
         self.primal = {k: t.detach() for k, t in primal.items()}
+        self._g = grad(f)
         with torch.enable_grad():
-            self._map = _linearize(grad(f), self.primal)
+            self._map = _linearize_or_none(self._g, self.primal)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the kept intermediates (complete once the first call has folded the primal part)."""
-        return _graph_nbytes(self._map)
+        return 0 if self._map is None else _graph_nbytes(self._map)
 
     def __call__(self, v: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """``H v`` for v ``[P]`` or ``[K, P]`` (same shape out, detached)."""
         batched = v.dim() == 2
         V = v if batched else v.unsqueeze(0)
+        unpack = lambda vec: unflatten_params(vec, self.primal)
         with torch.enable_grad():
-            out = _apply_tangent_map(self._map, V, lambda vec: unflatten_params(vec, self.primal),
-                                     flatten_params, chunk_size).detach()
+            out = (_jvp_rows(self._g, self.primal, V, unpack, flatten_params) if self._map is None else
+                   _apply_tangent_map(self._map, V, unpack, flatten_params, chunk_size)).detach()
         return out if batched else out[0]
 
 
@@ -169,26 +204,35 @@ def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.T
 @outside_inference_mode
 def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec = "cross_entropy",
         wrt: str = "params", label_smoothing: float = 0.0, chunk_size: int | None = None,
-        reduction: str = "mean") -> torch.Tensor:
+        reduction: str = "mean", params=None) -> torch.Tensor:
     """Hessian-vector product(s) of the loss by forward-over-reverse.
 
     Args:
         model: any ``nn.Module`` (dropout/batch norm run in the model's current mode).
-        x: inputs ``[B, ...]``; y: targets (``[B]`` class labels for cross-entropy).
-        v: ``wrt="params"``: ``[P]`` or ``[K, P]`` (P = all parameters requiring grad, flattened in
-            ``model.parameters()`` order). ``wrt="input"``: ``[B, ...]`` like x, or ``[K, B, ...]``.
+        x: inputs ``[B, ...]``, or a mapping of the model's keyword arguments (:mod:`lamda_ext.batches`);
+            y: targets (``[B]`` class labels for cross-entropy; with a mapping, None = the model's own loss
+            from ``x["labels"]`` per sample).
+        v: ``wrt="params"``: ``[P]`` or ``[K, P]`` (P = all parameters requiring grad — or those ``params``
+            selects — flattened in ``model.parameters()`` order). ``wrt="input"``: ``[B, ...]`` like x, or
+            ``[K, B, ...]``; ``wrt="inputs_embeds"``/``"pixel_values"`` likewise, shaped like the batch's input
+            embeddings ``[B, T, d]`` / pixel values (positions with ``attention_mask`` 0 are held fixed: zero in
+            ``v`` and in the result).
         loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(output, y) -> [B]``.
         label_smoothing: for cross-entropy.
         chunk_size: directions per vmapped tangent evaluation (K directions share one primal pass
             either way); None = one at a time on the CPU, all at once elsewhere.
         reduction: ``wrt="params"`` only: ``"mean"`` (the Hessian of the batch-mean loss) or ``"sum"``
             (of the summed loss, B times the mean's).
+        params: ``wrt="params"`` only: the parameters to differentiate (names of parameters or submodules, a
+            predicate ``f(name) -> bool`` or a submodule; :func:`lamda_ext.params.select_parameters`).
 
     Returns:
         ``H v`` with the shape of ``v``. For ``wrt="params"`` H is the Hessian of the batch-mean (or summed) loss;
         for ``wrt="input"`` entry b is ``H_b v_b`` (Hessian of sample b's loss w.r.t. ``x_b``).
         The result is detached (not differentiable w.r.t. the parameters).
     """
+    prob = prepare(model, x, y, loss=loss, wrt=wrt, params=params, label_smoothing=label_smoothing)
+    model, x, y, loss, wrt = prob.model, prob.x, prob.y, prob.loss, prob.wrt
     y = check_hvp_inputs(model, x, y, loss, wrt)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
@@ -204,4 +248,4 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
                          "leave reduction='mean'")
     check_v(v, tuple(x.shape), x, "inputs x")
     with torch.enable_grad():
-        return input_hvp(model, x, y, v, loss_fn, chunk_size).detach()
+        return prob.restrict(input_hvp(model, x, y, prob.restrict(v), loss_fn, chunk_size).detach())
