@@ -9,13 +9,16 @@ over a K-batched activation where one suffices.
 ``autograd.Function`` with a saved 0/1 mask: forward ``x.clamp_min(0)``, backward ``g · mask``,
 forward-mode ``ẋ · mask``; the forward tangent of the backward is then one multiplication
 ``ġ · mask``. The values are identical (the derivative at exactly 0 is 0, as in autograd).
+
+``scaled_dot_product_attention`` runs as its math in elementary ops (:func:`lamda_ext.routing.composite_sdpa`):
+the fused CPU/flash kernels have no forward-mode derivative.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .routing import RoutingMode
+from .routing import RoutingMode, composite_sdpa
 
 __all__ = ["ForwardOverReverseOps"]
 
@@ -54,7 +57,8 @@ def _relu(input, inplace=False):
 
 
 class ForwardOverReverseOps(RoutingMode):
-    """Route ReLU to a formulation whose forward-over-reverse derivative is one multiplication."""
+    """Route ReLU to a formulation whose forward-over-reverse derivative is one multiplication, and SDPA to its
+    math (forward-mode differentiable)."""
 
     routes = {F.relu: _relu, torch.relu: _relu, torch.relu_: _relu, torch.Tensor.relu: _relu,
-              torch.Tensor.relu_: _relu}
+              torch.Tensor.relu_: _relu, F.scaled_dot_product_attention: composite_sdpa}

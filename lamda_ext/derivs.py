@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from . import backends
+from .batches import Problem, prepare
 from ._state import RngReplay, frozen_batchnorm_stats, outside_inference_mode
 from .checks import check_direction_tensor, check_forward, check_model_and_x, check_order, check_wrt
 from .directions import num_parameters, random_directions, random_param_directions
@@ -56,9 +57,19 @@ def _fused_available() -> bool:
     return ops.available()
 
 
-def _prepare(model, x, y, order, directions, loss, wrt, backend, generator, label_smoothing):
+def _points_of(prob: Problem):
+    """Points ``[lo:hi]`` of a batch mapping's problem: its model and targets (the inputs are cut by the caller)."""
+    def take(lo: int, hi: int):
+        part = prob.slice(lo, hi)
+        return part.model, part.y
+    return take
+
+
+def _prepare(model, x, y, order, directions, loss, wrt, backend, generator, label_smoothing, params):
     """Check the arguments (one plain forward pass included) and build the call's :class:`Job`; returns
     ``(job, backend name, auto-fallback wanted, bytes of the plain forward pass)``."""
+    prob = prepare(model, x, y, loss=loss, wrt=wrt, params=params, label_smoothing=label_smoothing)
+    model, x, y, loss, wrt = prob.model, prob.x, prob.y, prob.loss, prob.wrt
     check_model_and_x(model, x)
     check_wrt(wrt)
     if backend not in backends.NAMES:
@@ -70,7 +81,8 @@ def _prepare(model, x, y, order, directions, loss, wrt, backend, generator, labe
     y = check_targets(loss, y, x.shape[0])
     if isinstance(y, torch.Tensor) and y.device != x.device:
         raise ValueError(f"device mismatch: y is on {y.device} but x is on {x.device}")
-    dirs = _directions(directions, model, x, wrt, generator)
+    dirs = prob.directions(_directions(directions, model, x, wrt, generator),
+                           drawn=not isinstance(directions, torch.Tensor))
     forward_bytes = check_forward(model, x, y, loss)
     if backend == "fused" and not _fused_available():
         raise RuntimeError("backend='fused' needs the compiled extension lamda_ext._C; build it with "
@@ -78,7 +90,8 @@ def _prepare(model, x, y, order, directions, loss, wrt, backend, generator, labe
     name = backend if backend != "auto" else ("fused" if _fused_available() else "taylor")
     impl = backends.BACKENDS[name]
     fn = impl.input_derivs if wrt == "input" else impl.params_derivs
-    job = Job(model, x, y, dirs, order, loss, wrt, label_smoothing, fn)
+    job = Job(model, x, y, dirs, order, loss, wrt, label_smoothing, fn,
+              None if prob.source is None else _points_of(prob))
     return job, name, backend == "auto", forward_bytes
 
 
@@ -107,23 +120,33 @@ def _execute(job: Job, name: str, budget: int, forward_bytes: int):
 def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, order: int = 6,
                        directions: Union[int, torch.Tensor] = 15, loss: LossSpec = "cross_entropy",
                        wrt: str = "input", backend: str = "auto", generator: Optional[torch.Generator] = None,
-                       label_smoothing: float = 0.0, return_loss: bool = False, memory_budget: Budget = "auto"):
+                       label_smoothing: float = 0.0, return_loss: bool = False, params=None,
+                       memory_budget: Budget = "auto"):
     """n-th directional derivatives of the loss, n = 1..order.
 
     Args:
         model: the network; its mode (train/eval) is respected, its state is left unchanged.
-        x: inputs ``[B, *S]`` (floating point, finite, same dtype/device as the model).
-        y: targets: class labels ``[B]`` for cross-entropy, a tensor like the output for MSE.
+        x: inputs ``[B, *S]`` (floating point, finite, same dtype/device as the model), or a mapping of the model's
+            keyword arguments (a dict or Hugging Face ``BatchEncoding``; :mod:`lamda_ext.batches`).
+        y: targets: class labels ``[B]`` for cross-entropy (-100: a sample that counts 0, as in
+            ``F.cross_entropy``), a tensor like the output for MSE. With a mapping ``x``, None means the model's
+            own loss from ``x["labels"]`` per sample (causal LMs: shifted, -100 excluded, the mean over each
+            sample's counted tokens; :mod:`lamda_ext.batches` says how these relate to the model's ``loss``).
         order: highest order N (1..32 for taylor/fused/auto, 1..16 for autograd, 1..12 for func).
         directions: K random directions (Gaussian, unit norm per point over all input dims —
             or over all parameters for ``wrt="params"`` — drawn from ``generator``), or an explicit
             tensor used as given: ``wrt="input"``: ``[K, *x.shape]`` (one direction per point and k) or
             ``[K, *x.shape[1:]]`` (direction k shared by every point; broadcast over the batch without
             copying it B times, the same numbers as passing it expanded to ``[K, *x.shape]``);
-            ``wrt="params"``: ``[K, P]``. Draw shared ones with ``random_directions(x, K, g, shared=True)``.
+            ``wrt="inputs_embeds"``: ``[K, B, T, d]`` or ``[K, T, d]`` (positions with ``attention_mask`` 0 get
+            zero direction; random ones are unit over each point's counted positions);
+            ``wrt="params"``: ``[K, P]`` (P: the parameters ``params`` selects). Draw shared ones with
+            ``random_directions(x, K, g, shared=True)``.
         loss: ``"cross_entropy"`` (with ``label_smoothing``), ``"mse"`` (mean over non-batch dims) or a
             callable ``(output, y) -> per-sample loss [B]``.
-        wrt: ``"input"`` → ``[B, K, order]`` with entry ``[b, k, n-1] = d^n/dt^n loss_b`` at
+        wrt: ``"inputs_embeds"`` / ``"pixel_values"`` (a mapping x: the embeddings of its ``input_ids`` / its
+            pixel values) as ``"input"``;
+            ``"input"`` → ``[B, K, order]`` with entry ``[b, k, n-1] = d^n/dt^n loss_b`` at
             ``x + t·u_k`` (all points move together, each along its own ``u_{k,b}`` or the shared ``u_k``; without
             batch-coupled layers this is the per-sample derivative at ``x_b + t·u_{k,b}``).
             ``"params"`` → ``[K, order]`` derivatives of the batch-mean loss at ``θ + t·v_k``.
@@ -135,6 +158,9 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
         return_loss: also return the per-sample loss at t = 0, ``[B]``, from the same forward pass
             (one dropout mask; batch-norm running statistics are not updated), so a penalised training
             step ``loss.mean() + scale * d.abs().mean()`` needs no second forward pass.
+        params: ``wrt="params"`` only: the parameters to differentiate — names of parameters or submodules, a
+            predicate ``f(name) -> bool``, or a submodule (:func:`lamda_ext.params.select_parameters`); the
+            others are held fixed. None: every parameter.
         memory_budget: bytes of working memory the call may use beyond the model and its inputs, or
             ``"auto"``: half of the free memory of x's device (:func:`lamda_ext.memory.resolve_budget`). The
             taylor/fused backends split the call into chunks of directions and — for models with no module in
@@ -149,10 +175,10 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
 
     Raises:
         ValueError, TypeError: bad input, before any derivative is taken; one plain forward pass (no grad,
-            RNG and batch-norm statistics restored) checks that x fits the model, that the output is one
-            tensor ``[B, ...]`` and that the targets fit it (labels in range, MSE targets of the output's
-            shape, a callable loss returning ``[B]``). A ``memory_budget`` too small for one point and one
-            direction is refused with the smallest budget that works.
+            RNG and batch-norm statistics restored, on a copy of x) checks that x fits the model, that the
+            output is one tensor ``[B, ...]`` and that the targets fit it (labels in range, MSE targets of the
+            output's shape, a callable loss returning ``[B]``). A ``memory_budget`` too small for one point and
+            one direction is refused with the smallest budget that works.
 
     Example:
         >>> import torch, lamda_ext
@@ -162,9 +188,9 @@ def directional_derivs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tens
         >>> tuple(d.shape)
         (5, 2, 4)
     """
-    budget = resolve_budget(memory_budget, x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
     job, name, fallback, forward_bytes = _prepare(model, x, y, order, directions, loss, wrt, backend, generator,
-                                                  label_smoothing)
+                                                  label_smoothing, params)
+    budget = resolve_budget(memory_budget, job.x.device)
     with frozen_batchnorm_stats(model), heap_reuse(job.x.device):
         derivs, loss0 = _run(job, name, fallback, budget, forward_bytes)
     return (derivs, loss0) if return_loss else derivs
@@ -189,7 +215,7 @@ def _run(job: Job, name: str, fallback: bool, budget: int, forward_bytes: int):
 def plan(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, order: int = 6,
          directions: Union[int, torch.Tensor] = 15, loss: LossSpec = "cross_entropy", wrt: str = "input",
          backend: str = "auto", generator: Optional[torch.Generator] = None, label_smoothing: float = 0.0,
-         memory_budget: Budget = "auto") -> Plan:
+         params=None, memory_budget: Budget = "auto") -> Plan:
     """How :func:`directional_derivs` with the same arguments splits its work (no derivative is returned).
 
     The taylor/fused backends measure the working memory and FLOPs of the call's first chunks — one point (or
@@ -211,9 +237,9 @@ def plan(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, *,
         >>> p.n_chunks, p.mode
         (1, 'graph')
     """
-    budget = resolve_budget(memory_budget, x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
     job, name, _, forward_bytes = _prepare(model, x, y, order, directions, loss, wrt, backend, generator,
-                                           label_smoothing)
+                                           label_smoothing, params)
+    budget = resolve_budget(memory_budget, job.x.device)
     if name not in ("taylor", "fused"):
         raise ValueError(f"backend={backend!r} runs unsplit (one direction at a time); plans are made for the "
                          "taylor and fused backends")

@@ -37,6 +37,7 @@ from torch.func import functional_call, grad, jvp, linearize, vmap
 
 from ._hvp_ops import ForwardOverReverseOps
 from ._state import RngReplay, fresh_input, outside_inference_mode
+from .batches import prepare
 from .checks import check_forward, check_hvp_inputs, check_reduction, check_v, params_and_v
 from .losses import LossSpec, resolve_loss
 from .memory import Budget, format_bytes, heap_reuse, resolve_budget
@@ -135,11 +136,17 @@ def _replays_consistently(tangent_map: Callable) -> bool:
 
 def _linearize(g: Callable, primal) -> Callable | None:
     """``torch.func.linearize`` of ``g`` at ``primal`` (with the cheap-tangent op formulations active): the tangent
-    map, or None when its replays would not compute the same map (:func:`_replays_consistently`)."""
+    map, or None when ``g`` cannot be traced or its replays would not compute the same map
+    (:func:`_replays_consistently`)."""
     with ForwardOverReverseOps(), torch_jvp_warning_filtered(), warnings.catch_warnings():
         # torch's constant folding warns about its own get_attr nodes
         warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
-        tangent_map = linearize(g, primal)[1]
+        try:
+            tangent_map = linearize(g, primal)[1]
+        except RuntimeError as err:      # untraceable: Python control flow on tensor values (a Hugging Face model
+            if "data-dependent" not in str(err):    # checking whether its attention mask pads anything)
+                raise
+            return None
     return tangent_map if _replays_consistently(tangent_map) else None
 
 
@@ -207,10 +214,14 @@ def _graph_nbytes(tangent_map: Callable | None) -> int:
         return 0
     seen, total = set(), 0
     for t in list(gm.parameters()) + list(gm.buffers()):
-        st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
-            total += st.nbytes()
+        try:
+            ptr, nbytes = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+        except RuntimeError:     # a folded constant without a valid storage of its own: count its elements
+            total += t.numel() * t.element_size()
+            continue
+        if ptr not in seen:
+            seen.add(ptr)
+            total += nbytes
     return total
 
 
@@ -239,7 +250,7 @@ class LinearizedHVP:
     @property
     def nbytes(self) -> int:
         """Bytes of the kept intermediates (complete once the first call has folded the primal part)."""
-        return _graph_nbytes(self._map)
+        return 0 if self._map is None else _graph_nbytes(self._map)
 
     def __call__(self, v: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """``H v`` for v ``[P]`` or ``[K, P]`` (same shape out, detached)."""
@@ -273,14 +284,19 @@ def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.T
 @outside_inference_mode
 def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec = "cross_entropy",
         wrt: str = "params", label_smoothing: float = 0.0, chunk_size: int | None = None,
-        reduction: str = "mean", memory_budget: Budget = "auto") -> torch.Tensor:
+        reduction: str = "mean", params=None, memory_budget: Budget = "auto") -> torch.Tensor:
     """Hessian-vector product(s) of the loss by forward-over-reverse.
 
     Args:
         model: any ``nn.Module`` (dropout/batch norm run in the model's current mode).
-        x: inputs ``[B, ...]``; y: targets (``[B]`` class labels for cross-entropy).
-        v: ``wrt="params"``: ``[P]`` or ``[K, P]`` (P = all parameters requiring grad, flattened in
-            ``model.parameters()`` order). ``wrt="input"``: ``[B, ...]`` like x, or ``[K, B, ...]``.
+        x: inputs ``[B, ...]``, or a mapping of the model's keyword arguments (:mod:`lamda_ext.batches`);
+            y: targets (``[B]`` class labels for cross-entropy; with a mapping, None = the model's own loss
+            from ``x["labels"]`` per sample).
+        v: ``wrt="params"``: ``[P]`` or ``[K, P]`` (P = all parameters requiring grad — or those ``params``
+            selects — flattened in ``model.parameters()`` order). ``wrt="input"``: ``[B, ...]`` like x, or
+            ``[K, B, ...]``; ``wrt="inputs_embeds"``/``"pixel_values"`` likewise, shaped like the batch's input
+            embeddings ``[B, T, d]`` / pixel values (positions with ``attention_mask`` 0 are held fixed: zero in
+            ``v`` and in the result).
         loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(output, y) -> [B]``.
         label_smoothing: for cross-entropy.
         chunk_size: directions per vmapped tangent evaluation (K directions share one primal pass
@@ -288,6 +304,8 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
             ``memory_budget`` allows.
         reduction: ``wrt="params"`` only: ``"mean"`` (the Hessian of the batch-mean loss) or ``"sum"``
             (of the summed loss, B times the mean's).
+        params: ``wrt="params"`` only: the parameters to differentiate (names of parameters or submodules, a
+            predicate ``f(name) -> bool`` or a submodule; :func:`lamda_ext.params.select_parameters`).
         memory_budget: bytes the call may use beyond the model and its inputs, or ``"auto"`` (half of the
             free memory of x's device). From the plain forward pass's allocations and the parameters' size
             (:func:`hvp_chunks`) the call picks how many directions one vmapped evaluation takes and — for
@@ -307,7 +325,9 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
         >>> tuple(lamda_ext.hvp(model, x, y, v).shape)
         (2, 26)
     """
-    budget = resolve_budget(memory_budget, x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
+    prob = prepare(model, x, y, loss=loss, wrt=wrt, params=params, label_smoothing=label_smoothing)
+    model, x, y, loss, wrt = prob.model, prob.x, prob.y, prob.loss, prob.wrt
+    budget = resolve_budget(memory_budget, x.device)
     y = check_hvp_inputs(model, x, y, loss, wrt, forward=False)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
@@ -322,15 +342,17 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
     else:
         batched = check_v(v, tuple(x.shape), x, "inputs x")
         params = {}
+        v = prob.restrict(v)
     rows = v.shape[0] if batched else 1
     param_bytes = sum(p.numel() * p.element_size() for p in params.values())
-    b, k = hvp_chunks(x.shape[0], rows, forward_bytes / x.shape[0], param_bytes, budget, _splittable(model, x, y))
+    splittable = _splittable(model, x, y) and (prob.source is None or wrt == "params")
+    b, k = hvp_chunks(x.shape[0], rows, forward_bytes / x.shape[0], param_bytes, budget, splittable)
     chunk = chunk_size if chunk_size is not None else (None if k >= rows else k)
     with torch.enable_grad(), heap_reuse(x.device):
         if wrt == "params":
             out = _params_hvp_points(model, x, y, v, loss_fn, params, chunk, b)
             return out * x.shape[0] if reduction == "sum" else out
-        return _input_hvp_points(model, x, y, v, loss_fn, chunk, b, batched)
+        return prob.restrict(_input_hvp_points(model, x, y, v, loss_fn, chunk, b, batched))
 
 
 def _point_slices(n: int, b: int):

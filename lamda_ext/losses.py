@@ -12,11 +12,29 @@ import torch.nn.functional as F
 
 LossSpec = Union[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 LOSS_NAMES = ("cross_entropy", "mse")
+IGNORE_INDEX = -100     # the class label F.cross_entropy skips by default: its per-sample loss is 0
 
 
 def cross_entropy_per_sample(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Softmax cross-entropy per sample: logits ``[B, C]``, integer targets ``[B]`` → ``[B]``."""
     return F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
+
+
+def split_ignored(y: torch.Tensor, ignore_index: int = IGNORE_INDEX):
+    """Class labels with ``ignore_index`` entries replaced by 0 (a valid index) and the mask of the counted ones.
+
+    Args:
+        y: integer class labels of any shape.
+        ignore_index: the label that marks an entry that does not count.
+
+    Returns:
+        ``(labels, keep)``: labels like ``y`` with every ignored entry set to 0, and ``keep`` (bool, ``y``'s shape,
+        True where counted) — or ``(y, None)`` when no entry is ignored.
+    """
+    ignored = y == ignore_index
+    if y.device.type == "meta" or not bool(ignored.any()):
+        return y, None
+    return y.masked_fill(ignored, 0), ~ignored
 
 
 def mse_per_sample(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -49,7 +67,8 @@ def check_targets(loss: LossSpec, y, batch: int):
     """Validate targets against a loss spec before any model evaluation; return them ready for every backend.
 
     Cross-entropy: integer class labels ``[B]`` (any integer dtype; returned as ``torch.long`` so that every
-    backend sees the same labels), none negative — ``ignore_index`` (−100) is not supported by any backend.
+    backend sees the same labels), each ≥ 0 or ``IGNORE_INDEX`` (−100): as in ``F.cross_entropy``, such a sample
+    counts for nothing (its loss and every derivative are 0).
     MSE: a finite floating-point tensor (its shape is checked against the output by :func:`check_output`).
     A callable loss receives ``y`` unchanged. Raises ``ValueError``/``TypeError`` with an actionable message.
     """
@@ -63,11 +82,11 @@ def check_targets(loss: LossSpec, y, batch: int):
         if y.shape != (batch,):
             raise ValueError(f"cross-entropy targets must have shape [B]=[{batch}], got {list(y.shape)}")
         y = y.long()
-        if batch and y.device.type != "meta" and int(y.min()) < 0:
-            i = int(torch.nonzero(y < 0)[0, 0])
-            hint = (" (cross-entropy's ignore_index = -100 is not supported by any backend: drop those samples, "
-                    "e.g. x[y >= 0], y[y >= 0])" if int(y[i]) == -100 else "")
-            raise ValueError(f"class labels must be ≥ 0, got label {int(y[i])} at position {i}{hint}")
+        bad = (y < 0) & (y != IGNORE_INDEX)
+        if batch and y.device.type != "meta" and bool(bad.any()):
+            i = int(torch.nonzero(bad)[0, 0])
+            raise ValueError(f"class labels must be ≥ 0, got label {int(y[i])} at position {i} "
+                             f"(only {IGNORE_INDEX} may be negative: it marks a sample that does not count)")
         return y
     if loss == "mse":
         if y is None:
@@ -87,7 +106,8 @@ def check_output(loss: LossSpec, out, y, batch: int) -> None:
 
     Every loss: one tensor ``[B, ...]`` whose batch size is x's. Cross-entropy: logits ``[B, C]`` and labels
     in ``0..C-1``. MSE: ``y`` has exactly the output's shape and dtype (no broadcasting). A callable loss
-    must return per-sample losses of shape ``[B]``.
+    must return per-sample losses of shape ``[B]``; one with a ``check(output, y)`` method is asked to validate
+    its targets first.
     """
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"the model returned a {type(out).__name__}, not a tensor: the loss needs one output "
@@ -113,6 +133,8 @@ def check_output(loss: LossSpec, out, y, batch: int) -> None:
             raise TypeError(f"mse targets are {y.dtype} but the model output is {out.dtype}; "
                             f"convert them with y.to({out.dtype})")
     elif callable(loss):
+        if callable(getattr(loss, "check", None)):     # a loss that validates its targets (lamda_ext.batches.OwnLoss)
+            loss.check(out, y)
         per = loss(out, y)
         if not isinstance(per, torch.Tensor) or tuple(per.shape) != (batch,):
             got = list(per.shape) if isinstance(per, torch.Tensor) else type(per).__name__

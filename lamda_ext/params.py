@@ -13,12 +13,99 @@ from torch.func import functional_call
 
 from ._state import fresh_input
 
-__all__ = ["trainable_parameters", "flatten_params", "unflatten_params", "functional_state", "model_loss_fn"]
+__all__ = ["trainable_parameters", "select_parameters", "ParameterSubset", "flatten_params", "unflatten_params",
+           "functional_state", "model_loss_fn"]
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters requiring grad, by name, in ``model.parameters()`` order."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _wanted_ids(model: nn.Module, spec) -> set[int]:
+    """Identities of the parameters ``spec`` names (see :func:`select_parameters`)."""
+    aliases = dict(model.named_parameters(remove_duplicate=False))     # tied weights under every name
+    if isinstance(spec, nn.Module):
+        if not any(spec is m for m in model.modules()):
+            raise ValueError(f"params: the {type(spec).__name__} given is not a submodule of the model")
+        return {id(p) for p in spec.parameters()}
+    if callable(spec):
+        return {id(p) for n, p in aliases.items() if spec(n)}
+    items = list(spec.values()) if isinstance(spec, dict) else [spec] if isinstance(spec, (str, torch.Tensor)) \
+        else list(spec)
+    modules = dict(model.named_modules())
+    ids = set()
+    for it in items:
+        if isinstance(it, torch.Tensor):
+            if not any(it is p for p in aliases.values()):
+                raise ValueError("params: some of the given tensors are not parameters of the model")
+            ids.add(id(it))
+        elif isinstance(it, str) and it in aliases:
+            ids.add(id(aliases[it]))
+        elif isinstance(it, str) and it in modules:
+            ids.update(id(p) for p in modules[it].parameters())
+        elif isinstance(it, str):
+            raise ValueError(f"params: the model has no parameter or submodule named {it!r}")
+        else:
+            raise TypeError(f"params must hold parameter tensors or names, got {type(it).__name__}")
+    return ids
+
+
+def select_parameters(model: nn.Module, spec=None) -> dict[str, torch.Tensor]:
+    """The parameters a ``params=`` argument selects, by name, in ``model.parameters()`` order.
+
+    Args:
+        model: the network.
+        spec: None (every parameter with ``requires_grad``); a name or a list of names — of parameters
+            (``"lm_head.weight"``, tied weights under any of their names) or of submodules
+            (``"transformer.h.1"``: all its parameters); parameter tensors or a dict of them; a predicate
+            ``f(name) -> bool`` over parameter names (e.g. ``lambda n: "lora_" in n``); or a submodule of
+            ``model`` (``model.transformer.h[-1]``).
+
+    Returns:
+        ``{name: parameter}``, each parameter once (tied weights under their first name).
+
+    Raises:
+        ValueError: a name, tensor or module that is not the model's, or an empty selection.
+        TypeError: a list entry that is neither a name nor a tensor.
+    """
+    if spec is None:
+        sel = trainable_parameters(model)
+        if not sel:
+            raise ValueError("the model has no parameters with requires_grad=True")
+        return sel
+    ids = _wanted_ids(model, spec)
+    sel = {n: p for n, p in model.named_parameters() if id(p) in ids}
+    if not sel:
+        raise ValueError("params selects no parameter of the model")
+    return sel
+
+
+class ParameterSubset(nn.Module):
+    """``model`` seen through only some of its parameters: ``parameters()``/``named_parameters()`` list the
+    selected ones (names prefixed ``model.``), everything else (forward, buffers, the other parameters as constants) is the model's own. Every tool
+    that differentiates "all parameters" of a module then differentiates just the selection.
+
+    Args:
+        model: the network; its train/eval mode is mirrored, never changed.
+        selected: ``{name: parameter}`` from :func:`select_parameters`; None: every parameter.
+    """
+
+    def __init__(self, model: nn.Module, selected: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.model = model
+        self.training = model.training
+        self.keep = None if selected is None else frozenset(id(p) for p in selected.values())
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """The selected parameters; with ``remove_duplicate=False`` (how ``torch.func.functional_call`` finds tied
+        weights) every parameter, so that a substituted weight reaches all modules that share it."""
+        for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
+            if self.keep is None or id(p) in self.keep or not remove_duplicate:
+                yield name, p
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
 
 
 def flatten_params(tensors) -> torch.Tensor:
@@ -49,7 +136,7 @@ def functional_state(model: nn.Module, names: set[str] | None = None) -> dict[st
     """
     names = set() if names is None else names
     state: dict[str, torch.Tensor | None] = {}
-    for name, p in model.named_parameters():
+    for name, p in nn.Module.named_parameters(model):      # all of them, also past a ParameterSubset's selection
         if name not in names:
             state[name] = p.detach()
     for name, b in model.named_buffers():

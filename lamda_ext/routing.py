@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-__all__ = ["RoutingMode", "HigherOrderSafe", "unguarded", "torch_jvp_warning_filtered"]
+__all__ = ["RoutingMode", "HigherOrderSafe", "unguarded", "torch_jvp_warning_filtered", "sdpa_masks", "composite_sdpa"]
 
 
 @contextlib.contextmanager
@@ -67,23 +67,56 @@ def _composite_hardsigmoid(input, inplace=False):
     return torch.clamp(input + 3.0, 0.0, 6.0) / 6.0
 
 
-def _composite_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+def sdpa_masks(length: int, src: int, attn_mask, is_causal: bool, device):
+    """The masks of ``scaled_dot_product_attention`` as its math backend applies them: ``(keep, bias, dead)``.
+
+    Args:
+        length, src: query and key lengths L, S. attn_mask: None, bool ``[..., L, S]`` (True = attend) or an
+            additive float mask. is_causal: a lower-triangular mask on top. device: of the masks.
+
+    Returns:
+        ``keep``: bool ``[..., L, S]`` of the positions that may be attended (None: all); ``bias``: the float mask
+        to add (None: none); ``dead``: bool ``[..., L, 1]`` of the rows with nothing to attend (every position
+        masked or -inf), or None. torch gives those rows zero weights; they are unmasked in ``keep`` and ``bias``
+        so that the softmax stays finite, and their weights are set to 0 after it.
+    """
+    keep = torch.ones(length, src, dtype=torch.bool, device=device).tril() if is_causal else None
+    bias = None
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            keep = attn_mask if keep is None else keep & attn_mask
+        else:
+            bias = attn_mask
+            finite = attn_mask != float("-inf")
+            keep = finite if keep is None else keep & finite
+    if keep is None:
+        return None, bias, None
+    dead = ~keep.any(-1, keepdim=True)
+    if not bool(dead.any()):
+        return keep, bias, None
+    return keep | dead, (bias.masked_fill(dead, 0.0) if bias is not None else None), dead
+
+
+def composite_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                     enable_gqa=False):
     """The math of ``scaled_dot_product_attention`` in elementary ops: the fused CPU/flash kernels have no
     derivatives past the first (no double backward, no forward-mode AD). Dropout draws its mask with
-    ``F.dropout`` on the attention weights, as the Taylor rule does, so replayed RNG gives one mask."""
+    ``F.dropout`` on the attention weights, as the Taylor rule does, so replayed RNG gives one mask; rows with
+    nothing to attend get zero weights, as in torch (:func:`sdpa_masks`)."""
     length, src = query.shape[-2], key.shape[-2]
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     if enable_gqa and query.dim() >= 3 and query.shape[-3] != key.shape[-3]:
         rep = query.shape[-3] // key.shape[-3]
         key, value = key.repeat_interleave(rep, -3), value.repeat_interleave(rep, -3)
     attn = torch.matmul(query, key.transpose(-2, -1)) * scale
-    if is_causal:
-        keep = torch.ones(length, src, dtype=torch.bool, device=query.device).tril()
+    keep, bias, dead = sdpa_masks(length, src, attn_mask, is_causal, query.device)
+    if keep is not None:
         attn = attn.masked_fill(~keep, float("-inf"))
-    if attn_mask is not None:
-        attn = attn.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else attn + attn_mask
+    if bias is not None:
+        attn = attn + bias
     attn = torch.softmax(attn, -1)
+    if dead is not None:
+        attn = attn.masked_fill(dead, 0.0)
     if dropout_p > 0.0:
         attn = torch.nn.functional.dropout(attn, dropout_p, True)
     return torch.matmul(attn, value)
@@ -111,7 +144,7 @@ _COMPOSITES = {torch.nn.functional.batch_norm: _composite_batch_norm,
                torch.nn.functional.layer_norm: _composite_layer_norm,
                torch.nn.functional.silu: _composite_silu,
                torch.nn.functional.hardsigmoid: _composite_hardsigmoid,
-               torch.nn.functional.scaled_dot_product_attention: _composite_sdpa,
+               torch.nn.functional.scaled_dot_product_attention: composite_sdpa,
                # nn.MultiheadAttention's slow path: torch's body, with the SDPA/layer-norm calls inside it routed
                torch.nn.functional.multi_head_attention_forward:
                    _Reenter(unguarded(torch.nn.functional.multi_head_attention_forward))}

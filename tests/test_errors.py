@@ -105,7 +105,8 @@ def _matrix_loss(out, y):
 
 # case name -> (f(model, x, y) -> (model, x, y, loss), exception, phrase)
 CASES = {
-    "ignore_index": (lambda m, x, y: (m, x, _label(y, 1, -100), "cross_entropy"), ValueError, "ignore_index"),
+    "negative_not_ignore_index": (lambda m, x, y: (m, x, _label(y, 1, -7), "cross_entropy"), ValueError,
+                                  "only -100 may be negative"),
     "negative_label": (lambda m, x, y: (m, x, _label(y, 2, -1), "cross_entropy"), ValueError,
                        "class labels must be ≥ 0, got label -1 at position 2"),
     "label_too_large": (lambda m, x, y: (m, x, _label(y, 3, 3), "cross_entropy"), ValueError,
@@ -161,6 +162,24 @@ def test_bad_input_table(caller, case):
     with pytest.raises(exc) as err:
         CALLERS[caller](m, x, y, loss)
     assert phrase in str(err.value), str(err.value)
+
+
+def _masked_ce(out, y):
+    """Cross-entropy with -100 labels counting 0, written without ignore_index (the reference)."""
+    return F.cross_entropy(out, y.clamp_min(0), reduction="none") * (y != -100).to(out.dtype)
+
+
+@pytest.mark.parametrize("caller", list(CALLERS))
+def test_ignore_index_counts_zero_at_every_entry_point(caller):
+    """Label -100 (F.cross_entropy's ignore_index) is accepted everywhere: the sample's loss and derivatives are 0,
+    the same numbers as a loss that masks it out by hand."""
+    m, (x, y) = _net(), _xy()
+    y = _label(y, 1, -100)
+    got = CALLERS[caller](m, x, y, "cross_entropy")
+    want = CALLERS[caller](m, x, y, _masked_ce)
+    assert rel_err(got.detach().reshape(1, -1), want.detach().reshape(1, -1), dim=0) < 1e-10
+    if caller.startswith("derivs-input"):
+        assert float(got[1].abs().max()) == 0.0 and float(got.abs().max()) > 0
 
 
 def test_table_cases_are_fine_when_repaired():

@@ -21,6 +21,8 @@ from lamda_ext.taylor.series import RULES, RunContext, TaylorSeries, is_series
 N = 4
 A = (3, 4)
 MASK = torch.tensor([True, False, True, True])
+LABELS = torch.tensor([0, 3, -100])               # class labels of A-shaped logits, one ignored
+LABELS_2D = torch.tensor([[0, 2, -100, 1]])       # of logits [1, 3 classes, 4 positions]
 
 
 def _setitem(a, b):
@@ -65,7 +67,8 @@ CASES = {
                    F.batch_norm(a, torch.zeros(3, dtype=a.dtype), torch.ones(3, dtype=a.dtype), None, w),
                    [(4, 3, 2), (3,)], None),
     "bmm": (lambda a, b: torch.bmm(a, b.sigmoid()), [(2, 3, 5), (2, 5, 4)], None),
-    "cat": (lambda a, b: torch.cat([a, b.exp(), torch.ones(3, 1, dtype=a.dtype)], 1), [A, (3, 2)], None),
+    "cat": (lambda a, b: torch.cat([a, b.exp(), torch.ones(3, 1, dtype=a.dtype), torch.tensor([], dtype=a.dtype)], 1),
+            [A, (3, 2)], None),    # the empty 1-D tensor is skipped, as torch.cat skips it
     "chunk": (lambda a: torch.chunk(a.exp(), 2, 1)[1] * a[:, :2], [A], None),
     "clamp": (lambda a: torch.clamp(a * 2, -1.0, 1.0).exp(), [A], None),
     "clip": (lambda a: torch.clip(a * 2, min=-0.5).exp(), [A], None),
@@ -77,6 +80,9 @@ CASES = {
     "conv2d": (lambda a, w, b: F.conv2d(a, w, b.exp(), stride=2), [(2, 2, 5, 5), (3, 2, 3, 3), (3,)], None),
     "conv3d": (lambda a, w: F.conv3d(a, w.exp(), groups=2), [(1, 2, 3, 3, 3), (4, 1, 2, 2, 2)], None),
     "copy": (_inplace("copy_", torch.ones(*A, dtype=torch.float64)), [A], None),
+    "cross_entropy": (lambda a, b: F.cross_entropy(a * b, LABELS, reduction="none", label_smoothing=0.1)
+                      + F.cross_entropy(a.exp(), LABELS) + F.cross_entropy(a.view(1, 3, 4), LABELS_2D, reduction="sum"),
+                      [A, A], None),
     "detach": (lambda a: a.detach() * a, [A], None),
     "div": (lambda a, b: torch.div(a, b) / 2.0, [A, A], "pos"),
     "double": (lambda a: a.double().exp(), [A], None),
@@ -175,6 +181,8 @@ CASES = {
     "t": (lambda a: a.exp().t(), [A], None),
     "tanh": (torch.tanh, [A], None),
     "to": (lambda a: a.to(torch.float64).exp(), [A], None),
+    "type": (lambda a: a.type(torch.float32).type("torch.DoubleTensor") * (a.type() == "torch.DoubleTensor"),
+             [A], "f32"),
     "transpose": (lambda a: a.exp().transpose(0, 1), [A], None),
     "type_as": (lambda a, b: a.type_as(b).exp(), [A, A], None),
     "unbind": (lambda a: a.exp().unbind(1)[2], [A], None),

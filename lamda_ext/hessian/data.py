@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections.abc import Mapping
 from typing import Iterable, Iterator
 
 import torch
@@ -131,8 +132,8 @@ def map_tensors(fn, obj):
     """``obj`` (a tensor or nested dict/list/tuple holding tensors) with ``fn`` applied to every tensor."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
-    if isinstance(obj, dict):
-        return type(obj)((k, map_tensors(fn, v)) for k, v in obj.items())
+    if isinstance(obj, Mapping):      # a dict, or a mapping such as a BatchEncoding (given back as a dict)
+        return (type(obj) if isinstance(obj, dict) else dict)((k, map_tensors(fn, v)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
         items = [map_tensors(fn, v) for v in obj]
         return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
@@ -149,10 +150,10 @@ def tensor_leaves(obj) -> list[torch.Tensor]:
 def is_single_loss_batch(data) -> bool:
     """For the ``loss_fn(model, batch)`` form: True when ``data`` is one batch — a tensor, a dict, or a
     tuple whose items are tensors, dicts or None — rather than an iterable of batches (a list, a DataLoader)."""
-    if isinstance(data, (torch.Tensor, dict)):
+    if isinstance(data, (torch.Tensor, Mapping)):
         return True
     return isinstance(data, tuple) and len(data) > 0 and all(
-        t is None or isinstance(t, (torch.Tensor, dict)) for t in data)
+        t is None or isinstance(t, (torch.Tensor, Mapping)) for t in data)
 
 
 def batch_samples(batch) -> int:

@@ -42,7 +42,8 @@ from ..hvp import LinearizedHVP, loss_hvp
 from ..losses import LossSpec, resolve_loss
 from ..taylor.impl import Composite, Fused
 from ..taylor.quadratic import QuadraticForms
-from ..params import functional_state, model_loss_fn, trainable_parameters
+from ..batches import holds_batches, own_loss_fn
+from ..params import functional_state, model_loss_fn, select_parameters
 from .data import (
     batch_samples,
     check_deterministic,
@@ -65,34 +66,6 @@ def _all_reduce_sum(acc: torch.Tensor, count: int, world: int) -> float:
     if total.item() == 0:
         raise ValueError("data yielded no samples")
     return float(total.item())
-
-
-def _select_params(model: nn.Module, params) -> dict[str, torch.Tensor]:
-    if params is None:
-        sel = trainable_parameters(model)
-        if not sel:
-            raise ValueError("the model has no parameters with requires_grad=True")
-        return sel
-    named = dict(model.named_parameters())
-    if isinstance(params, dict):
-        wanted_ids = {id(p) for p in params.values()}
-    else:
-        wanted_ids = set()
-        for p in params:
-            if isinstance(p, str):
-                if p not in named:
-                    raise ValueError(f"params: the model has no parameter named {p!r}")
-                wanted_ids.add(id(named[p]))
-            elif isinstance(p, torch.Tensor):
-                wanted_ids.add(id(p))
-            else:
-                raise TypeError(f"params must hold parameter tensors or names, got {type(p).__name__}")
-    sel = {n: p for n, p in named.items() if id(p) in wanted_ids}
-    if len(sel) != len(wanted_ids):
-        raise ValueError("params: some of the given tensors are not parameters of the model")
-    if not sel:
-        raise ValueError("params is empty")
-    return sel
 
 
 _TAYLOR_SAMPLES = 2048   # probes × samples per Taylor pass (bounds its memory: activations [probes·B, ...])
@@ -129,13 +102,17 @@ class HessianOperator:
             ``(output, y) -> [B]`` per-sample loss; with ``loss_fn`` leave it None.
         data: an ``(x, y)`` pair or an iterable of pairs (e.g. a ``DataLoader`` without shuffling);
             with ``loss_fn``: one batch (a tensor, a dict, or a tuple of tensors) or an iterable of batches
-            of any form. Batches are moved to the parameters' device; iterables are re-iterated on every product.
+            of any form. Batches that are mappings of the model's keyword arguments (dicts, Hugging Face
+            ``BatchEncoding``) with neither ``loss`` nor ``loss_fn`` given: the model's own loss from their
+            ``labels``, as the mean (``reduction="sum"``: the sum) of the per-sample losses of
+            :func:`lamda_ext.batches.sample_losses`. Batches are moved to the parameters' device; iterables are re-iterated on every product.
         loss_fn: ``loss_fn(model, batch) -> scalar`` instead of ``loss``: the batch-mean loss
             (``reduction="mean"``; batches are weighted by their sample count, the leading size of the
             batch's first tensor) or the batch's summed loss (``reduction="sum"``).
         reduction: ``"mean"`` (Hessian of the mean loss over all samples) or ``"sum"`` (of the summed loss).
-        params: the parameters to differentiate (tensors or names; default every parameter with
-            ``requires_grad``); P counts them flattened in ``model.parameters()`` order.
+        params: the parameters to differentiate: tensors, names of parameters or submodules, a predicate
+            ``f(name) -> bool`` or a submodule (:func:`lamda_ext.params.select_parameters`; default every
+            parameter with ``requires_grad``); P counts them flattened in ``model.parameters()`` order.
         label_smoothing: for cross-entropy.
         allow_nondeterministic: skip the refusal of active dropout, train-mode batch norm and
             shuffling loaders (which make repeated products disagree; such a setup is never cached).
@@ -162,6 +139,8 @@ class HessianOperator:
             raise ValueError("data is required: an (x, y) pair or an iterable of (x, y) pairs "
                              "(with loss_fn: a batch or an iterable of batches)")
         check_int(chunk, "chunk", allow_none=True)
+        if loss_fn is None and loss is None and holds_batches(data):    # keyword batches: the model's own loss
+            loss_fn = own_loss_fn(reduction)
         if loss_fn is not None:
             if not callable(loss_fn):
                 raise TypeError(f"loss_fn must be a callable loss_fn(model, batch) -> scalar, got {type(loss_fn).__name__}")
@@ -185,7 +164,7 @@ class HessianOperator:
         self.loss_fn = None if loss_fn is not None else resolve_loss(self.loss, label_smoothing)
         self.reduction = reduction
         self.data = data
-        self.params = _select_params(model, params)
+        self.params = select_parameters(model, params)
         first = next(iter(self.params.values()))
         self.dtype = first.dtype
         self.device = first.device

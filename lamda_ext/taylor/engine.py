@@ -16,7 +16,7 @@ from torch import nn
 
 from . import op_table  # noqa: F401  (fills the rule table)
 from .._state import fresh_input
-from ..losses import cross_entropy_per_sample, resolve_loss
+from ..losses import cross_entropy_per_sample, resolve_loss, split_ignored
 from .impl import Composite
 from .op_rules.arithmetic import mul, sub
 from .op_rules.factories import reduce
@@ -32,10 +32,14 @@ def head_terms(out, y, loss, label_smoothing: float, ctx: RunContext):
     if loss == "cross_entropy":
         if out.c0.dim() != 2:
             raise ValueError(f"cross-entropy needs logits of shape [B, classes], the model returned {list(out.shape)}")
+        safe, keep = split_ignored(y)       # ignored samples (label -100): loss and derivatives 0
         if out.degree == 1:
+            d = ctx.impl.cross_entropy_deg1(out.c0, out.hi[0], safe, n, label_smoothing)
             return (cross_entropy_per_sample(out.c0, y, label_smoothing),
-                    ctx.impl.cross_entropy_deg1(out.c0, out.hi[0], y, n, label_smoothing))
-        terms = ctx.impl.cross_entropy(out.terms(), y, n + 1, label_smoothing)
+                    d if keep is None else d * keep.unsqueeze(-1).to(d.dtype))
+        terms = ctx.impl.cross_entropy(out.terms(), safe, n + 1, label_smoothing)
+        if keep is not None:
+            terms = [t * keep.to(t.dtype) for t in terms]
     elif loss == "mse":
         diff = sub(out, y)
         sq = mul(diff, diff)

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from .op_rules import activations, arithmetic, attention, linear, norms, products, selection, shape
+from .op_rules import activations, arithmetic, attention, linear, losses, norms, products, selection, shape
 from .op_rules.factories import (constant_like, dropout_mask, elementwise, per_sample_linear, primal_only,
                                  reduction)
 from .recurrences import UNARY_KINDS
@@ -55,6 +55,7 @@ TABLE: Dict[Tuple[str, ...], Callable] = {
     ("elu",): activations.elu,
     ("log_softmax",): activations.log_softmax,
     ("softmax",): activations.softmax,
+    ("cross_entropy",): losses.cross_entropy,
     # ---- piecewise-linear activations
     ("relu",): activations.relu,
     ("leaky_relu",): activations.leaky_relu,
@@ -115,6 +116,7 @@ TABLE: Dict[Tuple[str, ...], Callable] = {
     ("roll",): shape.roll,
     # ---- dtype and graph
     ("to", "type_as"): shape.to,
+    ("type",): shape.type_,
     ("float",): shape.to_float,
     ("double",): shape.to_double,
     ("detach",): shape.detach,

@@ -423,6 +423,29 @@ VIEW_OPS = {"getitem", "view", "reshape", "view_as", "reshape_as", "flatten", "p
             "contiguous", "movedim", "unflatten", "swapaxes", "swapdims"}
 
 
+def _primals(obj):
+    if isinstance(obj, TaylorSeries):
+        return obj.c0
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_primals(o) for o in obj)
+    return obj
+
+
+def _rule_failure(name, func, args, kwargs, inplace: bool, err: Exception) -> Exception:
+    """The error to raise when the rule of ``name`` failed: the op's own error when the op fails on the primals
+    too (the call is wrong, as it would be without Taylor mode), else a ``NotImplementedError`` naming the op and
+    the module (the rule does not cover this form of the op)."""
+    if not inplace:
+        try:
+            func(*_primals(args), **{k: _primals(v) for k, v in kwargs.items()})
+        except Exception:       # the plain op fails as well: the caller's own error
+            return err
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return NotImplementedError(
+        f"Taylor mode has no rule for op '{name}' in this form (called from {_where()}): its rule failed with "
+        f"{type(err).__name__}: {first}. backend='autograd' (or 'func') works for any differentiable op.")
+
+
 def dispatch(func, args, kwargs):
     name = canonical_name(func)
     rule = RULES.get(name)
@@ -435,7 +458,12 @@ def dispatch(func, args, kwargs):
     inplace = _inplace_flag(func, args, kwargs)
     if inplace and not (args and isinstance(args[0], TaylorSeries)):
         _commit_inplace(name, args[0] if args else None, None)   # raises: a plain tensor cannot hold a series
-    out = rule(*args, **kwargs)
+    try:
+        out = rule(*args, **kwargs)
+    except (IndexError, RuntimeError, TypeError, ValueError) as err:
+        if isinstance(err, (NotImplementedError, torch.OutOfMemoryError)):
+            raise
+        raise _rule_failure(name, func, args, kwargs, inplace, err) from err
     observe = _state.ctx.observe if getattr(_state, "ctx", None) is not None else None
     if observe is not None:
         out = observe(name, out)

@@ -56,10 +56,10 @@ def log_softmax(x, dim=None, _stacklevel=3, dtype=None):
     d = dim if dim >= 0 else dim + x.c0.dim()
     terms = [t.movedim(d if i == 0 else d + 1, -1) for i, t in enumerate(x.terms())]
     m = terms[0].detach().amax(dim=-1, keepdim=True)
-    e = recurrences.exp_list([terms[0] - m] + terms[1:], n)
+    shifted = [terms[0] - m] + terms[1:]          # log_softmax(x) = (x − m) − log Σ e^(x − m): no cancellation
+    e = recurrences.exp_list(shifted, n)
     lse = recurrences.log_list([c.sum(dim=-1, keepdim=True) for c in e], n)
-    lse[0] = lse[0] + m
-    out = [(terms[i] if i < len(terms) else 0.0) - lse[i] for i in range(n)]
+    out = [(shifted[i] if i < len(shifted) else 0.0) - lse[i] for i in range(n)]
     return from_terms([o.movedim(-1, d if i == 0 else d + 1) for i, o in enumerate(out)])
 
 

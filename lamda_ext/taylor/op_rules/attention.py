@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ...routing import unguarded
+from ...routing import sdpa_masks, unguarded
 from ..series import is_series
 from .activations import softmax
 from .arithmetic import add, mul
@@ -36,11 +36,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     kt = transpose(key, -2, -1) if is_series(key) else key.transpose(-2, -1)
     attn = mul(matmul(query, kt), scale)
     ref = attn.c0 if is_series(attn) else attn
-    if is_causal:
-        attn = _masked(attn, torch.ones(length, src, dtype=torch.bool, device=ref.device).tril())
-    if attn_mask is not None:
-        attn = _masked(attn, attn_mask) if attn_mask.dtype == torch.bool else add(attn, attn_mask)
+    keep, bias, dead = sdpa_masks(length, src, attn_mask, is_causal, ref.device)
+    if keep is not None:
+        attn = _masked(attn, keep)
+    if bias is not None:
+        attn = add(attn, bias)
     attn = softmax(attn, -1) if is_series(attn) else torch.softmax(attn, -1)
+    if dead is not None:        # rows with nothing to attend: zero weights, as torch gives them
+        attn = masked_fill(attn, dead, 0.0) if is_series(attn) else attn.masked_fill(dead, 0.0)
     if dropout_p > 0.0:
         attn = dropout(attn, dropout_p, True) if is_series(attn) else F.dropout(attn, dropout_p, True)
     return matmul(attn, value)

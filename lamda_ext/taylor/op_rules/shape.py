@@ -11,8 +11,8 @@ from .factories import on_shifted_dims
 
 __all__ = ["reshape", "view_as", "flatten", "permute", "transpose", "t", "unsqueeze", "squeeze", "contiguous",
            "expand", "expand_as", "getitem", "cat", "stack", "chunk", "split", "unbind", "narrow", "select",
-           "unflatten", "movedim", "repeat", "repeat_interleave", "pad", "roll", "detach", "to", "to_float",
-           "to_double"]
+           "unflatten", "movedim", "repeat", "repeat_interleave", "pad", "roll", "detach", "to", "type_",
+           "to_float", "to_double"]
 
 
 def _shape_args(args) -> tuple:
@@ -135,6 +135,8 @@ def pad(x, pad, mode="constant", value=None):
 def _join(tensors, dim, fn):
     """``torch.cat``/``torch.stack`` of series and constants: every operand padded to the highest degree."""
     tensors = list(tensors)
+    if fn is torch.cat:     # torch.cat skips legacy empty 1-D constants (e.g. an empty key/value cache)
+        tensors = [t for t in tensors if is_series(t) or not (isinstance(t, torch.Tensor) and t.shape == (0,))]
     series = [t for t in tensors if is_series(t)]
     if not series:
         return fn(tensors, dim)
@@ -163,6 +165,14 @@ def to(x, *args, **kwargs):
     """``to``/``type_as``: every coefficient follows the primal's new dtype and device."""
     c0 = x.c0.to(*args, **kwargs) if not isinstance(args[0] if args else None, TaylorSeries) else x.c0
     return TaylorSeries(c0, x.hi.to(dtype=c0.dtype, device=c0.device))
+
+
+def type_(x, dtype=None, non_blocking=False, **kwargs):
+    """``x.type()`` (the primal's type name) or ``x.type(dtype)`` (a cast, as ``to``)."""
+    if dtype is None:
+        return x.c0.type()
+    c0 = x.c0.type(dtype, non_blocking)
+    return TaylorSeries(c0, x.hi.to(c0.dtype))
 
 
 def to_float(x):
