@@ -28,17 +28,17 @@ Conventions (shared with :mod:`lamda_ext.hvp_reference`):
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, linearize, vmap
+from torch.func import functional_call, grad, jvp, vmap
 
 from ._hvp_ops import ForwardOverReverseOps
 from ._state import RngReplay, fresh_input, outside_inference_mode
 from .batches import prepare
 from .checks import check_forward, check_hvp_inputs, check_reduction, check_v, params_and_v
+from .linearize import TangentMap, linearize
 from .losses import LossSpec, resolve_loss
 from .memory import Budget, format_bytes, heap_reuse, resolve_budget
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
@@ -82,72 +82,18 @@ def _default_chunk(v: torch.Tensor) -> int | None:
     return 1 if v.device.type == "cpu" else None
 
 
-def _folded_graph(tangent_map: Callable) -> torch.fx.GraphModule | None:
-    """The constant-folded graph a ``torch.func.linearize`` tangent map replays (None when it is not found)."""
-    for cell in getattr(tangent_map, "__closure__", None) or ():
-        if isinstance(cell.cell_contents, torch.fx.GraphModule):
-            return cell.cell_contents
-    return None
-
-
-# in-place ops that replace every value they write: a replay recomputes what they write
-_OVERWRITES = {torch.ops.aten.fill_.Scalar, torch.ops.aten.fill_.Tensor, torch.ops.aten.zero_.default,
-               torch.ops.aten.copy_.default}
-
-
-def _written_nodes(node: torch.fx.Node) -> list:
-    """The graph values an op node writes into (its arguments the op's schema marks as written)."""
-    schema = getattr(node.target, "_schema", None)
-    if node.op != "call_function" or schema is None:
-        return []
-    out = []
-    for i, arg in enumerate(schema.arguments):
-        if arg.alias_info is not None and arg.alias_info.is_write:
-            val = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
-            out += [a for a in (val if isinstance(val, (list, tuple)) else [val]) if isinstance(a, torch.fx.Node)]
-    return out
-
-
-def _replays_consistently(tangent_map: Callable) -> bool:
-    """Whether every replay of a linearised graph computes the same map.
-
-    The values of the graph that do not depend on the direction are computed once and kept (constant folding).
-    An in-place write into one of them (a model that changes its input or an intermediate in place, such as
-    ``h += r``) would be applied again by every replay, each replay then starting from the previous one's values.
-    A full overwrite (``fill_``, ``zero_``, ``copy_``) of a kept value that nothing else reads is redone by every
-    replay and is consistent. False also when the graph is not found.
-    """
-    gm = _folded_graph(tangent_map)
-    if gm is None:
-        return False
-    per_replay = set()
-    for node in gm.graph.nodes:
-        if node.op == "placeholder" or any(a in per_replay for a in node.all_input_nodes):
-            per_replay.add(node)
-        for written in _written_nodes(node):
-            if written in per_replay:
-                continue
-            if node.target in _OVERWRITES and len(written.users) == 1:
-                per_replay.add(node)
-                continue
-            return False
-    return True
-
-
-def _linearize(g: Callable, primal) -> Callable | None:
-    """``torch.func.linearize`` of ``g`` at ``primal`` (with the cheap-tangent op formulations active): the tangent
-    map, or None when ``g`` cannot be traced or its replays would not compute the same map
-    (:func:`_replays_consistently`)."""
-    with ForwardOverReverseOps(), torch_jvp_warning_filtered(), warnings.catch_warnings():
-        # torch's constant folding warns about its own get_attr nodes
-        warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
+def _linearize(g: Callable, primal) -> TangentMap | None:
+    """:func:`lamda_ext.linearize.linearize` of ``g`` at ``primal`` with the cheap-tangent op formulations active:
+    the tangent map, or None where no consistent replay is found (a write into a tensor the function closes over,
+    a graph that cannot be functionalised) or ``g`` cannot be traced (Python control flow on tensor values, e.g. a
+    Hugging Face model checking whether its attention mask pads anything)."""
+    with ForwardOverReverseOps():
         try:
-            tangent_map = linearize(g, primal)[1]
-        except RuntimeError as err:      # untraceable: Python control flow on tensor values (a Hugging Face model
-            if "data-dependent" not in str(err):    # checking whether its attention mask pads anything)
+            return linearize(g, primal)
+        except RuntimeError as err:
+            if "data-dependent" not in str(err):
                 raise
             return None
-    return tangent_map if _replays_consistently(tangent_map) else None
 
 
 def _eager_tangent_map(g: Callable, primal) -> Callable:
@@ -176,12 +122,14 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
                           chunk_size: int | None) -> torch.Tensor:
     """``jvp`` of the gradient map ``g`` at ``primal`` along one direction or each row of ``v``.
 
-    For K > 1 directions ``torch.func.linearize`` evaluates the forward-over-reverse pass once and
-    keeps its tangent part as a graph; that graph is then vmapped over the directions (``chunk_size``
-    at a time, see :func:`_default_chunk`), so the primal forward and backward are not repeated per
-    direction or per chunk. Where replaying the graph would not give the same map (the function writes in
-    place into values of the point) every direction takes its own ``jvp``. ``unpack`` turns a direction into
-    the tangent pytree, ``pack`` the resulting tangent pytree into the output layout.
+    For K > 1 directions :func:`lamda_ext.linearize.linearize` traces the forward-over-reverse pass once,
+    evaluates its primal part once and keeps its tangent part as a graph; that graph is then vmapped over the
+    directions (``chunk_size`` at a time, see :func:`_default_chunk`), so the primal forward and backward are not
+    repeated per direction or per chunk. In-place ops on values of the point (``out += identity``, a model that
+    changes its input) are replayed in their out-of-place form. Where no consistent replay is found (see
+    :func:`lamda_ext.linearize.linearize`) every direction takes its own ``jvp``.
+    ``unpack`` turns a direction into the tangent pytree, ``pack`` the resulting tangent pytree into the output
+    layout.
     """
     if not batched or v.shape[0] == 1:
         vs = v if not batched else v[0]
@@ -193,7 +141,7 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
     # single-direction HVP would draw, and the generator ends one draw on, as after that HVP
     start = RngReplay(v.device)
     tangent_map = _linearize(g, primal)
-    if tangent_map is None:      # the function writes in place into values of the point: one jvp per direction
+    if tangent_map is None:      # no consistent replay: one jvp per direction
         return _apply_tangent_map(_eager_tangent_map(g, primal), v, unpack, pack, 1, start)
     return _apply_tangent_map(tangent_map, v, unpack, pack, chunk_size, start)
 
@@ -207,33 +155,17 @@ def loss_hvp(f: Callable, primal: dict[str, torch.Tensor], v: torch.Tensor,
                                  flatten_params, chunk_size)
 
 
-def _graph_nbytes(tangent_map: Callable | None) -> int:
-    """Bytes held by the constants of a linearised graph (distinct storages), 0 when none are found."""
-    gm = _folded_graph(tangent_map)
-    if gm is None:
-        return 0
-    seen, total = set(), 0
-    for t in list(gm.parameters()) + list(gm.buffers()):
-        try:
-            ptr, nbytes = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
-        except RuntimeError:     # a folded constant without a valid storage of its own: count its elements
-            total += t.numel() * t.element_size()
-            continue
-        if ptr not in seen:
-            seen.add(ptr)
-            total += nbytes
-    return total
-
-
 class LinearizedHVP:
     """The forward-over-reverse HVP of one scalar function ``f(params dict)`` at ``primal``, linearised once.
 
-    Construction traces the forward-over-reverse pass; the first call evaluates its primal part once
-    and keeps what the tangent pass needs (the activations and backward intermediates, :attr:`nbytes`
-    bytes); every call replays only the tangent part, for one direction ``[P]`` or each row of ``[K, P]``
-    (``chunk_size`` rows per vmapped replay; None = one at a time on the CPU, all at once elsewhere). For
-    deterministic functions only: random ops would draw again on every replay. A function that writes in
-    place into values of the point (:attr:`replays` False) keeps nothing and takes one ``jvp`` per direction.
+    Construction traces the forward-over-reverse pass (:func:`lamda_ext.linearize.linearize`), evaluates its
+    primal part once and keeps what the tangent pass needs (the activations and backward intermediates,
+    :attr:`nbytes` bytes); every call replays only the tangent part, for one direction ``[P]`` or each row of
+    ``[K, P]`` (``chunk_size`` rows per vmapped replay; None = one at a time on the CPU, all at once elsewhere).
+    In-place ops on values of the point (``h += r``, ``relu_``, a model that changes its input) replay in their
+    out-of-place form. For deterministic functions only: random ops would draw again on every replay. Where no
+    consistent replay is found (:func:`lamda_ext.linearize.linearize`; :attr:`replays` False) nothing is kept and
+    every direction takes its own ``jvp``.
     """
 
     def __init__(self, f: Callable, primal: dict[str, torch.Tensor]):
@@ -249,8 +181,8 @@ class LinearizedHVP:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the kept intermediates (complete once the first call has folded the primal part)."""
-        return 0 if self._map is None else _graph_nbytes(self._map)
+        """Bytes of the kept intermediates (0 when nothing is kept)."""
+        return 0 if self._map is None else self._map.nbytes
 
     def __call__(self, v: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """``H v`` for v ``[P]`` or ``[K, P]`` (same shape out, detached)."""

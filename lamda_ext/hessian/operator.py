@@ -283,7 +283,7 @@ class HessianOperator:
             if not self._cache_full:
                 lin = LinearizedHVP(f, self.params)
                 self.n_linearizations += 1
-                out = lin(V, self.chunk)      # the first call folds the primal part: nbytes is known after it
+                out = lin(V, self.chunk)
                 self._cache.pop(i, None)      # a different batch at this position: its old linearisation goes
                 if self.cached_bytes + lin.nbytes <= self.memory_budget:
                     self._keep(self._cache, i, leaves, lin)
