@@ -28,35 +28,22 @@ Conventions (shared with :mod:`lamda_ext.hvp_reference`):
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, linearize, vmap
+from torch.func import functional_call, grad, jvp, vmap
 
 from ._hvp_ops import ForwardOverReverseOps
 from ._state import RngReplay, outside_inference_mode
-from .checks import check_hvp_inputs, check_reduction, check_v, params_and_v
+from .checks import check_hvp_inputs, check_int, check_reduction, check_v, params_and_v
+from .gauss_newton import gauss_newton_product
+from .linearization import default_chunk, linearize_map, linearized_nbytes
+from .loss_curvature import check_curvature
 from .losses import LossSpec, resolve_loss
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
 
 __all__ = ["hvp", "params_hvp", "input_hvp", "loss_hvp", "LinearizedHVP"]
-
-
-def _default_chunk(v: torch.Tensor) -> int | None:
-    """Directions per vmapped evaluation: all of them on a GPU; one at a time on the CPU, where the
-    tangent passes are bound by memory traffic (K-batched activations ``[K·B, ...]`` leave the cache)."""
-    return 1 if v.device.type == "cpu" else None
-
-
-def _linearize(g: Callable, primal):
-    """``torch.func.linearize`` of ``g`` at ``primal`` (with the cheap-tangent op formulations active)."""
-    with ForwardOverReverseOps(), warnings.catch_warnings():
-        # torch's constant folding warns about its own get_attr nodes
-        warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
-        return linearize(g, primal)[1]
 
 
 def _apply_tangent_map(tangent_map: Callable, v: torch.Tensor, unpack: Callable, pack: Callable,
@@ -67,7 +54,7 @@ def _apply_tangent_map(tangent_map: Callable, v: torch.Tensor, unpack: Callable,
             start.reset()
         return pack(tangent_map(unpack(vec)))
 
-    chunk = _default_chunk(v) if chunk_size is None else chunk_size
+    chunk = default_chunk(v.device) if chunk_size is None else chunk_size
     if chunk == 1 or v.shape[0] == 1:
         return torch.stack([one(vec) for vec in v])
     return vmap(one, chunk_size=chunk, randomness="same")(v)
@@ -79,8 +66,8 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
 
     For K > 1 directions ``torch.func.linearize`` evaluates the forward-over-reverse pass once and
     keeps its tangent part as a graph; that graph is then vmapped over the directions (``chunk_size``
-    at a time, see :func:`_default_chunk`), so the primal forward and backward are not repeated per
-    direction or per chunk. ``unpack`` turns a direction into the tangent pytree, ``pack`` the
+    at a time, see :func:`lamda_ext.linearization.default_chunk`), so the primal forward and backward are
+    not repeated per direction or per chunk. ``unpack`` turns a direction into the tangent pytree, ``pack`` the
     resulting tangent pytree into the output layout.
     """
     if not batched or v.shape[0] == 1:
@@ -92,7 +79,7 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
     # restarts the generator where the trace started, so every direction sees the mask that a
     # single-direction HVP would draw, and the generator ends one draw on, as after that HVP
     start = RngReplay(v.device)
-    tangent_map = _linearize(g, primal)
+    tangent_map = linearize_map(g, primal)[1]
     return _apply_tangent_map(tangent_map, v, unpack, pack, chunk_size, start)
 
 
@@ -103,20 +90,6 @@ def loss_hvp(f: Callable, primal: dict[str, torch.Tensor], v: torch.Tensor,
     primal = {k: t.detach() for k, t in primal.items()}
     return _forward_over_reverse(grad(f), primal, v, v.dim() == 2, lambda vec: unflatten_params(vec, primal),
                                  flatten_params, chunk_size)
-
-
-def _graph_nbytes(tangent_map: Callable) -> int:
-    """Bytes held by the constants of a linearised graph (distinct storages), 0 when none are found."""
-    seen, total = set(), 0
-    for cell in getattr(tangent_map, "__closure__", None) or ():
-        mod = cell.cell_contents
-        if isinstance(mod, torch.nn.Module):
-            for t in list(mod.parameters()) + list(mod.buffers()):
-                st = t.untyped_storage()
-                if st.data_ptr() not in seen:
-                    seen.add(st.data_ptr())
-                    total += st.nbytes()
-    return total
 
 
 class LinearizedHVP:
@@ -132,12 +105,12 @@ class LinearizedHVP:
     def __init__(self, f: Callable, primal: dict[str, torch.Tensor]):
         self.primal = {k: t.detach() for k, t in primal.items()}
         with torch.enable_grad():
-            self._map = _linearize(grad(f), self.primal)
+            self._map = linearize_map(grad(f), self.primal)[1]
 
     @property
     def nbytes(self) -> int:
         """Bytes of the kept intermediates (complete once the first call has folded the primal part)."""
-        return _graph_nbytes(self._map)
+        return linearized_nbytes(self._map)
 
     def __call__(self, v: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """``H v`` for v ``[P]`` or ``[K, P]`` (same shape out, detached)."""
@@ -169,8 +142,8 @@ def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.T
 @outside_inference_mode
 def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec = "cross_entropy",
         wrt: str = "params", label_smoothing: float = 0.0, chunk_size: int | None = None,
-        reduction: str = "mean") -> torch.Tensor:
-    """Hessian-vector product(s) of the loss by forward-over-reverse.
+        reduction: str = "mean", curvature: str = "hessian", mc_samples: int = 1, mc_seed: int = 0) -> torch.Tensor:
+    """Hessian-vector product(s) of the loss by forward-over-reverse (or products with another curvature).
 
     Args:
         model: any ``nn.Module`` (dropout/batch norm run in the model's current mode).
@@ -183,9 +156,15 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
             either way); None = one at a time on the CPU, all at once elsewhere.
         reduction: ``wrt="params"`` only: ``"mean"`` (the Hessian of the batch-mean loss) or ``"sum"``
             (of the summed loss, B times the mean's).
+        curvature: ``wrt="params"`` only: ``"hessian"`` (default), or ``"ggn"``, ``"fisher"``, ``"fisher_mc"``,
+            ``"empirical_fisher"``: ``Jᵀ M J v`` by a Jacobian–vector / vector–Jacobian pair
+            (:mod:`lamda_ext.gauss_newton`, :mod:`lamda_ext.loss_curvature`; the model must be deterministic:
+            eval mode). ``"fisher"``/``"fisher_mc"`` need ``loss="cross_entropy"`` or ``"mse"``.
+        mc_samples, mc_seed: ``curvature="fisher_mc"``: sampled targets per sample and their seed
+            (:func:`lamda_ext.loss_curvature.sample_targets` with batch index 0).
 
     Returns:
-        ``H v`` with the shape of ``v``. For ``wrt="params"`` H is the Hessian of the batch-mean (or summed) loss;
+        ``H v`` with the shape of ``v``. For ``wrt="params"`` H is the curvature of the batch-mean (or summed) loss;
         for ``wrt="input"`` entry b is ``H_b v_b`` (Hessian of sample b's loss w.r.t. ``x_b``).
         The result is detached (not differentiable w.r.t. the parameters).
     """
@@ -193,12 +172,23 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     check_reduction(reduction)
+    check_curvature(curvature, loss, loss_fn_form=False)
     loss_fn = resolve_loss(loss, label_smoothing)
     if wrt == "params":
         params, _ = params_and_v(model, v)
-        with torch.enable_grad():
-            out = params_hvp(model, x, y, v, loss_fn, params, chunk_size).detach()
+        if curvature != "hessian":
+            from .hessian.data import check_deterministic   # the hessian package imports this module
+            check_deterministic(model, what=f"curvature={curvature!r}")
+            out = gauss_newton_product(model, x, y, v, loss, curvature, params, label_smoothing=label_smoothing,
+                                       mc_samples=check_int(mc_samples, "mc_samples"), mc_seed=mc_seed,
+                                       chunk=chunk_size)
+        else:
+            with torch.enable_grad():
+                out = params_hvp(model, x, y, v, loss_fn, params, chunk_size).detach()
         return out * x.shape[0] if reduction == "sum" else out
+    if curvature != "hessian":
+        raise NotImplementedError(f"curvature={curvature!r} is defined for wrt='params'; input-space products "
+                                  "are Hessian-vector products")
     if reduction != "mean":
         raise ValueError("reduction applies to wrt='params'; input-space HVPs are per sample (H_b v_b), "
                          "leave reduction='mean'")
