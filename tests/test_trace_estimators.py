@@ -14,6 +14,7 @@ import torch
 
 from lamda_ext.hessian import (MatrixOperator, TraceEstimate, hessian_diagonal, hessian_trace, hutchinson_diagonal,
                                hutchinson_trace, hutchpp_trace, xtrace)
+from lamda_ext.hessian.hutchpp import Sketch
 from lamda_ext.hessian.xtrace import xtrace_estimates
 
 from _helpers import DT, batch, dense_param_hessian, mlp
@@ -95,6 +96,33 @@ def test_budget_caps_an_unreachable_target(method):
     with pytest.warns(RuntimeWarning, match="rtol=0.0001 after"):
         est = ESTIMATORS[method](op, rtol=1e-4, matvecs=40, generator=_gen(3), block=8)
     assert not est.converged and est.matvecs <= 40 and op.n_products <= 40
+
+
+def test_hutchpp_plain_samples_and_fallback():
+    # every deflated probe also yields its plain sample gᵀAg without a product
+    A, _ = _matrix(P=50, signs=True)
+    op = MatrixOperator(A)
+    sk = Sketch(op, block=8)
+    S = torch.randn(6, 50, generator=_gen(1), dtype=DT)
+    torch.testing.assert_close(sk.grow(S), ((S @ A) * S).sum(dim=1), rtol=1e-12, atol=1e-12)
+    G = torch.randn(5, 50, generator=_gen(2), dtype=DT)
+    before = op.n_products
+    d, h = sk.probe(G)
+    assert op.n_products - before == 5                     # one quadratic form per probe, nothing more
+    torch.testing.assert_close(h, ((G @ A) * G).sum(dim=1), rtol=1e-12, atol=1e-12)
+    Gp = G - (G @ sk.Q.t()) @ sk.Q
+    torch.testing.assert_close(d, ((Gp @ A) * Gp).sum(dim=1), rtol=1e-12, atol=1e-12)
+    assert sk.trace == pytest.approx(float(torch.trace(sk.Q @ A @ sk.Q.t())), rel=1e-12)
+    # a diagonally dominant A with a flat spectrum: deflation adds off-diagonal mass, the plain samples spread
+    # less; the adaptive estimate falls back to them (sketch 0) and costs little more than Hutchinson
+    g = _gen(3)
+    N = torch.randn(200, 200, generator=g, dtype=DT) * 0.02
+    D = torch.diag(torch.linspace(1.0, 2.0, 200, dtype=DT)) + (N + N.t()) / 2
+    exact = float(D.trace())
+    est = hutchpp_trace(MatrixOperator(D), rtol=0.002, generator=_gen(4), block=16)
+    plain = hutchinson_trace(MatrixOperator(D), rtol=0.002, generator=_gen(4), block=16)
+    assert est.sketch == 0 and est.converged and abs(float(est) - exact) <= 4 * est.std_error
+    assert est.samples.numel() == est.probes and est.matvecs <= plain.matvecs + 3 * 16 + 16
 
 
 def test_exact_cases():

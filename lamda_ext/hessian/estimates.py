@@ -16,7 +16,7 @@ from ..checks import check_int
 from .lanczos import rademacher
 
 __all__ = ["TraceEstimate", "DiagonalEstimate", "draw_probes", "apply_blocks", "product_budget", "reached",
-           "warn_unconverged", "gram64", "extend_basis", "MIN_SAMPLES", "DEFAULT_MATVECS", "MAX_ADAPTIVE_MATVECS"]
+           "warn_unconverged", "gram64", "rowdot64", "extend_basis", "MIN_SAMPLES", "DEFAULT_MATVECS", "MAX_ADAPTIVE_MATVECS"]
 
 MIN_SAMPLES = 8                 # samples before a standard error is trusted to stop an adaptive estimate
 DEFAULT_MATVECS = 100           # products when neither a budget nor a target is given
@@ -117,12 +117,21 @@ def warn_unconverged(est: TraceEstimate) -> TraceEstimate:
     return est
 
 
-def gram64(A: torch.Tensor, B: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+def gram64(A: torch.Tensor, B: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
     """``A Bᵀ`` for rows ``A`` ``[a, P]``, ``B`` ``[b, P]``, accumulated in float64 (``chunk`` columns at a
     time), on the CPU."""
     out = torch.zeros(A.shape[0], B.shape[0], dtype=torch.float64, device=A.device)
     for j in range(0, A.shape[1], chunk):
         out += A[:, j:j + chunk].to(torch.float64) @ B[:, j:j + chunk].to(torch.float64).t()
+    return out.cpu()
+
+
+def rowdot64(A: torch.Tensor, B: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    """``Σ_j A_ij B_ij`` for rows ``A``, ``B`` ``[n, P]``, accumulated in float64 (``chunk`` columns at a time),
+    ``[n]`` on the CPU."""
+    out = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
+    for j in range(0, A.shape[1], chunk):
+        out += (A[:, j:j + chunk].to(torch.float64) * B[:, j:j + chunk].to(torch.float64)).sum(dim=1)
     return out.cpu()
 
 

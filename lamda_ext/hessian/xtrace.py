@@ -18,7 +18,7 @@ import math
 import torch
 
 from .estimates import (MIN_SAMPLES, TraceEstimate, apply_blocks, extend_basis, gram64, product_budget, reached,
-                        warn_unconverged)
+                        rowdot64, warn_unconverged)
 
 __all__ = ["xtrace", "xtrace_estimates"]
 
@@ -72,7 +72,7 @@ class _State:
         m = self.Om.shape[0]
         if self.Q.shape[0] < m or self.Q.shape[0] == self.op.size:   # Q spans range(A): the trace is exact
             return torch.full((m,), float(torch.trace(self.H)), dtype=torch.float64)
-        d = torch.stack([gram64(o[None], y[None])[0, 0] for o, y in zip(self.Om, self.Y)])
+        d = rowdot64(self.Om, self.Y)
         return xtrace_estimates(self.H, gram64(self.Q, self.Y), gram64(self.Q, self.Om), d)
 
 
