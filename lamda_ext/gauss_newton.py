@@ -61,9 +61,7 @@ class LinearizedGaussNewton:
     def __init__(self, model: nn.Module, x: torch.Tensor, params: dict[str, torch.Tensor],
                  middle: Callable[[torch.Tensor], OutputCurvature]):
         self.primal = {k: t.detach() for k, t in params.items()}
-        state = functional_state(model, set(params))
-
-        def f(p):
+        def f(p, state, x):
             return functional_call(model, (p, state), (x,))
 
         kept: list[int] = []
@@ -74,7 +72,7 @@ class LinearizedGaussNewton:
             return t
 
         with torch.enable_grad():
-            out, self._jvp = linearize_map(f, self.primal)
+            out, self._jvp = linearize_map(f, self.primal, (functional_state(model, set(params)), x))
             self._zero = [torch.zeros_like(t, requires_grad=True) for t in self.primal.values()]
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 self._out0 = self._jvp(dict(zip(self.primal, self._zero)))

@@ -41,7 +41,7 @@ from .gauss_newton import gauss_newton_product
 from .linearization import default_chunk, linearize_map, linearized_nbytes
 from .loss_curvature import check_curvature
 from .losses import LossSpec, resolve_loss
-from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
+from .params import Bound, flatten_params, functional_state, model_loss_fn, split_bound, unflatten_params
 
 __all__ = ["hvp", "params_hvp", "input_hvp", "loss_hvp", "LinearizedHVP"]
 
@@ -60,9 +60,10 @@ def _apply_tangent_map(tangent_map: Callable, v: torch.Tensor, unpack: Callable,
     return vmap(one, chunk_size=chunk, randomness="same")(v)
 
 
-def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, unpack: Callable, pack: Callable,
+def _forward_over_reverse(f: Callable, primal, v: torch.Tensor, batched: bool, unpack: Callable, pack: Callable,
                           chunk_size: int | None) -> torch.Tensor:
-    """``jvp`` of the gradient map ``g`` at ``primal`` along one direction or each row of ``v``.
+    """``jvp`` of the gradient map of the scalar function ``f`` (a :class:`~lamda_ext.params.Bound` or a plain
+    function of ``primal``) at ``primal`` along one direction or each row of ``v``.
 
     For K > 1 directions ``torch.func.linearize`` evaluates the forward-over-reverse pass once and
     keeps its tangent part as a graph; that graph is then vmapped over the directions (``chunk_size``
@@ -70,30 +71,34 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
     not repeated per direction or per chunk. ``unpack`` turns a direction into the tangent pytree, ``pack`` the
     resulting tangent pytree into the output layout.
     """
+    fn, args = split_bound(f)
+    g = grad(fn)
     if not batched or v.shape[0] == 1:
         vs = v if not batched else v[0]
         with ForwardOverReverseOps():
-            out = pack(jvp(g, (primal,), (unpack(vs),))[1])
+            out = pack(jvp(lambda p: g(p, *args), (primal,), (unpack(vs),))[1])
         return out if not batched else out.unsqueeze(0)
     # random ops (dropout) stay in the traced graph and draw again on every replay: each replay
     # restarts the generator where the trace started, so every direction sees the mask that a
     # single-direction HVP would draw, and the generator ends one draw on, as after that HVP
     start = RngReplay(v.device)
-    tangent_map = linearize_map(g, primal)[1]
+    tangent_map = linearize_map(g, primal, args)[1]
     return _apply_tangent_map(tangent_map, v, unpack, pack, chunk_size, start)
 
 
 def loss_hvp(f: Callable, primal: dict[str, torch.Tensor], v: torch.Tensor,
              chunk_size: int | None = None) -> torch.Tensor:
-    """Forward-over-reverse HVP of a scalar function ``f(params dict)`` at ``primal``; v ``[P]`` or ``[K, P]``
-    (parameters flattened in ``primal``'s order), the result has the shape of v."""
+    """Forward-over-reverse HVP of a scalar function ``f(params dict)`` (best a :class:`~lamda_ext.params.Bound`)
+    at ``primal``; v ``[P]`` or ``[K, P]`` (parameters flattened in ``primal``'s order), the result has the shape
+    of v."""
     primal = {k: t.detach() for k, t in primal.items()}
-    return _forward_over_reverse(grad(f), primal, v, v.dim() == 2, lambda vec: unflatten_params(vec, primal),
+    return _forward_over_reverse(f, primal, v, v.dim() == 2, lambda vec: unflatten_params(vec, primal),
                                  flatten_params, chunk_size)
 
 
 class LinearizedHVP:
-    """The forward-over-reverse HVP of one scalar function ``f(params dict)`` at ``primal``, linearised once.
+    """The forward-over-reverse HVP of one scalar function ``f(params dict)`` at ``primal``, linearised once
+    (``f`` best a :class:`~lamda_ext.params.Bound`: see :func:`lamda_ext.linearization.linearize_map`).
 
     Construction traces the forward-over-reverse pass; the first call evaluates its primal part once
     and keeps what the tangent pass needs (the activations and backward intermediates, :attr:`nbytes`
@@ -105,7 +110,8 @@ class LinearizedHVP:
     def __init__(self, f: Callable, primal: dict[str, torch.Tensor]):
         self.primal = {k: t.detach() for k, t in primal.items()}
         with torch.enable_grad():
-            self._map = linearize_map(grad(f), self.primal)[1]
+            fn, args = split_bound(f)
+            self._map = linearize_map(grad(fn), self.primal, args)[1]
 
     @property
     def nbytes(self) -> int:
@@ -130,13 +136,12 @@ def params_hvp(model, x, y, v, loss_fn, params: dict[str, torch.Tensor],
 
 def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.Tensor:
     """Per-sample input-space HVPs; v shaped like x or ``[K, *x.shape]``."""
-    state = functional_state(model, set())
-
-    def total(xx: torch.Tensor) -> torch.Tensor:
+    def total(xx: torch.Tensor, state, y) -> torch.Tensor:
         return loss_fn(functional_call(model, (state,), (xx,)), y).sum()
 
-    return _forward_over_reverse(grad(total), x.detach(), v, v.dim() == x.dim() + 1, lambda vec: vec,
-                                 lambda out: out, chunk_size)
+    f = Bound(total, functional_state(model, set()), y)
+    return _forward_over_reverse(f, x.detach(), v, v.dim() == x.dim() + 1, lambda vec: vec, lambda out: out,
+                                 chunk_size)
 
 
 @outside_inference_mode

@@ -22,14 +22,20 @@ def default_chunk(device: torch.device) -> int | None:
     return 1 if device.type == "cpu" else None
 
 
-def linearize_map(g: Callable, primal):
-    """The tangent map of ``torch.func.linearize(g, primal)`` (with ReLU's cheap-tangent formulation active);
-    ``(primal output, tangent map)``."""
+def linearize_map(g: Callable, primal, args: tuple = ()):
+    """``torch.func.linearize`` of ``p ↦ g(p, *args)`` at ``primal``, functionalised and with ReLU's cheap-tangent
+    formulation active: ``(primal output, tangent map)``.
+
+    Functionalisation turns the in-place ops of a model (``out += x`` in a residual block) into out-of-place ones;
+    traced as they are, they would update the kept primal values on every replay of the map. It reaches the values
+    computed from ``primal`` and ``args``: pass every tensor ``g`` depends on (fixed parameters, buffers, the
+    batch) in ``args`` rather than closing over it (see :class:`lamda_ext.params.Bound`)."""
     with ForwardOverReverseOps(), warnings.catch_warnings():
         # torch's constant folding warns about its own get_attr nodes
         warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
-        return torch.func.linearize(g, primal)
+        fg = torch.func.functionalize(g)
+        return torch.func.linearize(lambda p: fg(p, *args), primal)
 
 
 def storage_bytes(tensors, seen: set | None = None) -> int:

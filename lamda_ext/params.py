@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["trainable_parameters", "flatten_params", "unflatten_params", "functional_state", "model_loss_fn"]
+__all__ = ["trainable_parameters", "flatten_params", "unflatten_params", "functional_state", "model_loss_fn", "Bound",
+           "split_bound"]
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -61,12 +62,34 @@ def functional_state(model: nn.Module, names: set[str] | None = None) -> dict[st
     return state
 
 
-def model_loss_fn(model: nn.Module, x: torch.Tensor, y, loss_fn: Callable, names: list[str]):
-    """``f(params_dict) -> batch-mean loss`` evaluated through ``functional_call``."""
-    state = functional_state(model, set(names))
+class Bound:
+    """``f(params) = fn(params, *args)``: a function of the parameters whose other inputs (the model's fixed
+    parameters and buffers, the batch) are kept as explicit arguments rather than closed over, so that a transform
+    can treat them as inputs (:func:`lamda_ext.linearization.linearize_map` functionalises them: an in-place op on
+    a value computed from them alone, such as ``out += x`` in a layer that is not differentiated, then becomes
+    out-of-place).
 
-    def f(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    Args:
+        fn: ``(params, *args) -> value``. args: its other inputs.
+    """
+
+    def __init__(self, fn: Callable, *args):
+        self.fn, self.args = fn, args
+
+    def __call__(self, params):
+        return self.fn(params, *self.args)
+
+
+def split_bound(f: Callable) -> tuple[Callable, tuple]:
+    """``(fn, args)`` with ``f(params) = fn(params, *args)``: a :class:`Bound`'s parts, else ``(f, ())``."""
+    return (f.fn, f.args) if isinstance(f, Bound) else (f, ())
+
+
+def model_loss_fn(model: nn.Module, x: torch.Tensor, y, loss_fn: Callable, names: list[str]) -> Bound:
+    """``f(params_dict) -> batch-mean loss`` evaluated through ``functional_call`` (a :class:`Bound` over the
+    model's other parameters and buffers, ``x`` and ``y``)."""
+    def f(params: dict[str, torch.Tensor], state, x, y) -> torch.Tensor:
         out = functional_call(model, (params, state), (x,))
         return loss_fn(out, y).mean()
 
-    return f
+    return Bound(f, functional_state(model, set(names)), x, y)

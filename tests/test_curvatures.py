@@ -231,6 +231,41 @@ def test_cache_quadratic_forms_and_spectra_of_the_ggn():
     assert rel(op0 @ V, V @ (J2.t() @ HL2 @ J2)) < 1e-10 and op0.cached_bytes == 0
 
 
+class _ResidualBlock(nn.Module):
+    """torchvision's BasicBlock pattern: an in-place residual sum and an in-place ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.bn, self.relu = nn.Conv2d(1, 1, 3, padding=1), nn.BatchNorm2d(1), nn.ReLU(inplace=True)
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, x):
+        out = self.bn(self.conv(x))
+        out += x
+        return self.head(self.relu(out).flatten(1))
+
+
+@pytest.mark.parametrize("head_only", [False, True])
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_in_place_models_give_the_same_products_on_every_replay(curvature, head_only):
+    """Only the head differentiated: the in-place residual sum acts on values of fixed parameters and the batch."""
+    model = _ResidualBlock().to(DT).eval()
+    x, y = batch(tiny_cnn(), B=6)
+    if curvature == "hessian":
+        dense = dense_param_hessian(model, x, y)
+    else:
+        _, J, HL, _, _, _ = _dense(model, x, y, "cross_entropy")
+        dense = J.t() @ HL @ J
+    params = ["head.weight", "head.bias"] if head_only else None
+    if head_only:
+        dense = dense[-195:, -195:]
+    op = HessianOperator(model, "cross_entropy", (x, y), curvature=curvature, params=params)
+    V = torch.randn(2, dense.shape[0], generator=torch.Generator().manual_seed(1), dtype=DT)
+    for _ in range(3):        # the kept linearisation is replayed: its primal values must stay as they were
+        assert rel(op @ V, V @ dense) < 1e-10
+
+
 def test_parameter_blocks_and_per_layer_eigenvalues():
     model = mlp()
     x, y = batch(model, B=20)

@@ -15,7 +15,7 @@ import torch
 from torch.func import functional_call
 
 from ..gauss_newton import LinearizedGaussNewton, output_curvature_factory
-from ..params import functional_state
+from ..params import functional_state, split_bound
 from .data import tensor_leaves
 from .hessian_products import LossCall
 from .per_sample import per_sample_grads
@@ -111,7 +111,8 @@ class PerSampleFisherProducts:
 
     def __init__(self, op):
         self.op = op
-        self._fn = LossCall(op.model, op.batch_loss_fn).of_params(list(op.params))
+        fn, (state, _) = split_bound(LossCall(op.model, op.batch_loss_fn).of_params(list(op.params), None))
+        self._fn = lambda p, batch: fn(p, state, batch)     # (params, one-sample batch) -> loss
 
     def disable_forms(self) -> None:
         pass

@@ -23,7 +23,7 @@ from .._ext import build_info
 from ..checks import check_hvp_inputs
 from ..derivs import directional_derivs
 from ..hvp import LinearizedHVP, loss_hvp
-from ..params import functional_state, model_loss_fn
+from ..params import Bound, functional_state, model_loss_fn
 from ..taylor.impl import Composite, Fused
 from ..taylor.quadratic import QuadraticForms
 from .data import tensor_leaves
@@ -48,13 +48,12 @@ class LossCall(nn.Module):
                              f"got {type(out).__name__} of shape {list(getattr(out, 'shape', []))}")
         return out
 
-    def of_params(self, names: list[str]) -> Callable:
-        """``(params dict, batch) -> loss`` through ``functional_call`` (the other parameters and buffers fixed)."""
-        state = {f"model.{k}": v for k, v in functional_state(self.model, set(names)).items()}
-
-        def f(p, batch):
+    def of_params(self, names: list[str], batch) -> Bound:
+        """``params dict -> loss`` on ``batch`` through ``functional_call`` (the other parameters and buffers fixed;
+        a :class:`~lamda_ext.params.Bound` over them and the batch)."""
+        def f(p, state, batch):
             return functional_call(self, ({f"model.{k}": v for k, v in p.items()}, state), (batch,))
-        return f
+        return Bound(f, {f"model.{k}": v for k, v in functional_state(self.model, set(names)).items()}, batch)
 
 
 class HessianProducts:
@@ -74,8 +73,7 @@ class HessianProducts:
         if op.batch_loss_fn is None:
             x, y = batch
             return model_loss_fn(op.model, x, y, op.loss_fn, names)
-        f = LossCall(op.model, op.batch_loss_fn).of_params(names)
-        return lambda p: f(p, batch)
+        return LossCall(op.model, op.batch_loss_fn).of_params(names, batch)
 
     def weight(self, n: int) -> float:
         """The factor that turns a batch's product into its share of the summed loss's (a loss_fn of
