@@ -5,7 +5,8 @@ the span of the other m − 1 columns of Y and whose probe is ω_i:
 ``t_i = tr(Q_(i)ᵀ A Q_(i)) + ω_iᵀ (I − Q_(i)Q_(i)ᵀ) A (I − Q_(i)Q_(i)ᵀ) ω_i``, ``Q_(i) = orth(A Ω_{−i})``.
 All m leave-one-out bases are rank-one downdates of ``Q = orth(Y) = Y R⁻¹``: ``Q_(i) Q_(i)ᵀ = Q (I − ŝ_i ŝ_iᵀ) Qᵀ``
 with ``ŝ_i`` the normalised i-th column of ``R⁻ᵀ``; so ``A Q`` (m more products) and small ``m × m`` algebra give
-every ``t_i``. The estimate is ``mean_i t_i``, its standard error ``std(t_i) / sqrt(m)``.
+every ``t_i``. The estimate is ``mean_i t_i``, its standard error ``std(t_i) / sqrt(m)`` (the paper's: the ``t_i``
+share their test vectors, so it is approximate, and tends to be low for few test vectors).
 
 When Y has numerical rank below m, or m = P, the sketch holds the whole range of A (with probability one: Gaussian
 Ω has full rank, unlike a small Rademacher one), and ``tr(QᵀAQ)`` is the trace (standard error 0). With an ``rtol`` target, test vectors are added ``block`` at a time
