@@ -235,6 +235,32 @@ def test_ggn_products_agree_with_curvlinops(eig_problem):
     assert max(errs.values()) < 1e-5
 
 
+def test_ggn_work_counts(eig_problem):
+    """Arithmetic per GGN product in gradient units (``torch.utils.flop_counter``, independent of machine load): a
+    kept linearisation replays the tangent forward (``J v``: per layer the primal's work twice, less where the
+    input has no tangent) and its transpose (``Jᵀ u``: the backward's work), about 4/3 of a gradient on a CNN; a
+    quadratic form needs the tangent forward only."""
+    from torch.utils.flop_counter import FlopCounterMode
+    pb = eig_problem
+    model, x, y = pb["model"], pb["x"], pb["y"]
+
+    def flops(fn) -> int:
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return fc.get_total_flops()
+
+    grad = flops(lambda: torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters())))
+    op = HessianOperator(model, None, (x, y), curvature="ggn")
+    v = torch.randn(op.size, generator=torch.Generator().manual_seed(7))
+    op @ v
+    counts = {"ggn product (cached)": flops(lambda: op @ v) / grad,
+              "ggn quadratic form (cached)": flops(lambda: op.quadratic_forms(v[None])) / grad}
+    RESULTS[pb["case"]]["work (gradient units)"] = counts
+    print(f"\n[curvature] {pb['case']} work: {counts}", flush=True)
+    _write_results()
+    assert counts["ggn product (cached)"] <= 1.5 and counts["ggn quadratic form (cached)"] <= 0.75
+
+
 @pytest.mark.benchmark(group="curvature-kfac")
 def test_kfac_baseline(benchmark, eig_problem):
     """KFAC approximates the GGN: its errors against the exact GGN are reported, not asserted."""
