@@ -1,11 +1,37 @@
-"""What the directional-derivative benchmarks time, in one place."""
+"""What the benchmarks share: the data, the result files, and what the directional-derivative and spectrum
+benchmarks time, in one place."""
 from __future__ import annotations
 
+import json
+import os
 from typing import Callable
 
 import torch
 
 import lamda_ext
+
+
+def mnist_batch(B: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The first B MNIST training images (normalised, ``[B, 1, 28, 28]`` float32), their labels and the source's
+    name, from ``$LAMDA_DATA_ROOT`` (default ``../shared/data``); Gaussian noise and random labels when the data
+    set is not found."""
+    root = os.environ.get("LAMDA_DATA_ROOT", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    try:
+        from torchvision.datasets import MNIST
+        ds = MNIST(root, train=True, download=False)
+        x = (ds.data[:B].float() / 255.0 - 0.1307) / 0.3081
+        return x.unsqueeze(1), ds.targets[:B].clone(), "MNIST train[:B]"
+    except (RuntimeError, OSError):
+        g = torch.Generator().manual_seed(1)
+        return torch.randn(B, 1, 28, 28, generator=g), torch.randint(0, 10, (B,), generator=g), "Gaussian noise"
+
+
+def write_json(path: str, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (a run cut short keeps the previous complete file)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def derivs_fn(model, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, order: int, backend: str) -> Callable[[], None]:

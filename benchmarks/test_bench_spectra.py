@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _bench import eigs_curvlinops_eigsh, eigs_hessian_eigenthings, eigs_lamda_ext, eigs_pyhessian
+from _bench import eigs_curvlinops_eigsh, eigs_hessian_eigenthings, eigs_lamda_ext, eigs_pyhessian, mnist_batch
 from lamda.models import MnistCNN
 
 from lamda_ext.hessian import HessianOperator, hessian_eigs, hessian_trace
@@ -54,15 +54,7 @@ RESULTS: dict = {}
 
 
 def _data(B: int):
-    root = os.environ.get("LAMDA_DATA_ROOT", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-    try:
-        from torchvision.datasets import MNIST
-        ds = MNIST(root, train=True, download=False)
-        x = (ds.data[:B].float() / 255.0 - 0.1307) / 0.3081
-        return x.unsqueeze(1), ds.targets[:B].clone(), "MNIST train[:B]"
-    except (RuntimeError, OSError):
-        g = torch.Generator().manual_seed(1)
-        return torch.randn(B, 1, 28, 28, generator=g), torch.randint(0, 10, (B,), generator=g), "Gaussian noise"
+    return mnist_batch(B)
 
 
 @pytest.fixture(scope="module", params=SIZES, ids=lambda b: f"B{b}")

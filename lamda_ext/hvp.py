@@ -37,8 +37,10 @@ from torch.func import functional_call, grad, jvp, vmap
 from ._hvp_ops import ForwardOverReverseOps
 from ._state import RngReplay, fresh_input, outside_inference_mode
 from .batches import prepare
-from .checks import check_forward, check_hvp_inputs, check_reduction, check_v, params_and_v
-from .linearize import TangentMap, linearize
+from .checks import check_forward, check_hvp_inputs, check_int, check_reduction, check_v, params_and_v
+from .gauss_newton import gauss_newton_product
+from .linearization import default_chunk, linearized_nbytes, replays, tangent_map
+from .loss_curvature import check_curvature
 from .losses import LossSpec, resolve_loss
 from .memory import Budget, format_bytes, heap_reuse, resolve_budget
 from .params import flatten_params, functional_state, model_loss_fn, unflatten_params
@@ -76,43 +78,15 @@ def _splittable(model: nn.Module, x: torch.Tensor, y) -> bool:
         y is None or isinstance(y, torch.Tensor) and y.dim() >= 1 and y.shape[0] == x.shape[0])
 
 
-def _default_chunk(v: torch.Tensor) -> int | None:
-    """Directions per vmapped evaluation: all of them on a GPU; one at a time on the CPU, where the
-    tangent passes are bound by memory traffic (K-batched activations ``[K·B, ...]`` leave the cache)."""
-    return 1 if v.device.type == "cpu" else None
-
-
-def _linearize(g: Callable, primal) -> TangentMap | None:
-    """:func:`lamda_ext.linearize.linearize` of ``g`` at ``primal`` with the cheap-tangent op formulations active:
-    the tangent map, or None where no consistent replay is found (a write into a tensor the function closes over,
-    a graph that cannot be functionalised) or ``g`` cannot be traced (Python control flow on tensor values, e.g. a
-    Hugging Face model checking whether its attention mask pads anything)."""
-    with ForwardOverReverseOps():
-        try:
-            return linearize(g, primal)
-        except RuntimeError as err:
-            if "data-dependent" not in str(err):
-                raise
-            return None
-
-
-def _eager_tangent_map(g: Callable, primal) -> Callable:
-    """The tangent map of ``g`` at ``primal`` evaluated afresh for every direction (one ``jvp`` each)."""
-    def tangent_map(tangent):
-        with ForwardOverReverseOps(), torch_jvp_warning_filtered():
-            return jvp(g, (primal,), (tangent,))[1]
-    return tangent_map
-
-
-def _apply_tangent_map(tangent_map: Callable, v: torch.Tensor, unpack: Callable, pack: Callable,
+def _apply_tangent_map(tmap: Callable, v: torch.Tensor, unpack: Callable, pack: Callable,
                        chunk_size: int | None, start: RngReplay | None = None) -> torch.Tensor:
-    """``tangent_map`` applied to each row of ``v`` ``[K, ...]``, ``chunk_size`` rows per vmapped call."""
+    """``tmap`` applied to each row of ``v`` ``[K, ...]``, ``chunk_size`` rows per vmapped call."""
     def one(vec: torch.Tensor) -> torch.Tensor:
         if start is not None:
             start.reset()
-        return pack(tangent_map(unpack(vec)))
+        return pack(tmap(unpack(vec)))
 
-    chunk = _default_chunk(v) if chunk_size is None else chunk_size
+    chunk = default_chunk(v.device) if chunk_size is None else chunk_size
     if chunk == 1 or v.shape[0] == 1:
         return torch.stack([one(vec) for vec in v])
     return vmap(one, chunk_size=chunk, randomness="same")(v)
@@ -124,7 +98,7 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
 
     For K > 1 directions :func:`lamda_ext.linearize.linearize` traces the forward-over-reverse pass once,
     evaluates its primal part once and keeps its tangent part as a graph; that graph is then vmapped over the
-    directions (``chunk_size`` at a time, see :func:`_default_chunk`), so the primal forward and backward are not
+    directions (``chunk_size`` at a time, see :func:`lamda_ext.linearization.default_chunk`), so the primal forward and backward are not
     repeated per direction or per chunk. In-place ops on values of the point (``out += identity``, a model that
     changes its input) are replayed in their out-of-place form. Where no consistent replay is found (see
     :func:`lamda_ext.linearize.linearize`) every direction takes its own ``jvp``.
@@ -140,10 +114,8 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
     # restarts the generator where the trace started, so every direction sees the mask that a
     # single-direction HVP would draw, and the generator ends one draw on, as after that HVP
     start = RngReplay(v.device)
-    tangent_map = _linearize(g, primal)
-    if tangent_map is None:      # no consistent replay: one jvp per direction
-        return _apply_tangent_map(_eager_tangent_map(g, primal), v, unpack, pack, 1, start)
-    return _apply_tangent_map(tangent_map, v, unpack, pack, chunk_size, start)
+    tangent = tangent_map(g, primal)
+    return _apply_tangent_map(tangent, v, unpack, pack, chunk_size if replays(tangent) else 1, start)
 
 
 def loss_hvp(f: Callable, primal: dict[str, torch.Tensor], v: torch.Tensor,
@@ -170,27 +142,25 @@ class LinearizedHVP:
 
     def __init__(self, f: Callable, primal: dict[str, torch.Tensor]):
         self.primal = {k: t.detach() for k, t in primal.items()}
-        self._grad = grad(f)
         with torch.enable_grad():
-            self._map = _linearize(self._grad, self.primal)
+            self._map = tangent_map(grad(f), self.primal)
 
     @property
     def replays(self) -> bool:
         """Whether calls replay the kept tangent graph (else every direction runs its own ``jvp``)."""
-        return self._map is not None
+        return replays(self._map)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the kept intermediates (0 when nothing is kept)."""
-        return 0 if self._map is None else self._map.nbytes
+        return linearized_nbytes(self._map)
 
     def __call__(self, v: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """``H v`` for v ``[P]`` or ``[K, P]`` (same shape out, detached)."""
         batched = v.dim() == 2
         V = v if batched else v.unsqueeze(0)
-        tangent_map = self._map if self.replays else _eager_tangent_map(self._grad, self.primal)
         with torch.enable_grad():
-            out = _apply_tangent_map(tangent_map, V, lambda vec: unflatten_params(vec, self.primal),
+            out = _apply_tangent_map(self._map, V, lambda vec: unflatten_params(vec, self.primal),
                                      flatten_params, chunk_size if self.replays else 1).detach()
         return out if batched else out[0]
 
@@ -216,8 +186,9 @@ def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.T
 @outside_inference_mode
 def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec = "cross_entropy",
         wrt: str = "params", label_smoothing: float = 0.0, chunk_size: int | None = None,
-        reduction: str = "mean", params=None, memory_budget: Budget = "auto") -> torch.Tensor:
-    """Hessian-vector product(s) of the loss by forward-over-reverse.
+        reduction: str = "mean", params=None, memory_budget: Budget = "auto", curvature: str = "hessian",
+        mc_samples: int = 1, mc_seed: int = 0) -> torch.Tensor:
+    """Hessian-vector product(s) of the loss by forward-over-reverse (or products with another curvature).
 
     Args:
         model: any ``nn.Module`` (dropout/batch norm run in the model's current mode).
@@ -243,9 +214,15 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
             (:func:`hvp_chunks`) the call picks how many directions one vmapped evaluation takes and — for
             models with no module in training mode — evaluates the points in chunks (the batch-mean Hessian
             is the point-weighted mean of the chunks'); the numbers are those of the unsplit call.
+        curvature: ``wrt="params"`` only: ``"hessian"`` (default), or ``"ggn"``, ``"fisher"``, ``"fisher_mc"``,
+            ``"empirical_fisher"``: ``Jᵀ M J v`` by a Jacobian–vector / vector–Jacobian pair over the whole batch
+            (:mod:`lamda_ext.gauss_newton`, :mod:`lamda_ext.loss_curvature`; the model must be deterministic:
+            eval mode). ``"fisher"``/``"fisher_mc"`` need ``loss="cross_entropy"`` or ``"mse"``.
+        mc_samples, mc_seed: ``curvature="fisher_mc"``: sampled targets per sample and their seed
+            (:func:`lamda_ext.loss_curvature.sample_targets` with batch index 0).
 
     Returns:
-        ``H v`` with the shape of ``v``. For ``wrt="params"`` H is the Hessian of the batch-mean (or summed) loss;
+        ``H v`` with the shape of ``v``. For ``wrt="params"`` H is the curvature of the batch-mean (or summed) loss;
         for ``wrt="input"`` entry b is ``H_b v_b`` (Hessian of sample b's loss w.r.t. ``x_b``).
         The result is detached (not differentiable w.r.t. the parameters).
 
@@ -264,6 +241,10 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     check_reduction(reduction)
+    check_curvature(curvature, loss, loss_fn_form=False)
+    if wrt != "params" and curvature != "hessian":
+        raise NotImplementedError(f"curvature={curvature!r} is defined for wrt='params'; input-space products "
+                                  "are Hessian-vector products")
     if wrt != "params" and reduction != "mean":
         raise ValueError("reduction applies to wrt='params'; input-space HVPs are per sample (H_b v_b), "
                          "leave reduction='mean'")
@@ -271,6 +252,10 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
     loss_fn = resolve_loss(loss, label_smoothing)
     if wrt == "params":
         params, batched = params_and_v(model, v)
+        if curvature != "hessian":
+            out = _curvature_product(model, x, y, v, loss, curvature, params, label_smoothing, chunk_size,
+                                     mc_samples, mc_seed)
+            return out * x.shape[0] if reduction == "sum" else out
     else:
         batched = check_v(v, tuple(x.shape), x, "inputs x")
         params = {}
@@ -285,6 +270,14 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
             out = _params_hvp_points(model, x, y, v, loss_fn, params, chunk, b)
             return out * x.shape[0] if reduction == "sum" else out
         return prob.restrict(_input_hvp_points(model, x, y, v, loss_fn, chunk, b, batched))
+
+
+def _curvature_product(model, x, y, v, loss, curvature, params, label_smoothing, chunk, mc_samples, mc_seed):
+    """``Jᵀ M J v`` of the whole batch (:func:`lamda_ext.gauss_newton.gauss_newton_product`)."""
+    from .hessian.data import check_deterministic   # the hessian package imports this module
+    check_deterministic(model, what=f"curvature={curvature!r}")
+    return gauss_newton_product(model, x, y, v, loss, curvature, params, label_smoothing=label_smoothing,
+                                mc_samples=check_int(mc_samples, "mc_samples"), mc_seed=mc_seed, chunk=chunk)
 
 
 def _point_slices(n: int, b: int):

@@ -14,12 +14,21 @@ from torch.func import functional_call
 from ._state import fresh_input
 
 __all__ = ["trainable_parameters", "select_parameters", "ParameterSubset", "flatten_params", "unflatten_params",
-           "functional_state", "model_loss_fn"]
+           "functional_state", "model_loss_fn", "Bound", "split_bound"]
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters requiring grad, by name, in ``model.parameters()`` order."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _positional_count(fn) -> int:
+    """How many positional arguments ``fn`` takes (0 when its signature cannot be read)."""
+    import inspect
+    try:
+        return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return 0
 
 
 def _wanted_ids(model: nn.Module, spec) -> set[int]:
@@ -30,7 +39,12 @@ def _wanted_ids(model: nn.Module, spec) -> set[int]:
             raise ValueError(f"params: the {type(spec).__name__} given is not a submodule of the model")
         return {id(p) for p in spec.parameters()}
     if callable(spec):
-        return {id(p) for n, p in aliases.items() if spec(n)}
+        two = _positional_count(spec) >= 2
+        try:
+            return {id(p) for n, p in aliases.items() if (spec(n, p) if two else spec(n))}
+        except TypeError as err:
+            raise TypeError("params as a callable must be a predicate f(name) -> bool or f(name, parameter) -> "
+                            f"bool; calling it failed: {err}") from err
     items = list(spec.values()) if isinstance(spec, dict) else [spec] if isinstance(spec, (str, torch.Tensor)) \
         else list(spec)
     modules = dict(model.named_modules())
@@ -47,7 +61,9 @@ def _wanted_ids(model: nn.Module, spec) -> set[int]:
         elif isinstance(it, str):
             raise ValueError(f"params: the model has no parameter or submodule named {it!r}")
         else:
-            raise TypeError(f"params must hold parameter tensors or names, got {type(it).__name__}")
+            raise TypeError("params must be names of parameters or submodules, parameter tensors, a predicate "
+                            f"f(name) or f(name, parameter) -> bool, or a submodule; got an item of type "
+                            f"{type(it).__name__}")
     return ids
 
 
@@ -59,8 +75,8 @@ def select_parameters(model: nn.Module, spec=None) -> dict[str, torch.Tensor]:
         spec: None (every parameter with ``requires_grad``); a name or a list of names — of parameters
             (``"lm_head.weight"``, tied weights under any of their names) or of submodules
             (``"transformer.h.1"``: all its parameters); parameter tensors or a dict of them; a predicate
-            ``f(name) -> bool`` over parameter names (e.g. ``lambda n: "lora_" in n``); or a submodule of
-            ``model`` (``model.transformer.h[-1]``).
+            ``f(name) -> bool`` over parameter names (e.g. ``lambda n: "lora_" in n``) or ``f(name, parameter) ->
+            bool``; or a submodule of ``model`` (``model.transformer.h[-1]``).
 
     Returns:
         ``{name: parameter}``, each parameter once (tied weights under their first name).
@@ -150,13 +166,33 @@ def functional_state(model: nn.Module, names: set[str] | None = None) -> dict[st
     return state
 
 
-def model_loss_fn(model: nn.Module, x: torch.Tensor, y, loss_fn: Callable, names: list[str]):
-    """``f(params_dict) -> batch-mean loss`` evaluated through ``functional_call``, each call on a copy of ``x``
-    (the model may change its input in place; ``x`` stays as the caller passed it)."""
-    state = functional_state(model, set(names))
+class Bound:
+    """``f(params) = fn(params, *args)``: a function of the parameters whose other inputs (the model's fixed
+    parameters and buffers, the batch) are kept as explicit arguments rather than closed over, so that a transform
+    can treat them as inputs.
 
-    def f(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    Args:
+        fn: ``(params, *args) -> value``. args: its other inputs.
+    """
+
+    def __init__(self, fn: Callable, *args):
+        self.fn, self.args = fn, args
+
+    def __call__(self, params):
+        return self.fn(params, *self.args)
+
+
+def split_bound(f: Callable) -> tuple[Callable, tuple]:
+    """``(fn, args)`` with ``f(params) = fn(params, *args)``: a :class:`Bound`'s parts, else ``(f, ())``."""
+    return (f.fn, f.args) if isinstance(f, Bound) else (f, ())
+
+
+def model_loss_fn(model: nn.Module, x: torch.Tensor, y, loss_fn: Callable, names: list[str]) -> Bound:
+    """``f(params_dict) -> batch-mean loss`` evaluated through ``functional_call`` (a :class:`Bound` over the
+    model's other parameters and buffers, ``x`` and ``y``), each call on a copy of ``x`` (the model may change its
+    input in place; ``x`` stays as the caller passed it)."""
+    def f(params: dict[str, torch.Tensor], state, x, y) -> torch.Tensor:
         out = functional_call(model, (params, state), (fresh_input(x),))
         return loss_fn(out, y).mean()
 
-    return f
+    return Bound(f, functional_state(model, set(names)), x, y)

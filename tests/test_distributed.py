@@ -22,6 +22,10 @@ def _problem():
     return model, x, y
 
 
+def _parts(x, y):
+    return [(x[i:i + 13], y[i:i + 13]) for i in range(0, x.shape[0], 13)]
+
+
 def _measure(model, data) -> dict:
     op = HessianOperator(model, "cross_entropy", data)
     v = torch.randn(op.size, generator=torch.Generator().manual_seed(0), dtype=DT)
@@ -36,6 +40,11 @@ def _measure(model, data) -> dict:
         "vec0": vecs[0] * torch.sign(vecs[0].sum()),
         "trace": torch.tensor(hessian_trace(op, probes=40, generator=torch.Generator().manual_seed(2))),
         "density": hessian_density(op, iters=10, probes=4, grid=50, generator=torch.Generator().manual_seed(3))[1],
+        # the other curvatures shard the same way; the MC Fisher's draws are seeded per batch and sample position
+        **{c: HessianOperator(model, "cross_entropy", data, curvature=c, mc_samples=2, mc_seed=4) @ v
+           for c in ("ggn", "fisher_mc", "empirical_fisher")},
+        "hutchpp": torch.tensor(hessian_trace(op, matvecs=12, method="hutch++",
+                                              generator=torch.Generator().manual_seed(5))),
     }
 
 
@@ -47,8 +56,7 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
     try:
         model, x, y = _problem()
         single = _measure(model, (x, y))                                       # a single batch: split by samples
-        parts = [(x[i:i + 13], y[i:i + 13]) for i in range(0, x.shape[0], 13)]  # 5 uneven batches: split by batch
-        multi = _measure(model, parts)
+        multi = _measure(model, _parts(x, y))                                  # 5 uneven batches: split by batch
         torch.save({"single": single, "multi": multi}, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()          # nobody tears gloo down while the other rank still exchanges messages
     finally:
@@ -60,6 +68,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     model, x, y = _problem()
     ref = _measure(model, (x, y))
+    # the MC Fisher of 5 batches draws per batch position: another (fixed) matrix than that of one batch
+    mc_multi = HessianOperator(model, "cross_entropy", _parts(x, y), curvature="fisher_mc", mc_samples=2,
+                               mc_seed=4) @ torch.randn(ref["hv"].shape[0], generator=torch.Generator().manual_seed(0),
+                                                        dtype=DT)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for res in results:
         for key in ("single", "multi"):
@@ -70,6 +82,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
             torch.testing.assert_close(got["vec0"], ref["vec0"], rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(got["trace"], ref["trace"], rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(got["density"], ref["density"], rtol=1e-6, atol=1e-8)
+            for c in ("ggn", "fisher_mc", "empirical_fisher", "hutchpp"):
+                want = mc_multi if (key, c) == ("multi", "fisher_mc") else ref[c]
+                torch.testing.assert_close(got[c], want, rtol=1e-10, atol=1e-13, msg=f"{key} {c}")
     # the data was really split: samples 0-29 / 30-59 of the single batch, batches {0, 2, 4} / {1, 3}
     assert [r["single"]["local_samples"] for r in results] == [30, 30]
     assert [r["multi"]["local_samples"] for r in results] == [13 + 13 + 8, 13 + 13]

@@ -110,7 +110,7 @@ def test_refusals_and_operator_fallback():
     Z = _directions(lin, k=2)
     H = dense_param_hessian(lin, x, y)
     assert rel_err(op.quadratic_forms(Z), ((Z @ H) * Z).sum(dim=1), dim=0) < 1e-10
-    assert not op._contract_ok
+    assert not op._work._contract_ok     # the Hessian products fell back to order-2 Taylor runs
 
 
 def test_operator_keeps_adjoints_per_batch_until_parameters_change(monkeypatch):

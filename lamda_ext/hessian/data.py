@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Mapping
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, RandomSampler, SubsetRandomSampler, Wei
 
 __all__ = ["is_single_batch", "iter_batches", "check_deterministic", "dist_info", "shard_batches", "rank_local",
            "map_tensors", "tensor_leaves", "is_single_loss_batch", "batch_samples", "iter_loss_batches",
-           "shard_loss_batches"]
+           "shard_loss_batches", "Shard", "indexed_shards"]
 
 _RANDOM_SAMPLERS = (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
 
@@ -108,22 +108,41 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def shard_batches(data, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's share of ``data``: batches ``i`` with ``i % world == rank``, or, for a single
-    ``(x, y)`` batch, the ``rank``-th of ``world`` near-equal contiguous slices of its samples."""
-    if world == 1:
-        yield from iter_batches(data)
+class Shard(NamedTuple):
+    """A rank's share of one batch: the batch's position in the data, the first of its samples held here,
+    the batch's sample count, and the share itself (an ``(x, y)`` pair or a batch of the ``loss_fn`` form)."""
+    index: int
+    offset: int
+    total: int
+    batch: object
+
+
+def indexed_shards(data, rank: int, world: int, loss_fn_form: bool = False) -> Iterator[Shard]:
+    """This rank's share of ``data``: batches ``i`` with ``i % world == rank``, or, for a single batch, the
+    ``rank``-th of ``world`` near-equal contiguous slices of its samples (every tensor with the batch's
+    leading size is sliced). ``loss_fn_form``: batches of the ``loss_fn(model, batch)`` form, else ``(x, y)``
+    pairs."""
+    single = is_single_loss_batch(data) if loss_fn_form else is_single_batch(data)
+    if single:
+        n = batch_samples(data) if loss_fn_form else data[0].shape[0]
+        lo, hi = (rank * n) // world, ((rank + 1) * n) // world
+        if world == 1:
+            yield Shard(0, 0, n, data if loss_fn_form else (data[0], data[1]))
+        elif hi > lo:
+            cut = lambda t: t[lo:hi] if t.dim() > 0 and t.shape[0] == n else t   # noqa: E731
+            share = map_tensors(cut, data) if loss_fn_form else (data[0][lo:hi], map_tensors(cut, data[1]))
+            yield Shard(0, lo, n, share)
         return
-    if is_single_batch(data):
-        x, y = data
-        B = x.shape[0]
-        lo, hi = (rank * B) // world, ((rank + 1) * B) // world
-        if hi > lo:
-            yield x[lo:hi], (y[lo:hi] if y is not None else None)
-        return
-    for i, batch in enumerate(iter_batches(data)):
+    for i, batch in enumerate(iter_loss_batches(data) if loss_fn_form else iter_batches(data)):
         if i % world == rank:
-            yield batch
+            n = batch_samples(batch) if loss_fn_form else batch[0].shape[0]
+            yield Shard(i, 0, n, batch)
+
+
+def shard_batches(data, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``(x, y)`` pairs of :func:`indexed_shards`."""
+    for shard in indexed_shards(data, rank, world):
+        yield shard.batch
 
 
 # ---------------------------------------------------------------- batches of the loss_fn(model, batch) form
@@ -183,17 +202,6 @@ def iter_loss_batches(data) -> Iterator:
 
 
 def shard_loss_batches(data, rank: int, world: int) -> Iterator:
-    """This rank's share of ``data`` in the ``loss_fn`` form: batches ``i % world == rank``, or, for one
-    batch of n samples, the ``rank``-th of ``world`` contiguous slices of every tensor with leading size n."""
-    if world == 1:
-        yield from iter_loss_batches(data)
-        return
-    if is_single_loss_batch(data):
-        n = batch_samples(data)
-        lo, hi = (rank * n) // world, ((rank + 1) * n) // world
-        if hi > lo:
-            yield map_tensors(lambda t: t[lo:hi] if t.dim() > 0 and t.shape[0] == n else t, data)
-        return
-    for i, batch in enumerate(iter_loss_batches(data)):
-        if i % world == rank:
-            yield batch
+    """The batches of the ``loss_fn`` form of :func:`indexed_shards`."""
+    for shard in indexed_shards(data, rank, world, loss_fn_form=True):
+        yield shard.batch

@@ -96,7 +96,7 @@ def hessian_density(model, loss: LossSpec | None = None, data=None, iters: int =
             (trapezoid rule) up to rounding.
         sigma: broadening width; default 1% of the Ritz-value spread (or 1e-3·max(1, |θ|) when
             all nodes coincide).
-        operator_kw: passed to :class:`HessianOperator`.
+        operator_kw: passed to :class:`HessianOperator` (``curvature``, ``params``, ``loss_fn``, ...).
 
     Returns:
         ``(grid [G], density [G])``, float64 CPU tensors. ``∫ t φ(t) dt`` estimates ``tr(H) / P``.

@@ -1,4 +1,5 @@
-"""Extreme eigenpairs of the loss Hessian: Lanczos on the model's device, or scipy ``eigsh``."""
+"""Extreme eigenpairs of a curvature matrix (the loss Hessian by default): Lanczos on the model's device, or
+scipy ``eigsh``."""
 from __future__ import annotations
 
 import warnings
@@ -8,6 +9,7 @@ import torch
 
 from ..checks import check_int
 from ..losses import LossSpec
+from .blocks import layer_blocks
 from .lanczos import Lanczos
 from .operator import HessianOperator, as_operator
 
@@ -73,16 +75,62 @@ def _start_vector(op: HessianOperator, generator) -> torch.Tensor:
     return op.broadcast(v)
 
 
+def _eigsh(op: HessianOperator, k: int, which: str, tol: float, max_iter, generator) -> EigResult:
+    """scipy ``eigsh`` on ``op.to_scipy()``; residuals from one block product."""
+    if k >= op.size:
+        raise ValueError(f"eigsh needs k < P={op.size}; use method='lanczos' for k = P")
+    from scipy.sparse.linalg import eigsh
+    v0 = _start_vector(op, generator).to("cpu", torch.float64).numpy()
+    A = op.to_scipy()
+    before = op.n_products
+    vals, vecs = eigsh(A, k=k, which=which, tol=tol, v0=v0, maxiter=max_iter)
+    steps = op.n_products - before
+    theta = torch.from_numpy(np.ascontiguousarray(vals))
+    idx = _order(theta, which, k)
+    Y = torch.from_numpy(np.ascontiguousarray(vecs[:, idx.numpy()].T)).to(op.dtype).to(op.device)
+    Y = Y / Y.norm(dim=1, keepdim=True)
+    R = op.matvec(Y).to("cpu", torch.float64) - theta[idx, None] * Y.to("cpu", torch.float64)
+    return _finish(theta[idx], Y, R.norm(dim=1), float(theta.abs().max()), tol, steps, f"{steps} ARPACK products",
+                   "raise max_iter or tol")
+
+
+def _lanczos(op: HessianOperator, k: int, which: str, tol: float, max_iter, generator) -> EigResult:
+    """Lanczos until the k wanted Ritz pairs converge (checked after every step) or ``max_iter`` steps."""
+    steps = min(op.size, max(6 * k, 120)) if max_iter is None else int(max_iter)
+    if steps < k:
+        raise ValueError(f"max_iter={steps} must be ≥ k={k}")
+    lz = Lanczos(op.matvec, _start_vector(op, generator), steps, restart=True, generator=generator,
+                 sync=op.broadcast)
+    lz.run(min(steps, max(2 * k, k + 10)))
+    while True:   # the Ritz problem is tiny next to a product: check after every step, stop as soon as possible
+        theta, S, res = lz.ritz()
+        if lz.n >= k:
+            idx = _order(theta, which, k)
+            scale = float(theta.abs().max()) or 1.0
+            if bool((res[idx] <= tol * scale).all()) or lz.exhausted or lz.n >= lz.max_steps:
+                break
+        if not lz.step():
+            break
+    if lz.n < k:
+        raise ValueError(f"the Krylov space has dimension {lz.n} < k={k}")
+    idx = _order(theta, which, k)
+    Y = lz.ritz_vectors(S[:, idx])
+    Y = Y / Y.norm(dim=1, keepdim=True)
+    return _finish(theta[idx].clone(), Y, res[idx].clone(), float(theta.abs().max()), tol, lz.n,
+                   f"{lz.n} Lanczos steps", "raise max_iter for more accurate eigenpairs")
+
+
 def hessian_eigs(model, loss: LossSpec | None = None, data=None, k: int = 30, which: str = "LA",
                  method: str = "lanczos", tol: float | None = None, *, max_iter: int | None = None,
-                 generator: torch.Generator | None = None, **operator_kw) -> EigResult:
-    """The k extreme eigenpairs of the loss Hessian.
+                 generator: torch.Generator | None = None, per_layer: bool = False,
+                 **operator_kw) -> EigResult | dict[str, EigResult]:
+    """The k extreme eigenpairs of a curvature matrix (the loss Hessian by default).
 
     Args:
         model: an ``nn.Module`` (with ``loss`` and ``data``) or a :class:`HessianOperator`.
-        loss, data: as for :class:`HessianOperator`; ``operator_kw`` (``loss_fn``, ``reduction``, ``params``,
-            ``label_smoothing``, ``allow_nondeterministic``, ``shard``, ``chunk``, ``memory_budget``) are
-            passed on to it.
+        loss, data: as for :class:`HessianOperator`; ``operator_kw`` (``curvature``, ``loss_fn``, ``reduction``,
+            ``params``, ``label_smoothing``, ``allow_nondeterministic``, ``shard``, ``chunk``, ``memory_budget``,
+            ``mc_samples``, ``mc_seed``) are passed on to it.
         k: number of eigenpairs (1 ≤ k ≤ P; k < P for ``eigsh``).
         which: ``"LA"`` largest algebraic (descending), ``"SA"`` smallest algebraic (ascending),
             ``"LM"`` largest magnitude (descending |λ|).
@@ -92,6 +140,9 @@ def hessian_eigs(model, loss: LossSpec | None = None, data=None, k: int = 30, wh
         tol: relative tolerance (default 1e-8 in float64, 1e-4 otherwise).
         max_iter: Lanczos steps at most (default ``min(P, max(6k, 120))``); ARPACK iterations for eigsh.
         generator: seeds the starting vector (rank 0's vector is used on every rank).
+        per_layer: the eigenpairs of every parameter block's diagonal block (the parameters of each module, see
+            :func:`~lamda_ext.hessian.blocks.layer_blocks`); k is capped at a block's size, and a block with
+            at most k parameters is solved by Lanczos.
 
     Returns:
         An :class:`EigResult`: unpacks as ``(eigenvalues [k] float64 on the CPU, eigenvectors [k, P])`` —
@@ -99,7 +150,8 @@ def hessian_eigs(model, loss: LossSpec | None = None, data=None, k: int = 30, wh
         above — and carries ``residuals`` ``‖Hy − θy‖`` and ``converged`` flags per pair. A
         ``RuntimeWarning`` names the pairs that did not converge. Lanczos residuals are those of the
         Krylov recurrence (equal to ``‖Hy − θy‖`` up to rounding: the basis is fully reorthogonalised);
-        eigsh's are computed with one block product.
+        eigsh's are computed with one block product. With ``per_layer``: a dict block name → :class:`EigResult`
+        (eigenvectors over the block's parameters), in parameter order.
     """
     op = as_operator(model, loss, data, **operator_kw)
     if which not in WHICH:
@@ -108,50 +160,17 @@ def hessian_eigs(model, loss: LossSpec | None = None, data=None, k: int = 30, wh
         raise ValueError(f"method must be 'lanczos' or 'eigsh', got {method!r}")
     k = check_int(k, "k")
     max_iter = check_int(max_iter, "max_iter", allow_none=True)
-    if not 1 <= k <= op.size:
-        raise ValueError(f"k must be in [1, P={op.size}], got {k}")
     tol = _default_tol(op.dtype) if tol is None else float(tol)
     if tol < 0:
         raise ValueError(f"tol must be ≥ 0, got {tol}")
-
-    if method == "eigsh":
-        if k >= op.size:
-            raise ValueError(f"eigsh needs k < P={op.size}; use method='lanczos' for k = P")
-        from scipy.sparse.linalg import eigsh
-        v0 = _start_vector(op, generator).to("cpu", torch.float64).numpy()
-        A = op.to_scipy()
-        before = op.n_products
-        vals, vecs = eigsh(A, k=k, which=which, tol=tol, v0=v0, maxiter=max_iter)
-        steps = op.n_products - before
-        theta = torch.from_numpy(np.ascontiguousarray(vals))
-        idx = _order(theta, which, k)
-        Y = torch.from_numpy(np.ascontiguousarray(vecs[:, idx.numpy()].T)).to(op.dtype).to(op.device)
-        Y = Y / Y.norm(dim=1, keepdim=True)
-        R = op.matvec(Y).to("cpu", torch.float64) - theta[idx, None] * Y.to("cpu", torch.float64)
-        return _finish(theta[idx], Y, R.norm(dim=1), float(theta.abs().max()), tol, steps, f"{steps} ARPACK products",
-                       "raise max_iter or tol")
-
-    steps = min(op.size, max(6 * k, 120)) if max_iter is None else int(max_iter)
-    if steps < k:
-        raise ValueError(f"max_iter={steps} must be ≥ k={k}")
-    lz = Lanczos(op.matvec, _start_vector(op, generator), steps, restart=True, generator=generator,
-                 sync=op.broadcast)
-    lz.run(min(steps, max(2 * k, k + 10)))
-    check_every = 1   # the Ritz problem is tiny next to a product: check after every step, stop as soon as possible
-    while True:
-        theta, S, res = lz.ritz()
-        if lz.n >= k:
-            idx = _order(theta, which, k)
-            scale = float(theta.abs().max()) or 1.0
-            if bool((res[idx] <= tol * scale).all()) or lz.exhausted or lz.n >= lz.max_steps:
-                break
-        if not lz.step():
-            break
-        lz.run(check_every - 1)
-    if lz.n < k:
-        raise ValueError(f"the Krylov space has dimension {lz.n} < k={k}")
-    idx = _order(theta, which, k)
-    Y = lz.ritz_vectors(S[:, idx])
-    Y = Y / Y.norm(dim=1, keepdim=True)
-    return _finish(theta[idx].clone(), Y, res[idx].clone(), float(theta.abs().max()), tol, lz.n, f"{lz.n} Lanczos steps",
-                   "raise max_iter for more accurate eigenpairs")
+    if per_layer:
+        out = {}
+        for name, names in layer_blocks(op.params).items():
+            sub = op.restrict(names)
+            kb = min(k, sub.size)
+            solve = _eigsh if method == "eigsh" and kb < sub.size else _lanczos
+            out[name] = solve(sub, kb, which, tol, max_iter, generator)
+        return out
+    if not 1 <= k <= op.size:
+        raise ValueError(f"k must be in [1, P={op.size}], got {k}")
+    return (_eigsh if method == "eigsh" else _lanczos)(op, k, which, tol, max_iter, generator)

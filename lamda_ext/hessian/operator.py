@@ -1,58 +1,47 @@
-"""``HessianOperator``: the Hessian of a model's loss over a data set as a matrix-free operator.
+"""``HessianOperator``: a curvature matrix of a model's loss over a data set as a matrix-free operator.
 
-``H = Σ_b n_b H_b / Σ_b n_b`` where ``H_b`` is the Hessian (w.r.t. the chosen parameters) of the
-batch-mean loss of batch b with n_b samples (``reduction="mean"``), or ``H = Σ_b n_b H_b``, the Hessian
-of the summed loss (``reduction="sum"``). The loss is ``loss(model(x), y)`` for ``(x, y)`` batches, or any
-``loss_fn(model, batch) -> scalar`` (models with dict or several tensor inputs).
+``curvature`` chooses the matrix; each is the sample-weighted mean over batches of the batch matrices
+(``reduction="mean"``: ``A = Σ_b n_b A_b / Σ_b n_b``) or the matrix of the summed loss (``reduction="sum"``):
 
-Products are forward-over-reverse HVPs (:mod:`lamda_ext.hvp`). Every product of a spectral method uses
-the same batches, so each batch is linearised once (:class:`lamda_ext.hvp.LinearizedHVP`: one primal
-forward and backward, the intermediates kept) and every later product replays only the tangent pass,
-as long as the kept intermediates fit in ``memory_budget``; batches beyond it are recomputed per product.
-The cache is dropped when a parameter changes (in-place update) or a batch differs from the cached one.
+* ``"hessian"``: the loss Hessian (HVPs, quadratic forms by Taylor passes: :mod:`.hessian_products`).
+* ``"ggn"``: the generalised Gauss–Newton matrix ``Jᵀ ∇²ℓ J`` (J: the Jacobian of the model output).
+* ``"fisher"``: the Fisher information of the model's predictive distribution (cross-entropy, MSE: equal to the GGN).
+* ``"fisher_mc"``: its Monte-Carlo estimate with ``mc_samples`` targets per sample drawn from the predictive
+  distribution, seeded by ``(mc_seed, batch position)`` (:func:`lamda_ext.loss_curvature.sample_targets`): a fixed
+  matrix for a given seed, the same on any number of ranks.
+* ``"empirical_fisher"``: ``Σ_b g_b g_bᵀ`` (per ``reduction``) over the per-sample loss gradients ``g_b``.
 
-Quadratic forms ``zᵀHz`` (Hutchinson probes) need no HVP: ``zᵀHz = d²/dt² L(θ + t z)`` at t = 0, the
-second directional derivative. :meth:`quadratic_forms` computes it for ``(x, y)`` batches when every
-trainable parameter is differentiated (else by HVPs): one reverse pass per batch gives the adjoint of every
-op output, and each probe then needs only a first-order Taylor pass whose second-order terms are contracted
-with those adjoints where they arise (:mod:`lamda_ext.taylor.quadratic`); models or losses that contraction
-does not cover take the plain order-2 Taylor run (:func:`lamda_ext.directional_derivs`).
+The GGN-type curvatures are ``Jᵀ M J`` by a Jacobian–vector / vector–Jacobian pair (:mod:`.gauss_newton_products`);
+``ggn``, ``fisher`` and ``fisher_mc`` need ``(x, y)`` batches and a ``loss`` (the output and the loss apart); the
+empirical Fisher also takes ``loss_fn(model, batch)`` (per-sample gradients of one-sample batches).
 
-With ``torch.distributed`` initialised, every rank evaluates its share of the data
-(batches ``i % world == rank``, or a contiguous slice of the samples of a single batch) and the
-sample-weighted partial products are all-reduced, so every rank gets the same ``H @ v`` and the
-Lanczos / trace / density routines run data-parallel unchanged (gloo on CPU, NCCL on GPU).
+Every batch's linearisation is kept between products within ``memory_budget`` (:mod:`.cache`) and dropped when a
+parameter changes or a batch differs from the kept one.
+
+With ``torch.distributed`` initialised, every rank evaluates its share of the data (batches ``i % world == rank``,
+or a contiguous slice of the samples of a single batch) and the sample-weighted partial products are all-reduced,
+so every rank gets the same ``A @ v`` and the Lanczos / trace / density routines run data-parallel unchanged.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from .._ext import build_info
-from .._state import fresh_input, outside_inference_mode
-from ..checks import check_hvp_inputs, check_int, check_reduction, check_vector_like
-from ..derivs import directional_derivs
-from ..hvp import LinearizedHVP, loss_hvp
-from ..losses import LossSpec, resolve_loss
-from ..taylor.impl import Composite, Fused
-from ..taylor.quadratic import QuadraticForms
+from .._state import outside_inference_mode
 from ..batches import holds_batches, own_loss_fn
-from ..params import functional_state, model_loss_fn, select_parameters
-from .data import (
-    batch_samples,
-    check_deterministic,
-    dist_info,
-    map_tensors,
-    shard_batches,
-    shard_loss_batches,
-    tensor_leaves,
-)
+from ..checks import check_hvp_inputs, check_int, check_reduction, check_vector_like
+from ..losses import LossSpec, resolve_loss
+from ..loss_curvature import check_curvature
+from ..memory import Budget, resolve_budget
+from ..params import select_parameters
+from .cache import BatchCache
+from .data import batch_samples, check_deterministic, dist_info, indexed_shards, map_tensors
+from .gauss_newton_products import GaussNewtonProducts, PerSampleFisherProducts
+from .hessian_products import HessianProducts
 
 __all__ = ["HessianOperator", "as_operator"]
 
@@ -68,33 +57,37 @@ def _all_reduce_sum(acc: torch.Tensor, count: int, world: int) -> float:
     return float(total.item())
 
 
-_TAYLOR_SAMPLES = 2048   # probes × samples per Taylor pass (bounds its memory: activations [probes·B, ...])
+def _check_loss_options(loss, loss_fn, label_smoothing, reduction, memory_budget, chunk, mc_samples) -> None:
+    check_int(chunk, "chunk", allow_none=True)
+    check_int(mc_samples, "mc_samples")
+    if loss_fn is not None:
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be a callable loss_fn(model, batch) -> scalar, got {type(loss_fn).__name__}")
+        if loss is not None:
+            raise ValueError("pass either loss (with (x, y) batches) or loss_fn(model, batch), not both")
+        if label_smoothing:
+            raise ValueError("label_smoothing applies to loss='cross_entropy'; put it in loss_fn instead")
+    check_reduction(reduction)
+    if memory_budget != 0 and memory_budget is not None:
+        resolve_budget(memory_budget, torch.device("cpu"))       # the checks of every entry point's budget
 
 
-def _default_budget(device: torch.device) -> int:
-    """A quarter of the physical memory on the CPU; half of the free memory on a GPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0] // 2)
+def _deterministic(model, data, curvature: str, allow: bool) -> bool:
+    """Whether repeated products agree; a non-deterministic setup raises unless ``allow`` (Hessian only)."""
     try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4)
-    except (ValueError, OSError, AttributeError):
-        return 2 ** 31
-
-
-class _LossCall(nn.Module):
-    """``loss_fn(model, batch)`` as a module, so that ``functional_call`` can substitute the model's parameters."""
-
-    def __init__(self, model: nn.Module, loss_fn: Callable):
-        super().__init__()
-        self.model = model
-        self.fn = loss_fn
-
-    def forward(self, batch):
-        return self.fn(self.model, batch)
+        check_deterministic(model, data, what="the Hessian" if curvature == "hessian" else f"curvature={curvature!r}")
+        return True
+    except ValueError as err:
+        if curvature != "hessian":
+            raise ValueError(f"{err} (allow_nondeterministic applies to curvature='hessian' only: J and Jᵀ of "
+                             "the other curvatures must see one network)") from None
+        if not allow:
+            raise
+        return False
 
 
 class HessianOperator:
-    """The loss Hessian of ``model`` on ``data`` as a symmetric ``[P, P]`` operator.
+    """A curvature matrix (the loss Hessian by default) of ``model`` on ``data`` as a symmetric ``[P, P]`` operator.
 
     Args:
         model: an ``nn.Module`` (its mode is used as it is).
@@ -105,85 +98,86 @@ class HessianOperator:
             of any form. Batches that are mappings of the model's keyword arguments (dicts, Hugging Face
             ``BatchEncoding``) with neither ``loss`` nor ``loss_fn`` given: the model's own loss from their
             ``labels``, as the mean (``reduction="sum"``: the sum) of the per-sample losses of
-            :func:`lamda_ext.batches.sample_losses`. Batches are moved to the parameters' device; iterables are re-iterated on every product.
+            :func:`lamda_ext.batches.sample_losses`. Batches are moved to the parameters' device; iterables are
+            re-iterated on every product.
+        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"``, ``"fisher_mc"`` or ``"empirical_fisher"`` (module
+            docstring). ``"fisher"``/``"fisher_mc"`` need ``loss="cross_entropy"`` or ``"mse"``.
         loss_fn: ``loss_fn(model, batch) -> scalar`` instead of ``loss``: the batch-mean loss
             (``reduction="mean"``; batches are weighted by their sample count, the leading size of the
-            batch's first tensor) or the batch's summed loss (``reduction="sum"``).
-        reduction: ``"mean"`` (Hessian of the mean loss over all samples) or ``"sum"`` (of the summed loss).
+            batch's first tensor) or the batch's summed loss (``reduction="sum"``). Curvatures ``"hessian"``
+            and ``"empirical_fisher"`` only.
+        reduction: ``"mean"`` (the curvature of the mean loss over all samples) or ``"sum"`` (of the summed loss).
         params: the parameters to differentiate: tensors, names of parameters or submodules, a predicate
-            ``f(name) -> bool`` or a submodule (:func:`lamda_ext.params.select_parameters`; default every
-            parameter with ``requires_grad``); P counts them flattened in ``model.parameters()`` order.
+            ``f(name)`` or ``f(name, parameter) -> bool``, or a submodule (:func:`lamda_ext.params.select_parameters`;
+            default every parameter with ``requires_grad``); P counts them flattened in ``model.parameters()`` order.
         label_smoothing: for cross-entropy.
-        allow_nondeterministic: skip the refusal of active dropout, train-mode batch norm and
-            shuffling loaders (which make repeated products disagree; such a setup is never cached).
+        allow_nondeterministic: ``curvature="hessian"`` only: skip the refusal of active dropout, train-mode batch
+            norm and shuffling loaders (which make repeated products disagree; such a setup is never cached).
         shard: with ``torch.distributed`` initialised, split ``data`` across ranks (default). Pass
             ``False`` when every rank already holds only its own share (e.g. a ``DistributedSampler``);
             the products are all-reduced in both cases.
         chunk: the most directions one vmapped tangent evaluation takes at once (bounds memory; all
             directions share one primal pass); None = one at a time on the CPU, all at once on a GPU.
-        memory_budget: bytes of linearised batches to keep between products (see the module docstring);
-            None = a quarter of the physical memory (CPU) or half of the free GPU memory; 0 = recompute
+        memory_budget: bytes of linearised batches to keep between products, or ``"auto"`` (and None): half of
+            the free memory of the parameters' device (:func:`lamda_ext.memory.resolve_budget`); 0 = recompute
             every product.
+        mc_samples, mc_seed: ``curvature="fisher_mc"``: sampled targets per sample, and their seed.
 
-    ``H @ V`` takes one vector ``[P]`` or rows ``[K, P]`` (the layout of :func:`lamda_ext.hvp`) and returns
+    ``A @ V`` takes one vector ``[P]`` or rows ``[K, P]`` (the layout of :func:`lamda_ext.hvp`) and returns
     the same shape; ``to_scipy()`` gives a ``scipy.sparse.linalg.LinearOperator`` (float64 numpy in and out).
     """
 
-    def __init__(self, model: nn.Module, loss: LossSpec | None = None, data=None, *, params=None,
-                 label_smoothing: float = 0.0, allow_nondeterministic: bool = False,
+    def __init__(self, model: nn.Module, loss: LossSpec | None = None, data=None, *, curvature: str = "hessian",
+                 params=None, label_smoothing: float = 0.0, allow_nondeterministic: bool = False,
                  shard: bool = True, chunk: int | None = None, loss_fn: Callable | None = None,
-                 reduction: str = "mean", memory_budget: int | None = None):
+                 reduction: str = "mean", memory_budget: Budget = "auto", mc_samples: int = 1, mc_seed: int = 0):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if data is None:
             raise ValueError("data is required: an (x, y) pair or an iterable of (x, y) pairs "
                              "(with loss_fn: a batch or an iterable of batches)")
-        check_int(chunk, "chunk", allow_none=True)
         if loss_fn is None and loss is None and holds_batches(data):    # keyword batches: the model's own loss
             loss_fn = own_loss_fn(reduction)
-        if loss_fn is not None:
-            if not callable(loss_fn):
-                raise TypeError(f"loss_fn must be a callable loss_fn(model, batch) -> scalar, got {type(loss_fn).__name__}")
-            if loss is not None:
-                raise ValueError("pass either loss (with (x, y) batches) or loss_fn(model, batch), not both")
-            if label_smoothing:
-                raise ValueError("label_smoothing applies to loss='cross_entropy'; put it in loss_fn instead")
-        check_reduction(reduction)
-        if memory_budget is not None and (isinstance(memory_budget, bool) or int(memory_budget) < 0):
-            raise ValueError(f"memory_budget must be a number of bytes ≥ 0 or None, got {memory_budget!r}")
-        try:
-            check_deterministic(model, data)
-            deterministic = True
-        except ValueError:
-            if not allow_nondeterministic:
-                raise
-            deterministic = False
-        self.model = model
-        self.batch_loss_fn = loss_fn
+        _check_loss_options(loss, loss_fn, label_smoothing, reduction, memory_budget, chunk, mc_samples)
         self.loss = None if loss_fn is not None else ("cross_entropy" if loss is None else loss)
+        self.curvature = check_curvature(curvature, self.loss, loss_fn is not None)
+        self.deterministic = _deterministic(model, data, curvature, allow_nondeterministic)
+        self._options = dict(curvature=curvature, label_smoothing=label_smoothing, shard=shard, chunk=chunk,
+                             loss_fn=loss_fn, reduction=reduction, memory_budget=memory_budget,
+                             mc_samples=mc_samples, mc_seed=mc_seed, allow_nondeterministic=allow_nondeterministic)
+        self.model, self.data, self.batch_loss_fn, self.reduction = model, data, loss_fn, reduction
         self.loss_fn = None if loss_fn is not None else resolve_loss(self.loss, label_smoothing)
-        self.reduction = reduction
-        self.data = data
         self.params = select_parameters(model, params)
         first = next(iter(self.params.values()))
-        self.dtype = first.dtype
-        self.device = first.device
+        self.dtype, self.device = first.dtype, first.device
         self.size = sum(p.numel() for p in self.params.values())
         self.shape = (self.size, self.size)
         self.shard = bool(shard)
         self.chunk = None if chunk is None else int(chunk)
-        self.memory_budget = (_default_budget(self.device) if memory_budget is None else int(memory_budget)) \
-            if deterministic else 0
-        self.deterministic = deterministic
         self.label_smoothing = float(label_smoothing)
-        self.n_products = 0       # number of Hessian-vector products evaluated (rows)
-        self.n_quadratic_forms = 0  # zᵀHz evaluated by Taylor passes (without an HVP)
-        self.n_linearizations = 0  # primal forward+backward passes kept for reuse
+        self.mc_samples, self.mc_seed = int(mc_samples), int(mc_seed)
+        budget = (0 if memory_budget == 0 else resolve_budget(memory_budget, self.device)) if self.deterministic else 0
+        self.cache = BatchCache(budget, self.flat_params)
+        self.n_products = 0       # number of operator-vector products evaluated (rows)
+        self.n_quadratic_forms = 0  # zᵀAz evaluated without a product
+        self.n_linearizations = 0  # primal passes kept for reuse (linearisations, per-sample gradients)
         self.local_samples = 0    # samples this rank evaluated in the last product
-        self._cache: dict[int, tuple[list[torch.Tensor], LinearizedHVP]] = {}
-        self._cache_key = None
-        self._cache_full = False
-        self._forms: dict[int, tuple[list[torch.Tensor], QuadraticForms]] = {}   # per batch: its adjoints
+        if curvature == "hessian":
+            self._work = HessianProducts(self)
+        elif loss_fn is not None:
+            self._work = PerSampleFisherProducts(self)
+        else:
+            self._work = GaussNewtonProducts(self)
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes the kept batches may hold (0: every product recomputes)."""
+        return self.cache.budget
+
+    def restrict(self, params) -> "HessianOperator":
+        """The same curvature, data and options on another parameter selection (``params`` as in the constructor)."""
+        return HessianOperator(self.model, self.loss if self.batch_loss_fn is None else None, self.data,
+                               params=params, **self._options)
 
     # ------------------------------------------------------------------ distributed helpers
     @property
@@ -204,199 +198,105 @@ class HessianOperator:
         return torch.cat([p.detach().reshape(-1) for p in self.params.values()])
 
     def clear_cache(self) -> None:
-        """Forget the linearised batches (they are also dropped when a parameter changes)."""
-        self._cache.clear()
-        self._cache_key = None
-        self._cache_full = False
-        self._forms.clear()
-
-    def _drop_stale_caches(self) -> None:
-        """Forget every kept batch when a parameter changed since the first was kept (the values are compared:
-        in-place updates through ``.data`` bump no version)."""
-        if (self._cache or self._forms) and (
-                self._cache_key is None or not torch.equal(self.flat_params(), self._cache_key)):
-            self.clear_cache()
-
-    def _kept(self, cache: dict, i: int, leaves: list):
-        """What ``cache`` keeps for the i-th batch if that batch's tensors are still ``leaves``, else None."""
-        hit = cache.get(i)
-        if hit is not None and len(hit[0]) == len(leaves) and all(
-                a.shape == b.shape and torch.equal(a, b) for a, b in zip(hit[0], leaves)):
-            return hit[1]
-        return None
-
-    def _keep(self, cache: dict, i: int, leaves: list, value) -> None:
-        """Keep ``value`` for the i-th batch (a copy of its tensors to recognise it; the parameter fingerprint is
-        taken with the first batch kept in either cache)."""
-        if not (self._cache or self._forms):
-            self._cache_key = self.flat_params()
-        cache[i] = ([t.detach().clone() for t in leaves], value)
+        """Forget the kept batches (they are also dropped when a parameter changes)."""
+        self.cache.clear()
 
     @property
     def cached_bytes(self) -> int:
-        """Bytes held by the linearised batches (and the adjoints kept for quadratic forms)."""
-        return sum(lin.nbytes for _, lin in self._cache.values()) + sum(f.nbytes for _, f in self._forms.values())
+        """Bytes held by the kept batches (linearisations, adjoints, per-sample gradients)."""
+        return self.cache.nbytes
 
-    def _batches(self):
-        """``(batch on the device, samples, loss function of the parameter dict)`` for this rank's share."""
+    def _shards(self):
+        """``(position, shard, batch on the device, samples)`` for this rank's share of the data."""
         rank, world = dist_info()
         shard_rank, shard_world = (rank, world) if self.shard else (0, 1)
-        to_dev = lambda t: t.to(self.device, non_blocking=True)
-        names = list(self.params)
-        if self.batch_loss_fn is None:
-            for x, y in shard_batches(self.data, shard_rank, shard_world):
+        to_dev = lambda t: t.to(self.device, non_blocking=True)   # noqa: E731
+        loss_fn_form = self.batch_loss_fn is not None
+        for i, shard in enumerate(indexed_shards(self.data, shard_rank, shard_world, loss_fn_form)):
+            if loss_fn_form:
+                batch = map_tensors(to_dev, shard.batch)
+                n = batch_samples(batch)
+            else:
+                x, y = shard.batch
                 x = to_dev(x)
                 y = to_dev(y) if isinstance(y, torch.Tensor) else y
-                if x.shape[0] == 0:
-                    continue
-                if x.is_inference():     # data made under torch.inference_mode(): usable outside it as a copy
+                n = x.shape[0]
+                if n and x.is_inference():   # data made under torch.inference_mode(): usable outside it as a copy
                     x = x.clone()
-                # the output/target check (one plain forward) runs on the first product only
-                y = check_hvp_inputs(self.model, x, y, self.loss, "params", forward=self.n_products == 0)
-                yield (x, y), x.shape[0], model_loss_fn(self.model, x, y, self.loss_fn, names)
-            return
-        wrapper = _LossCall(self.model, self.batch_loss_fn)
-        state = {f"model.{k}": v for k, v in functional_state(self.model, set(names)).items()}
-        for batch in shard_loss_batches(self.data, shard_rank, shard_world):
-            batch = map_tensors(to_dev, batch)
-            n = batch_samples(batch)
-            if n == 0:
-                continue
+                if n:   # the output/target check (one plain forward) runs on the first product only
+                    y = check_hvp_inputs(self.model, x, y, self.loss, "params", forward=self.n_products == 0)
+                batch = (x, y)
+            if n:
+                yield i, shard, batch, n
 
-            def f(p, batch=batch):
-                out = functional_call(wrapper, ({f"model.{k}": v for k, v in p.items()}, state), (fresh_input(batch),))
-                if not isinstance(out, torch.Tensor) or out.dim() != 0:
-                    raise ValueError("loss_fn(model, batch) must return a scalar tensor (the batch's mean or "
-                                     f"summed loss), got {type(out).__name__} of shape "
-                                     f"{list(getattr(out, 'shape', []))}")
-                return out
-            yield batch, n, f
-
-
-    def _batch_hvp(self, i: int, batch, f, V: torch.Tensor) -> torch.Tensor:
-        """``H_f V`` for the i-th batch, from its cached linearisation when there is one (or room for one)."""
-        if self.memory_budget > 0:
-            leaves = tensor_leaves(batch)
-            kept = self._kept(self._cache, i, leaves)
-            if kept is not None:
-                return kept(V, self.chunk)
-            if not self._cache_full:
-                lin = LinearizedHVP(f, self.params)
-                self.n_linearizations += 1
-                out = lin(V, self.chunk)
-                self._cache.pop(i, None)      # a different batch at this position: its old linearisation goes
-                if self.cached_bytes + lin.nbytes <= self.memory_budget:
-                    self._keep(self._cache, i, leaves, lin)
-                else:
-                    self._cache_full = True
-                return out
-        with torch.enable_grad():
-            return loss_hvp(f, self.params, V, self.chunk)
-
-    def _rows(self, V: torch.Tensor) -> torch.Tensor:
-        """``H`` applied to each row of ``V`` ``[K, P]`` → ``[K, P]`` (over all data)."""
+    def _accumulate(self, fn: Callable, like: torch.Tensor) -> torch.Tensor:
+        """``Σ_batches fn(position, shard, batch, n)`` over all ranks' data, divided by the sample count for
+        ``reduction="mean"``."""
         _, world = dist_info()
-        self._drop_stale_caches()
-        acc = torch.zeros_like(V)
+        self.cache.check()
+        acc = torch.zeros_like(like)
         count = 0
-        # (x, y) batches give batch-mean Hessians: weight n_b for both reductions; a loss_fn gives the
-        # batch's mean (weight n_b) or sum (weight 1)
-        unit = self.batch_loss_fn is not None and self.reduction == "sum"
-        for i, (batch, n, f) in enumerate(self._batches()):
-            hv = self._batch_hvp(i, batch, f, V)
-            acc.add_(hv.detach(), alpha=1.0 if unit else float(n))
+        for i, shard, batch, n in self._shards():
+            acc.add_(fn(i, shard, batch, n).detach())
             count += n
         total = _all_reduce_sum(acc, count, world)
         self.local_samples = count
-        self.n_products += V.shape[0]
         return acc / total if self.reduction == "mean" else acc
+
+    def _rows(self, V: torch.Tensor) -> torch.Tensor:
+        """``A`` applied to each row of ``V`` ``[K, P]`` → ``[K, P]`` (over all data)."""
+        out = self._accumulate(lambda i, shard, batch, n: self._work.product(i, shard, batch, n, V), V)
+        self.n_products += V.shape[0]
+        return out
 
     @property
     def taylor_quadratic_forms(self) -> bool:
-        """Whether :meth:`quadratic_forms` uses Taylor passes (``(x, y)`` data, all trainable parameters,
-        a deterministic setup) rather than HVPs."""
-        return (self.batch_loss_fn is None and self.deterministic and self._taylor_ok
-                and list(self.params) == [n for n, p in self.model.named_parameters() if p.requires_grad])
+        """Whether :meth:`quadratic_forms` of the Hessian uses Taylor passes (``(x, y)`` data, all trainable
+        parameters, a deterministic setup) rather than HVPs."""
+        return self.curvature == "hessian" and self._work.forms_available
 
-    _taylor_ok = True
-
+    @outside_inference_mode
     def quadratic_forms(self, Z: torch.Tensor) -> torch.Tensor:
-        """``z_iᵀ H z_i`` for each row of ``Z`` ``[n, P]`` → ``[n]`` float64 on the CPU.
+        """``z_iᵀ A z_i`` for each row of ``Z`` ``[n, P]`` → ``[n]`` float64 on the CPU.
 
-        By second directional derivatives (Taylor mode, forward passes only) where
-        :attr:`taylor_quadratic_forms` holds, else by HVPs; the two agree to rounding.
+        Without a product where the curvature allows: the Hessian by second directional derivatives (Taylor
+        mode, forward passes only; see :attr:`taylor_quadratic_forms`), the GGN-type curvatures as
+        ``(Jz)ᵀ M (Jz)`` (tangent forwards only); else from products. The ways agree to rounding.
         """
         check_vector_like(Z, self.dtype, self.device, "parameters")
         if Z.dim() != 2 or Z.shape[1] != self.size:
             raise ValueError(f"Z must have shape [n, P]=[n, {self.size}], got {list(Z.shape)}")
-        if self.taylor_quadratic_forms:
+        if self._work.forms_available:
+            like = torch.zeros(Z.shape[0], dtype=torch.float64, device=self.device)
             try:
-                return self._taylor_forms(Z)
+                out = self._accumulate(lambda i, shard, batch, n: self._work.forms(i, shard, batch, n, Z), like)
+                self.n_quadratic_forms += Z.shape[0]
+                return out.cpu()
             except NotImplementedError as err:   # an op without a Taylor rule: HVPs still work
                 warnings.warn(f"HessianOperator.quadratic_forms: {err} Using HVPs instead.", RuntimeWarning,
                               stacklevel=2)
-                self._taylor_ok = False
+                self._work.disable_forms()
         return (Z.to(torch.float64) * self.matvec(Z).to(torch.float64)).sum(dim=1).cpu()
 
-    def _taylor_forms(self, Z: torch.Tensor) -> torch.Tensor:
-        rank, world = dist_info()
-        shard_rank, shard_world = (rank, world) if self.shard else (0, 1)
-        info = build_info()
-        fused = info["cpu"] if self.device.type == "cpu" else info["cuda_available"]
-        backend = "fused" if fused else "taylor"
-        acc = torch.zeros(Z.shape[0], dtype=torch.float64, device=self.device)
-        count = 0
-        self._drop_stale_caches()
-        for bi, (x, y) in enumerate(shard_batches(self.data, shard_rank, shard_world)):
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True) if isinstance(y, torch.Tensor) else y
-            n = x.shape[0]
-            if n == 0:
-                continue
-            step = max(1, _TAYLOR_SAMPLES // n)
-            forms = self._contracted_forms(bi, x, y, backend)
-            with torch.no_grad():
-                for i in range(0, Z.shape[0], step):
-                    if forms is not None:
-                        q = forms(Z[i:i + step])
-                    else:
-                        q = directional_derivs(self.model, x, y, order=2, directions=Z[i:i + step], loss=self.loss,
-                                               wrt="params", backend=backend,
-                                               label_smoothing=self.label_smoothing)[:, 1]
-                    acc[i:i + step] += float(n) * q.to(torch.float64)
-            count += n
-        total = _all_reduce_sum(acc, count, world)
-        self.n_quadratic_forms += Z.shape[0]
-        return (acc / total if self.reduction == "mean" else acc).cpu()
+    @outside_inference_mode
+    def exact_diagonal(self) -> torch.Tensor:
+        """``diag(A)`` ``[P]`` (the operator's dtype and device) for the Gauss–Newton-type curvatures, from
+        per-sample vector–Jacobian products: one pass over the data per output dimension (the empirical Fisher
+        of a ``loss_fn``: one per-sample gradient pass).
 
-    _contract_ok = True
-
-    def _contracted_forms(self, i: int, x, y, backend: str):
-        """:class:`~lamda_ext.taylor.quadratic.QuadraticForms` for the i-th batch (one adjoint pass, then
-        first-order Taylor passes per block of probes; kept for later calls on the same batch and parameters
-        within ``memory_budget``), or None where the model or loss needs the plain order-2 Taylor run (the
-        same numbers, more arithmetic). A new batch is checked first (one plain forward)."""
-        if not self._contract_ok:
-            return None
-        leaves = tensor_leaves((x, y))
-        kept = self._kept(self._forms, i, leaves)
-        if kept is not None:
-            return kept
-        y = check_hvp_inputs(self.model, x, y, self.loss, "params", forward=True)
-        try:
-            forms = QuadraticForms(self.model, x, y, self.loss, self.label_smoothing,
-                                   Fused() if backend == "fused" else Composite())
-        except (NotImplementedError, RuntimeError):
-            self._contract_ok = False
-            return None
-        self._forms.pop(i, None)
-        if self.cached_bytes + forms.nbytes <= self.memory_budget:
-            self._keep(self._forms, i, leaves, forms)
-        return forms
+        Raises:
+            NotImplementedError: for ``curvature="hessian"`` (use :func:`~lamda_ext.hessian.hessian_diagonal`
+                with ``method="hutchinson"``).
+        """
+        if not hasattr(self._work, "diagonal"):
+            raise NotImplementedError("the exact diagonal is available for curvature 'ggn', 'fisher', 'fisher_mc' "
+                                      "and 'empirical_fisher'; for the Hessian use method='hutchinson'")
+        like = torch.zeros(self.size, dtype=self.dtype, device=self.device)
+        return self._accumulate(lambda i, shard, batch, n: self._work.diagonal(i, shard, batch, n), like)
 
     @outside_inference_mode
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """``H v`` for one vector ``v`` ``[P]``, or ``H v_k`` for each row of ``V`` ``[K, P]`` (same shape out)."""
+        """``A v`` for one vector ``v`` ``[P]``, or ``A v_k`` for each row of ``V`` ``[K, P]`` (same shape out)."""
         check_vector_like(v, self.dtype, self.device, "parameters")
         P = self.size
         if v.dim() == 1 and v.shape[0] == P:
@@ -428,8 +328,8 @@ class HessianOperator:
         return LinearOperator(self.shape, matvec=_mv, rmatvec=_mv, matmat=_mm, rmatmat=_mm, dtype=np.float64)
 
     def __repr__(self) -> str:
-        return (f"HessianOperator(P={self.size}, dtype={self.dtype}, device={self.device}, "
-                f"loss={self.loss if self.batch_loss_fn is None else self.batch_loss_fn!r}, "
+        return (f"HessianOperator(P={self.size}, curvature={self.curvature!r}, dtype={self.dtype}, "
+                f"device={self.device}, loss={self.loss if self.batch_loss_fn is None else self.batch_loss_fn!r}, "
                 f"reduction={self.reduction!r}, world={dist_info()[1]})")
 
 

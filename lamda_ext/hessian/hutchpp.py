@@ -1,0 +1,149 @@
+"""Hutch++ (Meyer, Musco, Musco, Woodruff 2021): the trace of a low-rank sketch exactly, Hutchinson on the rest.
+
+The sketch ``Q = orth(A S)`` (Rademacher S) comes from block products ``A @ [s, P]``; ``A Q`` takes s more products
+and gives ``tr(QᵀAQ)``; Rademacher probes g are deflated, ``g_⊥ = g − Qᵀ(Q g)``, and their quadratic forms
+``d = g_⊥ᵀ A g_⊥`` estimate the trace of the rest, ``tr((I − QQᵀ) A (I − QQᵀ))``. The standard error is that of the
+deflated forms (the sketched part is exact given Q).
+
+With a budget only (``matvecs``), a third of it sketches and a third measures the sketch, as in the paper.
+
+With an ``rtol`` target the sketch size adapts. Every probe also gives its plain Hutchinson sample without a product:
+``gᵀAg = d + 2 cᵀ(AQ) g_⊥ + cᵀ(QᵀAQ)c`` with ``c = Q g`` (the sketch's vectors ``s`` likewise give ``sᵀ(As)``). After
+each pilot block the sketch doubles while the remaining probes the target needs exceed four times the doubling's
+cost and the last doubling (the first sketch: against the plain samples) at least halved the per-probe variance.
+Deflation can also spread the samples more than it removes (a near-diagonal A gains off-diagonal mass under the
+projection); where the deflated forms vary more than the plain samples, the estimate is plain Hutchinson on every
+probe drawn (``sketch = 0`` in the result). Probes are then added block by block until the standard error is at
+most ``rtol · |estimate|``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .estimates import (TraceEstimate, apply_blocks, draw_probes, extend_basis, gram64, product_budget, reached,
+                        rowdot64, warn_unconverged)
+
+__all__ = ["hutchpp_trace", "Sketch"]
+
+
+class Sketch:
+    """The sketch of Hutch++ for the operator ``op``: orthonormal rows Q ``[r, P]``, ``Z = A Q`` (rows),
+    ``H = Q Zᵀ`` (float64, CPU) and the products taken (``matvecs``); grown by :meth:`grow`, probed by :meth:`probe`.
+    Holds ``2 r P`` numbers of the operator's dtype."""
+
+    def __init__(self, op, block: int):
+        self.op, self.block = op, block
+        self.Q = torch.zeros(0, op.size, dtype=op.dtype, device=op.device)
+        self.Z = torch.zeros_like(self.Q)
+        self.H = torch.zeros(0, 0, dtype=torch.float64)
+        self.matvecs = 0
+
+    @property
+    def trace(self) -> float:
+        return float(torch.trace(self.H))
+
+    def grow(self, S: torch.Tensor) -> torch.Tensor:
+        """Add the part of ``range(A S)`` not yet in Q (``S`` ``[s, P]``); the plain samples ``sᵀAs`` ``[s]``."""
+        Y = apply_blocks(self.op, S, self.block)
+        Qn = extend_basis(self.Q, Y)
+        k, r = self.Q.shape[0], Qn.shape[0]
+        H = torch.zeros(k + r, k + r, dtype=torch.float64)
+        H[:k, :k] = self.H
+        if r:
+            Zn = apply_blocks(self.op, Qn, self.block)
+            cross = gram64(Zn, self.Q)
+            H[k:, :k], H[:k, k:] = cross, cross.t()
+            new = gram64(Zn, Qn)
+            H[k:, k:] = (new + new.t()) / 2
+            self.Q, self.Z = torch.cat([self.Q, Qn]), torch.cat([self.Z, Zn])
+        self.H = H
+        self.matvecs += S.shape[0] + r
+        return rowdot64(S, Y)
+
+    def probe(self, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The deflated forms ``d`` and the plain samples ``gᵀAg`` ``[g]`` (float64, CPU) of probes ``G`` ``[g, P]``."""
+        if not self.Q.shape[0]:
+            d = self.op.quadratic_forms(G)
+            return d, d
+        c = G @ self.Q.t()                                        # [g, r] (a sample: the operator's dtype)
+        Gp = (G - c @ self.Q).contiguous()
+        d = self.op.quadratic_forms(Gp)
+        c64, zg = c.to("cpu", torch.float64), (Gp @ self.Z.t()).to("cpu", torch.float64)
+        h = d + 2 * (c64 * zg).sum(dim=1) + ((c64 @ self.H) * c64).sum(dim=1)
+        return d, h
+
+
+def _stats(samples: torch.Tensor, offset: float) -> tuple[float, float]:
+    """(offset + mean, standard error) of the samples."""
+    n = samples.numel()
+    se = float(samples.std()) / math.sqrt(n) if n >= 2 else math.inf
+    return offset + float(samples.mean()), se
+
+
+def _grow_adaptively(op, sk: Sketch, plain: list, rtol: float, budget: int, generator, block: int) -> torch.Tensor:
+    """Double the sketch while it pays (module docstring); the last pilot's deflated forms (``plain`` collects
+    every plain sample)."""
+    prev_var = None
+    while True:
+        g = min(block, budget - sk.matvecs)
+        d, h = sk.probe(draw_probes(op, g, generator))
+        sk.matvecs += g
+        plain.append(h)
+        t, _ = _stats(d, sk.trace)
+        var = float(d.var()) if d.numel() >= 2 else math.inf
+        base = float(torch.cat(plain).var()) if prev_var is None else prev_var
+        need = var / (rtol * abs(t)) ** 2 if t != 0 else math.inf
+        grow = sk.Q.shape[0] or block
+        pays = need - d.numel() > 4 * grow and var < base / 2
+        fits = sk.matvecs + 2 * grow + block <= budget and sk.Q.shape[0] + grow <= op.size
+        if not (pays and fits):
+            return d
+        prev_var = var            # the pilot's probes stay as plain samples; their deflated forms go with the sketch
+        plain.append(sk.grow(draw_probes(op, grow, generator)))
+
+
+def hutchpp_trace(op, *, matvecs: int | None = None, rtol: float | None = None,
+                  generator: torch.Generator | None = None, block: int = 32) -> TraceEstimate:
+    """``tr(A)`` by Hutch++ (module docstring).
+
+    Args:
+        op: the operator (see :mod:`lamda_ext.hessian.estimates`).
+        matvecs: the product budget (≥ 3; default 100, or 10 000 with ``rtol``).
+        rtol: the target relative standard error (adaptive sketch and probes); a ``RuntimeWarning`` when the
+            budget ends first.
+        generator: draws the sketch and the probes (on the CPU). block: rows per block product, probes per pilot.
+
+    Returns:
+        A :class:`~lamda_ext.hessian.TraceEstimate` (samples: the deflated quadratic forms, or the plain samples
+        when the estimate is plain Hutchinson; sketch: the rank of Q used, 0 in that case).
+    """
+    budget, rtol, block = product_budget(matvecs, rtol, block)
+    if budget < 3:
+        raise ValueError(f"hutch++ needs matvecs ≥ 3, got {budget}")
+    sk = Sketch(op, block)
+    if rtol is None:
+        s = budget // 3
+        S = draw_probes(op, s, generator)
+        G = draw_probes(op, budget - 2 * s, generator)
+        sk.grow(S)
+        rest = sk.probe(G)[0]
+        return TraceEstimate(sk.trace + float(rest.mean()), rest, "hutch++", S.shape[0] + G.shape[0],
+                             matvecs=sk.matvecs + G.shape[0], sketch=sk.Q.shape[0])
+    plain = [sk.grow(draw_probes(op, min(block, budget // 3), generator))]
+    rest = _grow_adaptively(op, sk, plain, rtol, budget, generator, block)
+    use_sketch = rest.numel() >= 2 and float(rest.var()) < float(torch.cat(plain).var())
+    while True:
+        t, se = _stats(rest, sk.trace) if use_sketch else _stats(torch.cat(plain), 0.0)
+        n = rest.numel() if use_sketch else sum(p.numel() for p in plain)
+        if reached(t, se, n, rtol) or sk.matvecs >= budget:
+            break
+        g = min(block, budget - sk.matvecs)
+        d, h = sk.probe(draw_probes(op, g, generator))
+        sk.matvecs += g
+        rest, plain = torch.cat([rest, d]), plain + [h]
+    samples = rest if use_sketch else torch.cat(plain)
+    probes = sk.matvecs - sk.Q.shape[0]        # every product but the sketch's measurement drew a probe
+    return warn_unconverged(TraceEstimate(t, samples, "hutch++", probes, std_error=se, matvecs=sk.matvecs,
+                                          sketch=sk.Q.shape[0] if use_sketch else 0, rtol=rtol))
