@@ -40,10 +40,11 @@ class GPT2Small(nn.Module):
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.wte = nn.Embedding(vocab, dim)
-        self.register_buffer("mask", torch.triu(torch.full((tokens, tokens), float("-inf")), 1), persistent=False)
 
     def forward(self, e):
-        h = self.blocks(e + self.pos, mask=self.mask, is_causal=True)
+        t = e.shape[1]
+        mask = torch.triu(torch.full((t, t), float("-inf"), dtype=e.dtype, device=e.device), 1)
+        h = self.blocks(e + self.pos, mask=mask, is_causal=True)
         return self.norm(h[:, -1]) @ self.wte.weight.T
 
 
