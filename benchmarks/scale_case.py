@@ -5,8 +5,9 @@
 
 Prints one JSON line: the call's time (first call, and a second, warm one with ``--repeat 2``), the median of
 warm ``torch.no_grad()`` forward passes of the same model and batch in the same process, their ratio
-("forward passes"), the process's peak RSS (and peak CUDA memory on a GPU), the plan, and the RSS before the
-call (model, inputs, warm forward passes). ``--rss-limit GB`` caps the address space so that a reference that
+("forward passes"), the process's peak RSS (and peak CUDA memory on a GPU), the plan each call used (from the
+``lamda_ext`` debug log), a measured plan of the same call (``lamda_ext.plan``: its predicted peak and cost), and
+the RSS before the call (model, inputs, warm forward passes). ``--rss-limit GB`` caps the address space so that a reference that
 does not fit fails with the size it asked for instead of being killed.
 
 Models: torchvision classifiers by name at 224×224 (``resnet50``, ``vit_b_16``, ``swin_t``, ``convnext_tiny``,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import statistics
 import sys
@@ -116,7 +118,16 @@ def main(argv=None) -> int:
            "device": str(dev), "dtype": a.dtype, "grad": not a.no_grad, "threads": torch.get_num_threads(),
            "forward_s": statistics.median(fw), "rss_before_GB": before / 2**30,
            "params_M": sum(p.numel() for p in m.parameters()) / 1e6}
-    times = []
+    times, plans = [], []
+
+    class _Plans(logging.Handler):      # the plan each call used (lamda_ext logs it at debug level)
+        def emit(self, record):
+            if record.getMessage().startswith("plan:"):
+                plans.append(record.getMessage())
+
+    logger = logging.getLogger("lamda_ext")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(_Plans())
     try:
         kw = dict(order=a.order, directions=u, backend=a.backend)
         if a.backend in ("taylor", "fused", "auto"):
@@ -129,7 +140,8 @@ def main(argv=None) -> int:
             sync()
             times.append(time.perf_counter() - t)
             del d
-        if a.backend in ("taylor", "fused", "auto"):     # the plan the calls used (its cost model is cached)
+        out["call_plans"] = plans
+        if a.backend in ("taylor", "fused", "auto"):     # a measured plan of the same call (cost model cached)
             with torch.set_grad_enabled(not a.no_grad):
                 p = lamda_ext.plan(m, x, y, **kw)
             out.update(plan=str(p), predicted_peak_GB=p.predicted_peak / 2**30, chunks=p.n_chunks,
