@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import replace
 from typing import Optional, Union
 
 import torch
@@ -108,6 +109,8 @@ def _execute(job: Job, name: str, budget: int, forward_bytes: int):
     start = RngReplay(job.x.device)
     p, done = _planned(job, name, budget, forward_bytes, start=start)
     log.debug("%s", p)
+    if p.attention_rows is not None:
+        job = replace(job, attention_rows=p.attention_rows)
     if p.mode == "measure":
         with torch.no_grad():
             return run_chunks(job, p.chunks, done, start)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -66,7 +66,8 @@ class Plan:
     over those of one plain forward pass of all its points; the elementwise Taylor recurrences are not
     counted). ``measured``: the prediction comes from a cost model (True) or the coarse estimate (False).
     ``min_budget``: the smallest budget in which the call runs (one point — all points when they cannot be
-    split — and one direction per chunk; None without a cost model)."""
+    split — and one direction per chunk; None without a cost model). ``attention_rows``: where even that chunk
+    does not fit, attention scores are taken this many query rows at a time (None: all rows at once)."""
     points: int
     directions: int
     order: int
@@ -80,6 +81,7 @@ class Plan:
     measured: bool
     recompute_chunks: tuple = field(default=())
     min_budget: Optional[int] = None
+    attention_rows: Optional[int] = None
 
     @property
     def n_chunks(self) -> int:
@@ -95,6 +97,8 @@ class Plan:
                  f"({'measured cost model' if self.measured else 'coarse estimate'}); forward passes ≈ {fw}"]
         if self.recompute_chunks:
             lines.append(f"  backward recomputes {len(self.recompute_chunks)} chunk(s)")
+        if self.attention_rows is not None:
+            lines.append(f"  attention scores {self.attention_rows} query rows at a time")
         return "\n".join(lines)
 
 
@@ -193,7 +197,7 @@ def cost_key(job: Job, backend: str) -> tuple:
     the directions' layout, order, loss and backend."""
     return (_structure(job.model), tuple(m.training for m in job.model.modules()), tuple(job.x.shape[1:]),
             job.x.dtype, job.x.device, job.wrt, job.per_point_dirs, job.order, str(job.loss), backend,
-            job.take_points is None)
+            job.take_points is None, job.attention_rows)
 
 
 def _chunks_for(job: Job, usable: float, size, start=None) -> list[Chunk]:
@@ -213,6 +217,24 @@ def estimate_bytes(job: Job, forward_bytes: int) -> float:
     return forward_bytes * coeffs + extra
 
 
+# query rows per block of attention scores tried, in turn, when one point and one direction do not fit
+ATTENTION_ROWS = (512, 128, 32, 8)
+
+
+def _attention_rows_that_fit(job: Job, backend: str, usable: float, start: RngReplay) -> Optional[int]:
+    """The largest of :data:`ATTENTION_ROWS` with which the smallest chunk of ``job`` fits ``usable`` bytes (each
+    cost model measured and kept), or None (no attention, or not what fills the memory)."""
+    b_min = 1 if job.points_splittable else job.n_points
+    for rows in ATTENTION_ROWS:
+        trial = replace(job, attention_rows=rows)
+        key = cost_key(trial, backend)
+        if key not in _COSTS:
+            _COSTS[key] = measure_cost(trial, start)[0]
+        if _COSTS[key].peak(b_min, 1) <= usable:
+            return rows
+    return None
+
+
 def make_plan(job: Job, backend: str, budget: int, needs_grad: bool, forward_bytes: Optional[int] = None,
               measure: bool = False, start: Optional[RngReplay] = None) -> tuple[Plan, dict]:
     """The plan of ``job`` within ``budget`` bytes, and the results of any chunks measured to make it (each
@@ -226,7 +248,8 @@ def make_plan(job: Job, backend: str, budget: int, needs_grad: bool, forward_byt
     B, K = job.n_points, job.n_directions
     usable = SAFETY * budget
     mode = "graph" if needs_grad else "measure"
-    base = dict(points=B, directions=K, order=job.order, wrt=job.wrt, backend=backend, budget=budget)
+    base = dict(points=B, directions=K, order=job.order, wrt=job.wrt, backend=backend, budget=budget,
+                attention_rows=job.attention_rows)
     key = cost_key(job, backend)
     cost = _COSTS.get(key)
     if cost is None and not measure and forward_bytes is not None:
@@ -235,10 +258,11 @@ def make_plan(job: Job, backend: str, budget: int, needs_grad: bool, forward_byt
             return Plan(mode=mode, chunks=(Chunk((0, B), (0, K)),), predicted_peak=int(est),
                         forward_passes=None, measured=False, **base), {}
     done = {}
+    start = RngReplay(job.x.device) if start is None else start
     if cost is None:
-        cost, done = measure_cost(job, RngReplay(job.x.device) if start is None else start)
+        cost, done = measure_cost(job, start)
         _COSTS[key] = cost
-    start = list(done) if done else None
+    first = list(done) if done else None
     fw = cost.forward_flops * B
     b_min = 1 if job.points_splittable else B
     base["min_budget"] = math.ceil(max(cost.peak(b_min, 1), cost.graph(b_min, 1) if needs_grad else 0) / SAFETY)
@@ -246,7 +270,11 @@ def make_plan(job: Job, backend: str, budget: int, needs_grad: bool, forward_byt
         chunks = (Chunk((0, B), (0, K)),)
         return Plan(mode="graph", chunks=chunks, predicted_peak=int(cost.graph(B, K)),
                     forward_passes=cost.cost(B, K) / fw if fw else None, measured=True, **base), {}
-    chunks = _chunks_for(job, usable, cost.peak, start)
+    chunks = _chunks_for(job, usable, cost.peak, first)
+    if not chunks and job.attention_rows is None:
+        rows = _attention_rows_that_fit(job, backend, usable, start)
+        if rows is not None:
+            return make_plan(replace(job, attention_rows=rows), backend, budget, needs_grad, None, True, start)
     if not chunks:
         need = cost.peak(b_min, 1) / SAFETY
         raise ValueError(f"memory_budget={budget} bytes ({format_bytes(budget)}) is too small for even "

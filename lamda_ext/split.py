@@ -23,6 +23,7 @@ from torch import nn
 
 from ._state import RngReplay
 from .losses import LossSpec
+from .taylor.series import attention_row_blocks
 
 __all__ = ["Chunk", "Job", "run_chunks"]
 
@@ -49,7 +50,8 @@ class Job:
     ``dirs``: ``[K, *S]`` (shared by every point), ``[K, B, *S]`` (one per point) for ``wrt="input"``;
     ``[K, P]`` for ``wrt="params"``. ``take_points``: makes the model and targets of a range of points where
     slicing ``x`` and ``y`` along dim 0 is not enough (a model that holds per-point tensors of its own);
-    None: the model serves every range.
+    None: the model serves every range. ``attention_rows``: attention scores are taken this many query rows at a
+    time (:func:`lamda_ext.taylor.series.attention_row_blocks`; None: all rows at once).
     """
     model: nn.Module
     x: torch.Tensor
@@ -61,6 +63,7 @@ class Job:
     label_smoothing: float
     fn: Callable
     take_points: Optional[Callable[[int, int], tuple[nn.Module, Any]]] = None
+    attention_rows: Optional[int] = None
 
     @property
     def n_points(self) -> int:
@@ -97,7 +100,8 @@ class Job:
         return replace(self, model=model, x=self.x[p0:p1], y=y, dirs=dirs, take_points=None)
 
     def run(self):
-        return self.fn(self.model, self.x, self.y, self.dirs, self.order, self.loss, self.label_smoothing)
+        with attention_row_blocks(self.attention_rows):
+            return self.fn(self.model, self.x, self.y, self.dirs, self.order, self.loss, self.label_smoothing)
 
 
 def _groups(chunks: Sequence[Chunk]) -> list[tuple[tuple[int, int], list[Chunk]]]:

@@ -289,3 +289,32 @@ def test_heap_reuse_serves_large_tensors_without_page_faults():
     inside, outside = map(int, out.stdout.split())
     pages = 2**26 // 4096
     assert inside < 0.1 * pages < 0.9 * pages < outside, (inside, outside)
+
+
+class LongAttention(nn.Module):
+    """One attention block over 96 tokens: the attention scores dominate the working memory."""
+
+    def __init__(self, dim=8, classes=3):
+        super().__init__()
+        self.enc = nn.TransformerEncoderLayer(dim, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        return self.head(self.enc(x, is_causal=False).mean(dim=1))
+
+
+def test_attention_rows_when_one_point_does_not_fit():
+    """A budget below the smallest chunk's takes the attention scores a block of query rows at a time: the plan
+    says so and the numbers are the unsplit call's."""
+    torch.manual_seed(0)
+    m = LongAttention().double().eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 96, 8, generator=g, dtype=DT), torch.randint(0, 3, (2,), generator=g)
+    kw = dict(order=4, directions=lamda_ext.random_directions(x, 2, g))
+    with torch.no_grad():
+        whole = lamda_ext.directional_derivs(m, x, y, memory_budget=2**40, **kw)
+        unit = lamda_ext.plan(m, x, y, memory_budget=2**40, **kw).min_budget
+        p = lamda_ext.plan(m, x, y, memory_budget=int(0.7 * unit), **kw)
+        rows = lamda_ext.directional_derivs(m, x, y, memory_budget=int(0.7 * unit), **kw)
+    assert p.attention_rows is not None and p.attention_rows < 96 and "query rows at a time" in str(p)
+    assert rel_err(rows, whole) <= 1e-12

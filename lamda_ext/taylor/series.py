@@ -71,6 +71,9 @@ class RunContext:
         # only second-order term is a product of first-order ones may contract it with the adjoint of its
         # output itself (contraction.adjoint(), contraction.add(q)) and return a degree-1 series
         self.contraction = None
+        # scaled_dot_product_attention computes its scores for at most this many query rows at a time (None: all
+        # rows at once); set by attention_row_blocks around a run
+        self.attention_rows: Optional[int] = getattr(_state, "attention_rows", None)
 
     @property
     def n_coeffs(self) -> int:
@@ -102,6 +105,18 @@ class RunContext:
             pre.remove()
             post.remove()
             _state.ctx = prev
+
+
+@contextlib.contextmanager
+def attention_row_blocks(rows: Optional[int]):
+    """Taylor runs started inside take the attention scores ``rows`` query rows at a time (None: all at once): the
+    same numbers, the scores' memory divided by ``L / rows`` for L query positions."""
+    prev = getattr(_state, "attention_rows", None)
+    _state.attention_rows = rows
+    try:
+        yield
+    finally:
+        _state.attention_rows = prev
 
 
 def current_context() -> RunContext:
