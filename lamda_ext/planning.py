@@ -67,7 +67,10 @@ class Plan:
     counted). ``measured``: the prediction comes from a cost model (True) or the coarse estimate (False).
     ``min_budget``: the smallest budget in which the call runs (one point — all points when they cannot be
     split — and one direction per chunk; None without a cost model). ``attention_rows``: where even that chunk
-    does not fit, attention scores are taken this many query rows at a time (None: all rows at once)."""
+    does not fit, attention scores are taken this many query rows at a time (None: all rows at once).
+    ``min_backward_budget``: for a differentiable call, the smallest budget in which its backward pass runs too.
+    ``backward_refusal``: in ``"recompute"`` mode, the error a backward pass raises when not even one chunk's graph
+    fits the budget (the values are computed; None: the backward pass runs)."""
     points: int
     directions: int
     order: int
@@ -82,6 +85,8 @@ class Plan:
     recompute_chunks: tuple = field(default=())
     min_budget: Optional[int] = None
     attention_rows: Optional[int] = None
+    backward_refusal: Optional[str] = None
+    min_backward_budget: Optional[int] = None
 
     @property
     def n_chunks(self) -> int:
@@ -97,6 +102,8 @@ class Plan:
                  f"({'measured cost model' if self.measured else 'coarse estimate'}); forward passes ≈ {fw}"]
         if self.recompute_chunks:
             lines.append(f"  backward recomputes {len(self.recompute_chunks)} chunk(s)")
+        if self.backward_refusal:
+            lines.append("  a backward pass does not fit the budget and would be refused")
         if self.attention_rows is not None:
             lines.append(f"  attention scores {self.attention_rows} query rows at a time")
         return "\n".join(lines)
@@ -265,7 +272,9 @@ def make_plan(job: Job, backend: str, budget: int, needs_grad: bool, forward_byt
     first = list(done) if done else None
     fw = cost.forward_flops * B
     b_min = 1 if job.points_splittable else B
-    base["min_budget"] = math.ceil(max(cost.peak(b_min, 1), cost.graph(b_min, 1) if needs_grad else 0) / SAFETY)
+    base["min_budget"] = math.ceil(cost.peak(b_min, 1) / SAFETY)
+    if needs_grad:
+        base["min_backward_budget"] = math.ceil(max(cost.peak(b_min, 1), cost.graph(b_min, 1)) / SAFETY)
     if needs_grad and cost.graph(B, K) <= usable:
         chunks = (Chunk((0, B), (0, K)),)
         return Plan(mode="graph", chunks=chunks, predicted_peak=int(cost.graph(B, K)),
@@ -281,18 +290,18 @@ def make_plan(job: Job, backend: str, budget: int, needs_grad: bool, forward_byt
                          f"{b_min} point(s) and one direction of this call (about {format_bytes(cost.peak(b_min, 1))}"
                          f" of working memory); the smallest budget that works is about {math.ceil(need)} bytes "
                          f"({format_bytes(need)})")
-    recompute = ()
+    recompute, refusal = (), None
     if needs_grad:
         mode = "recompute"
         recompute = tuple(_chunks_for(job, usable, cost.graph))
-        if not recompute:
+        if not recompute:     # the values fit; a backward pass would not: refused if it is asked for
             need = cost.graph(b_min, 1) / SAFETY
-            raise ValueError(f"memory_budget={budget} bytes ({format_bytes(budget)}) is too small to "
-                             f"differentiate even {b_min} point(s) and one direction of this call (its autograd "
-                             f"graph takes about {format_bytes(cost.graph(b_min, 1))}); the smallest budget that "
-                             f"works is about {math.ceil(need)} bytes ({format_bytes(need)}), or call it under "
-                             "torch.no_grad()")
+            refusal = (f"memory_budget={budget} bytes ({format_bytes(budget)}) is too small to differentiate even "
+                       f"{b_min} point(s) and one direction of this call (its autograd graph takes about "
+                       f"{format_bytes(cost.graph(b_min, 1))}); the smallest budget that works is about "
+                       f"{math.ceil(need)} bytes ({format_bytes(need)}); the values were computed within the budget")
     flops = sum(cost.cost(c.n_points, c.n_directions) for c in chunks)
     peak = max(cost.peak(c.n_points, c.n_directions) for c in chunks)
     return Plan(mode=mode, chunks=tuple(chunks), predicted_peak=int(peak), forward_passes=flops / fw if fw else None,
-                measured=True, recompute_chunks=recompute, **base), (done if chunks[:len(done)] == list(done) else {})
+                measured=True, recompute_chunks=recompute, backward_refusal=refusal, **base), \
+        (done if chunks[:len(done)] == list(done) else {})

@@ -8,7 +8,9 @@ of the call (dropout draws the masks of the forward pass), batch-norm running st
 the random-number state after the backward pass is the one before it.
 
 Gradients reach the model's parameters that require grad and ``x``, the directions and floating-point
-targets where they require grad. The backward pass is not itself differentiable (no double backward).
+targets where they require grad. The backward pass is not itself differentiable (no double backward). Where not even one chunk's graph fits the budget
+(``plan.backward_refusal``), the values are still computed and a backward pass raises ``ValueError`` naming the
+smallest budget that works.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ class _Runner:
         return run_chunks(self.job, self.plan.chunks, self.done, self.start)
 
     def backward(self, gd: torch.Tensor, gl: torch.Tensor) -> list:
+        if self.plan.backward_refusal:
+            raise ValueError(self.plan.backward_refusal)
         job = self.job
         grads = [None] * len(self.inputs)
         after = RngReplay(job.x.device)

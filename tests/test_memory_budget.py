@@ -55,7 +55,7 @@ def _split_budget(model, x, y, grad: bool = False, **kw) -> int:
     differentiable call when ``grad``)."""
     with torch.set_grad_enabled(grad):
         p = lamda_ext.plan(model, x, y, memory_budget=2**40, **kw)
-    return 2 * p.min_budget
+    return 2 * (p.min_backward_budget if grad else p.min_budget)
 
 
 CASES = ["functional", "cifar_resnet", "block", "mobilenet"]
@@ -318,3 +318,17 @@ def test_attention_rows_when_one_point_does_not_fit():
         rows = lamda_ext.directional_derivs(m, x, y, memory_budget=int(0.7 * unit), **kw)
     assert p.attention_rows is not None and p.attention_rows < 96 and "query rows at a time" in str(p)
     assert rel_err(rows, whole) <= 1e-12
+
+
+def test_a_backward_pass_that_does_not_fit_is_refused_when_asked_for():
+    """Values within a budget too small for any chunk's autograd graph; the backward pass names the budget."""
+    m, x, y = _case("block")
+    kw = dict(order=3, directions=3)
+    p = lamda_ext.plan(m, x, y, memory_budget=2**40, **kw)
+    assert p.min_backward_budget > p.min_budget
+    budget = (p.min_budget + p.min_backward_budget) // 2
+    assert "would be refused" in str(lamda_ext.plan(m, x, y, memory_budget=budget, **kw))
+    d = lamda_ext.directional_derivs(m, x, y, memory_budget=budget, **kw)
+    assert d.requires_grad and torch.isfinite(d).all()
+    with pytest.raises(ValueError, match="too small to differentiate .* smallest budget that works"):
+        d.sum().backward()
