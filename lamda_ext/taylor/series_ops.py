@@ -14,7 +14,7 @@ import torch
 from .series import TaylorSeries, current_context, is_series, pad_coeffs
 
 __all__ = ["order", "unary", "from_terms", "align", "ndim_of", "terms_of", "padded_terms", "hi_at", "map_linear",
-           "map_batched", "scale_by", "shift_dim"]
+           "map_batched", "scale_by", "shift_dim", "constant_index"]
 
 
 def order() -> int:
@@ -125,3 +125,16 @@ def shift_dim(d: int, ndim: int) -> int:
     if not 0 <= d < max(ndim, 1):
         raise IndexError(f"dimension {d} out of range for a tensor of {ndim} dims")
     return d + 2
+
+
+def constant_index(index) -> tuple:
+    """An index (``x[index]``) as a tuple of constants.
+
+    Raises:
+        NotImplementedError: a series in the index.
+    """
+    if not isinstance(index, tuple):
+        index = (index,)
+    if any(is_series(i) for i in index):
+        raise NotImplementedError("Taylor mode: indexing with a series has no rule; use backend='autograd'")
+    return index

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..series import TaylorSeries, is_series
-from ..series_ops import from_terms, hi_at, padded_terms
+from ..series_ops import constant_index, from_terms, hi_at, padded_terms
 from .factories import dropout_mask
 
 __all__ = ["select_where", "where", "masked_fill", "setitem", "copy", "fill", "zero", "embedding", "max_pool",
@@ -59,10 +59,7 @@ def setitem(x, index, value):
     Raises:
         NotImplementedError: a series in the index.
     """
-    if not isinstance(index, tuple):
-        index = (index,)
-    if any(is_series(i) for i in index):
-        raise NotImplementedError("Taylor mode: indexing with a series has no rule; use backend='autograd'")
+    index = constant_index(index)
     deg = max(x.degree, value.degree if is_series(value) else 1)
     k = max(x.hi.shape[1], value.hi.shape[1] if is_series(value) else 1)
     c0 = x.c0.clone()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..series import TaylorSeries, is_series
-from ..series_ops import align, hi_at, map_batched, shift_dim
+from ..series_ops import align, constant_index, hi_at, map_batched, shift_dim
 from .factories import on_shifted_dims
 
 __all__ = ["reshape", "view_as", "flatten", "permute", "transpose", "t", "unsqueeze", "squeeze", "contiguous",
@@ -115,10 +115,7 @@ def getitem(x, index):
     Raises:
         NotImplementedError: a series in the index.
     """
-    if not isinstance(index, tuple):
-        index = (index,)
-    if any(is_series(i) for i in index):
-        raise NotImplementedError("Taylor mode: indexing with a series has no rule; use backend='autograd'")
+    index = constant_index(index)
     c0 = x.c0[index]
     return TaylorSeries(c0, x.hi[(slice(None), slice(None)) + index])
 
