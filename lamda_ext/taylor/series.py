@@ -1,13 +1,13 @@
 """The Taylor-series value that flows through an unmodified model.
 
-A :class:`TaylorSeries` stands for ``x(t) = Σ_n c_n t^n`` truncated at the run's order N.
-It stores the primal ``c0`` (shape ``S``, shared by all K directions) and the higher
+A [`TaylorSeries`][lamda_ext.taylor.series.TaylorSeries] stands for ``x(t) = Σ_n c_n t^n`` truncated at the run's order
+N. It stores the primal ``c0`` (shape ``S``, shared by all K directions) and the higher
 normalised coefficients ``hi`` with shape ``[D, K, *S]`` where D ≥ 1 is the tracked
 degree (coefficients past D are exactly zero).
 
 It is not a ``torch.Tensor``: it implements ``__torch_function__``, so torch functions,
 ``torch.nn.functional`` calls and tensor methods used by a model's ``forward`` are
-routed to the rule table filled by :mod:`lamda_ext.taylor.op_table`. An op without a rule
+routed to the rule table filled by [`lamda_ext.taylor.op_table`][lamda_ext.taylor.op_table]. An op without a rule
 raises ``NotImplementedError`` naming the op and the module that called it. Values read
 in Python (``bool(x.sum() > 0)``, ``x.item()``, comparisons) are the primal's, which is
 exactly what autograd differentiates through: branches are taken at t = 0.
@@ -55,8 +55,11 @@ def canonical_name(func) -> str:
 
 
 class RunContext:
-    """State of one Taylor run: truncation order N, direction count K, the elementwise/head
-    implementation (composite rules or fused kernels) and the stack of module paths."""
+    """State of one Taylor run.
+
+    Truncation order N, direction count K, the elementwise/head implementation (composite rules or fused kernels) and
+    the stack of module paths.
+    """
 
     def __init__(self, order: int, k: int, impl, model: Optional[nn.Module] = None):
         self.order = order          # N: highest derivative order
@@ -74,9 +77,11 @@ class RunContext:
 
     @property
     def n_coeffs(self) -> int:
+        """N + 1, the coefficients kept per series."""
         return self.order + 1
 
     def where(self) -> str:
+        """The module running now, for error messages."""
         if not self.stack:
             return "the model's top-level forward"
         mod = self.stack[-1]
@@ -105,6 +110,7 @@ class RunContext:
 
 
 def current_context() -> RunContext:
+    """The Taylor run in progress (RuntimeError outside one)."""
     ctx = getattr(_state, "ctx", None)
     if ctx is None:
         raise RuntimeError("a TaylorSeries was used outside a Taylor run (lamda_ext.directional_derivs)")
@@ -130,35 +136,43 @@ class TaylorSeries:
     # ---- tensor-like metadata -------------------------------------------------------------
     @property
     def degree(self) -> int:
+        """D, the highest nonzero-able coefficient kept."""
         return self.hi.shape[0]
 
     @property
     def shape(self) -> torch.Size:
+        """The primal's shape ``S``."""
         return self.c0.shape
 
     @property
     def dtype(self):
+        """The primal's dtype."""
         return self.c0.dtype
 
     @property
     def device(self):
+        """The primal's device."""
         return self.c0.device
 
     @property
     def ndim(self) -> int:
+        """The primal's number of dims."""
         return self.c0.dim()
 
     @property
     def is_cuda(self) -> bool:
+        """Whether the primal is on a CUDA device."""
         return self.c0.is_cuda
 
     @property
     def requires_grad(self) -> bool:
+        """Whether any coefficient requires grad."""
         return self.c0.requires_grad or self.hi.requires_grad
 
     # tensor properties (attributes, not methods, as on torch.Tensor)
     @property
     def layout(self):
+        """The primal's layout."""
         return self.c0.layout
 
     is_nested = property(lambda self: False)
@@ -172,30 +186,39 @@ class TaylorSeries:
     mH = property(lambda self: self.mT)
 
     def is_floating_point(self) -> bool:
+        """Whether the primal is floating point."""
         return self.c0.is_floating_point()
 
     def is_complex(self) -> bool:
+        """Whether the primal is complex."""
         return False
 
     def is_contiguous(self, memory_format=torch.contiguous_format) -> bool:
+        """Whether the primal is contiguous."""
         return self.c0.is_contiguous(memory_format=memory_format)
 
     def get_device(self) -> int:
+        """The primal's device index (-1 on the CPU)."""
         return self.c0.get_device()
 
     def element_size(self) -> int:
+        """Bytes per element of the primal."""
         return self.c0.element_size()
 
     def stride(self, dim=None):
+        """The primal's strides (or the stride of ``dim``)."""
         return self.c0.stride() if dim is None else self.c0.stride(dim)
 
     def dim(self) -> int:
+        """The primal's number of dims."""
         return self.c0.dim()
 
     def size(self, dim=None):
+        """The primal's shape (or the size of ``dim``)."""
         return self.c0.size() if dim is None else self.c0.size(dim)
 
     def numel(self) -> int:
+        """Elements of the primal."""
         return self.c0.numel()
 
     def __len__(self) -> int:
@@ -213,9 +236,11 @@ class TaylorSeries:
         return bool(self.c0)
 
     def item(self):
+        """Refused: a series has no single value (TypeError naming the op that asked)."""
         return self.c0.item()
 
     def tolist(self):
+        """Refused: a series has no single value (TypeError naming the op that asked)."""
         return self.c0.tolist()
 
     def __float__(self):
@@ -300,9 +325,11 @@ def _inplace_flag(func, args, kwargs) -> bool:
 
 
 class _ViewOf:
-    """A series is a view of ``base``: ``remake(base)`` recomputes it from the base, ``locate()`` gives the flat
-    position in the base of each of its elements (so an in-place op on the view writes through), ``version`` is
-    the base's version the view reflects."""
+    """A series is a view of ``base``.
+
+    ``remake(base)`` recomputes it from the base, ``locate()`` gives the flat position in the base of each of its
+    elements (so an in-place op on the view writes through), ``version`` is the base's version the view reflects.
+    """
 
     __slots__ = ("base", "remake", "locate", "op", "version")
 
@@ -432,9 +459,11 @@ def _primals(obj):
 
 
 def _rule_failure(name, func, args, kwargs, inplace: bool, err: Exception) -> Exception:
-    """The error to raise when the rule of ``name`` failed: the op's own error when the op fails on the primals
-    too (the call is wrong, as it would be without Taylor mode), else a ``NotImplementedError`` naming the op and
-    the module (the rule does not cover this form of the op)."""
+    """The error to raise when the rule of ``name`` failed.
+
+    The op's own error when the op fails on the primals too (the call is wrong, as it would be without Taylor mode),
+    else a ``NotImplementedError`` naming the op and the module (the rule does not cover this form of the op).
+    """
     if not inplace:
         try:
             func(*_primals(args), **{k: _primals(v) for k, v in kwargs.items()})
@@ -447,6 +476,7 @@ def _rule_failure(name, func, args, kwargs, inplace: bool, err: Exception) -> Ex
 
 
 def dispatch(func, args, kwargs):
+    """Run the rule of ``func`` on series arguments (NotImplementedError naming the op and module when none exists)."""
     name = canonical_name(func)
     rule = RULES.get(name)
     if rule is None:
@@ -475,4 +505,5 @@ def dispatch(func, args, kwargs):
 
 
 def is_series(x) -> bool:
+    """Whether ``x`` is a ``TaylorSeries``."""
     return isinstance(x, TaylorSeries)

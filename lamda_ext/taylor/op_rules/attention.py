@@ -1,5 +1,8 @@
-"""Attention: ``scaled_dot_product_attention`` composed from series products, masks and softmax, and
-``F.multi_head_attention_forward`` (the slow path of ``nn.MultiheadAttention``) run as torch's own body on series."""
+"""Attention rules: ``scaled_dot_product_attention`` and ``F.multi_head_attention_forward`` on series.
+
+``scaled_dot_product_attention`` is composed from series products, masks and softmax; ``F.multi_head_attention_forward``
+(the slow path of ``nn.MultiheadAttention``) runs as torch's own body on series.
+"""
 from __future__ import annotations
 
 import math
@@ -53,6 +56,8 @@ _mha_body = unguarded(F.multi_head_attention_forward)
 
 
 def multi_head_attention_forward(*args, **kwargs):
-    """torch's own ``F.multi_head_attention_forward`` run on series: projections, head split, SDPA or explicit
-    softmax attention (need_weights), masks, dropout, output projection."""
+    """Torch's own ``F.multi_head_attention_forward`` run on series.
+
+    Projections, head split, SDPA or explicit softmax attention (need_weights), masks, dropout, output projection.
+    """
     return _mha_body(*args, **kwargs)
