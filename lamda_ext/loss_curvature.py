@@ -34,11 +34,15 @@ LIKELIHOOD_LOSSES = ("cross_entropy", "mse")
 
 
 def check_curvature(curvature, loss: LossSpec | None, loss_fn_form: bool) -> str:
-    """``curvature`` must be one of [`CURVATURES`][lamda_ext.loss_curvature.CURVATURES] and fit the loss.
+    """Check that ``curvature`` is one of [`CURVATURES`][lamda_ext.loss_curvature.CURVATURES] and fits the loss; return it.
 
-    Returned. ``fisher``/``fisher_mc`` need a loss with a known likelihood; every curvature but ``hessian`` and
+    ``fisher``/``fisher_mc`` need a loss with a known likelihood; every curvature but ``hessian`` and
     ``empirical_fisher`` needs the model output and the loss apart (``loss=`` with ``(x, y)`` batches, not
     ``loss_fn(model, batch)``).
+
+    Raises:
+        ValueError: an unknown curvature, or a GGN-type curvature with ``loss_fn(model, batch)``.
+        NotImplementedError: ``fisher``/``fisher_mc`` for a loss other than cross-entropy and MSE.
     """
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")

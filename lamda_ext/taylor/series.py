@@ -136,7 +136,7 @@ class TaylorSeries:
     # ---- tensor-like metadata -------------------------------------------------------------
     @property
     def degree(self) -> int:
-        """D, the highest nonzero-able coefficient kept."""
+        """D, the number of higher coefficients kept (the series' degree)."""
         return self.hi.shape[0]
 
     @property
@@ -236,11 +236,11 @@ class TaylorSeries:
         return bool(self.c0)
 
     def item(self):
-        """Refused: a series has no single value (TypeError naming the op that asked)."""
+        """The primal's value as a Python number (a constant: no derivative flows through it)."""
         return self.c0.item()
 
     def tolist(self):
-        """Refused: a series has no single value (TypeError naming the op that asked)."""
+        """The primal's values as a nested list (constants: no derivative flows through them)."""
         return self.c0.tolist()
 
     def __float__(self):

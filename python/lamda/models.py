@@ -169,5 +169,5 @@ def build_model(name: str, *, in_channels: int = 1, image_size: int = 28, num_cl
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameter entries."""
+    """Number of parameter entries (all of ``model.parameters()``)."""
     return sum(p.numel() for p in model.parameters())

@@ -1,9 +1,11 @@
 """The studies behind ``lamda run <name>`` and ``lamda analyze DIR``, and the registry the CLI reads.
 
-Every study is a subpackage of this package that registers itself when imported:
+Every study is a subpackage of this package that registers itself when imported (``register``):
 
-    register(Experiment(name="selective", help="...", add_arguments=config.add_arguments, run=run.run,
-                        analyze=analysis.analyze))
+```python
+register(Experiment(name="selective", help="...", add_arguments=config.add_arguments, run=run.run,
+                    analyze=analysis.analyze))
+```
 
 ``add_arguments(parser)`` adds the study's own flags (the common ones — ``--preset``, ``--out``, ``--data-root``,
 ``--device``, ``--shard``, ``--download``, ``--seed``, ``--no-progress``, ``--ddp`` — are added by the CLI);

@@ -5,13 +5,12 @@ The MNIST CNN is trained for 10 epochs (full) with
 - ``sgd``          SGD with momentum 0.9 at the base lr;
 - ``adam``         Adam (lr 1e-3);
 - ``sam``          SAM (ρ = 0.05) around the same SGD;
-- ``probe``        the same SGD wrapped in [`lamda.landscape.CurvatureAdaptiveLR`][lamda.landscape.CurvatureAdaptiveLR]:
-  every ``k`` batches a
-                   [`lamda.landscape.CurvatureProbe`][lamda.landscape.CurvatureProbe] takes N random unit parameter
-                   directions and the finite-difference gradient change ``c = mean ‖g(θ + εu) − g(θ)‖ / ε``; the learning rate becomes
-                   ``base · clip((c_ref / c)^0.5, 0.1, max_scale)`` with a **running reference** ``c_ref`` (an
-                   exponential moving average of log c over the earlier probes, decay ``ref_decay``), so the
-                   scale moves both ways around 1;
+- ``probe``        the same SGD wrapped in [`CurvatureAdaptiveLR`][lamda.landscape.CurvatureAdaptiveLR]: every ``k``
+                   batches a [`CurvatureProbe`][lamda.landscape.CurvatureProbe] takes N random unit parameter
+                   directions and the finite-difference gradient change ``c = mean ‖g(θ + εu) − g(θ)‖ / ε``; the
+                   learning rate becomes ``base · clip((c_ref / c)^0.5, 0.1, max_scale)`` with a **running
+                   reference** ``c_ref`` (an exponential moving average of log c over the earlier probes, decay
+                   ``ref_decay``), so the scale moves both ways around 1;
 - ``sgd_matched``  the control: SGD (momentum 0.9) at a constant lr equal to the mean lr of the same seed's
                    ``probe`` run — it separates "adapting the lr" from "a different average lr".
 
