@@ -1,24 +1,21 @@
 """The Taylor-series value that flows through an unmodified model.
 
 A [`TaylorSeries`][lamda_ext.taylor.series.TaylorSeries] stands for ``x(t) = Σ_n c_n t^n`` truncated at the run's order
-N. It stores the primal ``c0`` (shape ``S``, shared by all K directions) and the higher
-normalised coefficients ``hi`` with shape ``[D, K, *S]`` where D ≥ 1 is the tracked
-degree (coefficients past D are exactly zero).
+N. It stores the primal ``c0`` (shape ``S``, shared by all K directions) and the higher normalised coefficients ``hi``
+with shape ``[D, K, *S]`` where D ≥ 1 is the tracked degree (coefficients past D are exactly zero).
 
-It is not a ``torch.Tensor``: it implements ``__torch_function__``, so torch functions,
-``torch.nn.functional`` calls and tensor methods used by a model's ``forward`` are
-routed to the rule table filled by [`lamda_ext.taylor.op_table`][lamda_ext.taylor.op_table]. An op without a rule
-raises ``NotImplementedError`` naming the op and the module that called it. Values read
-in Python (``bool(x.sum() > 0)``, ``x.item()``, comparisons) are the primal's, which is
-exactly what autograd differentiates through: branches are taken at t = 0.
+It is not a ``torch.Tensor``: it implements ``__torch_function__``, so torch functions, ``torch.nn.functional`` calls
+and tensor methods used by a model's ``forward`` are routed to the rule table filled by
+[`lamda_ext.taylor.op_table`][lamda_ext.taylor.op_table]. An op without a rule raises ``NotImplementedError`` naming the
+op and the module that called it. Values read in Python (``bool(x.sum() > 0)``, ``x.item()``, comparisons) are the
+primal's, which is exactly what autograd differentiates through: branches are taken at t = 0.
 
-In-place ops (``x.add_(1)``, ``x += y``, ``x[:, :3].mul_(2)``, ``x[idx] = y``, ``F.relu(x, inplace=True)``)
-update the series object itself. Views follow torch: a series produced by a view op (indexing, ``view``,
-``transpose``, ...) whose primal shares storage with its base's primal remembers that base; an in-place op
-on a view writes through to the base (element positions found by applying the same view op to the base's
-flat indices), and a view whose base was mutated is recomputed from it before its next use. An in-place op
-that would write a series into a plain tensor raises ``NotImplementedError`` naming the op and the module.
-A mutation is never lost silently.
+In-place ops (``x.add_(1)``, ``x += y``, ``x[:, :3].mul_(2)``, ``x[idx] = y``, ``F.relu(x, inplace=True)``) update the
+series object itself. Views follow torch: a series produced by a view op (indexing, ``view``, ``transpose``, ...) whose
+primal shares storage with its base's primal remembers that base; an in-place op on a view writes through to the base
+(element positions found by applying the same view op to the base's flat indices), and a view whose base was mutated is
+recomputed from it before its next use. An in-place op that would write a series into a plain tensor raises
+``NotImplementedError`` naming the op and the module. A mutation is never lost silently.
 """
 from __future__ import annotations
 
@@ -55,11 +52,7 @@ def canonical_name(func) -> str:
 
 
 class RunContext:
-    """State of one Taylor run.
-
-    Truncation order N, direction count K, the elementwise/head implementation (composite rules or fused kernels) and
-    the stack of module paths.
-    """
+    """One Taylor run's state: order N, direction count K, implementation (composite or fused) and module stack."""
 
     def __init__(self, order: int, k: int, impl, model: Optional[nn.Module] = None):
         self.order = order          # N: highest derivative order
@@ -325,11 +318,7 @@ def _inplace_flag(func, args, kwargs) -> bool:
 
 
 class _ViewOf:
-    """A series is a view of ``base``.
-
-    ``remake(base)`` recomputes it from the base, ``locate()`` gives the flat position in the base of each of its
-    elements (so an in-place op on the view writes through), ``version`` is the base's version the view reflects.
-    """
+    """View of ``base``: ``remake(base)`` recomputes it, ``locate()`` maps its elements into the base; ``version``."""
 
     __slots__ = ("base", "remake", "locate", "op", "version")
 
