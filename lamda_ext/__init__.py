@@ -8,8 +8,8 @@
   [`random_param_directions`][lamda_ext.directions.random_param_directions]: seeded directions.
 - [`hvp`][lamda_ext.hvp.hvp]: Hessian-vector products (forward-over-reverse, vmapped over K), or products with the
   other curvatures (``curvature=``).
-- [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator], [`hessian_eigs`][lamda_ext.hessian.eigs.hessian_eigs],
-  [`hessian_trace`][lamda_ext.hessian.trace.hessian_trace],
+- [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator],
+  [`hessian_eigs`][lamda_ext.hessian.eigs.hessian_eigs], [`hessian_trace`][lamda_ext.hessian.trace.hessian_trace],
   [`hessian_diagonal`][lamda_ext.hessian.diagonal.hessian_diagonal],
   [`hessian_density`][lamda_ext.hessian.density.hessian_density]: the curvatures ``"hessian"``, ``"ggn"``,
   ``"fisher"``, ``"fisher_mc"``, ``"empirical_fisher"`` as matrix-free operators, and their spectra, traces,

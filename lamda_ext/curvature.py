@@ -9,14 +9,14 @@ import torch
 
 
 def log_abs(derivs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(log|d|, mask) with exact zeros masked out (their log is set to 0 and mask False)."""
+    """``(ln|d|, mask)`` of ``derivs`` (any shape): exact zeros get log 0 and mask False (bool, same shape)."""
     mask = derivs != 0
     safe = torch.where(mask, derivs.abs(), torch.ones_like(derivs))
     return torch.log(safe), mask
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean of ``values`` over ``dim`` using only entries where ``mask``; (mean, any-valid mask)."""
+    """``(mean, any valid)``: the mean of ``values`` over ``dim`` over the entries where ``mask`` (bool) is True."""
     w = mask.to(values.dtype)
     count = w.sum(dim=dim)
     mean = (values * w).sum(dim=dim) / count.clamp_min(1)
@@ -24,7 +24,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim) -> Tuple[torch.Te
 
 
 def fit_slope(logs: torch.Tensor, mask: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
-    """Weighted least-squares slope over the last axis; NaN where fewer than 2 usable points."""
+    """Least-squares slope of ``logs`` ``[..., N]`` over ``orders`` ``[N]`` → ``[...]`` (NaN below 2 usable points)."""
     w = mask.to(logs.dtype)
     n = w.sum(-1)
     xbar = (w * orders).sum(-1) / n.clamp_min(1)

@@ -180,8 +180,8 @@ def params_hvp(model, x, y, v, loss_fn, params: dict[str, torch.Tensor],
 def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.Tensor:
     """Per-sample input-space HVPs.
 
-    ``v`` is shaped like x or ``[K, *x.shape]``. The model runs on a copy of the differentiated input (it may change its input
-    in place; x stays as the caller passed it).
+    ``v`` is shaped like x or ``[K, *x.shape]``. The model runs on a copy of the differentiated input (it may change its
+    input in place; x stays as the caller passed it).
     """
     state = functional_state(model, set())
 

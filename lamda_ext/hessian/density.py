@@ -66,10 +66,24 @@ def slq_nodes(model, loss: LossSpec | None = None, data=None, iters: int = 80, p
               **operator_kw) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Gauss quadrature nodes and weights of the spectral measure, one set per Rademacher probe.
 
-    For probe z (normalised), Lanczos runs ``min(iters, P)`` steps with full reorthogonalisation
-    (stopping early on an invariant subspace); the nodes are the Ritz values θ_j and the weights
-    ``τ_j = (e_1ᵀ s_j)²`` (summing to 1), so ``Σ τ_j θ_j = zᵀHz / ‖z‖² = zᵀHz / P``. Up to ``block``
-    probes run in lockstep (one vmapped block HVP per step). Returns lists of float64 CPU tensors.
+    For probe z (normalised), Lanczos runs ``min(iters, P)`` steps with full reorthogonalisation (stopping early on an
+    invariant subspace); the nodes are the Ritz values θ_j and the weights ``τ_j = (e_1ᵀ s_j)²`` (summing to 1), so
+    ``Σ τ_j θ_j = zᵀAz / ‖z‖² = zᵀAz / P``. Up to ``block`` probes run in lockstep (one block product per step).
+
+    Args:
+        model: an ``nn.Module`` (with ``loss`` and ``data``) or a
+            [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        loss: as for [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        data: as for [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        iters: Lanczos steps per probe.
+        probes: Rademacher probes.
+        generator: draws the probes (on the CPU).
+        block: probes run in lockstep.
+        **operator_kw: passed to [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+
+    Returns:
+        ``(nodes, weights)``: two lists with one float64 CPU tensor ``[m]`` per probe (``m ≤ iters``: the steps that
+        probe took).
     """
     op = as_operator(model, loss, data, **operator_kw)
     for value, name in ((iters, "iters"), (probes, "probes"), (block, "block")):
@@ -89,7 +103,7 @@ def slq_nodes(model, loss: LossSpec | None = None, data=None, iters: int = 80, p
 def hessian_density(model, loss: LossSpec | None = None, data=None, iters: int = 80, probes: int = 4,
                     grid: int | torch.Tensor = 1000, *, sigma: float | None = None,
                     generator: torch.Generator | None = None, block: int = 16, **operator_kw) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian-broadened spectral density ``φ(t) = mean_probes Σ_j τ_j N(t; θ_j, σ²)`` by stochastic Lanczos quadrature.
+    """Spectral density ``φ(t) = mean_probes Σ_j τ_j N(t; θ_j, σ²)`` by stochastic Lanczos quadrature.
 
     For each Rademacher probe, ``iters`` Lanczos steps give nodes θ_j (Ritz values) and weights τ_j (summing to 1,
     [`slq_nodes`][lamda_ext.hessian.density.slq_nodes]); φ integrates to 1 and ``P ∫ t φ(t) dt`` estimates the trace.

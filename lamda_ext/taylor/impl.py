@@ -26,11 +26,11 @@ class Composite:
         return from_terms(recurrences.unary_list(kind, x.terms(), n_out, alpha))
 
     def cross_entropy(self, z: List[torch.Tensor], target: torch.Tensor, n_out: int, ls: float) -> List[torch.Tensor]:
-        """Coefficients of the per-sample cross-entropy of the logit series ``z``, to ``n_out`` coefficients."""
+        """Per-sample cross-entropy coefficients: logit coefficients ``[..., M, classes]`` → ``[..., M]`` each."""
         return recurrences.cross_entropy_list(z, target, n_out, ls)
 
     def cross_entropy_deg1(self, z0, v, target, order: int, ls: float) -> torch.Tensor:
-        """The cross-entropy's derivatives to ``order`` along a degree-1 logit series ``z0 + t·v``."""
+        """CE derivatives along ``z0 + t·v``: z0 ``[B, C]``, v ``[K, B, C]``, target ``[B]`` → ``[K, B, order]``."""
         return recurrences.cross_entropy_deg1(z0, v, target, order, ls)
 
 

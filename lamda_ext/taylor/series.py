@@ -318,7 +318,7 @@ def _inplace_flag(func, args, kwargs) -> bool:
 
 
 class _ViewOf:
-    """View of ``base``: ``remake(base)`` recomputes it, ``locate()`` maps its elements into the base; ``version``."""
+    """A view of ``base``: ``remake(base)`` recomputes it, ``locate()`` places it in the base, ``version`` syncs it."""
 
     __slots__ = ("base", "remake", "locate", "op", "version")
 
