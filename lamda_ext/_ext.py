@@ -1,7 +1,7 @@
 """Safe loader of the compiled extension ``lamda_ext._C`` and its build information.
 
 Importing this module never fails: when the extension is missing (not built, or
-built against another torch) :func:`available` is False and :func:`load_error`
+built against another torch) `available` is False and `load_error`
 says why.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Functionalisation turns ``a.copy_(b)`` into ``aten.copy`` and a write through a strided view into
 ``aten.as_strided_scatter``; forward-mode AD writes tangents through ``as_strided`` views. ``vmap`` has no batching
 rule for the first two, and batches ``as_strided`` only where the batch dimension is outermost in memory. In a graph
-without in-place ops a view and a copy of the same elements are interchangeable, so :data:`DECOMPOSITIONS` (a
+without in-place ops a view and a copy of the same elements are interchangeable, so `DECOMPOSITIONS` (a
 ``make_fx`` decomposition table) writes them with ``reshape``, ``narrow``, ``index_select``, ``scatter`` and
 ``permute`` of the tensor's elements in the memory order they have at tracing time: the values are those of the
 strided ops, whatever layout the tensors have when the graph is replayed or vmapped.
@@ -21,9 +21,11 @@ __all__ = ["DECOMPOSITIONS"]
 
 
 def _memory_order(x: torch.Tensor) -> tuple[list[int], list[int]]:
-    """The permutation that lists the dimensions of ``x`` from the largest stride to the smallest, and its inverse;
-    NotImplementedError when the elements of ``x`` do not fill a block of memory exactly once (an expanded tensor,
-    a slice with gaps)."""
+    """The permutation that lists the dimensions of ``x`` from the largest stride to the smallest, and its inverse.
+
+    NotImplementedError when the elements of ``x`` do not fill a block of memory exactly once (an expanded tensor, a
+    slice with gaps).
+    """
     perm = sorted(range(x.dim()), key=lambda d: (-x.stride(d), d))
     expected = 1
     for d in reversed(perm):
@@ -38,8 +40,11 @@ def _memory_order(x: torch.Tensor) -> tuple[list[int], list[int]]:
 
 
 def _flat(x: torch.Tensor, perm: list[int]) -> torch.Tensor:
-    """The elements of ``x`` ``[numel]`` in memory order: a view of a row-major ``x``, else a copy (a recorded view
-    of the permuted tensor would hold only where a replay gives ``x`` the layout it has at tracing time)."""
+    """The elements of ``x`` ``[numel]`` in memory order.
+
+    A view of a row-major ``x``, else a copy (a recorded view of the permuted tensor would hold only where a replay
+    gives ``x`` the layout it has at tracing time).
+    """
     if perm == sorted(perm):
         return x.reshape(-1)
     return torch.clone(x.permute(perm), memory_format=torch.contiguous_format).view(-1)
@@ -86,8 +91,11 @@ def _as_strided(x: torch.Tensor, size, stride, storage_offset=None) -> torch.Ten
 
 
 def _as_strided_scatter(x: torch.Tensor, src: torch.Tensor, size, stride, storage_offset=None) -> torch.Tensor:
-    """``aten.as_strided_scatter``: a copy of ``x`` (its layout) whose elements at the view's memory positions (in
-    that copy's memory) are those of ``src``."""
+    """``aten.as_strided_scatter``.
+
+    A copy of ``x`` (its layout) whose elements at the view's memory positions (in that copy's memory) are those of
+    ``src``.
+    """
     perm, inverse = _memory_order(x)
     offset = 0 if storage_offset is None else storage_offset
     _check_extent(size, stride, offset, x.numel())
@@ -100,8 +108,11 @@ def _as_strided_scatter(x: torch.Tensor, src: torch.Tensor, size, stride, storag
 
 
 def _copy(x: torch.Tensor, src: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
-    """``aten.copy``, the out-of-place ``copy_``: ``src`` cast to the dtype of ``x`` and broadcast to its shape, in
-    the memory order of ``x`` (the layout a copy into ``x`` has)."""
+    """``aten.copy``, the out-of-place ``copy_``.
+
+    ``src`` cast to the dtype of ``x`` and broadcast to its shape, in the memory order of ``x`` (the layout a copy into
+    ``x`` has).
+    """
     out = src.to(dtype=x.dtype, device=x.device).expand(x.shape)
     try:
         perm, inverse = _memory_order(x)

@@ -5,14 +5,15 @@ formula of each op's backward kernel. For ReLU that formula is wasteful: the tan
 ``threshold_backward(g, x)`` is built as ``zeros_like(ẋ) + threshold_backward(ġ, x)`` — three passes
 over a K-batched activation where one suffices.
 
-:class:`ForwardOverReverseOps` is a ``TorchFunctionMode`` that, while active, computes ReLU as
+`ForwardOverReverseOps` is a ``TorchFunctionMode`` that, while active, computes ReLU as
 ``torch.where(x <= 0, 0, x)``: its backward is ``where(x <= 0, 0, g)``, its forward-mode derivative
 ``where(x <= 0, 0, ẋ)``, and the forward tangent of the backward one more ``where`` on ``ġ`` (the condition is a
 saved boolean mask). Plain aten ops, so the formulation also runs under ``torch.func.functionalize``. The values
 are identical (the derivative at exactly 0 is 0, as in autograd; NaN propagates).
 
-``scaled_dot_product_attention`` runs as its math in elementary ops (:func:`lamda_ext.routing.composite_sdpa`):
-the fused CPU/flash kernels have no forward-mode derivative.
+``scaled_dot_product_attention`` runs as its math in elementary ops
+([`lamda_ext.routing.composite_sdpa`][lamda_ext.routing.composite_sdpa]): the fused CPU/flash kernels have no
+forward-mode derivative.
 """
 from __future__ import annotations
 
@@ -31,8 +32,11 @@ def _relu(input, inplace=False):
 
 
 class ForwardOverReverseOps(RoutingMode):
-    """Route ReLU to a formulation whose forward-over-reverse derivative is one ``where`` pass, and SDPA to its
-    math (forward-mode differentiable)."""
+    """Route ReLU and SDPA to forms whose forward-over-reverse derivatives are cheap.
+
+    ReLU becomes a formulation whose forward-over-reverse derivative is one ``where`` pass, and SDPA its math
+    (forward-mode differentiable).
+    """
 
     routes = {F.relu: _relu, torch.relu: _relu, torch.relu_: _relu, torch.Tensor.relu: _relu,
               torch.Tensor.relu_: _relu, F.scaled_dot_product_attention: composite_sdpa}

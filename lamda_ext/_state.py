@@ -1,13 +1,13 @@
 """Model state around a measurement: a measurement never changes the model, nor the caller's inputs.
 
-- The model runs on a copy of the caller's input (:func:`fresh_input`), one per forward pass, wherever it would
+- The model runs on a copy of the caller's input (`fresh_input`), one per forward pass, wherever it would
   otherwise get the caller's own tensor: a model that changes its input in place (``x.flatten(1).add_(1)``)
   changes the copy, and every pass starts from the caller's values.
 - Batch norm in train mode uses batch statistics, but its running statistics are left as
   they were (all backends see the same normalisation; nothing is updated).
 - Dropout: every backend uses one mask per measurement. Backends that run the model once per
   direction replay the RNG state so that each direction sees the mask the Taylor engine draws.
-- Under ``torch.inference_mode()`` a measurement leaves inference mode (:func:`outside_inference_mode`):
+- Under ``torch.inference_mode()`` a measurement leaves inference mode (`outside_inference_mode`):
   autograd cannot differentiate inside it, and would return zeros.
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def frozen_batchnorm_stats(model: nn.Module):
 
 
 class RngReplay:
-    """Snapshot of the RNG of ``device`` (and the CPU); :meth:`reset` returns to it."""
+    """Snapshot of the RNG of ``device`` (and the CPU); `reset` returns to it."""
 
     def __init__(self, device: torch.device):
         self.cpu = torch.get_rng_state()
@@ -79,9 +79,11 @@ def _normal_tensor(a):
 
 
 def outside_inference_mode(fn):
-    """Decorator: when called under ``torch.inference_mode()``, run ``fn`` outside it (grad mode off, so the
-    result is detached), with inference-tensor arguments cloned into normal tensors; the numbers are those
-    computed outside inference mode. Elsewhere ``fn`` runs unchanged."""
+    """Decorator: run ``fn`` outside ``torch.inference_mode()`` when called under it.
+
+    Inside inference mode ``fn`` runs with grad mode off (so the result is detached), with inference-tensor arguments
+    cloned into normal tensors; the numbers are those computed outside inference mode. Elsewhere ``fn`` runs unchanged.
+    """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if not torch.is_inference_mode_enabled():

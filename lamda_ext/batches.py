@@ -1,15 +1,18 @@
-"""Batches as Hugging Face models take them (DESIGN.md §6): a mapping of tensors passed to the model as keyword
-arguments, the model's own loss from ``batch["labels"]`` taken per sample, and directions in the space of the
-input embeddings or the pixels.
+"""Batches as Hugging Face models take them.
 
-:func:`prepare` turns the arguments of an entry point — ``(model, x, y, loss, wrt, params)`` — into what the
-engine takes: a module of one tensor ``[B, ...]``, that tensor, targets, a loss spec giving per-sample losses
-``[B]`` and ``wrt`` in ``("input", "params")``, held by a :class:`Problem`; :meth:`Problem.slice` gives the same
-problem on points ``[lo:hi]``. A plain tensor ``x`` passes through unchanged (with ``params=``, the model is seen
-through the selected parameters only). ``transformers`` is never imported: a model is used through its
-``forward`` keywords, ``get_input_embeddings()``, ``config`` and ``loss_type``.
+A mapping of tensors passed to the model as keyword arguments, the model's own loss from ``batch["labels"]`` taken per
+sample, and directions in the space of the input embeddings or the pixels.
 
-The model's own loss per sample (:func:`sample_losses`), by ``model.loss_type`` as transformers sets it:
+[`prepare`][lamda_ext.batches.prepare] turns the arguments of an entry point — ``(model, x, y, loss, wrt, params)`` —
+into what the engine takes: a module of one tensor ``[B, ...]``, that tensor, targets, a loss spec giving per-sample
+losses ``[B]`` and ``wrt`` in ``("input", "params")``, held by a [`Problem`][lamda_ext.batches.Problem];
+[`Problem.slice`][lamda_ext.batches.Problem.slice] gives the same problem on points ``[lo:hi]``. A plain tensor ``x``
+passes through unchanged (with ``params=``, the model is seen through the selected parameters only). ``transformers`` is
+never imported: a model is used through its ``forward`` keywords, ``get_input_embeddings()``, ``config`` and
+``loss_type``.
+
+The model's own loss per sample ([`sample_losses`][lamda_ext.batches.sample_losses]), by ``model.loss_type`` as
+transformers sets it:
 
 - causal LMs (``ForCausalLM``, ``ForConditionalGeneration``, and models without a ``loss_type``, as transformers
   itself defaults): logits ``[B, T, V]`` at position t predict ``labels[:, t + 1]``; ``ℓ_b`` is the mean
@@ -21,6 +24,36 @@ The model's own loss per sample (:func:`sample_losses`), by ``model.loss_type`` 
   regression: the squared error averaged over the label dims; single-label: the cross-entropy (0 for a label
   -100); multi-label: binary cross-entropy with logits averaged over the labels. ``outputs.loss`` is the mean of
   ``ℓ_b`` (single-label: over the samples whose label is not -100).
+
+Example:
+    Any module that takes keyword arguments works the same way; here a two-layer stand-in for a causal LM (a real
+    one, e.g. ``transformers.GPT2LMHeadModel``, is used identically — see ``examples/hf_lambda.py``):
+
+    >>> import torch, torch.nn.functional as F, lamda_ext
+    >>> from lamda_ext.batches import sample_losses
+    >>> class TinyLM(torch.nn.Module):
+    ...     loss_type = "ForCausalLM"                      # as transformers sets it
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.emb, self.head = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10)
+    ...     def get_input_embeddings(self):
+    ...         return self.emb
+    ...     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+    ...         h = self.emb(input_ids) if inputs_embeds is None else inputs_embeds
+    ...         return {"logits": self.head(torch.tanh(h))}
+    >>> _ = torch.manual_seed(0)
+    >>> lm = TinyLM().double()
+    >>> ids = torch.randint(0, 10, (2, 5))
+    >>> batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    >>> losses = sample_losses(lm, batch)                  # [B]: shifted, mean over each sample's tokens
+    >>> logits = lm(input_ids=ids)["logits"]
+    >>> torch.allclose(losses.mean(), F.cross_entropy(logits[:, :-1].reshape(-1, 10), ids[:, 1:].reshape(-1)))
+    True
+    >>> d = lamda_ext.directional_derivs(lm, batch, order=3, directions=2, wrt="inputs_embeds")   # y=None: own loss
+    >>> tuple(d.shape)
+    (2, 2, 3)
+    >>> tuple(lamda_ext.hvp(lm, batch, None, torch.randn(50, dtype=torch.float64), params="head").shape)
+    (50,)
 """
 from __future__ import annotations
 
@@ -104,8 +137,9 @@ class BatchModel(ParameterSubset):
     ``slot="inputs_embeds"``/``"pixel_values"``: ``x`` ``[B, ...]`` is passed as that keyword, with the rest of the
     batch (``input_ids`` dropped, ``labels`` never passed, ``use_cache=False`` where the model takes it).
     ``slot=None`` (``wrt="params"``): ``x`` ``[B]`` holds the positions of the samples in the batch: the whole
-    batch is passed, or the rows at the positions of an ``x`` cut from it. The buffers and train/eval mode are the wrapped model's; its parameters too, or those
-    ``selected`` (:class:`lamda_ext.params.ParameterSubset`).
+    batch is passed, or the rows at the positions of an ``x`` cut from it. The buffers and train/eval mode are the
+    wrapped model's; its parameters too, or those ``selected``
+    ([`lamda_ext.params.ParameterSubset`][lamda_ext.params.ParameterSubset]).
     """
 
     def __init__(self, net: nn.Module, inputs: Mapping, slot: Optional[str], selected: Optional[dict] = None):
@@ -176,9 +210,11 @@ def _sequence_losses(logits, labels: torch.Tensor, config):
 
 
 class OwnLoss:
-    """The model's own loss per sample (see the module docstring) as a loss callable ``(logits, labels) -> [B]``;
-    works on tensors and on Taylor series (every backend) and makes no data-dependent check (traceable);
-    :meth:`check` validates the labels against a plain forward's logits."""
+    """The model's own loss per sample (see the module docstring) as a loss callable ``(logits, labels) -> [B]``.
+
+    Works on tensors and on Taylor series (every backend) and makes no data-dependent check (traceable);
+    [`check`][lamda_ext.batches.OwnLoss.check] validates the labels against a plain forward's logits.
+    """
 
     def __init__(self, model: nn.Module):
         self.kind = _loss_kind(model)
@@ -194,6 +230,7 @@ class OwnLoss:
             _check_labels(logits.reshape(labels.shape[0], -1), labels.reshape(-1))
 
     def __call__(self, logits, labels: torch.Tensor):
+        """The per-sample losses ``[B]`` for ``logits`` and ``labels`` (module docstring for each model type)."""
         if self.kind in _SHIFTED or self.kind in _TOKENWISE:
             if labels.dim() != 2 or logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(labels.shape):
                 raise ValueError(f"token labels must be [B, T] for logits [B, T, C]: got labels {list(labels.shape)}"
@@ -232,7 +269,7 @@ def _positions(batch: Mapping, model: nn.Module) -> torch.Tensor:
 
 
 def own_loss_fn(reduction: str = "mean") -> Callable:
-    """``loss_fn(model, batch) -> scalar``: the mean (or sum) of :func:`sample_losses` over the batch."""
+    """``loss_fn(model, batch) -> scalar``: the mean (or sum) of `sample_losses` over the batch."""
     if reduction == "sum":
         return lambda model, batch: sample_losses(model, batch).sum()
     return lambda model, batch: sample_losses(model, batch).mean()
@@ -250,7 +287,8 @@ class Problem:
         loss: a loss spec: ``"cross_entropy"``, ``"mse"`` or a callable ``(output, y) -> [B]``.
         wrt: ``"input"`` or ``"params"``.
         mask: bool ``[B, T]``, the counted positions of a padded token batch (``attention_mask``), or None.
-        source: what :meth:`slice` rebuilds a batch mapping's problem from (None for a tensor ``x``).
+        source: what [`slice`][lamda_ext.batches.Problem.slice] rebuilds a batch mapping's problem from (None for a
+            tensor ``x``).
     """
     model: nn.Module
     x: Any
@@ -361,12 +399,14 @@ def prepare(model: nn.Module, x, y=None, *, loss="cross_entropy", wrt: str = "in
         loss: the loss spec of the entry point.
         wrt: ``"input"`` (a tensor x), ``"inputs_embeds"`` (a token batch: the embeddings of its ``input_ids``,
             padded positions get zero direction), ``"pixel_values"`` or ``"params"``.
-        params: ``wrt="params"`` only: the parameters to differentiate (:func:`lamda_ext.params.select_parameters`);
-            None: every parameter, as without a filter.
+        params: ``wrt="params"`` only: the parameters to differentiate
+            ([`lamda_ext.params.select_parameters`][lamda_ext.params.select_parameters]); None: every parameter, as
+            without a filter.
         label_smoothing: of the entry point (given targets only).
 
     Returns:
-        A :class:`Problem`; for a tensor ``x`` without ``params`` it holds the arguments unchanged.
+        A [`Problem`][lamda_ext.batches.Problem]; for a tensor ``x`` without ``params`` it holds the arguments
+        unchanged.
 
     Raises:
         ValueError: ``wrt`` unknown or not meaningful for ``x``; a batch without what ``wrt`` or ``y=None`` needs.

@@ -1,5 +1,8 @@
-"""Input checks shared by every public function of the core (``directional_derivs``, ``hvp`` and its references,
-the Hessian operator and its spectral tools): one message per mistake, raised before any work is done."""
+"""Input checks shared by every public function of the core.
+
+The callers are ``directional_derivs``, ``hvp`` and its references, the Hessian operator and its spectral tools: one
+message per mistake, raised before any work is done.
+"""
 from __future__ import annotations
 
 import numbers
@@ -29,8 +32,11 @@ _FINITE_SLICE = 1 << 20
 
 
 def finite_flag(t: torch.Tensor) -> torch.Tensor:
-    """A 0-dim bool tensor: every element of ``t`` is finite. Checked in slices of 2^20 elements, so the
-    temporaries of ``isfinite`` stay small next to a large parameter or input (no host sync)."""
+    """A 0-dim bool tensor: every element of ``t`` is finite.
+
+    Checked in slices of 2^20 elements, so the temporaries of ``isfinite`` stay small next to a large parameter or input
+    (no host sync).
+    """
     flat = t.reshape(-1)
     if flat.numel() <= _FINITE_SLICE:
         return torch.isfinite(flat).all()
@@ -38,11 +44,17 @@ def finite_flag(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_finite(t: torch.Tensor) -> bool:
-    """Every element of ``t`` is finite (:func:`finite_flag`, read on the host)."""
+    """Every element of ``t`` is finite ([`finite_flag`][lamda_ext.checks.finite_flag], read on the host)."""
     return bool(finite_flag(t))
 
 
 def check_model_and_x(model, x):
+    """Check that ``model`` is an ``nn.Module`` and ``x`` a finite floating-point tensor of its dtype and device.
+
+    Raises:
+        TypeError: ``model`` or ``x`` of the wrong type or dtype.
+        ValueError: non-finite values in ``x``, the parameters or buffers; a device mismatch.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor):
@@ -65,9 +77,11 @@ def check_model_and_x(model, x):
 
 
 def check_finite_state(model: nn.Module) -> None:
-    """Every floating-point parameter and buffer of ``model`` is finite (one reduction per tensor, one sync);
-    the error names the first parameter/buffer holding NaN or inf. Inference tensors (created under
-    ``torch.inference_mode()``) are refused: no derivative can be taken through them."""
+    """Every floating-point parameter and buffer of ``model`` is finite (one reduction per tensor, one sync).
+
+    The error names the first parameter/buffer holding NaN or inf. Inference tensors (created under
+    ``torch.inference_mode()``) are refused: no derivative can be taken through them.
+    """
     named = [(f"parameter '{n}'", t) for n, t in model.named_parameters()]
     named += [(f"buffer '{n}'", t) for n, t in model.named_buffers()]
     named = [(n, t) for n, t in named if t is not None and t.dtype.is_floating_point and t.device.type != "meta"]
@@ -103,17 +117,19 @@ def _module_stack(model: nn.Module):
 
 
 def check_forward(model: nn.Module, x: torch.Tensor, y, loss: LossSpec) -> int:
-    """One plain forward pass at a copy of ``x`` to check the model's output against x and the loss: x's shape
-    must fit the model, the output must be one tensor ``[B, ...]``, and the targets must fit the output
-    (:func:`lamda_ext.losses.check_output`). ``y`` must already have passed ``check_targets``. No grad; the RNG
-    state and batch-norm running statistics are restored and ``x`` is left as it was (a model that changes its
-    input in place changes the copy), so the measurement that follows is unchanged.
+    """One plain forward pass at a copy of ``x`` to check the model's output against x and the loss.
+
+    The shape of x must fit the model, the output must be one tensor ``[B, ...]``, and the targets must fit the output
+    ([`lamda_ext.losses.check_output`][lamda_ext.losses.check_output]). ``y`` must already have passed
+    ``check_targets``. No grad; the RNG state and batch-norm running statistics are restored and ``x`` is left as it was
+    (a model that changes its input in place changes the copy), so the measurement that follows is unchanged.
 
     A ``RuntimeError`` of the forward (e.g. "mat1 and mat2 shapes cannot be multiplied") becomes a
     ``ValueError`` naming x's shape and the innermost module that was running.
 
-    Returns the bytes that forward pass allocated (:class:`lamda_ext.memory.AllocationTracker`), the unit of the
-    coarse size estimate of :mod:`lamda_ext.planning`.
+    Returns the bytes that forward pass allocated
+    ([`lamda_ext.memory.AllocationTracker`][lamda_ext.memory.AllocationTracker]), the unit of the coarse size estimate
+    of [`lamda_ext.planning`][lamda_ext.planning].
     """
     key = _forward_signature(model, x)
     seen = _CHECKED_OUTPUTS.get(model)
@@ -169,6 +185,12 @@ def check_int(value, name: str, minimum: int = 1, allow_none: bool = False):
 
 
 def check_order(order, backend: str = "auto"):
+    """Check that ``order`` is an int in ``1..MAX_ORDERS[backend]``.
+
+    Raises:
+        TypeError: ``order`` is not an int.
+        ValueError: ``order`` is out of the backend's range (the message names the backends that go further).
+    """
     top = MAX_ORDERS.get(backend, MAX_ORDER)
     if isinstance(order, bool) or not isinstance(order, int):
         raise TypeError(f"order must be an int in 1..{top}, got {order!r}")
@@ -178,6 +200,12 @@ def check_order(order, backend: str = "auto"):
 
 
 def check_direction_tensor(d: torch.Tensor, expected: tuple, what: str, x: torch.Tensor):
+    """Check explicit directions ``d`` against ``x``: dtype, device, shape ``expected`` (described by ``what``), finite.
+
+    Raises:
+        TypeError: ``d`` has another dtype than ``x``.
+        ValueError: another device, another shape, or NaN/inf values.
+    """
     if d.dtype != x.dtype:
         raise TypeError(f"directions are {d.dtype} but x is {x.dtype}; pass directions of the same dtype")
     if d.device != x.device:
@@ -189,14 +217,17 @@ def check_direction_tensor(d: torch.Tensor, expected: tuple, what: str, x: torch
 
 
 def check_wrt(wrt) -> None:
+    """Check that ``wrt`` is ``"input"`` or ``"params"`` (ValueError otherwise)."""
     if wrt not in WRT:
         raise ValueError(f"wrt must be 'input' or 'params', got {wrt!r}")
 
 
 def check_hvp_inputs(model: nn.Module, x: torch.Tensor, y, loss: LossSpec, wrt: str, forward: bool = True):
-    """The model, x, ``wrt`` and the targets of an HVP call; returns the targets as every backend takes them
-    (integer labels as ``torch.long``). ``forward``: also check the output with one plain forward pass
-    (:func:`check_forward`)."""
+    """The model, x, ``wrt`` and the targets of an HVP call.
+
+    Returns the targets as every backend takes them (integer labels as ``torch.long``). ``forward``: also check the
+    output with one plain forward pass ([`check_forward`][lamda_ext.checks.check_forward]).
+    """
     check_model_and_x(model, x)
     check_wrt(wrt)
     y = check_targets(loss, y, x.shape[0])

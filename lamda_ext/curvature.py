@@ -9,14 +9,14 @@ import torch
 
 
 def log_abs(derivs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(log|d|, mask) with exact zeros masked out (their log is set to 0 and mask False)."""
+    """``(ln|d|, mask)`` of ``derivs`` (any shape): exact zeros get log 0 and mask False (bool, same shape)."""
     mask = derivs != 0
     safe = torch.where(mask, derivs.abs(), torch.ones_like(derivs))
     return torch.log(safe), mask
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean of ``values`` over ``dim`` using only entries where ``mask``; (mean, any-valid mask)."""
+    """``(mean, any valid)``: the mean of ``values`` over ``dim`` over the entries where ``mask`` (bool) is True."""
     w = mask.to(values.dtype)
     count = w.sum(dim=dim)
     mean = (values * w).sum(dim=dim) / count.clamp_min(1)
@@ -24,7 +24,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim) -> Tuple[torch.Te
 
 
 def fit_slope(logs: torch.Tensor, mask: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
-    """Weighted least-squares slope over the last axis; NaN where fewer than 2 usable points."""
+    """Least-squares slope of ``logs`` ``[..., N]`` over ``orders`` ``[N]`` → ``[...]`` (NaN below 2 usable points)."""
     w = mask.to(logs.dtype)
     n = w.sum(-1)
     xbar = (w * orders).sum(-1) / n.clamp_min(1)
@@ -37,18 +37,34 @@ def fit_slope(logs: torch.Tensor, mask: torch.Tensor, orders: torch.Tensor) -> t
 
 
 def curvature_rate(derivs: torch.Tensor, orders: Optional[Tuple[int, int]] = None, pool: str = "none") -> torch.Tensor:
-    """λ = slope of log|d_n| over n (least squares over the order window).
+    """λ, the least-squares slope of ln|d_n| over n in an order window.
+
+    Exact zeros are masked out of the fit, never clamped; a fit with fewer than two usable orders gives NaN, and the
+    number of such fits is reported in a ``RuntimeWarning``.
 
     Args:
-        derivs: ``[B, K, N]`` (input space) or ``[K, N]`` (parameter space); last axis is n = 1..N.
-        orders: inclusive window ``(lo, hi)`` of orders (1-based); default all.
-        pool: ``"none"`` → one λ per row (``[B, K]`` or ``[K]``); ``"points"`` → ``[K]``, fitted on the mean
-            over points of log|d_n| (``[B, K, N]`` input only); ``"all"`` → scalar, fitted on the mean over
-            every row of log|d_n|.
+        derivs: ``[B, K, N]`` (input space) or ``[K, N]`` (parameter space), floating point; the last axis is
+            n = 1..N (what [`directional_derivs`][lamda_ext.derivs.directional_derivs] returns).
+        orders: inclusive window ``(lo, hi)`` of orders (1-based, ``1 ≤ lo < hi ≤ N``); default all.
+        pool: ``"none"`` → one λ per row (``[B, K]`` or ``[K]``); ``"points"`` → ``[K]``, fitted on the mean over
+            points of ln|d_n| (``[B, K, N]`` input only); ``"all"`` → a scalar, fitted on the mean of ln|d_n| over
+            every row.
 
-    Exact zeros are masked out of the fit, never clamped; a fit with fewer than two usable orders
-    gives NaN, and the number of such fits is reported in a warning. NaN/inf in ``derivs``, an empty
-    tensor and a malformed ``orders`` raise ``ValueError``/``TypeError``.
+    Returns:
+        λ in ``derivs``' dtype and device, of the shape ``pool`` gives.
+
+    Raises:
+        ValueError: NaN/inf in ``derivs``, an empty tensor, a window outside ``1..N``, an unknown ``pool``, or
+            ``pool="points"`` on ``[K, N]``.
+        TypeError: non-float ``derivs`` or a malformed ``orders``.
+
+    Example:
+        >>> import torch, lamda_ext
+        >>> d = torch.exp(2.0 * torch.arange(1, 7, dtype=torch.float64)).expand(5, 3, 6)   # d_n = e^(2n)
+        >>> lamda_ext.curvature_rate(d, pool="points")
+        tensor([2., 2., 2.], dtype=torch.float64)
+        >>> tuple(lamda_ext.curvature_rate(d, orders=(2, 5)).shape)
+        (5, 3)
     """
     if not isinstance(derivs, torch.Tensor) or derivs.dim() not in (2, 3):
         raise ValueError("derivs must be a tensor [B, K, N] or [K, N]")

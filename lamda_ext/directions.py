@@ -22,9 +22,28 @@ def random_directions(x: torch.Tensor, k: int, generator: Optional[torch.Generat
                       shared: bool = False) -> torch.Tensor:
     """K unit Gaussian input directions, normalised over all input dims ``S`` of a point.
 
-    x ``[B, *S]`` → per point (``shared=False``): ``[K, B, *S]`` with ‖u_{k,b}‖ = 1, each point its own
-    directions; shared by every point (``shared=True``): ``[K, *S]`` with ‖u_k‖ = 1, direction k is one
-    vector for the whole batch (``directional_derivs`` broadcasts it over the points).
+    Args:
+        x: inputs ``[B, *S]``; the directions take its dtype and device.
+        k: K, the number of directions (≥ 1).
+        generator: draws them (on its own device; the result is moved to x's); None: torch's default generator.
+        shared: one direction per k for the whole batch instead of one per point and k.
+
+    Returns:
+        ``[K, B, *S]`` with ‖u_{k,b}‖ = 1 (``shared=False``: every point its own directions), or ``[K, *S]`` with
+        ‖u_k‖ = 1 (``shared=True``: direction k is one vector for the whole batch;
+        [`directional_derivs`][lamda_ext.derivs.directional_derivs] broadcasts it over the points).
+
+    Raises:
+        ValueError: ``k`` is not an int ≥ 1.
+
+    Example:
+        >>> import torch, lamda_ext
+        >>> x = torch.randn(5, 1, 4, 4)
+        >>> u = lamda_ext.random_directions(x, 3, torch.Generator().manual_seed(0))
+        >>> tuple(u.shape), torch.allclose(u.flatten(2).norm(dim=2), torch.ones(3, 5))
+        ((3, 5, 1, 4, 4), True)
+        >>> tuple(lamda_ext.random_directions(x, 3, torch.Generator().manual_seed(0), shared=True).shape)
+        (3, 1, 4, 4)
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (number of directions) must be an int >= 1, got {k!r}")
@@ -48,14 +67,26 @@ def filter_normalize(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def num_parameters(model: nn.Module) -> int:
+    """P, the number of parameter entries (the length of a parameter direction, ``model.parameters()`` order)."""
     return sum(p.numel() for p in model.parameters())
 
 
 def random_param_directions(model: nn.Module, k: int, generator: Optional[torch.Generator] = None,
                             normalization: str = "unit") -> torch.Tensor:
-    """K Gaussian parameter-space directions ``[K, P]`` (P = all parameters, ``parameters()`` order).
+    """K Gaussian parameter-space directions ``[K, P]``.
 
-    normalization: ``"unit"`` (‖v_k‖ = 1) or ``"filter"`` (filter-wise scaled to the weights).
+    Args:
+        model: the network; P counts all its parameters, flattened in ``model.parameters()`` order.
+        k: K, the number of directions.
+        generator: draws them (None: torch's default generator).
+        normalization: ``"unit"`` (‖v_k‖ = 1) or ``"filter"`` (every output filter of a weight scaled to that
+            filter's norm in the model; 1-D parameters such as biases and batch-norm affine parameters set to zero).
+
+    Returns:
+        ``[K, P]`` in the parameters' dtype and on their device.
+
+    Raises:
+        ValueError: a model without parameters or an unknown ``normalization``.
     """
     params = list(model.parameters())
     if not params:

@@ -1,11 +1,11 @@
 """Gauss–Newton-type products ``Jᵀ M J v`` of one batch by a Jacobian–vector / vector–Jacobian pair.
 
 ``J`` is the Jacobian of the model output ``[n, *S]`` with respect to the chosen parameters and ``M`` the loss's
-curvature in output space (:class:`lamda_ext.loss_curvature.OutputCurvature`: the GGN's loss Hessian, the exact or
-Monte-Carlo Fisher, the empirical Fisher). No Hessian of the network is formed: ``J v`` is the tangent of a
-linearised forward pass (``torch.func.linearize``: the primal forward runs once, its activations are kept), ``M``
-acts on ``[n, *S]`` tangents, and ``Jᵀ u`` is the transpose of that same linear map (a backward pass through the
-tangent graph, recorded once), so one copy of the activations serves both directions.
+curvature in output space ([`lamda_ext.loss_curvature.OutputCurvature`][lamda_ext.loss_curvature.OutputCurvature]: the
+GGN's loss Hessian, the exact or Monte-Carlo Fisher, the empirical Fisher). No Hessian of the network is formed: ``J v``
+is the tangent of a linearised forward pass (``torch.func.linearize``: the primal forward runs once, its activations are
+kept), ``M`` acts on ``[n, *S]`` tangents, and ``Jᵀ u`` is the transpose of that same linear map (a backward pass
+through the tangent graph, recorded once), so one copy of the activations serves both directions.
 """
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ __all__ = ["LinearizedGaussNewton", "output_curvature_factory", "gauss_newton_pr
 
 
 def apply_rows(fn: Callable[[torch.Tensor], torch.Tensor], V: torch.Tensor, chunk: int | None) -> torch.Tensor:
-    """``fn`` on each row of ``V`` ``[K, ...]`` (``chunk`` rows per vmapped call; None: see
-    :func:`lamda_ext.linearization.default_chunk`), stacked."""
+    """``fn`` on each row of ``V`` ``[K, ...]``, stacked.
+
+    ``chunk`` rows per vmapped call; None: see
+    [`lamda_ext.linearization.default_chunk`][lamda_ext.linearization.default_chunk].
+    """
     chunk = default_chunk(V.device) if chunk is None else chunk
     if chunk == 1 or V.shape[0] == 1:
         return torch.stack([fn(v) for v in V])
@@ -34,9 +37,11 @@ def apply_rows(fn: Callable[[torch.Tensor], torch.Tensor], V: torch.Tensor, chun
 def output_curvature_factory(curvature: str, loss, y, *, label_smoothing: float = 0.0, mc_samples: int = 1,
                              mc_seed: int = 0, batch_index: int = 0, offset: int = 0,
                              total: int | None = None) -> Callable[[torch.Tensor], OutputCurvature]:
-    """``out ↦ OutputCurvature`` of one batch (the Monte-Carlo targets of ``fisher_mc`` drawn from
-    ``(mc_seed, batch_index)`` for the samples ``offset ..`` of a batch of ``total``: see
-    :func:`lamda_ext.loss_curvature.sample_targets`)."""
+    """``out ↦ OutputCurvature`` of one batch.
+
+    The Monte-Carlo targets of ``fisher_mc`` are drawn from ``(mc_seed, batch_index)`` for the samples ``offset ..`` of
+    a batch of ``total``: see [`lamda_ext.loss_curvature.sample_targets`][lamda_ext.loss_curvature.sample_targets].
+    """
     def make(out: torch.Tensor) -> OutputCurvature:
         targets = None
         if curvature == "fisher_mc":
@@ -48,14 +53,17 @@ def output_curvature_factory(curvature: str, loss, y, *, label_smoothing: float 
 class LinearizedGaussNewton:
     """``Jᵀ M J`` of one batch, linearised once at ``params``.
 
-    Construction runs the primal forward once (kept: :attr:`nbytes`) and records the tangent map once on zero
-    tangents with autograd; every call replays the tangent forward (``J v``), applies ``M``, and back-propagates
-    through the recorded tangent graph (``Jᵀ u``, the transpose of the linear map ``v ↦ J v``).
+    Construction runs the primal forward once (kept: [`nbytes`][lamda_ext.gauss_newton.LinearizedGaussNewton.nbytes])
+    and records the tangent map once on zero tangents with autograd; every call replays the tangent forward (``J v``),
+    applies ``M``, and back-propagates through the recorded tangent graph (``Jᵀ u``, the transpose of the linear map ``v
+    ↦ J v``).
 
     Args:
         model: the model (its mode as it is; dropout must be off: ``J`` and ``Jᵀ`` must see one network).
-        x: the batch's inputs. params: the differentiated parameters (name → tensor).
-        middle: ``out ↦`` the batch's :class:`~lamda_ext.loss_curvature.OutputCurvature` at the outputs ``out``.
+        x: the batch's inputs ``[n, ...]``.
+        params: the differentiated parameters (name → tensor).
+        middle: ``out ↦`` the batch's [`OutputCurvature`][lamda_ext.loss_curvature.OutputCurvature] at the outputs
+            ``out``.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, params: dict[str, torch.Tensor],

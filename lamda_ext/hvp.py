@@ -3,9 +3,9 @@
 ``hvp`` is ``torch.func.jvp`` of ``torch.func.grad`` of a
 ``torch.func.functional_call`` of the model, batched over K directions with
 ``torch.func.vmap``. The reference HVPs (reverse-over-reverse, finite
-differences) live in :mod:`lamda_ext.hvp_reference`.
+differences) live in [`lamda_ext.hvp_reference`][lamda_ext.hvp_reference].
 
-Conventions (shared with :mod:`lamda_ext.hvp_reference`):
+Conventions (shared with [`lamda_ext.hvp_reference`][lamda_ext.hvp_reference]):
 
 * ``wrt="params"``: the loss is the batch mean of the per-sample loss; the
   parameter vector (length P) is every parameter with ``requires_grad=True``,
@@ -24,7 +24,7 @@ Conventions (shared with :mod:`lamda_ext.hvp_reference`):
 * Dropout draws one mask, shared by all K directions: the one a single-direction
   ``hvp`` draws from the same generator state.
 * ReLU runs in a formulation with a cheaper forward-over-reverse derivative
-  (:mod:`lamda_ext._hvp_ops`); the values are those of the native op.
+  (`lamda_ext._hvp_ops`); the values are those of the native op.
 """
 from __future__ import annotations
 
@@ -58,8 +58,11 @@ HVP_KEEP, HVP_ROW_PARAMS, HVP_ROW_POINT = 4.0, 6.0, 2.0
 
 def hvp_chunks(n_points: int, rows: int, point_bytes: float, param_bytes: float, budget: int,
                splittable: bool) -> tuple[int, int]:
-    """Points and directions per evaluation so that the HVP's coarse memory model stays within ``budget``
-    (points only when ``splittable``); ValueError naming the smallest budget that works otherwise."""
+    """Points and directions per evaluation within ``budget``.
+
+    The HVP's coarse memory model stays within ``budget`` (points only when ``splittable``); ValueError naming the
+    smallest budget that works otherwise.
+    """
     def size(b, k):
         return b * point_bytes * (HVP_KEEP + HVP_ROW_POINT * k) + k * HVP_ROW_PARAMS * param_bytes
 
@@ -96,14 +99,14 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
                           chunk_size: int | None) -> torch.Tensor:
     """``jvp`` of the gradient map ``g`` at ``primal`` along one direction or each row of ``v``.
 
-    For K > 1 directions :func:`lamda_ext.linearize.linearize` traces the forward-over-reverse pass once,
-    evaluates its primal part once and keeps its tangent part as a graph; that graph is then vmapped over the
-    directions (``chunk_size`` at a time, see :func:`lamda_ext.linearization.default_chunk`), so the primal forward and backward are not
-    repeated per direction or per chunk. In-place ops on values of the point (``out += identity``, a model that
-    changes its input) are replayed in their out-of-place form. Where no consistent replay is found (see
-    :func:`lamda_ext.linearize.linearize`) every direction takes its own ``jvp``.
-    ``unpack`` turns a direction into the tangent pytree, ``pack`` the resulting tangent pytree into the output
-    layout.
+    For K > 1 directions [`lamda_ext.linearize.linearize`][lamda_ext.linearize.linearize] traces the
+    forward-over-reverse pass once, evaluates its primal part once and keeps its tangent part as a graph; that graph is
+    then vmapped over the directions (``chunk_size`` at a time, see
+    [`lamda_ext.linearization.default_chunk`][lamda_ext.linearization.default_chunk]), so the primal forward and
+    backward are not repeated per direction or per chunk. In-place ops on values of the point (``out += identity``, a
+    model that changes its input) are replayed in their out-of-place form. Where no consistent replay is found (see
+    [`lamda_ext.linearize.linearize`][lamda_ext.linearize.linearize]) every direction takes its own ``jvp``. ``unpack``
+    turns a direction into the tangent pytree, ``pack`` the resulting tangent pytree into the output layout.
     """
     if not batched or v.shape[0] == 1:
         vs = v if not batched else v[0]
@@ -120,8 +123,10 @@ def _forward_over_reverse(g: Callable, primal, v: torch.Tensor, batched: bool, u
 
 def loss_hvp(f: Callable, primal: dict[str, torch.Tensor], v: torch.Tensor,
              chunk_size: int | None = None) -> torch.Tensor:
-    """Forward-over-reverse HVP of a scalar function ``f(params dict)`` at ``primal``; v ``[P]`` or ``[K, P]``
-    (parameters flattened in ``primal``'s order), the result has the shape of v."""
+    """Forward-over-reverse HVP of a scalar function ``f(params dict)`` at ``primal``.
+
+    ``v``: ``[P]`` or ``[K, P]`` (parameters flattened in ``primal``'s order), the result has the shape of v.
+    """
     primal = {k: t.detach() for k, t in primal.items()}
     return _forward_over_reverse(grad(f), primal, v, v.dim() == 2, lambda vec: unflatten_params(vec, primal),
                                  flatten_params, chunk_size)
@@ -130,14 +135,15 @@ def loss_hvp(f: Callable, primal: dict[str, torch.Tensor], v: torch.Tensor,
 class LinearizedHVP:
     """The forward-over-reverse HVP of one scalar function ``f(params dict)`` at ``primal``, linearised once.
 
-    Construction traces the forward-over-reverse pass (:func:`lamda_ext.linearize.linearize`), evaluates its
-    primal part once and keeps what the tangent pass needs (the activations and backward intermediates,
-    :attr:`nbytes` bytes); every call replays only the tangent part, for one direction ``[P]`` or each row of
-    ``[K, P]`` (``chunk_size`` rows per vmapped replay; None = one at a time on the CPU, all at once elsewhere).
-    In-place ops on values of the point (``h += r``, ``relu_``, a model that changes its input) replay in their
-    out-of-place form. For deterministic functions only: random ops would draw again on every replay. Where no
-    consistent replay is found (:func:`lamda_ext.linearize.linearize`; :attr:`replays` False) nothing is kept and
-    every direction takes its own ``jvp``.
+    Construction traces the forward-over-reverse pass
+    ([`lamda_ext.linearize.linearize`][lamda_ext.linearize.linearize]), evaluates its primal part once and keeps what
+    the tangent pass needs (the activations and backward intermediates, [`nbytes`][lamda_ext.hvp.LinearizedHVP.nbytes]
+    bytes); every call replays only the tangent part, for one direction ``[P]`` or each row of ``[K, P]``
+    (``chunk_size`` rows per vmapped replay; None = one at a time on the CPU, all at once elsewhere). In-place ops on
+    values of the point (``h += r``, ``relu_``, a model that changes its input) replay in their out-of-place form. For
+    deterministic functions only: random ops would draw again on every replay. Where no consistent replay is found
+        ([`lamda_ext.linearize.linearize`][lamda_ext.linearize.linearize];
+    [`replays`][lamda_ext.hvp.LinearizedHVP.replays] False) nothing is kept and every direction takes its own ``jvp``.
     """
 
     def __init__(self, f: Callable, primal: dict[str, torch.Tensor]):
@@ -172,8 +178,11 @@ def params_hvp(model, x, y, v, loss_fn, params: dict[str, torch.Tensor],
 
 
 def input_hvp(model, x, y, v, loss_fn, chunk_size: int | None = None) -> torch.Tensor:
-    """Per-sample input-space HVPs; v shaped like x or ``[K, *x.shape]``. The model runs on a copy of the
-    differentiated input (it may change its input in place; x stays as the caller passed it)."""
+    """Per-sample input-space HVPs.
+
+    ``v`` is shaped like x or ``[K, *x.shape]``. The model runs on a copy of the differentiated input (it may change its
+    input in place; x stays as the caller passed it).
+    """
     state = functional_state(model, set())
 
     def total(xx: torch.Tensor) -> torch.Tensor:
@@ -192,47 +201,65 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
 
     Args:
         model: any ``nn.Module`` (dropout/batch norm run in the model's current mode).
-        x: inputs ``[B, ...]``, or a mapping of the model's keyword arguments (:mod:`lamda_ext.batches`);
-            y: targets (``[B]`` class labels for cross-entropy; with a mapping, None = the model's own loss
-            from ``x["labels"]`` per sample).
-        v: ``wrt="params"``: ``[P]`` or ``[K, P]`` (P = all parameters requiring grad — or those ``params``
+        x: inputs ``[B, ...]`` (floating point, the model's dtype and device), or a mapping of the model's keyword
+            arguments ([`lamda_ext.batches`][lamda_ext.batches]).
+        y: targets (``[B]`` int64 class labels for cross-entropy; for MSE the output's shape); with a mapping, None =
+            the model's own loss from ``x["labels"]`` per sample.
+        v: the directions, in the dtype and on the device of the parameters (``wrt="params"``) or of x.
+            ``wrt="params"``: ``[P]`` or ``[K, P]`` (P = all parameters requiring grad — or those ``params``
             selects — flattened in ``model.parameters()`` order). ``wrt="input"``: ``[B, ...]`` like x, or
             ``[K, B, ...]``; ``wrt="inputs_embeds"``/``"pixel_values"`` likewise, shaped like the batch's input
             embeddings ``[B, T, d]`` / pixel values (positions with ``attention_mask`` 0 are held fixed: zero in
             ``v`` and in the result).
         loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(output, y) -> [B]``.
+        wrt: ``"params"`` (the Hessian of the batch loss in parameter space), ``"input"`` (per-sample Hessians in
+            input space), or ``"inputs_embeds"``/``"pixel_values"`` with a mapping x.
         label_smoothing: for cross-entropy.
-        chunk_size: directions per vmapped tangent evaluation (K directions share one primal pass
-            either way); None = one at a time on the CPU, all at once elsewhere, at most as many as
-            ``memory_budget`` allows.
-        reduction: ``wrt="params"`` only: ``"mean"`` (the Hessian of the batch-mean loss) or ``"sum"``
-            (of the summed loss, B times the mean's).
+        chunk_size: directions per vmapped tangent evaluation (K directions share one primal pass either way);
+            None = one at a time on the CPU, all at once elsewhere, at most as many as ``memory_budget`` allows.
+        reduction: ``wrt="params"`` only: ``"mean"`` (the Hessian of the batch-mean loss) or ``"sum"`` (of the
+            summed loss, B times the mean's).
         params: ``wrt="params"`` only: the parameters to differentiate (names of parameters or submodules, a
-            predicate ``f(name) -> bool`` or a submodule; :func:`lamda_ext.params.select_parameters`).
-        memory_budget: bytes the call may use beyond the model and its inputs, or ``"auto"`` (half of the
-            free memory of x's device). From the plain forward pass's allocations and the parameters' size
-            (:func:`hvp_chunks`) the call picks how many directions one vmapped evaluation takes and — for
-            models with no module in training mode — evaluates the points in chunks (the batch-mean Hessian
-            is the point-weighted mean of the chunks'); the numbers are those of the unsplit call.
+            predicate ``f(name) -> bool`` or a submodule; [`select_parameters`][lamda_ext.params.select_parameters]).
+        memory_budget: bytes the call may use beyond the model and its inputs, or ``"auto"`` (half of the free
+            memory of x's device). From the plain forward pass's allocations and the parameters' size
+            ([`hvp_chunks`][lamda_ext.hvp.hvp_chunks]) the call picks how many directions one vmapped evaluation
+            takes and — for models with no module in training mode — evaluates the points in chunks (the batch-mean
+            Hessian is the point-weighted mean of the chunks'); the numbers are those of the unsplit call.
         curvature: ``wrt="params"`` only: ``"hessian"`` (default), or ``"ggn"``, ``"fisher"``, ``"fisher_mc"``,
             ``"empirical_fisher"``: ``Jᵀ M J v`` by a Jacobian–vector / vector–Jacobian pair over the whole batch
-            (:mod:`lamda_ext.gauss_newton`, :mod:`lamda_ext.loss_curvature`; the model must be deterministic:
-            eval mode). ``"fisher"``/``"fisher_mc"`` need ``loss="cross_entropy"`` or ``"mse"``.
-        mc_samples, mc_seed: ``curvature="fisher_mc"``: sampled targets per sample and their seed
-            (:func:`lamda_ext.loss_curvature.sample_targets` with batch index 0).
+            ([`lamda_ext.gauss_newton`][lamda_ext.gauss_newton], [`lamda_ext.loss_curvature`][lamda_ext.loss_curvature];
+            the model must be deterministic: eval mode). ``"fisher"``/``"fisher_mc"`` need ``loss="cross_entropy"``
+            or ``"mse"``.
+        mc_samples: ``curvature="fisher_mc"``: sampled targets per sample.
+        mc_seed: ``curvature="fisher_mc"``: their seed
+            ([`sample_targets`][lamda_ext.loss_curvature.sample_targets] with batch index 0).
 
     Returns:
-        ``H v`` with the shape of ``v``. For ``wrt="params"`` H is the curvature of the batch-mean (or summed) loss;
-        for ``wrt="input"`` entry b is ``H_b v_b`` (Hessian of sample b's loss w.r.t. ``x_b``).
+        ``H v`` with the shape, dtype and device of ``v``. For ``wrt="params"`` H is the curvature of the batch-mean
+        (or summed) loss; for ``wrt="input"`` entry b is ``H_b v_b`` (Hessian of sample b's loss w.r.t. ``x_b``).
         The result is detached (not differentiable w.r.t. the parameters).
+
+    Raises:
+        ValueError: ``v`` of the wrong shape (the message gives the expected one), bad inputs or targets, an option
+            that does not apply to ``wrt``, a ``memory_budget`` too small for one product.
+        NotImplementedError: a curvature other than the Hessian in input space.
 
     Example:
         >>> import torch, lamda_ext
-        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
-        >>> x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
-        >>> v = torch.randn(2, sum(p.numel() for p in model.parameters()))
-        >>> tuple(lamda_ext.hvp(model, x, y, v).shape)
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+        >>> x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+        >>> v = torch.randn(2, lamda_ext.num_parameters(model), dtype=torch.float64)   # [K, P]
+        >>> hv = lamda_ext.hvp(model, x, y, v)
+        >>> tuple(hv.shape)
         (2, 26)
+        >>> torch.allclose(hv[0], lamda_ext.hvp(model, x, y, v[0]))                      # one direction [P]
+        True
+        >>> torch.allclose(v[1] @ hv[0], v[0] @ hv[1])                                 # H is symmetric
+        True
+        >>> tuple(lamda_ext.hvp(model, x, y, torch.randn(6, 3, dtype=torch.float64), wrt="input").shape)
+        (6, 3)
     """
     prob = prepare(model, x, y, loss=loss, wrt=wrt, params=params, label_smoothing=label_smoothing)
     model, x, y, loss, wrt = prob.model, prob.x, prob.y, prob.loss, prob.wrt
@@ -273,7 +300,7 @@ def hvp(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *, loss: LossSpec
 
 
 def _curvature_product(model, x, y, v, loss, curvature, params, label_smoothing, chunk, mc_samples, mc_seed):
-    """``Jᵀ M J v`` of the whole batch (:func:`lamda_ext.gauss_newton.gauss_newton_product`)."""
+    """``Jᵀ M J v`` of the whole batch (`lamda_ext.gauss_newton.gauss_newton_product`)."""
     from .hessian.data import check_deterministic   # the hessian package imports this module
     check_deterministic(model, what=f"curvature={curvature!r}")
     return gauss_newton_product(model, x, y, v, loss, curvature, params, label_smoothing=label_smoothing,

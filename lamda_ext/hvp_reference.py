@@ -1,6 +1,8 @@
-"""Reference Hessian-vector products for the tests and the benchmarks: reverse-over-reverse
-(``autograd.grad`` of ``grad · v``) and central differences of gradients. Same contract as
-:func:`lamda_ext.hvp.hvp` (see its module docstring); not fast paths."""
+"""Reference Hessian-vector products for the tests and the benchmarks.
+
+Reverse-over-reverse (``autograd.grad`` of ``grad · v``) and central differences of gradients. Same contract as
+[`lamda_ext.hvp.hvp`][lamda_ext.hvp.hvp] (see its module docstring); not fast paths.
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -39,6 +41,7 @@ def grad_params(model: nn.Module, x: torch.Tensor, y, loss_fn: Callable,
 
 
 def input_grad(model, x, y, loss_fn, create_graph=False):
+    """``∇_x`` of the summed per-sample loss, shaped like ``x`` (``create_graph`` keeps it differentiable)."""
     state = functional_state(model, set())
     xx = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
@@ -51,7 +54,7 @@ def input_grad(model, x, y, loss_fn, create_graph=False):
 def hvp_double_backward(model: nn.Module, x: torch.Tensor, y, v: torch.Tensor, *,
                         loss: LossSpec = "cross_entropy", wrt: str = "params",
                         label_smoothing: float = 0.0) -> torch.Tensor:
-    """Reference HVP by reverse-over-reverse (``autograd.grad`` of ``grad · v``); same contract as :func:`hvp`.
+    """Reference HVP by reverse-over-reverse (``autograd.grad`` of ``grad · v``); same contract as `hvp`.
 
     One gradient graph is built and differentiated once per direction (``retain_graph``).
     """

@@ -1,6 +1,7 @@
-"""Linearised maps shared by the HVPs and the Gauss–Newton-type products: the tangent map of a function at a point
-(:func:`lamda_ext.linearize.linearize`, with the cheap-tangent op formulations active), the bytes such a map
-keeps, and how many rows one vmapped call takes.
+"""Linearised maps shared by the HVPs and the Gauss–Newton-type products.
+
+The tangent map of a function at a point ([`lamda_ext.linearize.linearize`][lamda_ext.linearize.linearize], with the
+cheap-tangent op formulations active), the bytes such a map keeps, and how many rows one vmapped call takes.
 
 A linearised map evaluates the primal part of a function once and keeps what its tangent part needs (the
 activations, as constants of a traced graph); every later call replays only the tangent part. A function whose
@@ -22,8 +23,11 @@ __all__ = ["default_chunk", "tangent_map", "replays", "linearize_map", "lineariz
 
 
 def default_chunk(device: torch.device) -> int | None:
-    """Rows per vmapped evaluation: all of them on a GPU; one at a time on the CPU, where the tangent passes
-    are bound by memory traffic (K-batched activations ``[K·B, ...]`` leave the cache)."""
+    """Rows per vmapped evaluation.
+
+    All of them on a GPU; one at a time on the CPU, where the tangent passes are bound by memory traffic (K-batched
+    activations ``[K·B, ...]`` leave the cache).
+    """
     return 1 if device.type == "cpu" else None
 
 
@@ -39,10 +43,12 @@ class _EagerMap:
 
 
 def tangent_map(g: Callable, primal, args: tuple = ()) -> Callable:
-    """The tangent map of ``p ↦ g(p, *args)`` at ``primal``, with ReLU's cheap-tangent formulation active: a
-    :class:`lamda_ext.linearize.TangentMap` (traced once, replayed per call; in-place writes of the model
-    functionalised), or, where no consistent replay exists or the function cannot be traced, a map that runs one
-    ``jvp`` per call (:func:`replays` tells which)."""
+    """The tangent map of ``p ↦ g(p, *args)`` at ``primal``, with ReLU's cheap-tangent formulation active.
+
+    A [`lamda_ext.linearize.TangentMap`][lamda_ext.linearize.TangentMap] (traced once, replayed per call; in-place
+    writes of the model functionalised), or, where no consistent replay exists or the function cannot be traced, a map
+    that runs one ``jvp`` per call ([`replays`][lamda_ext.linearization.replays] tells which).
+    """
     def f(p):
         return g(p, *args)
 
@@ -57,21 +63,26 @@ def tangent_map(g: Callable, primal, args: tuple = ()) -> Callable:
 
 
 def replays(tangent: Callable) -> bool:
-    """Whether a map of :func:`tangent_map` replays a kept graph (else each call runs its own ``jvp``)."""
+    """Whether a map of `tangent_map` replays a kept graph (else each call runs its own ``jvp``)."""
     return isinstance(tangent, TangentMap)
 
 
 def linearize_map(g: Callable, primal, args: tuple = ()):
-    """``(output, tangent map)`` of ``p ↦ g(p, *args)`` at ``primal`` (:func:`tangent_map`; the output from one
-    more plain evaluation)."""
+    """``(output, tangent map)`` of ``p ↦ g(p, *args)`` at ``primal``.
+
+    The tangent map from [`tangent_map`][lamda_ext.linearization.tangent_map], the output from one more plain
+    evaluation.
+    """
     with ForwardOverReverseOps():
         out = g(primal, *args)
     return out, tangent_map(g, primal, args)
 
 
 def storage_bytes(tensors, seen: set | None = None) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (those already in ``seen`` not counted; ``seen`` is
-    updated; forward-mode AD's symbolic zeros have none)."""
+    """Bytes of the distinct storages behind ``tensors``.
+
+    Those already in ``seen`` are not counted; ``seen`` is updated; forward-mode AD's symbolic zeros have none.
+    """
     seen = set() if seen is None else seen
     total = 0
     for t in tensors:

@@ -1,9 +1,10 @@
 """Tangent maps of a function at a fixed point, traced once and replayed per direction.
 
-:func:`linearize` traces the forward-mode derivative (``jvp``) of ``g`` at ``primal`` into an aten graph
-(``make_fx``, the operations of one forward-mode evaluation). The values of that graph that do not depend on the
-direction (the primal forward and backward) are computed once and kept (constant folding); every call of the
-returned :class:`TangentMap` replays only the rest, for one direction, or for many under ``torch.func.vmap``.
+[`linearize`][lamda_ext.linearize.linearize] traces the forward-mode derivative (``jvp``) of ``g`` at ``primal`` into an
+aten graph (``make_fx``, the operations of one forward-mode evaluation). The values of that graph that do not depend on
+the direction (the primal forward and backward) are computed once and kept (constant folding); every call of the
+returned [`TangentMap`][lamda_ext.linearize.TangentMap] replays only the rest, for one direction, or for many under
+``torch.func.vmap``.
 
 A traced graph that writes in place into a kept value (a model that changes its input, ``x.add_(1)``, or an
 intermediate, ``out += identity``, ``relu_``) would apply that write again on every replay, each replay starting
@@ -13,10 +14,11 @@ becomes its out-of-place form, with the views of the written value regenerated f
 values are then never written; the result is the same map, vmapped as any other. Random ops (dropout) are not
 folded: they draw again on every replay.
 
-:func:`replays_consistently` checks a graph before it is folded. Two cases get no tangent map (:func:`linearize`
-returns None, and the HVPs take one ``jvp`` per direction): a write that remains after functionalisation, into a
-tensor the function closes over (a counter buffer updated in place; ``torch.func.grad`` refuses most of these in
-its own evaluation), and a graph whose functionalisation fails on one of its ops (a ``RuntimeWarning`` names it).
+[`replays_consistently`][lamda_ext.linearize.replays_consistently] checks a graph before it is folded. Two cases get no
+tangent map ([`linearize`][lamda_ext.linearize.linearize] returns None, and the HVPs take one ``jvp`` per direction): a
+write that remains after functionalisation, into a tensor the function closes over (a counter buffer updated in place;
+``torch.func.grad`` refuses most of these in its own evaluation), and a graph whose functionalisation fails on one of
+its ops (a ``RuntimeWarning`` names it).
 """
 from __future__ import annotations
 
@@ -89,8 +91,11 @@ def _tangent(dual) -> torch.Tensor:
 
 
 def _trace_jvp(g: Callable, primal) -> tuple[torch.fx.GraphModule, list[torch.Tensor], object, object]:
-    """The aten graph of one forward-mode evaluation of ``g`` at ``primal``: ``(graph, example tangents, input
-    spec, output spec)``; the graph takes the flattened tangents and returns the flattened output tangents."""
+    """The aten graph of one forward-mode evaluation of ``g`` at ``primal``.
+
+    ``(graph, example tangents, input spec, output spec)``; the graph takes the flattened tangents and returns the
+    flattened output tangents.
+    """
     flat_primals, in_spec = tree_flatten(primal)
     out_spec = []
 
@@ -135,7 +140,7 @@ def _functionalized(gm: torch.fx.GraphModule, tangents: list[torch.Tensor]) -> t
 
     The graph is traced again through ``torch.func.functionalize`` with its constants as inputs (on fake tensors;
     on copies of the real ones where an op needs the values), with ``copy`` and the strided view ops in forms that
-    ``vmap`` batches (:mod:`lamda_ext._functional_ops`); then the constants are put back as ``get_attr`` nodes of a
+    ``vmap`` batches (`lamda_ext._functional_ops`); then the constants are put back as ``get_attr`` nodes of a
     new module. A write into a constant itself stays (a copy into it at the end).
 
     Args:
@@ -182,7 +187,8 @@ class TangentMap:
 
     Args:
         gm: the constant-folded tangent graph (takes the flattened tangents, returns the flattened output tangents).
-        in_spec, out_spec: the pytree structures of the function's input and output.
+        in_spec: the pytree structure of the function's input.
+        out_spec: the pytree structure of its output.
     """
 
     def __init__(self, gm: torch.fx.GraphModule, in_spec, out_spec):
@@ -199,8 +205,10 @@ class TangentMap:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the tensors the graph holds (distinct storages): the kept direction-independent values and the
-        tensors the function reads (the point, its data)."""
+        """Bytes of the tensors the graph holds (distinct storages).
+
+        The kept direction-independent values and the tensors the function reads (the point, its data).
+        """
         seen, total = set(), 0
         for t in list(self.graph_module.parameters()) + list(self.graph_module.buffers()):
             if t._is_zerotensor():      # forward-mode AD's symbolic zeros: no storage
@@ -221,9 +229,9 @@ def linearize(g: Callable, primal) -> TangentMap | None:
         primal: the point (tensors, in any pytree).
 
     Returns:
-        A :class:`TangentMap`, or None when no consistent replay is found: the function writes in place into a
-        tensor it closes over, or it writes in place into values of the point and functionalisation fails on
-        one of its ops (with a ``RuntimeWarning`` naming the error).
+        A [`TangentMap`][lamda_ext.linearize.TangentMap], or None when no consistent replay is found: the function
+        writes in place into a tensor it closes over, or it writes in place into values of the point and
+        functionalisation fails on one of its ops (with a ``RuntimeWarning`` naming the error).
     """
     with torch_jvp_warning_filtered(), warnings.catch_warnings():
         # constant folding warns about its own get_attr nodes

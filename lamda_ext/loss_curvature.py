@@ -9,7 +9,7 @@ and the batch-mean loss ``L = (1/n) Σ_b ℓ(f_b, y_b)``, ``M`` is block diagona
   ``mean((f − y)²)`` is, up to a constant, the negative log-likelihood of ``N(f, (C/2) I)``). Both equal the GGN's
   blocks.
 * ``"fisher_mc"``: ``M = (1/(n m)) Σ_b Σ_j s_bj s_bjᵀ`` with ``s_bj = ∇_f ℓ(f_b, ỹ_bj)``, ``m = mc_samples`` targets
-  ``ỹ_bj`` drawn from that distribution (:func:`sample_targets`).
+  ``ỹ_bj`` drawn from that distribution ([`sample_targets`][lamda_ext.loss_curvature.sample_targets]).
 * ``"empirical_fisher"``: ``M = (1/n) Σ_b s_b s_bᵀ``, ``s_b = ∇_f ℓ(f_b, y_b)`` (the given targets).
 
 The Fisher and the MC Fisher use the model's likelihood: label smoothing changes the loss, not the predictive
@@ -34,9 +34,16 @@ LIKELIHOOD_LOSSES = ("cross_entropy", "mse")
 
 
 def check_curvature(curvature, loss: LossSpec | None, loss_fn_form: bool) -> str:
-    """``curvature`` must be one of :data:`CURVATURES` and fit the loss; returned. ``fisher``/``fisher_mc`` need a
-    loss with a known likelihood; every curvature but ``hessian`` and ``empirical_fisher`` needs the model output
-    and the loss apart (``loss=`` with ``(x, y)`` batches, not ``loss_fn(model, batch)``)."""
+    """Check that ``curvature`` is one of [`CURVATURES`][lamda_ext.loss_curvature.CURVATURES] and fits the loss; return it.
+
+    ``fisher``/``fisher_mc`` need a loss with a known likelihood; every curvature but ``hessian`` and
+    ``empirical_fisher`` needs the model output and the loss apart (``loss=`` with ``(x, y)`` batches, not
+    ``loss_fn(model, batch)``).
+
+    Raises:
+        ValueError: an unknown curvature, or a GGN-type curvature with ``loss_fn(model, batch)``.
+        NotImplementedError: ``fisher``/``fisher_mc`` for a loss other than cross-entropy and MSE.
+    """
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
     if curvature in ("ggn", "fisher", "fisher_mc") and loss_fn_form:
@@ -52,9 +59,11 @@ def check_curvature(curvature, loss: LossSpec | None, loss_fn_form: bool) -> str
 
 
 def mc_generator(mc_seed: int, batch_index: int) -> torch.Generator:
-    """The CPU generator of the Monte-Carlo targets of batch ``batch_index`` (position in the data), seeded from
-    ``(mc_seed, batch_index)`` by ``numpy.random.SeedSequence``: the draws of a batch do not depend on the
-    other batches or on how the data is split over ranks."""
+    """The CPU generator of the Monte-Carlo targets of batch ``batch_index`` (position in the data).
+
+    Seeded from ``(mc_seed, batch_index)`` by ``numpy.random.SeedSequence``: the draws of a batch do not depend on the
+    other batches or on how the data is split over ranks.
+    """
     state = np.random.SeedSequence([int(mc_seed), int(batch_index)]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
@@ -63,16 +72,19 @@ def sample_targets(loss: str, out: torch.Tensor, mc_samples: int = 1, mc_seed: i
                    offset: int = 0, total: int | None = None) -> torch.Tensor:
     """Targets drawn from the model's predictive distribution at outputs ``out`` ``[n, *S]``.
 
-    The draws of a batch come from :func:`mc_generator` ``(mc_seed, batch_index)`` for all ``total`` samples of
-    the batch (float64 on the CPU); ``out`` holds samples ``offset .. offset + n − 1`` of them (a rank's share).
-    Cross-entropy: labels by inversion of the softmax's cumulative distribution at uniform draws, ``[m, n]``
-    long. MSE: ``ỹ = f + sqrt(C/2) ε`` with standard normal ε, ``[m, n, *S]`` in ``out``'s dtype.
+    The draws of a batch come from [`mc_generator`][lamda_ext.loss_curvature.mc_generator] ``(mc_seed, batch_index)``
+    for all ``total`` samples of the batch (float64 on the CPU); ``out`` holds samples ``offset .. offset + n − 1`` of
+    them (a rank's share). Cross-entropy: labels by inversion of the softmax's cumulative distribution at uniform draws,
+    ``[m, n]`` long. MSE: ``ỹ = f + sqrt(C/2) ε`` with standard normal ε, ``[m, n, *S]`` in ``out``'s dtype.
 
     Args:
         loss: ``"cross_entropy"`` (out ``[n, C]`` logits) or ``"mse"``.
-        out: the model outputs (detached). mc_samples: m, targets per sample.
-        mc_seed, batch_index: seed the draws. offset, total: the slice of the batch that ``out`` holds
-            (default: all of it).
+        out: the model outputs (detached).
+        mc_samples: m, targets per sample.
+        mc_seed: seeds the draws, with ``batch_index``.
+        batch_index: the batch's position in the data.
+        offset: the first sample of the batch that ``out`` holds (default 0).
+        total: the batch's sample count (default: ``out``'s, all of the batch).
 
     Returns:
         The sampled targets, ``[m, n]`` (labels) or ``[m, n, *S]``, on ``out``'s device.
@@ -93,15 +105,18 @@ def sample_targets(loss: str, out: torch.Tensor, mc_samples: int = 1, mc_seed: i
 
 
 class OutputCurvature:
-    """``M`` of one batch (see the module docstring) at outputs ``out``: :meth:`apply` ``U ↦ M U`` for tangents
-    ``U`` ``[n, *S]`` (vmappable over rows of tangents), :meth:`blocks` the dense per-sample blocks.
+    """``M`` of one batch (see the module docstring) at outputs ``out``.
+
+    [`apply`][lamda_ext.loss_curvature.OutputCurvature.apply] ``U ↦ M U`` for tangents ``U`` ``[n, *S]`` (vmappable over
+    rows of tangents), [`blocks`][lamda_ext.loss_curvature.OutputCurvature.blocks] the dense per-sample blocks.
 
     Args:
-        curvature: one of :data:`OUTPUT_CURVATURES`.
+        curvature: one of [`OUTPUT_CURVATURES`][lamda_ext.loss_curvature.OUTPUT_CURVATURES].
         loss: the loss spec (``"cross_entropy"``, ``"mse"`` or a callable ``(output, y) -> [n]``).
         out: the model outputs ``[n, *S]`` (detached). y: the targets.
         label_smoothing: for cross-entropy (used by ``ggn`` and ``empirical_fisher``).
-        targets: for ``fisher_mc``, the sampled targets ``[m, n, ...]`` (:func:`sample_targets`).
+        targets: for ``fisher_mc``, the sampled targets ``[m, n, ...]``
+            ([`sample_targets`][lamda_ext.loss_curvature.sample_targets]).
     """
 
     def __init__(self, curvature: str, loss: LossSpec, out: torch.Tensor, y, *, label_smoothing: float = 0.0,

@@ -69,7 +69,8 @@ def check_targets(loss: LossSpec, y, batch: int):
     Cross-entropy: integer class labels ``[B]`` (any integer dtype; returned as ``torch.long`` so that every
     backend sees the same labels), each ≥ 0 or ``IGNORE_INDEX`` (−100): as in ``F.cross_entropy``, such a sample
     counts for nothing (its loss and every derivative are 0).
-    MSE: a finite floating-point tensor (its shape is checked against the output by :func:`check_output`).
+    MSE: a finite floating-point tensor (its shape is checked against the output by
+        [`check_output`][lamda_ext.losses.check_output]).
     A callable loss receives ``y`` unchanged. Raises ``ValueError``/``TypeError`` with an actionable message.
     """
     if loss == "cross_entropy":

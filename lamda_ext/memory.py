@@ -1,12 +1,14 @@
 """Memory budgets and the measurement of what a computation allocates.
 
-- :func:`resolve_budget`: ``memory_budget`` as every entry point takes it (bytes, or ``"auto"``) → bytes.
-- :func:`heap_reuse`: large CPU tensors served from the heap during a call (no page faults per tensor).
-- :class:`AllocationTracker`: a dispatch mode that follows every tensor the ops inside it create and
-  reports the peak of the bytes alive at once (``peak``) and the bytes allocated in all (``total``),
+- [`resolve_budget`][lamda_ext.memory.resolve_budget]: ``memory_budget`` as every entry point takes it (bytes, or
+  ``"auto"``) → bytes.
+- [`heap_reuse`][lamda_ext.memory.heap_reuse]: large CPU tensors served from the heap during a call (no page faults per
+  tensor).
+- [`AllocationTracker`][lamda_ext.memory.AllocationTracker]: a dispatch mode that follows every tensor the ops inside it
+  create and reports the peak of the bytes alive at once (``peak``) and the bytes allocated in all (``total``),
   both counted from zero at entry (tensors that existed before — the model, its inputs — are not counted).
   It also counts the floating-point operations of matrix products, convolutions and attention with the
-  formulas of :mod:`torch.utils.flop_counter`, from which plans express their cost in forward passes.
+  formulas of `torch.utils.flop_counter`, from which plans express their cost in forward passes.
 """
 from __future__ import annotations
 
@@ -31,17 +33,30 @@ AUTO_FRACTION = 0.5
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory of ``device``: ``torch.cuda.mem_get_info`` on a GPU, available system memory otherwise."""
+    """Free memory of ``device``: ``torch.cuda.mem_get_info`` on a GPU, available system memory otherwise.
+
+    System memory is ``MemAvailable`` of ``/proc/meminfo`` on Linux, else free pages times the page size.
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    import psutil
-    return int(psutil.virtual_memory().available)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def resolve_budget(memory_budget: Budget, device: torch.device) -> int:
-    """Bytes a call may allocate: ``memory_budget`` itself (an int ≥ 1), or for ``"auto"`` (and None)
-    :data:`AUTO_FRACTION` of :func:`available_bytes` at the time of the call."""
+    """Bytes a call may allocate.
+
+    ``memory_budget`` itself (an int ≥ 1), or for ``"auto"`` (and None)
+    [`AUTO_FRACTION`][lamda_ext.memory.AUTO_FRACTION] of [`available_bytes`][lamda_ext.memory.available_bytes] at the
+    time of the call.
+    """
     if memory_budget is None or (isinstance(memory_budget, str) and memory_budget == "auto"):
         return int(AUTO_FRACTION * available_bytes(device))
     if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or isinstance(
@@ -70,9 +85,10 @@ def _storage_key(t: torch.Tensor):
 
 
 class AllocationTracker(TorchDispatchMode):
-    """Follow the storages created inside the mode: ``peak`` (bytes alive at once), ``total`` (bytes allocated)
-    and ``flops`` (of the matrix products, convolutions and attention kernels, by the formulas
-    :class:`torch.utils.flop_counter.FlopCounterMode` uses).
+    """Follow the storages created inside the mode.
+
+    ``peak`` (bytes alive at once), ``total`` (bytes allocated) and ``flops`` (of the matrix products, convolutions and
+    attention kernels, by the formulas `torch.utils.flop_counter.FlopCounterMode` uses).
 
     A storage counts from the op that creates it (an output that does not alias an input) until the last
     tensor object referring to it is garbage; outputs that alias an input (views, in-place ops) keep an

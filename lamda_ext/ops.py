@@ -1,5 +1,7 @@
-"""Fused Taylor kernels: the same functions as :mod:`lamda_ext.taylor.recurrences`, backed by
-the C++/CUDA ops of ``lamda_ext._C`` (namespace ``torch.ops.lamda_ext``).
+"""Fused Taylor kernels, backed by the C++/CUDA ops of ``lamda_ext._C``.
+
+The same functions as [`lamda_ext.taylor.recurrences`][lamda_ext.taylor.recurrences], from the namespace
+``torch.ops.lamda_ext``.
 
 All series are normalised Taylor coefficients (``c_n = f^(n)(0)/n!``) with the
 coefficient axis first; C = N+1 ≤ 9 coefficients; float32 or float64; the device
@@ -45,7 +47,8 @@ def _ops():
 def unary_coeffs(kind: str, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Series of an elementwise function of a series: ``x [C, *S]`` → ``[C, *S]``.
 
-    ``kind`` is one of :data:`UNARY_KINDS`; ``alpha`` is ELU's alpha (ignored otherwise).
+    ``kind`` is one of [`UNARY_KINDS`][lamda_ext.taylor.recurrences.UNARY_KINDS]; ``alpha`` is ELU's alpha (ignored
+    otherwise).
     """
     return _ops().taylor_unary(x, kind, float(alpha))
 

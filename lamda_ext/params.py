@@ -1,5 +1,7 @@
-"""Functional parameter plumbing: the differentiated parameters as a flat vector ``[P]`` and the model as a
-function of them (``torch.func.functional_call``), shared by the HVPs, the Hessian operator and the research layer.
+"""Functional parameter plumbing.
+
+The differentiated parameters as a flat vector ``[P]`` and the model as a function of them
+(``torch.func.functional_call``), shared by the HVPs, the Hessian operator and the research layer.
 
 P counts every parameter with ``requires_grad=True``, flattened and concatenated in ``model.parameters()`` order.
 """
@@ -32,7 +34,7 @@ def _positional_count(fn) -> int:
 
 
 def _wanted_ids(model: nn.Module, spec) -> set[int]:
-    """Identities of the parameters ``spec`` names (see :func:`select_parameters`)."""
+    """Identities of the parameters ``spec`` names (see [`select_parameters`][lamda_ext.params.select_parameters])."""
     aliases = dict(model.named_parameters(remove_duplicate=False))     # tied weights under every name
     if isinstance(spec, nn.Module):
         if not any(spec is m for m in model.modules()):
@@ -98,13 +100,16 @@ def select_parameters(model: nn.Module, spec=None) -> dict[str, torch.Tensor]:
 
 
 class ParameterSubset(nn.Module):
-    """``model`` seen through only some of its parameters: ``parameters()``/``named_parameters()`` list the
-    selected ones (names prefixed ``model.``), everything else (forward, buffers, the other parameters as constants) is the model's own. Every tool
-    that differentiates "all parameters" of a module then differentiates just the selection.
+    """``model`` seen through only some of its parameters.
+
+    ``parameters()``/``named_parameters()`` list the selected ones (names prefixed ``model.``), everything else
+    (forward, buffers, the other parameters as constants) is the model's own. Every tool that differentiates "all
+    parameters" of a module then differentiates just the selection.
 
     Args:
         model: the network; its train/eval mode is mirrored, never changed.
-        selected: ``{name: parameter}`` from :func:`select_parameters`; None: every parameter.
+        selected: ``{name: parameter}`` from [`select_parameters`][lamda_ext.params.select_parameters]; None: every
+            parameter.
     """
 
     def __init__(self, model: nn.Module, selected: dict[str, torch.Tensor] | None = None):
@@ -114,13 +119,17 @@ class ParameterSubset(nn.Module):
         self.keep = None if selected is None else frozenset(id(p) for p in selected.values())
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
-        """The selected parameters; with ``remove_duplicate=False`` (how ``torch.func.functional_call`` finds tied
-        weights) every parameter, so that a substituted weight reaches all modules that share it."""
+        """The selected parameters (all of them with ``remove_duplicate=False``).
+
+        ``remove_duplicate=False`` is how ``torch.func.functional_call`` finds tied weights: every parameter is listed
+        then, so that a substituted weight reaches all modules that share it.
+        """
         for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
             if self.keep is None or id(p) in self.keep or not remove_duplicate:
                 yield name, p
 
     def forward(self, *args, **kwargs):
+        """Call the wrapped model."""
         return self.model(*args, **kwargs)
 
 
@@ -167,9 +176,10 @@ def functional_state(model: nn.Module, names: set[str] | None = None) -> dict[st
 
 
 class Bound:
-    """``f(params) = fn(params, *args)``: a function of the parameters whose other inputs (the model's fixed
-    parameters and buffers, the batch) are kept as explicit arguments rather than closed over, so that a transform
-    can treat them as inputs.
+    """``f(params) = fn(params, *args)``.
+
+    A function of the parameters whose other inputs (the model's fixed parameters and buffers, the batch) are kept as
+    explicit arguments rather than closed over, so that a transform can treat them as inputs.
 
     Args:
         fn: ``(params, *args) -> value``. args: its other inputs.
@@ -179,18 +189,21 @@ class Bound:
         self.fn, self.args = fn, args
 
     def __call__(self, params):
+        """``fn(params, *args)``."""
         return self.fn(params, *self.args)
 
 
 def split_bound(f: Callable) -> tuple[Callable, tuple]:
-    """``(fn, args)`` with ``f(params) = fn(params, *args)``: a :class:`Bound`'s parts, else ``(f, ())``."""
+    """``(fn, args)`` with ``f(params) = fn(params, *args)``: a `Bound`'s parts, else ``(f, ())``."""
     return (f.fn, f.args) if isinstance(f, Bound) else (f, ())
 
 
 def model_loss_fn(model: nn.Module, x: torch.Tensor, y, loss_fn: Callable, names: list[str]) -> Bound:
-    """``f(params_dict) -> batch-mean loss`` evaluated through ``functional_call`` (a :class:`Bound` over the
-    model's other parameters and buffers, ``x`` and ``y``), each call on a copy of ``x`` (the model may change its
-    input in place; ``x`` stays as the caller passed it)."""
+    """``f(params_dict) -> batch-mean loss`` evaluated through ``functional_call``.
+
+    A [`Bound`][lamda_ext.params.Bound] over the model's other parameters and buffers, ``x`` and ``y``; each call runs
+    on a copy of ``x`` (the model may change its input in place; ``x`` stays as the caller passed it).
+    """
     def f(params: dict[str, torch.Tensor], state, x, y) -> torch.Tensor:
         out = functional_call(model, (params, state), (fresh_input(x),))
         return loss_fn(out, y).mean()

@@ -4,9 +4,9 @@ The cost of a Taylor-mode call is linear in the points ``b`` and directions ``k`
 
     bytes alive at once ≈ b · (α + β·k),    bytes allocated ≈ b · (α' + β'·k),    FLOPs ≈ b · (φ + ψ·k)
 
-(:class:`CostModel`). The coefficients come from two small chunks of the call itself — the first points
-with one direction, then with two — run under :class:`~lamda_ext.memory.AllocationTracker`; their results
-are kept as part of the answer. A cost model is remembered per model structure, input signature, order and
+([`CostModel`][lamda_ext.planning.CostModel]). The coefficients come from two small chunks of the call itself — the
+first points with one direction, then with two — run under [`AllocationTracker`][lamda_ext.memory.AllocationTracker];
+their results are kept as part of the answer. A cost model is remembered per model structure, input signature, order and
 backend, so later calls plan without measuring. A call whose coarse size estimate (the plain forward pass's
 allocations × the coefficients carried, with a 4× margin) fits the budget runs unsplit without measuring.
 
@@ -38,9 +38,12 @@ ESTIMATE_MARGIN = 4.0
 
 @dataclass(frozen=True)
 class CostModel:
-    """Per-point costs of a chunk with k directions: ``peak = b·(alive + alive_dir·k)`` bytes alive at once,
-    ``graph = b·(alloc + alloc_dir·k)`` bytes allocated (what an autograd graph keeps at most),
-    ``flops = b·(flops + flops_dir·k)``; ``forward_flops``: one plain forward pass per point."""
+    """Per-point costs of a chunk with k directions.
+
+    ``peak = b·(alive + alive_dir·k)`` bytes alive at once, ``graph = b·(alloc + alloc_dir·k)`` bytes allocated (what an
+    autograd graph keeps at most), ``flops = b·(flops + flops_dir·k)``; ``forward_flops``: one plain forward pass per
+    point.
+    """
     alive: float
     alive_dir: float
     alloc: float
@@ -50,27 +53,32 @@ class CostModel:
     forward_flops: float
 
     def peak(self, b: int, k: int) -> float:
+        """Bytes alive at once for ``b`` points and ``k`` directions."""
         return b * (self.alive + self.alive_dir * k)
 
     def graph(self, b: int, k: int) -> float:
+        """Bytes allocated (what an autograd graph keeps at most) for ``b`` points and ``k`` directions."""
         return b * (self.alloc + self.alloc_dir * k)
 
     def cost(self, b: int, k: int) -> float:
+        """FLOPs of matrix products and convolutions for ``b`` points and ``k`` directions."""
         return b * (self.flops + self.flops_dir * k)
 
 
 @dataclass
 class Plan:
-    """How a call runs: its chunks, the mode, the predicted peak working memory (bytes beyond the model, its
-    inputs and the directions) and the predicted cost in forward passes (matrix-product and convolution FLOPs of the call
-    over those of one plain forward pass of all its points; the elementwise Taylor recurrences are not
-    counted). ``measured``: the prediction comes from a cost model (True) or the coarse estimate (False).
-    ``min_budget``: the smallest budget in which the call runs (one point — all points when they cannot be
-    split — and one direction per chunk; None without a cost model). ``attention_rows``: where even that chunk
-    does not fit, attention scores are taken this many query rows at a time (None: all rows at once).
+    """How a call runs: its chunks, the mode, the predicted peak working memory and cost.
+
+    The peak is in bytes beyond the model, its inputs and the directions; the cost in forward passes (matrix-product and
+    convolution FLOPs of the call over those of one plain forward pass of all its points; the elementwise Taylor
+    recurrences are not counted). ``measured``: the prediction comes from a cost model (True) or the coarse estimate
+    (False). ``min_budget``: the smallest budget in which the call runs (one point — all points when they cannot be
+    split — and one direction per chunk; None without a cost model). ``attention_rows``: where even that chunk does not
+    fit, attention scores are taken this many query rows at a time (None: all rows at once).
     ``min_backward_budget``: for a differentiable call, the smallest budget in which its backward pass runs too.
-    ``backward_refusal``: in ``"recompute"`` mode, the error a backward pass raises when not even one chunk's graph
-    fits the budget (the values are computed; None: the backward pass runs)."""
+    ``backward_refusal``: in ``"recompute"`` mode, the error a backward pass raises when not even one chunk's graph fits
+    the budget (the values are computed; None: the backward pass runs).
+    """
     points: int
     directions: int
     order: int
@@ -90,6 +98,7 @@ class Plan:
 
     @property
     def n_chunks(self) -> int:
+        """The number of chunks."""
         return len(self.chunks)
 
     def __str__(self) -> str:
@@ -117,8 +126,10 @@ def _tracked(job: Job, chunk: Chunk, start: RngReplay):
 
 
 def trial_chunks(job: Job) -> list[Chunk]:
-    """The chunks measured for a cost model: the first points (one, or all when points cannot be split) with
-    direction 0, then directions 1..2."""
+    """The chunks measured for a cost model.
+
+    The first points (one, or all when points cannot be split) with direction 0, then directions 1..2.
+    """
     b = 1 if job.points_splittable else job.n_points
     out = [Chunk((0, b), (0, 1))]
     if job.n_directions >= 3:
@@ -127,8 +138,10 @@ def trial_chunks(job: Job) -> list[Chunk]:
 
 
 def measure_cost(job: Job, start: RngReplay) -> tuple[CostModel, dict]:
-    """Fit :class:`CostModel` from the trial chunks (run under no_grad, each from the random-number state
-    ``start``, as every chunk of the call starts); returns it with their results."""
+    """Fit [`CostModel`][lamda_ext.planning.CostModel] from the trial chunks; returns it with their results.
+
+    The trials run under no_grad, each from the random-number state ``start``, as every chunk of the call starts.
+    """
     trials = trial_chunks(job)
     done, stats = {}, []
     for c in trials:
@@ -157,8 +170,10 @@ def measure_cost(job: Job, start: RngReplay) -> tuple[CostModel, dict]:
 
 
 def choose_chunks(B: int, K: int, splittable: bool, usable: float, size) -> tuple[int, int]:
-    """Largest directions per chunk, then points per chunk, with ``size(b, k) ≤ usable``; (0, 0) if even
-    the smallest chunk (one point, or all when points cannot be split, and one direction) does not fit."""
+    """Largest directions per chunk, then points per chunk, with ``size(b, k) ≤ usable``.
+
+    (0, 0) if even the smallest chunk (one point, or all when points cannot be split, and one direction) does not fit.
+    """
     b = 1 if splittable else B
     if size(b, 1) > usable:
         return 0, 0
@@ -173,8 +188,11 @@ def choose_chunks(B: int, K: int, splittable: bool, usable: float, size) -> tupl
 
 
 def grid(B: int, K: int, b: int, k: int, start: Optional[list] = None) -> list[Chunk]:
-    """Chunks of ``b`` points × ``k`` directions covering the call, after the ``start`` chunks (trials: the
-    first points with the first directions) — their points' remaining directions come first."""
+    """Chunks of ``b`` points × ``k`` directions covering the call, after the ``start`` chunks.
+
+    The ``start`` chunks are the trials (the first points with the first directions); their points' remaining directions
+    come first.
+    """
     out = list(start or [])
     p0 = 0
     if out:
@@ -200,8 +218,11 @@ def _structure(model) -> tuple:
 
 
 def cost_key(job: Job, backend: str) -> tuple:
-    """What a cost model depends on: the model's structure and modes, the points' shape, dtype and device,
-    the directions' layout, order, loss and backend."""
+    """What a cost model depends on.
+
+    The model's structure and modes, the points' shape, dtype and device, the directions' layout, order, loss and
+    backend.
+    """
     return (_structure(job.model), tuple(m.training for m in job.model.modules()), tuple(job.x.shape[1:]),
             job.x.dtype, job.x.device, job.wrt, job.per_point_dirs, job.order, str(job.loss), backend,
             job.take_points is None, job.attention_rows)
@@ -215,8 +236,11 @@ def _chunks_for(job: Job, usable: float, size, start=None) -> list[Chunk]:
 
 
 def estimate_bytes(job: Job, forward_bytes: int) -> float:
-    """Coarse size of the unsplit call: the plain forward's allocations carried for 1 + K·order coefficients
-    (plus the parameter series in ``wrt="params"``)."""
+    """Coarse size of the unsplit call.
+
+    The plain forward's allocations carried for 1 + K·order coefficients (plus the parameter series in
+    ``wrt="params"``).
+    """
     coeffs = 1 + job.n_directions * job.order
     extra = 0
     if job.wrt == "params":
@@ -229,8 +253,10 @@ ATTENTION_ROWS = (512, 128, 32, 8)
 
 
 def _attention_rows_that_fit(job: Job, backend: str, usable: float, start: RngReplay) -> Optional[int]:
-    """The largest of :data:`ATTENTION_ROWS` with which the smallest chunk of ``job`` fits ``usable`` bytes (each
-    cost model measured and kept), or None (no attention, or not what fills the memory)."""
+    """The largest of ``ATTENTION_ROWS`` with which the smallest chunk of ``job`` fits ``usable`` bytes, or None.
+
+    Each cost model is measured and kept. None: no attention, or attention is not what fills the memory.
+    """
     b_min = 1 if job.points_splittable else job.n_points
     for rows in ATTENTION_ROWS:
         trial = replace(job, attention_rows=rows)
@@ -244,11 +270,12 @@ def _attention_rows_that_fit(job: Job, backend: str, usable: float, start: RngRe
 
 def make_plan(job: Job, backend: str, budget: int, needs_grad: bool, forward_bytes: Optional[int] = None,
               measure: bool = False, start: Optional[RngReplay] = None) -> tuple[Plan, dict]:
-    """The plan of ``job`` within ``budget`` bytes, and the results of any chunks measured to make it (each
-    from the random-number state ``start``, default: the current one).
+    """The plan of ``job`` within ``budget`` bytes, and the results of any chunks measured to make it.
+
+    Each measured chunk starts from the random-number state ``start`` (default: the current one).
 
     ``forward_bytes``: bytes one plain forward pass of all points allocates (enables the coarse estimate that
-    skips measuring); ``measure``: always measure (what :func:`lamda_ext.plan` reports). Raises ValueError
+    skips measuring); ``measure``: always measure (what [`lamda_ext.plan`][lamda_ext.plan] reports). Raises ValueError
     naming the smallest budget that works when one point (all points when they cannot be split) with one
     direction does not fit.
     """

@@ -1,8 +1,8 @@
 """Differentiable directional derivatives whose autograd graph does not fit the memory budget.
 
-:func:`derivs_with_recompute` returns ``(d, loss0)`` computed chunk by chunk without a graph (as a measurement
-is), attached to the differentiated tensors by one autograd node. Its backward pass runs the chunks of
-``plan.recompute_chunks`` again with a graph — one chunk at a time, each within the budget — and
+[`derivs_with_recompute`][lamda_ext.recompute.derivs_with_recompute] returns ``(d, loss0)`` computed chunk by chunk
+without a graph (as a measurement is), attached to the differentiated tensors by one autograd node. Its backward pass
+runs the chunks of ``plan.recompute_chunks`` again with a graph — one chunk at a time, each within the budget — and
 back-propagates each chunk's share of the incoming gradient. Every chunk starts from the random-number state
 of the call (dropout draws the masks of the forward pass), batch-norm running statistics stay untouched, and
 the random-number state after the backward pass is the one before it.
@@ -25,8 +25,10 @@ __all__ = ["differentiable_inputs", "derivs_with_recompute"]
 
 
 def differentiable_inputs(job: Job) -> list:
-    """The tensors a gradient of the call's result can reach: the parameters requiring grad, then x, the
-    directions and floating-point targets where they require grad."""
+    """The tensors a gradient of the call's result can reach.
+
+    The parameters requiring grad, then x, the directions and floating-point targets where they require grad.
+    """
     own = [t for t in (job.x, job.dirs, job.y) if isinstance(t, torch.Tensor) and t.requires_grad]
     seen, params = set(), []
     for p in job.model.parameters():
@@ -85,8 +87,10 @@ class _Recompute(torch.autograd.Function):
 
 
 def derivs_with_recompute(job: Job, plan, done: dict, start: RngReplay):
-    """``(d, loss0)`` of ``job`` by ``plan.chunks`` (``done``: results of chunks already computed), every chunk
-    from the random-number state ``start``, with a backward pass that recomputes ``plan.recompute_chunks`` one
-    at a time from the same state."""
+    """``(d, loss0)`` of ``job`` by ``plan.chunks``, recomputing chunks in the backward pass.
+
+    ``done``: results of chunks already computed. Every chunk runs from the random-number state ``start``; the backward
+    pass recomputes ``plan.recompute_chunks`` one at a time from the same state.
+    """
     inputs = differentiable_inputs(job)
     return _Recompute.apply(_Runner(job, plan, done, inputs, start), *inputs)

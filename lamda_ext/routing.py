@@ -1,9 +1,10 @@
 """Routing modes: while active, calls of chosen torch functions go to replacements with the same values.
 
-:class:`HigherOrderSafe` routes ops whose native kernels cannot be differentiated to high order to
-elementary-op composites (used by the ``autograd`` and ``func`` reference backends);
-:mod:`lamda_ext._hvp_ops` builds its forward-over-reverse routes on :class:`RoutingMode`.
-:func:`torch_jvp_warning_filtered` wraps the calls that may be a process's first use of forward-mode AD.
+[`HigherOrderSafe`][lamda_ext.routing.HigherOrderSafe] routes ops whose native kernels cannot be differentiated to high
+order to elementary-op composites (used by the ``autograd`` and ``func`` reference backends);
+`lamda_ext._hvp_ops` builds its forward-over-reverse routes on [`RoutingMode`][lamda_ext.routing.RoutingMode].
+[`torch_jvp_warning_filtered`][lamda_ext.routing.torch_jvp_warning_filtered] wraps the calls that may be a process's
+first use of forward-mode AD.
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ __all__ = ["RoutingMode", "HigherOrderSafe", "unguarded", "torch_jvp_warning_fil
 
 @contextlib.contextmanager
 def torch_jvp_warning_filtered():
-    """Filter the ``FutureWarning`` "`torch.jit.script` is deprecated" that torch raises from inside itself when
-    a process makes its first dual tensor (``torch.func.jvp``, ``torch.func.linearize``): torch then imports its
-    forward-AD decompositions, which call ``torch.jit.script``. A user of the HVPs cannot act on it; every other
-    warning passes."""
+    """Filter torch's ``FutureWarning`` "`torch.jit.script` is deprecated" raised at the first dual tensor.
+
+    Torch raises it from inside itself when a process makes its first dual tensor (``torch.func.jvp``,
+    ``torch.func.linearize``): torch then imports its forward-AD decompositions, which call ``torch.jit.script``. A user
+    of the HVPs cannot act on it; every other warning passes.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
         yield
@@ -71,8 +74,11 @@ def sdpa_masks(length: int, src: int, attn_mask, is_causal: bool, device):
     """The masks of ``scaled_dot_product_attention`` as its math backend applies them: ``(keep, bias, dead)``.
 
     Args:
-        length, src: query and key lengths L, S. attn_mask: None, bool ``[..., L, S]`` (True = attend) or an
-            additive float mask. is_causal: a lower-triangular mask on top. device: of the masks.
+        length: the query length L.
+        src: the key length S.
+        attn_mask: None, bool ``[..., L, S]`` (True = attend) or an additive float mask.
+        is_causal: a lower-triangular mask on top.
+        device: of the masks.
 
     Returns:
         ``keep``: bool ``[..., L, S]`` of the positions that may be attended (None: all); ``bias``: the float mask
@@ -99,10 +105,12 @@ def sdpa_masks(length: int, src: int, attn_mask, is_causal: bool, device):
 
 def composite_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                     enable_gqa=False):
-    """The math of ``scaled_dot_product_attention`` in elementary ops: the fused CPU/flash kernels have no
-    derivatives past the first (no double backward, no forward-mode AD). Dropout draws its mask with
-    ``F.dropout`` on the attention weights, as the Taylor rule does, so replayed RNG gives one mask; rows with
-    nothing to attend get zero weights, as in torch (:func:`sdpa_masks`)."""
+    """The math of ``scaled_dot_product_attention`` in elementary ops.
+
+    The fused CPU/flash kernels have no derivatives past the first (no double backward, no forward-mode AD). Dropout
+    draws its mask with ``F.dropout`` on the attention weights, as the Taylor rule does, so replayed RNG gives one mask;
+    rows with nothing to attend get zero weights, as in torch ([`sdpa_masks`][lamda_ext.routing.sdpa_masks]).
+    """
     length, src = query.shape[-2], key.shape[-2]
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     if enable_gqa and query.dim() >= 3 and query.shape[-3] != key.shape[-3]:
@@ -123,9 +131,11 @@ def composite_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=F
 
 
 def unguarded(fn):
-    """A copy of the ``torch.nn.functional`` function ``fn`` whose own ``__torch_function__`` guard is off: its
-    body runs on whatever it is given, while every op it calls keeps its guard. Lets a routing mode (or the Taylor
-    engine) run torch's own composite, e.g. ``F.multi_head_attention_forward``, with the ops inside it routed."""
+    """A copy of the ``torch.nn.functional`` function ``fn`` whose own ``__torch_function__`` guard is off.
+
+    Its body runs on whatever it is given, while every op it calls keeps its guard. Lets a routing mode (or the Taylor
+    engine) run torch's own composite, e.g. ``F.multi_head_attention_forward``, with the ops inside it routed.
+    """
     glb = dict(fn.__globals__)
     glb["has_torch_function"] = lambda *_: False
     body = types.FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__, fn.__closure__)
@@ -167,11 +177,13 @@ class RoutingMode(torch.overrides.TorchFunctionMode):
 
 
 class HigherOrderSafe(RoutingMode):
-    """Routes batch/layer norm, SiLU, hardsigmoid and ``scaled_dot_product_attention`` to elementary ops: the
-    native kernels' nested derivatives stop at order 2 (batch norm, hardsigmoid, the fused attention kernels),
-    are wrong past it (layer norm) or lack forward-mode AD in their backward (SiLU, flash attention), so the
-    references must not use them. ``nn.MultiheadAttention`` and the transformer layers reach SDPA through
-    ``F.multi_head_attention_forward`` and are routed with it."""
+    """Routes batch/layer norm, SiLU, hardsigmoid and ``scaled_dot_product_attention`` to elementary ops.
+
+    The native kernels' nested derivatives stop at order 2 (batch norm, hardsigmoid, the fused attention kernels), are
+    wrong past it (layer norm) or lack forward-mode AD in their backward (SiLU, flash attention), so the references must
+    not use them. ``nn.MultiheadAttention`` and the transformer layers reach SDPA through
+    ``F.multi_head_attention_forward`` and are routed with it.
+    """
 
     routes = _COMPOSITES
 

@@ -1,8 +1,8 @@
 """One directional-derivative call as a grid of points × directions, run chunk by chunk.
 
-A :class:`Job` holds everything a backend needs (model, points, targets, directions, order, loss) and makes
-sub-jobs of a range of points and a range of directions. :func:`run_chunks` runs a list of chunks and
-assembles the result exactly as the unsplit call returns it:
+A [`Job`][lamda_ext.split.Job] holds everything a backend needs (model, points, targets, directions, order, loss) and
+makes sub-jobs of a range of points and a range of directions. [`run_chunks`][lamda_ext.split.run_chunks] runs a list of
+chunks and assembles the result exactly as the unsplit call returns it:
 
 - ``wrt="input"``: ``[B, K, N]`` — chunk ``(points, directions)`` fills its block;
 - ``wrt="params"``: ``[K, N]`` of the batch-mean loss — a chunk of ``b`` points contributes ``b/B`` of its
@@ -11,7 +11,7 @@ assembles the result exactly as the unsplit call returns it:
 Every chunk starts from the same random-number state, so dropout draws the masks of an unsplit call for
 every chunk of directions. Chunks of points change what batch-coupled layers see (batch statistics, the
 dropout masks of a smaller batch), so points are split only when no module of the model is in training mode
-and the targets are one row per point (:attr:`Job.points_splittable`).
+and the targets are one row per point ([`Job.points_splittable`][lamda_ext.split.Job.points_splittable]).
 """
 from __future__ import annotations
 
@@ -36,10 +36,12 @@ class Chunk:
 
     @property
     def n_points(self) -> int:
+        """Points in the chunk."""
         return self.points[1] - self.points[0]
 
     @property
     def n_directions(self) -> int:
+        """Directions in the chunk."""
         return self.directions[1] - self.directions[0]
 
 
@@ -67,20 +69,26 @@ class Job:
 
     @property
     def n_points(self) -> int:
+        """B, the points of the call."""
         return self.x.shape[0]
 
     @property
     def n_directions(self) -> int:
+        """K, the directions of the call."""
         return self.dirs.shape[0]
 
     @property
     def per_point_dirs(self) -> bool:
+        """Whether every point has its own directions (``[K, B, *S]``)."""
         return self.wrt == "input" and self.dirs.dim() == self.x.dim() + 1
 
     @property
     def points_splittable(self) -> bool:
-        """Whether chunks of points give the numbers of the whole batch: no module in training mode (batch
-        statistics, dropout masks of the whole batch) and targets that are one row per point (or None)."""
+        """Whether chunks of points give the numbers of the whole batch.
+
+        No module in training mode (batch statistics, dropout masks of the whole batch) and targets that are one row per
+        point (or None).
+        """
         if any(m.training for m in self.model.modules()):
             return False
         y = self.y
@@ -100,6 +108,7 @@ class Job:
         return replace(self, model=model, x=self.x[p0:p1], y=y, dirs=dirs, take_points=None)
 
     def run(self):
+        """The unsplit call: ``fn`` on all points and directions (attention by row blocks when set), ``(d, loss0)``."""
         with attention_row_blocks(self.attention_rows):
             return self.fn(self.model, self.x, self.y, self.dirs, self.order, self.loss, self.label_smoothing)
 
@@ -117,9 +126,11 @@ def _groups(chunks: Sequence[Chunk]) -> list[tuple[tuple[int, int], list[Chunk]]
 
 def run_chunks(job: Job, chunks: Sequence[Chunk], done: Optional[dict] = None,
                start: Optional[RngReplay] = None):
-    """Run ``chunks`` of ``job`` (``done``: results already computed for some chunks, by chunk), each from the
-    random-number state ``start`` (default: the current one), and assemble ``(d, loss0)`` as the unsplit call
-    returns them."""
+    """Run ``chunks`` of ``job`` and assemble ``(d, loss0)`` as the unsplit call returns them.
+
+    ``done``: results already computed for some chunks, by chunk. Each chunk runs from the random-number state ``start``
+    (default: the current one).
+    """
     done = {} if done is None else done
     replay = RngReplay(job.x.device) if start is None else start
     B = job.n_points

@@ -47,8 +47,10 @@ def _input_derivs(model, x, y, u, order, loss, label_smoothing=0.0, keep_graph=T
 
 
 def perturbed_call(model, x, v_k: torch.Tensor, t: torch.Tensor):
-    """model(x) with every parameter p replaced by p + t·v (v flat over ``parameters()`` order), run on a copy
-    of x (the model may change its input in place)."""
+    """model(x) with every parameter p replaced by p + t·v.
+
+    v is flat over ``parameters()`` order; the model runs on a copy of x (it may change its input in place).
+    """
     params, offset = {}, 0
     for name, p in model.named_parameters():
         params[name] = p + t * v_k[offset:offset + p.numel()].reshape(p.shape)

@@ -18,7 +18,8 @@ class BatchCache:
 
     Args:
         budget: bytes the kept values may hold together (0: keep nothing).
-        fingerprint: returns the current parameter vector (compared before every use, see :meth:`check`).
+        fingerprint: returns the current parameter vector (compared before every use, see
+            [`check`][lamda_ext.hessian.cache.BatchCache.check]).
     """
 
     def __init__(self, budget: int, fingerprint: Callable[[], torch.Tensor]):
@@ -36,6 +37,7 @@ class BatchCache:
 
     @property
     def empty(self) -> bool:
+        """Whether no value is kept."""
         return not any(self._stores.values())
 
     def check(self) -> None:
@@ -57,8 +59,11 @@ class BatchCache:
         return None
 
     def put(self, store: str, i: int, leaves: list[torch.Tensor], value) -> bool:
-        """Keep ``value`` for the i-th batch when it fits in the budget (an older value at that position goes
-        either way); True when kept. A value that does not fit marks ``store`` as :attr:`full`."""
+        """Keep ``value`` for the i-th batch when it fits in the budget; True when kept.
+
+        An older value at that position goes either way. A value that does not fit marks ``store`` as
+        [`full`][lamda_ext.hessian.cache.BatchCache.full].
+        """
         self._stores.get(store, {}).pop(i, None)
         if self.nbytes + value.nbytes > self.budget:
             self.full.add(store)

@@ -86,7 +86,7 @@ _RANK_LOCAL = contextvars.ContextVar("lamda_ext_hessian_rank_local", default=Fal
 
 @contextlib.contextmanager
 def rank_local():
-    """Inside this block the Hessian tools work on this process's data alone (:func:`dist_info` → ``(0, 1)``).
+    """Inside this block the Hessian tools work on this process's data alone (`dist_info` → ``(0, 1)``).
 
     For work that each rank does on its own while a process group is up — a cell of a grid spread over
     ``torchrun`` ranks — where sharding the data over ranks (and waiting for the others) would be wrong.
@@ -99,8 +99,10 @@ def rank_local():
 
 
 def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group; ``(0, 1)`` when not initialised or inside
-    :func:`rank_local`."""
+    """``(rank, world_size)`` of the default process group.
+
+    ``(0, 1)`` when not initialised or inside [`rank_local`][lamda_ext.hessian.data.rank_local].
+    """
     if _RANK_LOCAL.get():
         return 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -109,8 +111,11 @@ def dist_info() -> tuple[int, int]:
 
 
 class Shard(NamedTuple):
-    """A rank's share of one batch: the batch's position in the data, the first of its samples held here,
-    the batch's sample count, and the share itself (an ``(x, y)`` pair or a batch of the ``loss_fn`` form)."""
+    """A rank's share of one batch.
+
+    The batch's position in the data, the first of its samples held here, the batch's sample count, and the share itself
+    (an ``(x, y)`` pair or a batch of the ``loss_fn`` form).
+    """
     index: int
     offset: int
     total: int
@@ -118,10 +123,12 @@ class Shard(NamedTuple):
 
 
 def indexed_shards(data, rank: int, world: int, loss_fn_form: bool = False) -> Iterator[Shard]:
-    """This rank's share of ``data``: batches ``i`` with ``i % world == rank``, or, for a single batch, the
-    ``rank``-th of ``world`` near-equal contiguous slices of its samples (every tensor with the batch's
-    leading size is sliced). ``loss_fn_form``: batches of the ``loss_fn(model, batch)`` form, else ``(x, y)``
-    pairs."""
+    """This rank's share of ``data``.
+
+    Batches ``i`` with ``i % world == rank``, or, for a single batch, the ``rank``-th of ``world`` near-equal contiguous
+    slices of its samples (every tensor with the batch's leading size is sliced). ``loss_fn_form``: batches of the
+    ``loss_fn(model, batch)`` form, else ``(x, y)`` pairs.
+    """
     single = is_single_loss_batch(data) if loss_fn_form else is_single_batch(data)
     if single:
         n = batch_samples(data) if loss_fn_form else data[0].shape[0]
@@ -140,7 +147,7 @@ def indexed_shards(data, rank: int, world: int, loss_fn_form: bool = False) -> I
 
 
 def shard_batches(data, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The ``(x, y)`` pairs of :func:`indexed_shards`."""
+    """The ``(x, y)`` pairs of [`indexed_shards`][lamda_ext.hessian.data.indexed_shards]."""
     for shard in indexed_shards(data, rank, world):
         yield shard.batch
 
@@ -167,8 +174,11 @@ def tensor_leaves(obj) -> list[torch.Tensor]:
 
 
 def is_single_loss_batch(data) -> bool:
-    """For the ``loss_fn(model, batch)`` form: True when ``data`` is one batch — a tensor, a dict, or a
-    tuple whose items are tensors, dicts or None — rather than an iterable of batches (a list, a DataLoader)."""
+    """Whether ``data`` is one batch of the ``loss_fn(model, batch)`` form.
+
+    True for one batch — a tensor, a dict, or a tuple whose items are tensors, dicts or None — rather than an iterable
+    of batches (a list, a DataLoader).
+    """
     if isinstance(data, (torch.Tensor, Mapping)):
         return True
     return isinstance(data, tuple) and len(data) > 0 and all(
@@ -202,6 +212,6 @@ def iter_loss_batches(data) -> Iterator:
 
 
 def shard_loss_batches(data, rank: int, world: int) -> Iterator:
-    """The batches of the ``loss_fn`` form of :func:`indexed_shards`."""
+    """The batches of the ``loss_fn`` form of [`indexed_shards`][lamda_ext.hessian.data.indexed_shards]."""
     for shard in indexed_shards(data, rank, world, loss_fn_form=True):
         yield shard.batch

@@ -14,9 +14,11 @@ __all__ = ["hessian_density", "slq_nodes"]
 
 
 def _batched_lanczos(op, Z: torch.Tensor, iters: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Independent Lanczos recurrences for the rows of ``Z`` ``[n, P]``, run in lockstep so that
-    every step is one block product ``H @ [n, P]``; full reorthogonalisation per row; a row
-    whose recurrence breaks down (invariant subspace) stops there."""
+    """Independent Lanczos recurrences for the rows of ``Z`` ``[n, P]``, run in lockstep.
+
+    Every step is one block product ``H @ [n, P]``; full reorthogonalisation per row; a row whose recurrence breaks down
+    (invariant subspace) stops there.
+    """
     n, P = Z.shape
     m = min(int(iters), P)
     Q = torch.zeros(m + 1, n, P, dtype=Z.dtype, device=Z.device)
@@ -64,10 +66,24 @@ def slq_nodes(model, loss: LossSpec | None = None, data=None, iters: int = 80, p
               **operator_kw) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Gauss quadrature nodes and weights of the spectral measure, one set per Rademacher probe.
 
-    For probe z (normalised), Lanczos runs ``min(iters, P)`` steps with full reorthogonalisation
-    (stopping early on an invariant subspace); the nodes are the Ritz values θ_j and the weights
-    ``τ_j = (e_1ᵀ s_j)²`` (summing to 1), so ``Σ τ_j θ_j = zᵀHz / ‖z‖² = zᵀHz / P``. Up to ``block``
-    probes run in lockstep (one vmapped block HVP per step). Returns lists of float64 CPU tensors.
+    For probe z (normalised), Lanczos runs ``min(iters, P)`` steps with full reorthogonalisation (stopping early on an
+    invariant subspace); the nodes are the Ritz values θ_j and the weights ``τ_j = (e_1ᵀ s_j)²`` (summing to 1), so
+    ``Σ τ_j θ_j = zᵀAz / ‖z‖² = zᵀAz / P``. Up to ``block`` probes run in lockstep (one block product per step).
+
+    Args:
+        model: an ``nn.Module`` (with ``loss`` and ``data``) or a
+            [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        loss: as for [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        data: as for [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        iters: Lanczos steps per probe.
+        probes: Rademacher probes.
+        generator: draws the probes (on the CPU).
+        block: probes run in lockstep.
+        **operator_kw: passed to [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+
+    Returns:
+        ``(nodes, weights)``: two lists with one float64 CPU tensor ``[m]`` per probe (``m ≤ iters``: the steps that
+        probe took).
     """
     op = as_operator(model, loss, data, **operator_kw)
     for value, name in ((iters, "iters"), (probes, "probes"), (block, "block")):
@@ -87,19 +103,41 @@ def slq_nodes(model, loss: LossSpec | None = None, data=None, iters: int = 80, p
 def hessian_density(model, loss: LossSpec | None = None, data=None, iters: int = 80, probes: int = 4,
                     grid: int | torch.Tensor = 1000, *, sigma: float | None = None,
                     generator: torch.Generator | None = None, block: int = 16, **operator_kw) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian-broadened spectral density ``φ(t) = mean_probes Σ_j τ_j N(t; θ_j, σ²)``.
+    """Spectral density ``φ(t) = mean_probes Σ_j τ_j N(t; θ_j, σ²)`` by stochastic Lanczos quadrature.
+
+    For each Rademacher probe, ``iters`` Lanczos steps give nodes θ_j (Ritz values) and weights τ_j (summing to 1,
+    [`slq_nodes`][lamda_ext.hessian.density.slq_nodes]); φ integrates to 1 and ``P ∫ t φ(t) dt`` estimates the trace.
 
     Args:
-        iters: Lanczos steps per probe. probes: Rademacher probes. block: probes run in lockstep.
-        grid: a number of points (default 1000) or a 1-D tensor of evaluation points. A count
-            spans ``[min θ − 8σ, max θ + 8σ]``, wide and fine enough for φ to integrate to 1
-            (trapezoid rule) up to rounding.
-        sigma: broadening width; default 1% of the Ritz-value spread (or 1e-3·max(1, |θ|) when
-            all nodes coincide).
-        operator_kw: passed to :class:`HessianOperator` (``curvature``, ``params``, ``loss_fn``, ...).
+        model: an ``nn.Module`` (with ``loss`` and ``data``) or a
+            [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        loss: as for [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        data: as for [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        iters: Lanczos steps per probe (at most P).
+        probes: Rademacher probes.
+        grid: a number of points (default 1000) or a 1-D tensor of evaluation points. A count spans
+            ``[min θ − 8σ, max θ + 8σ]``, wide and fine enough for φ to integrate to 1 (trapezoid rule) up to rounding.
+        sigma: broadening width; default 1% of the Ritz-value spread (or 1e-3·max(1, |θ|) when all nodes coincide).
+        generator: draws the probes (on the CPU).
+        block: probes run in lockstep (one block product per Lanczos step).
+        **operator_kw: passed to [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator] (``curvature``,
+            ``params``, ``loss_fn``, ...).
 
     Returns:
-        ``(grid [G], density [G])``, float64 CPU tensors. ``∫ t φ(t) dt`` estimates ``tr(H) / P``.
+        ``(grid [G], density [G])``, float64 CPU tensors. ``∫ t φ(t) dt`` estimates ``tr(A) / P``.
+
+    Raises:
+        ValueError: a malformed ``grid``, a ``sigma`` that is not a finite number > 0, counts < 1.
+
+    Example:
+        >>> import torch, lamda_ext
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+        >>> x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+        >>> grid, phi = lamda_ext.hessian_density(model, "cross_entropy", (x, y), iters=20, probes=2,
+        ...                                       generator=torch.Generator().manual_seed(0))
+        >>> tuple(grid.shape), phi.dtype, round(float(torch.trapezoid(phi, grid)), 6)
+        ((1000,), torch.float64, 1.0)
     """
     if isinstance(grid, torch.Tensor):
         if grid.dim() != 1 or grid.numel() < 2:

@@ -17,18 +17,40 @@ def hessian_diagonal(model, loss: LossSpec | None = None, data=None, method: str
     """``diag(A)`` of the curvature ``A`` (``curvature=`` in ``operator_kw``; the Hessian by default).
 
     Args:
-        model: an ``nn.Module`` (with ``loss`` and ``data``) or a :class:`HessianOperator`.
-        method: ``"hutchinson"`` (``mean z ⊙ Az`` over ``matvecs`` Rademacher probes, any curvature) or
-            ``"exact"`` (``ggn``, ``fisher``, ``fisher_mc``, ``empirical_fisher``: per-sample vector–Jacobian
-            products, one data pass per output dimension — for models with few outputs, e.g. classifiers).
-        matvecs: probes of ``hutchinson``. generator: draws them (on the CPU). block: probes per block product.
-        operator_kw: passed to :class:`HessianOperator`.
+        model: an ``nn.Module`` (with ``loss`` and ``data``) or a
+            [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        loss: as for [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        data: as for [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        method: ``"hutchinson"`` (``mean z ⊙ Az`` over ``matvecs`` Rademacher probes, any curvature) or ``"exact"``
+            (``ggn``, ``fisher``, ``fisher_mc``, ``empirical_fisher``: per-sample vector–Jacobian products, one data
+            pass per output dimension — for models with few outputs, e.g. classifiers).
+        matvecs: probes of ``hutchinson``.
+        generator: draws them (on the CPU).
+        block: probes per block product.
+        **operator_kw: passed to [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
 
     Returns:
-        A :class:`DiagonalEstimate`: ``estimate`` ``[P]`` and ``std_error`` ``[P]`` (float64, CPU; zeros when exact).
+        A [`DiagonalEstimate`][lamda_ext.hessian.estimates.DiagonalEstimate]: ``estimate`` ``[P]`` and ``std_error``
+        ``[P]`` (float64, CPU; zeros when exact).
 
     Raises:
         NotImplementedError: ``method="exact"`` for the Hessian.
+        ValueError: an unknown ``method``.
+
+    Example:
+        >>> import torch, lamda_ext
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+        >>> x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+        >>> G = lamda_ext.HessianOperator(model, "cross_entropy", (x, y), curvature="ggn")
+        >>> diag = lamda_ext.hessian_diagonal(G, method="exact")
+        >>> tuple(diag.estimate.shape), diag.estimate.dtype
+        ((26,), torch.float64)
+        >>> torch.allclose(diag.estimate, torch.diagonal(G @ torch.eye(G.size, dtype=torch.float64)))
+        True
+        >>> est = lamda_ext.hessian_diagonal(model, "cross_entropy", (x, y), matvecs=64)   # Hutchinson, the Hessian
+        >>> tuple(est.std_error.shape), est.method, est.matvecs
+        ((26,), 'hutchinson', 64)
     """
     if method not in ("hutchinson", "exact"):
         raise ValueError(f"method must be 'hutchinson' or 'exact', got {method!r}")

@@ -1,5 +1,7 @@
-"""Extreme eigenpairs of a curvature matrix (the loss Hessian by default): Lanczos on the model's device, or
-scipy ``eigsh``."""
+"""Extreme eigenpairs of a curvature matrix (the loss Hessian by default).
+
+Lanczos on the model's device, or scipy ``eigsh``.
+"""
 from __future__ import annotations
 
 import warnings
@@ -22,14 +24,17 @@ class EigResult(tuple):
     """``(eigenvalues, eigenvectors)`` — unpacks as a pair — with the convergence of every pair attached.
 
     Attributes:
-        eigenvalues: ``[k]`` float64 (CPU). eigenvectors: ``[k, P]`` rows, unit norm.
+        eigenvalues: ``[k]`` float64 (CPU).
+        eigenvectors: ``[k, P]`` rows, unit norm, in the parameters' dtype and on their device.
         residuals: ``[k]`` float64 (CPU), ``‖H y_i − θ_i y_i‖`` of every returned pair (unit ``y_i``).
-        converged: ``[k]`` bool, ``residuals ≤ tol · max|θ|`` (θ: every Ritz value computed; for eigsh the
-            k returned eigenvalues).
-        tol: the relative tolerance used. steps: Lanczos steps (ARPACK: products) taken.
+        converged: ``[k]`` bool, ``residuals ≤ tol · max|θ|`` (θ: every Ritz value computed; for eigsh the k returned
+            eigenvalues).
+        tol: the relative tolerance used.
+        steps: Lanczos steps (ARPACK: products) taken.
     """
 
     def __new__(cls, eigenvalues, eigenvectors, residuals, converged, tol, steps):
+        """Build the result from its parts (see the class docstring)."""
         self = super().__new__(cls, (eigenvalues, eigenvectors))
         self.eigenvalues, self.eigenvectors = eigenvalues, eigenvectors
         self.residuals, self.converged, self.tol, self.steps = residuals, converged, tol, steps
@@ -76,7 +81,7 @@ def _start_vector(op: HessianOperator, generator) -> torch.Tensor:
 
 
 def _eigsh(op: HessianOperator, k: int, which: str, tol: float, max_iter, generator) -> EigResult:
-    """scipy ``eigsh`` on ``op.to_scipy()``; residuals from one block product."""
+    """Scipy ``eigsh`` on ``op.to_scipy()``; residuals from one block product."""
     if k >= op.size:
         raise ValueError(f"eigsh needs k < P={op.size}; use method='lanczos' for k = P")
     from scipy.sparse.linalg import eigsh
@@ -127,31 +132,56 @@ def hessian_eigs(model, loss: LossSpec | None = None, data=None, k: int = 30, wh
     """The k extreme eigenpairs of a curvature matrix (the loss Hessian by default).
 
     Args:
-        model: an ``nn.Module`` (with ``loss`` and ``data``) or a :class:`HessianOperator`.
-        loss, data: as for :class:`HessianOperator`; ``operator_kw`` (``curvature``, ``loss_fn``, ``reduction``,
-            ``params``, ``label_smoothing``, ``allow_nondeterministic``, ``shard``, ``chunk``, ``memory_budget``,
-            ``mc_samples``, ``mc_seed``) are passed on to it.
+        model: an ``nn.Module`` (with ``loss`` and ``data``) or a
+            [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator] (reused: its kept linearisations serve every
+            tool).
+        loss: as for [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
+        data: as for [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator].
         k: number of eigenpairs (1 ≤ k ≤ P; k < P for ``eigsh``).
-        which: ``"LA"`` largest algebraic (descending), ``"SA"`` smallest algebraic (ascending),
-            ``"LM"`` largest magnitude (descending |λ|).
-        method: ``"lanczos"`` (torch, on the model's device, full reorthogonalisation, float64
-            recurrence; iterates until the k Ritz residuals ``‖Hy − θy‖ ≤ tol · max|θ|`` or
-            ``max_iter`` steps) or ``"eigsh"`` (``scipy.sparse.linalg.eigsh`` on ``to_scipy()``).
+        which: ``"LA"`` largest algebraic (descending), ``"SA"`` smallest algebraic (ascending), ``"LM"`` largest
+            magnitude (descending |λ|).
+        method: ``"lanczos"`` (torch, on the model's device, full reorthogonalisation, float64 recurrence; iterates
+            until the k Ritz residuals ``‖Hy − θy‖ ≤ tol · max|θ|`` or ``max_iter`` steps) or ``"eigsh"``
+            (``scipy.sparse.linalg.eigsh`` on ``to_scipy()``).
         tol: relative tolerance (default 1e-8 in float64, 1e-4 otherwise).
         max_iter: Lanczos steps at most (default ``min(P, max(6k, 120))``); ARPACK iterations for eigsh.
         generator: seeds the starting vector (rank 0's vector is used on every rank).
         per_layer: the eigenpairs of every parameter block's diagonal block (the parameters of each module, see
-            :func:`~lamda_ext.hessian.blocks.layer_blocks`); k is capped at a block's size, and a block with
+            [`layer_blocks`][lamda_ext.hessian.blocks.layer_blocks]); k is capped at a block's size, and a block with
             at most k parameters is solved by Lanczos.
+        **operator_kw: passed to [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator]: ``curvature``,
+            ``loss_fn``, ``reduction``, ``params``, ``label_smoothing``, ``allow_nondeterministic``, ``shard``,
+            ``chunk``, ``memory_budget``, ``mc_samples``, ``mc_seed``.
 
     Returns:
-        An :class:`EigResult`: unpacks as ``(eigenvalues [k] float64 on the CPU, eigenvectors [k, P])`` —
-        eigenvectors in the parameters' dtype and on their device, unit norm, in the order described
-        above — and carries ``residuals`` ``‖Hy − θy‖`` and ``converged`` flags per pair. A
-        ``RuntimeWarning`` names the pairs that did not converge. Lanczos residuals are those of the
-        Krylov recurrence (equal to ``‖Hy − θy‖`` up to rounding: the basis is fully reorthogonalised);
-        eigsh's are computed with one block product. With ``per_layer``: a dict block name → :class:`EigResult`
-        (eigenvectors over the block's parameters), in parameter order.
+        An [`EigResult`][lamda_ext.hessian.eigs.EigResult]: unpacks as ``(eigenvalues [k] float64 on the CPU,
+        eigenvectors [k, P])`` — eigenvectors in the parameters' dtype and on their device, unit norm, in the order
+        described above — and carries ``residuals`` ``‖Hy − θy‖`` (``[k]`` float64) and ``converged`` flags
+        (``[k]`` bool) per pair. A ``RuntimeWarning`` names the pairs that did not converge. Lanczos residuals are
+        those of the Krylov recurrence (equal to ``‖Hy − θy‖`` up to rounding: the basis is fully reorthogonalised);
+        eigsh's are computed with one block product. With ``per_layer``: a dict block name →
+        [`EigResult`][lamda_ext.hessian.eigs.EigResult] (eigenvectors over the block's parameters), in parameter
+        order.
+
+    Raises:
+        ValueError: ``k`` out of range, an unknown ``which`` or ``method``, a negative ``tol``, ``max_iter < k``,
+            and whatever [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator] refuses.
+
+    Example:
+        >>> import torch, lamda_ext
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+        >>> x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+        >>> res = lamda_ext.hessian_eigs(model, "cross_entropy", (x, y), k=2, generator=torch.Generator().manual_seed(0))
+        >>> tuple(res.eigenvalues.shape), tuple(res.eigenvectors.shape), bool(res.converged.all())
+        ((2,), (2, 26), True)
+        >>> H = lamda_ext.HessianOperator(model, "cross_entropy", (x, y))
+        >>> dense = H @ torch.eye(H.size, dtype=torch.float64)
+        >>> torch.allclose(res.eigenvalues, torch.linalg.eigvalsh(dense).flip(0)[:2])   # the two largest
+        True
+        >>> blocks = lamda_ext.hessian_eigs(H, k=1, per_layer=True)     # one result per module's parameters
+        >>> list(blocks)
+        ['0', '2']
     """
     op = as_operator(model, loss, data, **operator_kw)
     if which not in WHICH:

@@ -1,9 +1,9 @@
 """What the stochastic estimators return, and what they share: probes, block products, stopping rules.
 
-The estimators work on any symmetric operator with the protocol of :class:`~lamda_ext.hessian.HessianOperator`:
-``size``, ``dtype``, ``device``, ``matvec(V [n, P]) -> [n, P]``, ``quadratic_forms(Z [n, P]) -> [n]`` (float64,
-CPU) and ``broadcast(t)`` (rank 0's copy of a tensor on every rank); :class:`~lamda_ext.hessian.MatrixOperator`
-wraps a dense matrix.
+The estimators work on any symmetric operator with the protocol of
+[`HessianOperator`][lamda_ext.hessian.HessianOperator]: ``size``, ``dtype``, ``device``, ``matvec(V [n, P]) -> [n, P]``,
+``quadratic_forms(Z [n, P]) -> [n]`` (float64, CPU) and ``broadcast(t)`` (rank 0's copy of a tensor on every rank);
+[`MatrixOperator`][lamda_ext.hessian.MatrixOperator] wraps a dense matrix.
 """
 from __future__ import annotations
 
@@ -31,15 +31,18 @@ class TraceEstimate(float):
             per-probe values ``s`` (Hutchinson: ``zᵀAz``; Hutch++: the quadratic forms of the deflated probes — the
             sketched part ``tr(QᵀAQ)`` is exact given Q and adds nothing; XTrace: its n exchangeable estimates).
             NaN when n < 2 (one value gives no spread).
-        samples: the per-probe values ``s`` ``[n]`` (float64, CPU). method: the estimator.
-        probes: random test vectors drawn. matvecs: operator products used (rows of block products and
-            quadratic forms, each counted once). sketch: the low-rank part's size (Hutch++, XTrace; else 0).
-        rtol: the target relative standard error (None: a fixed budget). converged: whether
-            ``std_error ≤ rtol · |estimate|`` (True without a target).
+        samples: the per-probe values ``s`` ``[n]`` (float64, CPU).
+        method: the estimator (``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``).
+        probes: random test vectors drawn.
+        matvecs: operator products used (rows of block products and quadratic forms, each counted once).
+        sketch: the low-rank part's size (Hutch++, XTrace; else 0).
+        rtol: the target relative standard error (None: a fixed budget).
+        converged: whether ``std_error ≤ rtol · |estimate|`` (True without a target).
     """
 
     def __new__(cls, value: float, samples: torch.Tensor, method: str, probes: int, std_error: float | None = None,
                 matvecs: int | None = None, sketch: int = 0, rtol: float | None = None):
+        """Build the estimate from its value, the per-probe samples and the products used."""
         self = super().__new__(cls, value)
         self.samples = samples
         n = samples.numel()
@@ -58,6 +61,7 @@ class TraceEstimate(float):
 
     @property
     def estimate(self) -> float:
+        """The estimate as a plain ``float``."""
         return float(self)
 
     def __repr__(self) -> str:
@@ -69,8 +73,10 @@ class DiagonalEstimate:
     """A diagonal estimate ``[P]`` with its per-entry standard error.
 
     Attributes:
-        estimate: ``[P]`` float64 (CPU). std_error: ``[P]`` float64 (zeros for an exact diagonal; NaN with one
-            probe). method: ``"hutchinson"`` or ``"exact"``. matvecs: operator products used (0 for exact).
+        estimate: ``[P]`` float64 (CPU).
+        std_error: ``[P]`` float64 (zeros for an exact diagonal; NaN with one probe).
+        method: ``"hutchinson"`` or ``"exact"``.
+        matvecs: operator products used (0 for exact).
     """
 
     def __init__(self, estimate: torch.Tensor, std_error: torch.Tensor, method: str, matvecs: int):
@@ -91,8 +97,11 @@ def apply_blocks(op, Z: torch.Tensor, block: int) -> torch.Tensor:
 
 
 def product_budget(matvecs, rtol, block) -> tuple[int, float | None, int]:
-    """Checked ``(budget, rtol, block)``: ``matvecs`` (default :data:`DEFAULT_MATVECS`, or
-    :data:`MAX_ADAPTIVE_MATVECS` with an ``rtol`` target)."""
+    """Checked ``(budget, rtol, block)``.
+
+    ``matvecs`` (default [`DEFAULT_MATVECS`][lamda_ext.hessian.estimates.DEFAULT_MATVECS], or
+    [`MAX_ADAPTIVE_MATVECS`][lamda_ext.hessian.estimates.MAX_ADAPTIVE_MATVECS] with an ``rtol`` target).
+    """
     block = check_int(block, "block")
     if rtol is not None:
         if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
@@ -104,7 +113,7 @@ def product_budget(matvecs, rtol, block) -> tuple[int, float | None, int]:
 
 
 def reached(estimate: float, std_error: float, n: int, rtol: float | None) -> bool:
-    """Whether an adaptive estimate may stop: ``n ≥`` :data:`MIN_SAMPLES` and ``std_error ≤ rtol · |estimate|``."""
+    """Whether an adaptive estimate may stop: ``n ≥`` `MIN_SAMPLES` and ``std_error ≤ rtol · |estimate|``."""
     return rtol is not None and n >= MIN_SAMPLES and std_error <= rtol * abs(estimate)
 
 
@@ -118,8 +127,10 @@ def warn_unconverged(est: TraceEstimate) -> TraceEstimate:
 
 
 def gram64(A: torch.Tensor, B: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
-    """``A Bᵀ`` for rows ``A`` ``[a, P]``, ``B`` ``[b, P]``, accumulated in float64 (``chunk`` columns at a
-    time), on the CPU."""
+    """``A Bᵀ`` for rows ``A`` ``[a, P]``, ``B`` ``[b, P]``, on the CPU.
+
+    Accumulated in float64, ``chunk`` columns at a time.
+    """
     out = torch.zeros(A.shape[0], B.shape[0], dtype=torch.float64, device=A.device)
     for j in range(0, A.shape[1], chunk):
         out += A[:, j:j + chunk].to(torch.float64) @ B[:, j:j + chunk].to(torch.float64).t()
@@ -127,8 +138,10 @@ def gram64(A: torch.Tensor, B: torch.Tensor, chunk: int = 1 << 16) -> torch.Tens
 
 
 def rowdot64(A: torch.Tensor, B: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
-    """``Σ_j A_ij B_ij`` for rows ``A``, ``B`` ``[n, P]``, accumulated in float64 (``chunk`` columns at a time),
-    ``[n]`` on the CPU."""
+    """``Σ_j A_ij B_ij`` for rows ``A``, ``B`` ``[n, P]``: ``[n]`` on the CPU.
+
+    Accumulated in float64, ``chunk`` columns at a time.
+    """
     out = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
     for j in range(0, A.shape[1], chunk):
         out += (A[:, j:j + chunk].to(torch.float64) * B[:, j:j + chunk].to(torch.float64)).sum(dim=1)
@@ -136,9 +149,11 @@ def rowdot64(A: torch.Tensor, B: torch.Tensor, chunk: int = 1 << 16) -> torch.Te
 
 
 def extend_basis(Q: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """Orthonormal rows ``[r, P]`` spanning the part of ``Y``'s rows ``[m, P]`` orthogonal to the orthonormal rows
-    ``Q`` ``[k, P]`` (Gram–Schmidt twice, then a QR); directions whose norm is at rounding level
-    (``100 · eps · max‖y‖``) are dropped, so ``r ≤ m``."""
+    """Orthonormal rows ``[r, P]`` spanning the part of ``Y`` ``[m, P]`` orthogonal to the rows ``Q`` ``[k, P]``.
+
+    ``Q`` is orthonormal. Gram–Schmidt twice, then a QR; directions whose norm is at rounding level (``100 · eps ·
+    max‖y‖``) are dropped, so ``r ≤ m``.
+    """
     W = Y
     if Q.shape[0]:
         for _ in range(2):

@@ -1,13 +1,14 @@
-"""The per-batch work of the Gauss–Newton-type curvatures for :class:`~lamda_ext.hessian.HessianOperator`.
+"""The per-batch work of the Gauss–Newton-type curvatures for [`HessianOperator`][lamda_ext.hessian.HessianOperator].
 
-* :class:`GaussNewtonProducts` (``(x, y)`` batches; ``ggn``, ``fisher``, ``fisher_mc``, ``empirical_fisher``):
-  ``Jᵀ M J`` by :class:`lamda_ext.gauss_newton.LinearizedGaussNewton`, one per batch, kept between products within
-  the operator's ``memory_budget`` (beyond it, rebuilt for every product). Quadratic forms ``(Jz)ᵀ M (Jz)`` need
-  the tangent forward only.
-* :class:`PerSampleFisherProducts` (``loss_fn(model, batch)`` batches; ``empirical_fisher``): the per-sample
-  gradients ``g_b`` of ``loss_fn`` on one-sample batches (:func:`~lamda_ext.hessian.per_sample.per_sample_grads`),
-  ``Σ_b g_b g_bᵀ V``; a batch's gradients ``[n, P]`` are kept when they fit in the budget, else recomputed in
-  chunks per product.
+* [`GaussNewtonProducts`][lamda_ext.hessian.gauss_newton_products.GaussNewtonProducts] (``(x, y)`` batches; ``ggn``,
+  ``fisher``, ``fisher_mc``, ``empirical_fisher``): ``Jᵀ M J`` by
+  [`lamda_ext.gauss_newton.LinearizedGaussNewton`][lamda_ext.gauss_newton.LinearizedGaussNewton], one per batch, kept
+  between products within the operator's ``memory_budget`` (beyond it, rebuilt for every product). Quadratic forms
+  ``(Jz)ᵀ M (Jz)`` need the tangent forward only.
+* [`PerSampleFisherProducts`][lamda_ext.hessian.gauss_newton_products.PerSampleFisherProducts] (``loss_fn(model,
+  batch)`` batches; ``empirical_fisher``): the per-sample gradients ``g_b`` of ``loss_fn`` on one-sample batches
+  ([`per_sample_grads`][lamda_ext.hessian.per_sample.per_sample_grads]), ``Σ_b g_b g_bᵀ V``; a batch's gradients
+  ``[n, P]`` are kept when they fit in the budget, else recomputed in chunks per product.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class GaussNewtonProducts:
         self.op = op
 
     def disable_forms(self) -> None:    # the forms are tangent forwards of the linearisation: always available
+        """Nothing to do: the forms are tangent forwards of the linearisation, always available."""
         pass
 
     def _middle(self, shard, y):
@@ -64,9 +66,12 @@ class GaussNewtonProducts:
         return q.to(torch.float64) * float(n)
 
     def diagonal(self, i: int, shard, batch, n: int) -> torch.Tensor:
-        """The i-th batch's ``n · diag(Jᵀ M J)`` ``[P]``: with ``M = (1/n) blockdiag(B_b)`` and ``B_b = Σ_r λ_br
-        q_br q_brᵀ`` (eigendecomposition of each C × C block), ``Σ_b Σ_r λ_br (J_bᵀ q_br)²`` by per-sample
-        vector–Jacobian products, one pass per output dimension r (skipped where every λ_br is at rounding level)."""
+        """The i-th batch's ``n · diag(Jᵀ M J)`` ``[P]``.
+
+        With ``M = (1/n) blockdiag(B_b)`` and ``B_b = Σ_r λ_br q_br q_brᵀ`` (eigendecomposition of each C × C block),
+        ``Σ_b Σ_r λ_br (J_bᵀ q_br)²`` by per-sample vector–Jacobian products, one pass per output dimension r (skipped
+        where every λ_br is at rounding level).
+        """
         op = self.op
         x, y = batch
         kept = op.cache.get(self.store, i, tensor_leaves(batch))
@@ -115,6 +120,7 @@ class PerSampleFisherProducts:
         self._fn = lambda p, batch: fn(p, state, batch)     # (params, one-sample batch) -> loss
 
     def disable_forms(self) -> None:
+        """Nothing to do: the forms come from the per-sample gradients, always available."""
         pass
 
     def _chunks(self, i: int, batch, n: int):

@@ -1,15 +1,16 @@
-"""The Hessian's per-batch work for :class:`~lamda_ext.hessian.HessianOperator`: HVPs and quadratic forms.
+"""The Hessian's per-batch work for [`HessianOperator`][lamda_ext.hessian.HessianOperator]: HVPs and quadratic forms.
 
-Products are forward-over-reverse HVPs (:mod:`lamda_ext.hvp`). Every product of a spectral method uses the same
-batches, so each batch is linearised once (:class:`lamda_ext.hvp.LinearizedHVP`: one primal forward and backward,
-the intermediates kept) and every later product replays only the tangent pass, as long as the kept intermediates
-fit in the operator's ``memory_budget``; batches beyond it are recomputed per product.
+Products are forward-over-reverse HVPs ([`lamda_ext.hvp`][lamda_ext.hvp]). Every product of a spectral method uses the
+same batches, so each batch is linearised once ([`lamda_ext.hvp.LinearizedHVP`][lamda_ext.hvp.LinearizedHVP]: one primal
+forward and backward, the intermediates kept) and every later product replays only the tangent pass, as long as the kept
+intermediates fit in the operator's ``memory_budget``; batches beyond it are recomputed per product.
 
 Quadratic forms ``zᵀHz`` (Hutchinson probes) need no HVP: ``zᵀHz = d²/dt² L(θ + t z)`` at t = 0, the second
 directional derivative. For ``(x, y)`` batches when every trainable parameter is differentiated, one reverse pass
 per batch gives the adjoint of every op output, and each probe then needs only a first-order Taylor pass whose
-second-order terms are contracted with those adjoints where they arise (:mod:`lamda_ext.taylor.quadratic`); models
-or losses that contraction does not cover take the plain order-2 Taylor run (:func:`lamda_ext.directional_derivs`).
+second-order terms are contracted with those adjoints where they arise
+([`lamda_ext.taylor.quadratic`][lamda_ext.taylor.quadratic]); models or losses that contraction does not cover take the
+plain order-2 Taylor run ([`lamda_ext.directional_derivs`][lamda_ext.directional_derivs]).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class LossCall(nn.Module):
         self.fn = loss_fn
 
     def forward(self, batch):
+        """The loss of ``batch`` (a scalar tensor), computed on a copy of the batch."""
         out = self.fn(self.model, fresh_input(batch))     # the loss may change the batch in place: a copy
         if not isinstance(out, torch.Tensor) or out.dim() != 0:
             raise ValueError("loss_fn(model, batch) must return a scalar tensor (the batch's mean or summed loss), "
@@ -50,16 +52,20 @@ class LossCall(nn.Module):
         return out
 
     def of_params(self, names: list[str], batch) -> Bound:
-        """``params dict -> loss`` on ``batch`` through ``functional_call`` (the other parameters and buffers fixed;
-        a :class:`~lamda_ext.params.Bound` over them and the batch)."""
+        """``params dict -> loss`` on ``batch`` through ``functional_call``.
+
+        The other parameters and buffers are fixed: a [`Bound`][lamda_ext.params.Bound] over them and the batch.
+        """
         def f(p, state, batch):
             return functional_call(self, ({f"model.{k}": v for k, v in p.items()}, state), (batch,))
         return Bound(f, {f"model.{k}": v for k, v in functional_state(self.model, set(names)).items()}, batch)
 
 
 class HessianProducts:
-    """HVPs and quadratic forms of the loss Hessian, batch by batch, for the operator ``op`` (its model, loss,
-    parameters, cache and counters)."""
+    """HVPs and quadratic forms of the loss Hessian, batch by batch, for the operator ``op``.
+
+    ``op`` provides the model, loss, parameters, cache and counters.
+    """
 
     store = "hessian"
 
@@ -77,13 +83,17 @@ class HessianProducts:
         return LossCall(op.model, op.batch_loss_fn).of_params(names, batch)
 
     def weight(self, n: int) -> float:
-        """The factor that turns a batch's product into its share of the summed loss's (a loss_fn of
-        ``reduction="sum"`` gives the batch's sum already)."""
+        """The factor that turns a batch's product into its share of the summed loss's.
+
+        A loss_fn of ``reduction="sum"`` gives the batch's sum already.
+        """
         return 1.0 if self.op.batch_loss_fn is not None and self.op.reduction == "sum" else float(n)
 
     def product(self, i: int, shard, batch, n: int, V: torch.Tensor) -> torch.Tensor:
-        """The i-th batch's ``H V`` ``[K, P]``, weighted by :meth:`weight`, from its cached linearisation when
-        there is one (or room for one)."""
+        """The i-th batch's ``H V`` ``[K, P]``, weighted by `weight`.
+
+        From its cached linearisation when there is one (or room for one).
+        """
         op = self.op
         f = self._loss_of_params(batch)
         if op.cache.budget > 0:
@@ -103,13 +113,16 @@ class HessianProducts:
     # ------------------------------------------------------------------ quadratic forms by Taylor passes
     @property
     def forms_available(self) -> bool:
-        """Whether :meth:`forms` uses Taylor passes (``(x, y)`` data, all trainable parameters, a deterministic
-        setup) rather than HVPs."""
+        """Whether `forms` uses Taylor passes rather than HVPs.
+
+        It does for ``(x, y)`` data, all trainable parameters and a deterministic setup.
+        """
         op = self.op
         return (op.batch_loss_fn is None and op.deterministic and self._taylor_ok
                 and list(op.params) == [n for n, p in op.model.named_parameters() if p.requires_grad])
 
     def disable_forms(self) -> None:
+        """Use HVPs for the quadratic forms from now on (the Taylor passes do not apply to this model)."""
         self._taylor_ok = False
 
     def forms(self, i: int, shard, batch, n: int, Z: torch.Tensor) -> torch.Tensor:
@@ -133,10 +146,12 @@ class HessianProducts:
         return acc
 
     def _contracted_forms(self, i: int, x, y, backend: str):
-        """:class:`~lamda_ext.taylor.quadratic.QuadraticForms` for the i-th batch (one adjoint pass, then
-        first-order Taylor passes per block of probes; kept for later calls on the same batch and parameters
-        within ``memory_budget``), or None where the model or loss needs the plain order-2 Taylor run (the
-        same numbers, more arithmetic). A new batch is checked first (one plain forward)."""
+        """[`QuadraticForms`][lamda_ext.taylor.quadratic.QuadraticForms] for the i-th batch, or None.
+
+        One adjoint pass, then first-order Taylor passes per block of probes; kept for later calls on the same batch and
+        parameters within ``memory_budget``. None where the model or loss needs the plain order-2 Taylor run (the same
+        numbers, more arithmetic). A new batch is checked first (one plain forward).
+        """
         if not self._contract_ok:
             return None
         op = self.op

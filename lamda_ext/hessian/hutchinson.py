@@ -1,7 +1,8 @@
 """Hutchinson's estimators with Rademacher probes z: the trace ``mean zᵀAz`` and the diagonal ``mean z ⊙ Az``.
 
-Each ``zᵀAz`` is a quadratic form of the operator (:meth:`HessianOperator.quadratic_forms`: for the Hessian a second
-directional derivative, for the GGN-type curvatures a tangent forward; no product needed).
+Each ``zᵀAz`` is a quadratic form of the operator
+([`HessianOperator.quadratic_forms`][lamda_ext.hessian.operator.HessianOperator.quadratic_forms]: for the Hessian a
+second directional derivative, for the GGN-type curvatures a tangent forward; no product needed).
 """
 from __future__ import annotations
 
@@ -19,14 +20,15 @@ def hutchinson_trace(op, *, matvecs: int | None = None, rtol: float | None = Non
     """``tr(A) ≈ mean_i z_iᵀ A z_i`` over Rademacher probes, drawn ``block`` at a time.
 
     Args:
-        op: the operator (see :mod:`lamda_ext.hessian.estimates`).
+        op: the operator (see [`lamda_ext.hessian.estimates`][lamda_ext.hessian.estimates]).
         matvecs: the number of probes (the product budget); default 100, or 10 000 with ``rtol``.
         rtol: stop once the standard error is at most ``rtol · |estimate|`` (checked after every block, from
             8 probes on); a ``RuntimeWarning`` when the budget ends first.
-        generator: draws the probes (on the CPU). block: probes per quadratic-form call.
+        generator: draws the probes (on the CPU).
+        block: probes per quadratic-form call.
 
     Returns:
-        A :class:`~lamda_ext.hessian.TraceEstimate` (samples: the per-probe ``zᵀAz``).
+        A [`TraceEstimate`][lamda_ext.hessian.TraceEstimate] (samples: the per-probe ``zᵀAz``).
     """
     budget, rtol, block = product_budget(matvecs, rtol, block)
     parts, done = [], 0
@@ -44,15 +46,19 @@ def hutchinson_trace(op, *, matvecs: int | None = None, rtol: float | None = Non
 
 def hutchinson_diagonal(op, *, matvecs: int = 100, generator: torch.Generator | None = None,
                         block: int = 32) -> DiagonalEstimate:
-    """``diag(A) ≈ mean_i z_i ⊙ A z_i`` over ``matvecs`` Rademacher probes, with per-entry standard errors
-    ``std / sqrt(matvecs)`` (exact entries for a diagonal A: every sample equals the diagonal).
+    """``diag(A) ≈ mean_i z_i ⊙ A z_i`` over ``matvecs`` Rademacher probes.
+
+    With per-entry standard errors ``std / sqrt(matvecs)`` (exact entries for a diagonal A: every sample equals the
+    diagonal).
 
     Args:
-        op: the operator. matvecs: the number of probes (products). generator: draws them (on the CPU).
+        op: the operator.
+        matvecs: the number of probes (products).
+        generator: draws them (on the CPU).
         block: probes per block product.
 
     Returns:
-        A :class:`~lamda_ext.hessian.DiagonalEstimate`.
+        A [`DiagonalEstimate`][lamda_ext.hessian.DiagonalEstimate].
     """
     budget, _, block = product_budget(matvecs, None, block)
     mean = torch.zeros(op.size, dtype=torch.float64)

@@ -29,9 +29,12 @@ __all__ = ["hutchpp_trace", "Sketch"]
 
 
 class Sketch:
-    """The sketch of Hutch++ for the operator ``op``: orthonormal rows Q ``[r, P]``, ``Z = A Q`` (rows),
-    ``H = Q Zᵀ`` (float64, CPU) and the products taken (``matvecs``); grown by :meth:`grow`, probed by :meth:`probe`.
-    Holds ``2 r P`` numbers of the operator's dtype."""
+    """The sketch of Hutch++ for the operator ``op``.
+
+    Orthonormal rows Q ``[r, P]``, ``Z = A Q`` (rows), ``H = Q Zᵀ`` (float64, CPU) and the products taken (``matvecs``);
+    grown by [`grow`][lamda_ext.hessian.hutchpp.Sketch.grow], probed by
+    [`probe`][lamda_ext.hessian.hutchpp.Sketch.probe]. Holds ``2 r P`` numbers of the operator's dtype.
+    """
 
     def __init__(self, op, block: int):
         self.op, self.block = op, block
@@ -42,6 +45,7 @@ class Sketch:
 
     @property
     def trace(self) -> float:
+        """``tr(H)`` of the sketch, the exactly traced part."""
         return float(torch.trace(self.H))
 
     def grow(self, S: torch.Tensor) -> torch.Tensor:
@@ -83,8 +87,10 @@ def _stats(samples: torch.Tensor, offset: float) -> tuple[float, float]:
 
 
 def _grow_adaptively(op, sk: Sketch, plain: list, rtol: float, budget: int, generator, block: int) -> torch.Tensor:
-    """Double the sketch while it pays (module docstring); the last pilot's deflated forms (``plain`` collects
-    every plain sample)."""
+    """Double the sketch while it pays (module docstring).
+
+    The last pilot's deflated forms (``plain`` collects every plain sample).
+    """
     prev_var = None
     while True:
         g = min(block, budget - sk.matvecs)
@@ -109,15 +115,16 @@ def hutchpp_trace(op, *, matvecs: int | None = None, rtol: float | None = None,
     """``tr(A)`` by Hutch++ (module docstring).
 
     Args:
-        op: the operator (see :mod:`lamda_ext.hessian.estimates`).
+        op: the operator (see [`lamda_ext.hessian.estimates`][lamda_ext.hessian.estimates]).
         matvecs: the product budget (≥ 3; default 100, or 10 000 with ``rtol``).
         rtol: the target relative standard error (adaptive sketch and probes); a ``RuntimeWarning`` when the
             budget ends first.
-        generator: draws the sketch and the probes (on the CPU). block: rows per block product, probes per pilot.
+        generator: draws the sketch and the probes (on the CPU).
+        block: rows per block product, probes per pilot.
 
     Returns:
-        A :class:`~lamda_ext.hessian.TraceEstimate` (samples: the deflated quadratic forms, or the plain samples
-        when the estimate is plain Hutchinson; sketch: the rank of Q used, 0 in that case).
+        A [`TraceEstimate`][lamda_ext.hessian.TraceEstimate] (samples: the deflated quadratic forms, or the plain
+        samples when the estimate is plain Hutchinson; sketch: the rank of Q used, 0 in that case).
     """
     budget, rtol, block = product_budget(matvecs, rtol, block)
     if budget < 3:

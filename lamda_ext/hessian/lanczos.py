@@ -15,7 +15,7 @@ DGKS = 2 ** -0.5     # repeat the Gram-Schmidt pass when it left less than this 
 
 
 def rademacher(shape, generator: torch.Generator | None, dtype, device) -> torch.Tensor:
-    """±1 entries (drawn on the CPU from ``generator``, then moved to ``device``)."""
+    """A tensor of ``shape`` with ±1 entries in ``dtype`` on ``device`` (drawn on the CPU from ``generator``)."""
     z = torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8)
     return (z.to(dtype) * 2 - 1).to(device)
 
@@ -62,8 +62,10 @@ class Lanczos:
         self.breakdown_tol = 10 * torch.finfo(v0.dtype).eps
 
     def _orthogonalise(self, w: torch.Tensor, upto: int, before: float | None = None) -> tuple[torch.Tensor, float]:
-        """(w minus its projection on ``Q[:upto]``, its norm); ``before``: the norm to judge cancellation
-        against (default ‖w‖)."""
+        """(w minus its projection on ``Q[:upto]``, its norm).
+
+        ``before``: the norm to judge cancellation against (default ‖w‖).
+        """
         Qk = self.Q[:upto]
         before = float(w.norm()) if before is None else before
         for _ in range(2):
@@ -117,6 +119,7 @@ class Lanczos:
         return True
 
     def run(self, steps: int) -> None:
+        """Take up to ``steps`` Lanczos steps (fewer when the Krylov space is exhausted)."""
         for _ in range(steps):
             if not self.step():
                 break
@@ -136,8 +139,10 @@ class Lanczos:
         return T
 
     def ritz(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Ritz values ``[n]`` (ascending), eigenvectors of T ``[n, n]`` (columns) and residual
-        norms ``[n]`` (``‖H y − θ y‖ = |β_n s_{n,i}|``; zero when the space is exhausted)."""
+        """Ritz values ``[n]`` (ascending), eigenvectors of T ``[n, n]`` (columns) and residual norms ``[n]``.
+
+        The residual norms are ``‖H y − θ y‖ = |β_n s_{n,i}|``; zero when the space is exhausted.
+        """
         theta, S = torch.linalg.eigh(self.tridiagonal())
         last = self.beta[self.n - 1] if self.n else 0.0
         res = (last * S[-1, :]).abs()

@@ -7,10 +7,13 @@ __all__ = ["MatrixOperator"]
 
 
 class MatrixOperator:
-    """A symmetric matrix ``A`` ``[P, P]`` as an operator: ``@`` / :meth:`matvec` on ``[P]`` or rows ``[K, P]``,
-    :meth:`quadratic_forms`, and a counter of the products taken (:attr:`n_products`, rows). For checks and small
-    problems: :func:`~lamda_ext.hessian.hutchpp_trace`, :func:`~lamda_ext.hessian.xtrace`, ... take it like a
-    :class:`~lamda_ext.hessian.HessianOperator`.
+    """A symmetric matrix ``A`` ``[P, P]`` as an operator.
+
+    ``@`` / [`matvec`][lamda_ext.hessian.matrix.MatrixOperator.matvec] on ``[P]`` or rows ``[K, P]``,
+    [`quadratic_forms`][lamda_ext.hessian.matrix.MatrixOperator.quadratic_forms], and a counter of the products taken
+    ([`n_products`][lamda_ext.hessian.matrix.MatrixOperator.n_products], rows). For checks and small problems:
+    [`hutchpp_trace`][lamda_ext.hessian.hutchpp_trace], [`xtrace`][lamda_ext.hessian.xtrace], ... take it like a
+    [`HessianOperator`][lamda_ext.hessian.HessianOperator].
 
     Args:
         A: a square floating-point tensor (only its symmetric part is used: ``(A + Aᵀ)/2``).
@@ -39,4 +42,5 @@ class MatrixOperator:
         return (Z.to(torch.float64) * self.matvec(Z).to(torch.float64)).sum(dim=1).cpu()
 
     def broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` itself (a dense matrix is the same on every rank)."""
         return t

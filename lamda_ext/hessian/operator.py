@@ -3,20 +3,23 @@
 ``curvature`` chooses the matrix; each is the sample-weighted mean over batches of the batch matrices
 (``reduction="mean"``: ``A = Σ_b n_b A_b / Σ_b n_b``) or the matrix of the summed loss (``reduction="sum"``):
 
-* ``"hessian"``: the loss Hessian (HVPs, quadratic forms by Taylor passes: :mod:`.hessian_products`).
+* ``"hessian"``: the loss Hessian (HVPs, quadratic forms by Taylor passes:
+  [`hessian_products`][lamda_ext.hessian.hessian_products]).
 * ``"ggn"``: the generalised Gauss–Newton matrix ``Jᵀ ∇²ℓ J`` (J: the Jacobian of the model output).
 * ``"fisher"``: the Fisher information of the model's predictive distribution (cross-entropy, MSE: equal to the GGN).
 * ``"fisher_mc"``: its Monte-Carlo estimate with ``mc_samples`` targets per sample drawn from the predictive
-  distribution, seeded by ``(mc_seed, batch position)`` (:func:`lamda_ext.loss_curvature.sample_targets`): a fixed
-  matrix for a given seed, the same on any number of ranks.
+  distribution, seeded by ``(mc_seed, batch position)``
+  ([`lamda_ext.loss_curvature.sample_targets`][lamda_ext.loss_curvature.sample_targets]): a fixed matrix for a given
+  seed, the same on any number of ranks.
 * ``"empirical_fisher"``: ``Σ_b g_b g_bᵀ`` (per ``reduction``) over the per-sample loss gradients ``g_b``.
 
-The GGN-type curvatures are ``Jᵀ M J`` by a Jacobian–vector / vector–Jacobian pair (:mod:`.gauss_newton_products`);
-``ggn``, ``fisher`` and ``fisher_mc`` need ``(x, y)`` batches and a ``loss`` (the output and the loss apart); the
-empirical Fisher also takes ``loss_fn(model, batch)`` (per-sample gradients of one-sample batches).
+The GGN-type curvatures are ``Jᵀ M J`` by a Jacobian–vector / vector–Jacobian pair
+([`gauss_newton_products`][lamda_ext.hessian.gauss_newton_products]); ``ggn``, ``fisher`` and ``fisher_mc`` need ``(x,
+y)`` batches and a ``loss`` (the output and the loss apart); the empirical Fisher also takes ``loss_fn(model, batch)``
+(per-sample gradients of one-sample batches).
 
-Every batch's linearisation is kept between products within ``memory_budget`` (:mod:`.cache`) and dropped when a
-parameter changes or a batch differs from the kept one.
+Every batch's linearisation is kept between products within ``memory_budget`` ([`cache`][lamda_ext.hessian.cache]) and
+dropped when a parameter changes or a batch differs from the kept one.
 
 With ``torch.distributed`` initialised, every rank evaluates its share of the data (batches ``i % world == rank``,
 or a contiguous slice of the samples of a single batch) and the sample-weighted partial products are all-reduced,
@@ -89,42 +92,83 @@ def _deterministic(model, data, curvature: str, allow: bool) -> bool:
 class HessianOperator:
     """A curvature matrix (the loss Hessian by default) of ``model`` on ``data`` as a symmetric ``[P, P]`` operator.
 
+    ``A @ V`` takes one vector ``[P]`` or rows ``[K, P]`` (the layout of [`hvp`][lamda_ext.hvp.hvp]) in the
+    parameters' dtype and on their device, and returns the same shape, dtype and device (detached);
+    ``quadratic_forms(Z)`` gives ``z_iᵀ A z_i`` for the rows of ``Z`` ``[n, P]`` as ``[n]`` float64 on the CPU;
+    ``to_scipy()`` gives a ``scipy.sparse.linalg.LinearOperator`` (float64 numpy in and out);
+    [`restrict`][lamda_ext.hessian.operator.HessianOperator.restrict] the same curvature on another parameter
+    block. Nothing of size ``P × P`` is formed.
+
     Args:
         model: an ``nn.Module`` (its mode is used as it is).
-        loss: ``"cross_entropy"`` (the default, also when None), ``"mse"`` or a callable
-            ``(output, y) -> [B]`` per-sample loss; with ``loss_fn`` leave it None.
-        data: an ``(x, y)`` pair or an iterable of pairs (e.g. a ``DataLoader`` without shuffling);
-            with ``loss_fn``: one batch (a tensor, a dict, or a tuple of tensors) or an iterable of batches
-            of any form. Batches that are mappings of the model's keyword arguments (dicts, Hugging Face
-            ``BatchEncoding``) with neither ``loss`` nor ``loss_fn`` given: the model's own loss from their
-            ``labels``, as the mean (``reduction="sum"``: the sum) of the per-sample losses of
-            :func:`lamda_ext.batches.sample_losses`. Batches are moved to the parameters' device; iterables are
-            re-iterated on every product.
+        loss: ``"cross_entropy"`` (the default, also when None), ``"mse"`` or a callable ``(output, y) -> [B]``
+            per-sample loss; with ``loss_fn`` leave it None.
+        data: an ``(x, y)`` pair or an iterable of pairs (e.g. a ``DataLoader`` without shuffling), ``x`` ``[B, ...]``
+            floating point, ``y`` the targets (``[B]`` int64 class labels for cross-entropy); with ``loss_fn``: one
+            batch (a tensor, a dict, or a tuple of tensors) or an iterable of batches of any form. Batches that are
+            mappings of the model's keyword arguments (dicts, Hugging Face ``BatchEncoding``) with neither ``loss`` nor
+            ``loss_fn`` given: the model's own loss from their ``labels``, as the mean (``reduction="sum"``: the sum)
+            of the per-sample losses of [`sample_losses`][lamda_ext.batches.sample_losses]. Batches are moved to the
+            parameters' device; iterables are re-iterated on every product.
         curvature: ``"hessian"``, ``"ggn"``, ``"fisher"``, ``"fisher_mc"`` or ``"empirical_fisher"`` (module
             docstring). ``"fisher"``/``"fisher_mc"`` need ``loss="cross_entropy"`` or ``"mse"``.
-        loss_fn: ``loss_fn(model, batch) -> scalar`` instead of ``loss``: the batch-mean loss
-            (``reduction="mean"``; batches are weighted by their sample count, the leading size of the
-            batch's first tensor) or the batch's summed loss (``reduction="sum"``). Curvatures ``"hessian"``
-            and ``"empirical_fisher"`` only.
-        reduction: ``"mean"`` (the curvature of the mean loss over all samples) or ``"sum"`` (of the summed loss).
-        params: the parameters to differentiate: tensors, names of parameters or submodules, a predicate
-            ``f(name)`` or ``f(name, parameter) -> bool``, or a submodule (:func:`lamda_ext.params.select_parameters`;
-            default every parameter with ``requires_grad``); P counts them flattened in ``model.parameters()`` order.
+        params: the parameters to differentiate: tensors, names of parameters or submodules, a predicate ``f(name)``
+            or ``f(name, parameter) -> bool``, or a submodule
+            ([`select_parameters`][lamda_ext.params.select_parameters]; default every parameter with
+            ``requires_grad``); P counts them flattened in ``model.parameters()`` order.
         label_smoothing: for cross-entropy.
         allow_nondeterministic: ``curvature="hessian"`` only: skip the refusal of active dropout, train-mode batch
             norm and shuffling loaders (which make repeated products disagree; such a setup is never cached).
-        shard: with ``torch.distributed`` initialised, split ``data`` across ranks (default). Pass
-            ``False`` when every rank already holds only its own share (e.g. a ``DistributedSampler``);
-            the products are all-reduced in both cases.
-        chunk: the most directions one vmapped tangent evaluation takes at once (bounds memory; all
-            directions share one primal pass); None = one at a time on the CPU, all at once on a GPU.
-        memory_budget: bytes of linearised batches to keep between products, or ``"auto"`` (and None): half of
-            the free memory of the parameters' device (:func:`lamda_ext.memory.resolve_budget`); 0 = recompute
-            every product.
-        mc_samples, mc_seed: ``curvature="fisher_mc"``: sampled targets per sample, and their seed.
+        shard: with ``torch.distributed`` initialised, split ``data`` across ranks (default). Pass ``False`` when
+            every rank already holds only its own share (e.g. a ``DistributedSampler``); the products are all-reduced
+            in both cases.
+        chunk: the most directions one vmapped tangent evaluation takes at once (bounds memory; all directions share
+            one primal pass); None = one at a time on the CPU, all at once on a GPU.
+        loss_fn: ``loss_fn(model, batch) -> scalar`` instead of ``loss``: the batch-mean loss (``reduction="mean"``;
+            batches are weighted by their sample count, the leading size of the batch's first tensor) or the batch's
+            summed loss (``reduction="sum"``). Curvatures ``"hessian"`` and ``"empirical_fisher"`` only.
+        reduction: ``"mean"`` (the curvature of the mean loss over all samples) or ``"sum"`` (of the summed loss).
+        memory_budget: bytes of linearised batches to keep between products, or ``"auto"`` (and None): half of the
+            free memory of the parameters' device ([`resolve_budget`][lamda_ext.memory.resolve_budget]); 0 =
+            recompute every product.
+        mc_samples: ``curvature="fisher_mc"``: sampled targets per sample.
+        mc_seed: ``curvature="fisher_mc"``: the seed of the sampled targets.
 
-    ``A @ V`` takes one vector ``[P]`` or rows ``[K, P]`` (the layout of :func:`lamda_ext.hvp`) and returns
-    the same shape; ``to_scipy()`` gives a ``scipy.sparse.linalg.LinearOperator`` (float64 numpy in and out).
+    Attributes:
+        size: P.
+        shape: ``(P, P)``.
+        dtype: the parameters' dtype (of vectors in and out).
+        device: the parameters' device.
+        params: ``{name: parameter}`` of the differentiated parameters.
+        curvature: the curvature's name.
+        n_products: operator-vector products evaluated (rows).
+        n_quadratic_forms: quadratic forms ``zᵀAz`` evaluated without a product.
+        n_linearizations: primal passes kept for reuse.
+
+    Raises:
+        ValueError: no or empty data, a non-deterministic setup (dropout active, batch norm in train mode, a shuffling
+            loader: the message names the module; ``model.eval()`` fixes it), ``loss`` with ``loss_fn``, an unknown
+            curvature or one the loss does not allow.
+        TypeError: a model that is not an ``nn.Module``, a ``loss_fn`` that is not callable.
+
+    Example:
+        >>> import torch, lamda_ext
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+        >>> x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+        >>> H = lamda_ext.HessianOperator(model, "cross_entropy", (x, y))
+        >>> H.shape
+        (26, 26)
+        >>> v = torch.randn(3, H.size, dtype=torch.float64)        # K = 3 directions as rows [K, P]
+        >>> torch.allclose(H @ v, lamda_ext.hvp(model, x, y, v))
+        True
+        >>> dense = H @ torch.eye(H.size, dtype=torch.float64)      # P products: only for a tiny model
+        >>> torch.allclose(dense, dense.T)
+        True
+        >>> G = lamda_ext.HessianOperator(model, "cross_entropy", (x, y), curvature="ggn")
+        >>> F = lamda_ext.HessianOperator(model, "cross_entropy", (x, y), curvature="fisher")
+        >>> torch.allclose(G @ v, F @ v)                           # for cross-entropy the Fisher is the GGN
+        True
     """
 
     def __init__(self, model: nn.Module, loss: LossSpec | None = None, data=None, *, curvature: str = "hessian",
@@ -182,6 +226,7 @@ class HessianOperator:
     # ------------------------------------------------------------------ distributed helpers
     @property
     def rank_world(self) -> tuple[int, int]:
+        """``(rank, world size)`` of the default process group (``(0, 1)`` when not distributed)."""
         return dist_info()
 
     def broadcast(self, t: torch.Tensor) -> torch.Tensor:
@@ -230,8 +275,10 @@ class HessianOperator:
                 yield i, shard, batch, n
 
     def _accumulate(self, fn: Callable, like: torch.Tensor) -> torch.Tensor:
-        """``Σ_batches fn(position, shard, batch, n)`` over all ranks' data, divided by the sample count for
-        ``reduction="mean"``."""
+        """``Σ_batches fn(position, shard, batch, n)`` over all ranks' data.
+
+        Divided by the sample count for ``reduction="mean"``.
+        """
         _, world = dist_info()
         self.cache.check()
         acc = torch.zeros_like(like)
@@ -251,8 +298,10 @@ class HessianOperator:
 
     @property
     def taylor_quadratic_forms(self) -> bool:
-        """Whether :meth:`quadratic_forms` of the Hessian uses Taylor passes (``(x, y)`` data, all trainable
-        parameters, a deterministic setup) rather than HVPs."""
+        """Whether `quadratic_forms` of the Hessian uses Taylor passes rather than HVPs.
+
+        It does for ``(x, y)`` data, all trainable parameters and a deterministic setup.
+        """
         return self.curvature == "hessian" and self._work.forms_available
 
     @outside_inference_mode
@@ -260,8 +309,9 @@ class HessianOperator:
         """``z_iᵀ A z_i`` for each row of ``Z`` ``[n, P]`` → ``[n]`` float64 on the CPU.
 
         Without a product where the curvature allows: the Hessian by second directional derivatives (Taylor
-        mode, forward passes only; see :attr:`taylor_quadratic_forms`), the GGN-type curvatures as
-        ``(Jz)ᵀ M (Jz)`` (tangent forwards only); else from products. The ways agree to rounding.
+        mode, forward passes only; see
+        [`taylor_quadratic_forms`][lamda_ext.hessian.operator.HessianOperator.taylor_quadratic_forms]), the GGN-type
+        curvatures as ``(Jz)ᵀ M (Jz)`` (tangent forwards only); else from products. The ways agree to rounding.
         """
         check_vector_like(Z, self.dtype, self.device, "parameters")
         if Z.dim() != 2 or Z.shape[1] != self.size:
@@ -280,13 +330,14 @@ class HessianOperator:
 
     @outside_inference_mode
     def exact_diagonal(self) -> torch.Tensor:
-        """``diag(A)`` ``[P]`` (the operator's dtype and device) for the Gauss–Newton-type curvatures, from
-        per-sample vector–Jacobian products: one pass over the data per output dimension (the empirical Fisher
-        of a ``loss_fn``: one per-sample gradient pass).
+        """``diag(A)`` ``[P]`` of the Gauss–Newton-type curvatures, in the operator's dtype and on its device.
+
+        From per-sample vector–Jacobian products: one pass over the data per output dimension (the empirical Fisher of a
+        ``loss_fn``: one per-sample gradient pass).
 
         Raises:
-            NotImplementedError: for ``curvature="hessian"`` (use :func:`~lamda_ext.hessian.hessian_diagonal`
-                with ``method="hutchinson"``).
+            NotImplementedError: for ``curvature="hessian"`` (use
+                [`hessian_diagonal`][lamda_ext.hessian.hessian_diagonal] with ``method="hutchinson"``).
         """
         if not hasattr(self._work, "diagonal"):
             raise NotImplementedError("the exact diagonal is available for curvature 'ggn', 'fisher', 'fisher_mc' "
@@ -313,8 +364,10 @@ class HessianOperator:
     mv = matvec
 
     def to_scipy(self):
-        """A ``scipy.sparse.linalg.LinearOperator`` of shape ``(P, P)`` and dtype float64 (``matmat`` takes
-        scipy's column layout ``[P, K]``)."""
+        """The operator as a ``scipy.sparse.linalg.LinearOperator`` of shape ``(P, P)`` and dtype float64.
+
+        ``matmat`` takes scipy's column layout ``[P, K]``.
+        """
         from scipy.sparse.linalg import LinearOperator
 
         def _mv(a):
@@ -334,7 +387,7 @@ class HessianOperator:
 
 
 def as_operator(model, loss, data, **kw) -> HessianOperator:
-    """``model`` itself when it is already a :class:`HessianOperator`, else a new one."""
+    """``model`` itself when it is already a `HessianOperator`, else a new one."""
     if isinstance(model, HessianOperator):
         if data is not None or kw:
             raise ValueError("model is already a HessianOperator: pass data and operator options when building it")

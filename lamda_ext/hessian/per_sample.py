@@ -38,7 +38,9 @@ def per_sample_grads(fn: Callable, primal: dict[str, torch.Tensor], batch, n: in
         fn: ``(params dict, batch of one sample) -> scalar``.
         primal: the parameters (name → tensor) to differentiate at; P counts them flattened in this order.
         batch: a tensor or nested dict/list/tuple of tensors; tensors with leading size ``n`` are per sample.
-        n: the batch's sample count. chunk: samples per vmapped call (default: :func:`samples_per_chunk`).
+        n: the batch's sample count.
+        chunk: samples per vmapped call (default:
+            [`samples_per_chunk`][lamda_ext.hessian.per_sample.samples_per_chunk]).
 
     Returns:
         An iterator over the chunks, in sample order.

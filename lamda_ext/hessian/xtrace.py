@@ -9,8 +9,9 @@ every ``t_i``. The estimate is ``mean_i t_i``, its standard error ``std(t_i) / s
 share their test vectors, so it is approximate, and tends to be low for few test vectors).
 
 When Y has numerical rank below m, or m = P, the sketch holds the whole range of A (with probability one: Gaussian
-Ω has full rank, unlike a small Rademacher one), and ``tr(QᵀAQ)`` is the trace (standard error 0). With an ``rtol`` target, test vectors are added ``block`` at a time
-(``A Q`` for the new basis rows only) until the standard error is at most ``rtol · |estimate|``.
+Ω has full rank, unlike a small Rademacher one), and ``tr(QᵀAQ)`` is the trace (standard error 0). With an ``rtol``
+target, test vectors are added ``block`` at a time (``A Q`` for the new basis rows only) until the standard error is at
+most ``rtol · |estimate|``.
 """
 from __future__ import annotations
 
@@ -31,8 +32,11 @@ def _gaussian(op, n: int, generator) -> torch.Tensor:
 
 
 def xtrace_estimates(H: torch.Tensor, R: torch.Tensor, W: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """The m leave-one-out estimates ``t_i`` (float64) from ``H = QᵀAQ`` ``[m, m]``, ``R = QᵀY``, ``W = QᵀΩ``
-    (``[m, m]``, column i for test vector i) and ``d_i = ω_iᵀ A ω_i`` ``[m]``."""
+    """The m leave-one-out estimates ``t_i`` (float64).
+
+    From ``H = QᵀAQ`` ``[m, m]``, ``R = QᵀY``, ``W = QᵀΩ`` (``[m, m]``, column i for test vector i) and ``d_i = ω_iᵀ A
+    ω_i`` ``[m]``.
+    """
     S = torch.linalg.inv(R).t()
     S = S / S.norm(dim=0, keepdim=True)
     sHs = (S * (H @ S)).sum(dim=0)
@@ -82,14 +86,16 @@ def xtrace(op, *, matvecs: int | None = None, rtol: float | None = None, generat
     """``tr(A)`` by XTrace (module docstring) with ``matvecs // 2`` test vectors at most.
 
     Args:
-        op: the operator (see :mod:`lamda_ext.hessian.estimates`).
+        op: the operator (see [`lamda_ext.hessian.estimates`][lamda_ext.hessian.estimates]).
         matvecs: the product budget (≥ 4: two products per test vector; default 100, or 10 000 with ``rtol``).
         rtol: the target relative standard error (test vectors added ``block`` at a time); a ``RuntimeWarning``
             when the budget ends first.
-        generator: draws the Gaussian test vectors (on the CPU). block: rows per block product and per growth step.
+        generator: draws the Gaussian test vectors (on the CPU).
+        block: rows per block product and per growth step.
 
     Returns:
-        A :class:`~lamda_ext.hessian.TraceEstimate` (samples: the m leave-one-out estimates; sketch: the rank of Q).
+        A [`TraceEstimate`][lamda_ext.hessian.TraceEstimate] (samples: the m leave-one-out estimates; sketch: the rank
+        of Q).
     """
     budget, rtol, block = product_budget(matvecs, rtol, block)
     m_max = min(budget // 2, op.size)

@@ -1,0 +1,2 @@
+"""Univariate Taylor mode: series, the op rules, the engine and the quadratic forms."""
+

@@ -1,5 +1,6 @@
-"""The Taylor engine: push a degree-1 input (or parameter) series through the model, then
-expand the loss head to order N.
+"""The Taylor engine: push a degree-1 series through the model, then expand the loss head to order N.
+
+The series starts at the input (or at the parameters).
 
 ``input`` mode: x + t·u_k for K directions; the primal runs once on ``[B, ...]`` and the
 tangent coefficients run with K folded into the batch. ``params`` mode: every parameter
@@ -64,8 +65,10 @@ def head_terms(out, y, loss, label_smoothing: float, ctx: RunContext):
 
 def input_derivs(model: nn.Module, x: torch.Tensor, y, u: torch.Tensor, order: int, loss,
                  label_smoothing: float = 0.0, impl=None):
-    """d^n/dt^n loss_b(x + t·u_k), n = 1..order. x ``[B, ...]``, u ``[K, B, ...]`` (per point) or
-    ``[K, ...]`` (shared by every point) → (``[B, K, order]``, per-sample loss at t = 0 ``[B]``).
+    """d^n/dt^n loss_b(x + t·u_k), n = 1..order.
+
+    x ``[B, ...]``, u ``[K, B, ...]`` (per point) or ``[K, ...]`` (shared by every point) → (``[B, K, order]``,
+    per-sample loss at t = 0 ``[B]``).
 
     Shared directions enter as a stride-0 broadcast over the batch (no B-fold copy); linear and
     convolution rules then compute their tangent once per direction instead of once per point.
@@ -86,8 +89,10 @@ def input_derivs(model: nn.Module, x: torch.Tensor, y, u: torch.Tensor, order: i
 @contextlib.contextmanager
 def series_parameters(model: nn.Module, v: torch.Tensor, leaf: bool = False):
     """Temporarily replace every parameter p by the series p + t·v_k (v ``[K, P]``, parameters() order).
-    ``leaf``: the primal is a fresh leaf ``p.detach().requires_grad_()`` (so the forward is differentiable
-    with respect to every primal even where ``p.requires_grad`` is False)."""
+
+    ``leaf``: the primal is a fresh leaf ``p.detach().requires_grad_()`` (so the forward is differentiable with respect
+    to every primal even where ``p.requires_grad`` is False).
+    """
     swapped, offset = [], 0
     k = v.shape[0]
     owners = {}

@@ -1,11 +1,13 @@
-"""The op table: every op a model may call on a Taylor series, by canonical name (see
-:func:`lamda_ext.taylor.series.canonical_name`), and its rule. Importing this module fills
-:data:`lamda_ext.taylor.series.RULES`, which the dispatcher reads.
+"""The op table: every op a model may call on a Taylor series, by canonical name, and its rule.
 
-A row is ``names: rule``; a family of ops shares a factory from :mod:`lamda_ext.taylor.op_rules.factories`, the
-other rules live in the family modules of :mod:`lamda_ext.taylor.op_rules`. Every name here has a case in the
-per-op test table (``tests/test_op_table.py``) checked against nested autograd; a name without one fails that
-test. The elementwise kinds come from the one list :data:`lamda_ext.taylor.recurrences.UNARY`.
+Names as [`lamda_ext.taylor.series.canonical_name`][lamda_ext.taylor.series.canonical_name] gives them. Importing this
+module fills [`lamda_ext.taylor.series.RULES`][lamda_ext.taylor.series.RULES], which the dispatcher reads.
+
+A row is ``names: rule``; a family of ops shares a factory from
+[`lamda_ext.taylor.op_rules.factories`][lamda_ext.taylor.op_rules.factories], the other rules live in the family modules
+of [`lamda_ext.taylor.op_rules`][lamda_ext.taylor.op_rules]. Every name here has a case in the per-op test table
+(``tests/test_op_table.py``) checked against nested autograd; a name without one fails that test. The elementwise kinds
+come from the one list [`lamda_ext.taylor.recurrences.UNARY`][lamda_ext.taylor.recurrences.UNARY].
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Second directional derivatives of the batch loss along many parameter directions,
-``q_k = d²/dt² L(θ + t·v_k) = v_kᵀ H v_k``, by adjoint contraction.
+"""Second directional derivatives of the batch loss along many parameter directions, by adjoint contraction.
+
+``q_k = d²/dt² L(θ + t·v_k) = v_kᵀ H v_k``.
 
 Push the degree-1 series θ + t·v through the model. Every op's output is ``z(t) = z0 + t·z1 + t²·z2 + …``;
 when its inputs carry no second-order coefficient, ``z2`` is the op's own local term (``V·x1`` for a
@@ -12,13 +13,13 @@ One reverse pass per batch gives the adjoints ``∂L/∂z0_op`` of every op outp
 each direction then needs only first-order tangents: every op's ``z2`` is contracted with its adjoint where
 it arises and dropped, instead of being pushed through the rest of the network (the plain Taylor run at
 order 2 carries it to the loss). A rule can do better still where its second-order term is a product of
-first-order ones (:class:`Contraction`): the convolution's ``⟨ḡ, V_k * x1_k⟩`` is ``⟨V_k, G_k⟩`` with ``G`` one
-weight-gradient convolution of all K tangents under the shared ``ḡ``, so the ``[K, B, O, ...]`` term is never
-formed. Same numbers as ``directional_derivs(order=2, wrt="params")`` to rounding.
+first-order ones ([`Contraction`][lamda_ext.taylor.quadratic.Contraction]): the convolution's ``⟨ḡ, V_k * x1_k⟩`` is
+``⟨V_k, G_k⟩`` with ``G`` one weight-gradient convolution of all K tangents under the shared ``ḡ``, so the
+``[K, B, O, ...]`` term is never formed. Same numbers as ``directional_derivs(order=2, wrt="params")`` to rounding.
 
 The two passes are matched op by op (name and output shape); a model whose op sequence differs between
 them (data-dependent control flow on anything but the primal) raises ``RuntimeError``, an op without a
-Taylor rule ``NotImplementedError`` — :class:`~lamda_ext.hessian.HessianOperator` then uses the plain
+Taylor rule ``NotImplementedError`` — [`HessianOperator`][lamda_ext.hessian.HessianOperator] then uses the plain
 order-2 Taylor run. Deterministic models only (no active dropout, batch norm in eval mode): the passes
 must see the same function.
 """
@@ -113,6 +114,7 @@ class QuadraticForms:
         return adj
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
+        """``v_kᵀ H v_k`` for the rows of ``V`` ``[K, P]`` → ``[K]`` in ``V``'s dtype (one first-order Taylor pass)."""
         if V.dim() != 2 or V.shape[1] != self.size:
             raise ValueError(f"V must have shape [K, P]=[K, {self.size}], got {list(V.shape)}")
         ctr = Contraction(self.adjoints, self.signature, V.shape[0], V.device)
@@ -129,12 +131,15 @@ class QuadraticForms:
 
 
 class Contraction:
-    """One contracted pass: ``acc[k]`` sums ``⟨∂L/∂z0_op, z2_op⟩`` over the ops seen so far; ``step`` is the
-    dispatch index of the next series an op returns. :meth:`observe` (the run's ``RunContext.observe``) checks
-    each op against the adjoint pass's ``signature``, contracts a second-order coefficient and drops it. A rule
-    may contract its own second-order term first (the convolution rule does, by a weight-gradient
-    convolution): ``adjoint()`` is its output's ``∂L/∂z0`` (None where the loss does not depend on it),
-    ``add(q)`` adds ``⟨∂L/∂z0, z2⟩`` ``[K]``; it then returns degree 1."""
+    """One contracted pass: ``acc[k]`` sums ``⟨∂L/∂z0_op, z2_op⟩`` over the ops seen so far.
+
+    ``step`` is the dispatch index of the next series an op returns.
+    [`observe`][lamda_ext.taylor.quadratic.Contraction.observe] (the run's ``RunContext.observe``) checks each op
+    against the adjoint pass's ``signature``, contracts a second-order coefficient and drops it. A rule may contract its
+    own second-order term first (the convolution rule does, by a weight-gradient convolution): ``adjoint()`` is its
+    output's ``∂L/∂z0`` (None where the loss does not depend on it), ``add(q)`` adds ``⟨∂L/∂z0, z2⟩`` ``[K]``; it then
+    returns degree 1.
+    """
 
     def __init__(self, adjoints: List[Optional[torch.Tensor]], signature: List[Tuple[str, Tuple[int, ...]]],
                  k: int, device):
@@ -143,12 +148,15 @@ class Contraction:
         self.step = 0
 
     def adjoint(self) -> Optional[torch.Tensor]:
+        """The current op output's ``∂L/∂z0`` (None where the loss does not depend on it)."""
         return self.adjoints[self.step] if self.step < len(self.adjoints) else None
 
     def add(self, q: torch.Tensor) -> None:
+        """Add ``⟨∂L/∂z0, z2⟩`` ``[K]`` (or a scalar, broadcast) to the accumulator."""
         self.acc.add_(q.to(torch.float64).expand(self.k))
 
     def observe(self, name: str, out):
+        """Check each series of an op's output against the signature, contract its second-order coefficient, drop it."""
         for pos, s in _series_of(out):
             i = self.step
             self.step += 1

@@ -1,8 +1,7 @@
-"""Univariate Taylor-coefficient recurrences of elementwise functions and the cross-entropy head, in
-ordinary torch ops.
+"""Univariate Taylor-coefficient recurrences of elementwise functions and the cross-entropy head, in ordinary torch ops.
 
 All series are in *normalised* coefficients, ``c_n = f^(n)(0) / n!``. These are the
-reference the fused kernels (:mod:`lamda_ext.ops`) are checked against, and the
+reference the fused kernels ([`lamda_ext.ops`][lamda_ext.ops]) are checked against, and the
 implementation of the ``taylor`` backend. Written with differentiable torch ops, so
 autograd back-propagates through them to the model parameters.
 
@@ -65,7 +64,7 @@ def exp_list(x: Series, n_out: int) -> Series:
 
 
 def log_list(x: Series, n_out: int) -> Series:
-    """log of a series with x_0 > 0: x y' = x'."""
+    """Log of a series with x_0 > 0: x y' = x'."""
     y = [torch.log(x[0])]
     inv = 1.0 / x[0]
     for n in range(1, n_out):
@@ -196,7 +195,7 @@ UNARY_KINDS = tuple(UNARY)
 
 
 def unary_list(kind: str, x: Series, n_out: int, alpha: float = 1.0) -> Series:
-    """Series of ``f(x)`` for an elementwise ``f`` named ``kind`` (see :data:`UNARY`)."""
+    """Series of ``f(x)`` for an elementwise ``f`` named ``kind`` (see `UNARY`)."""
     entry = UNARY.get(kind)
     if entry is None:
         raise ValueError(f"unknown unary kind {kind!r}; expected one of {UNARY_KINDS}")
@@ -204,7 +203,7 @@ def unary_list(kind: str, x: Series, n_out: int, alpha: float = 1.0) -> Series:
 
 
 def unary_coeffs(kind: str, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """Tensor form of :func:`unary_list`: ``x [C, *S]`` → ``[C, *S]`` (same number of coefficients)."""
+    """Tensor form of `unary_list`: ``x [C, *S]`` → ``[C, *S]`` (same number of coefficients)."""
     if x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(f"coefficients must have shape [C, ...] with C ≥ 1, got {list(x.shape)}")
     return torch.stack(unary_list(kind, list(x.unbind(0)), x.shape[0], alpha))

@@ -1,29 +1,25 @@
 """The Taylor-series value that flows through an unmodified model.
 
-A :class:`TaylorSeries` stands for ``x(t) = Σ_n c_n t^n`` truncated at the run's order N.
-It stores the primal ``c0`` (shape ``S``, shared by all K directions) and the higher
-normalised coefficients ``hi`` with shape ``[D, K, *S]`` where D ≥ 1 is the tracked
-degree (coefficients past D are exactly zero).
+A [`TaylorSeries`][lamda_ext.taylor.series.TaylorSeries] stands for ``x(t) = Σ_n c_n t^n`` truncated at the run's order
+N. It stores the primal ``c0`` (shape ``S``, shared by all K directions) and the higher normalised coefficients ``hi``
+with shape ``[D, K, *S]`` where D ≥ 1 is the tracked degree (coefficients past D are exactly zero).
 
-It is not a ``torch.Tensor``: it implements ``__torch_function__``, so torch functions,
-``torch.nn.functional`` calls and tensor methods used by a model's ``forward`` are
-routed to the rule table filled by :mod:`lamda_ext.taylor.op_table`. An op without a rule
-raises ``NotImplementedError`` naming the op and the module that called it. Values read
-in Python (``bool(x.sum() > 0)``, ``x.item()``, comparisons) are the primal's, which is
-exactly what autograd differentiates through: branches are taken at t = 0.
+It is not a ``torch.Tensor``: it implements ``__torch_function__``, so torch functions, ``torch.nn.functional`` calls
+and tensor methods used by a model's ``forward`` are routed to the rule table filled by
+[`lamda_ext.taylor.op_table`][lamda_ext.taylor.op_table]. An op without a rule raises ``NotImplementedError`` naming the
+op and the module that called it. Values read in Python (``bool(x.sum() > 0)``, ``x.item()``, comparisons) are the
+primal's, which is exactly what autograd differentiates through: branches are taken at t = 0.
 
-In-place ops (``x.add_(1)``, ``x += y``, ``x[:, :3].mul_(2)``, ``x[idx] = y``, ``F.relu(x, inplace=True)``)
-update the series object itself. Views follow torch: a series produced by a view op (indexing, ``view``,
-``transpose``, ...) whose primal shares storage with its base's primal remembers that base; an in-place op
-on a view writes through to the base (element positions found by applying the same view op to the base's
-flat indices), and a view whose base was mutated is recomputed from it before its next use. An in-place op
-that would write a series into a plain tensor raises ``NotImplementedError`` naming the op and the module.
-A mutation is never lost silently.
+In-place ops (``x.add_(1)``, ``x += y``, ``x[:, :3].mul_(2)``, ``x[idx] = y``, ``F.relu(x, inplace=True)``) update the
+series object itself. Views follow torch: a series produced by a view op (indexing, ``view``, ``transpose``, ...) whose
+primal shares storage with its base's primal remembers that base; an in-place op on a view writes through to the base
+(element positions found by applying the same view op to the base's flat indices), and a view whose base was mutated is
+recomputed from it before its next use. An in-place op that would write a series into a plain tensor raises
+``NotImplementedError`` naming the op and the module. A mutation is never lost silently.
 """
 from __future__ import annotations
 
 import contextlib
-import inspect
 import threading
 from typing import Callable, Dict, Optional
 
@@ -55,8 +51,7 @@ def canonical_name(func) -> str:
 
 
 class RunContext:
-    """State of one Taylor run: truncation order N, direction count K, the elementwise/head
-    implementation (composite rules or fused kernels) and the stack of module paths."""
+    """One Taylor run's state: order N, direction count K, implementation (composite or fused) and module stack."""
 
     def __init__(self, order: int, k: int, impl, model: Optional[nn.Module] = None):
         self.order = order          # N: highest derivative order
@@ -77,9 +72,11 @@ class RunContext:
 
     @property
     def n_coeffs(self) -> int:
+        """N + 1, the coefficients kept per series."""
         return self.order + 1
 
     def where(self) -> str:
+        """The module running now, for error messages."""
         if not self.stack:
             return "the model's top-level forward"
         mod = self.stack[-1]
@@ -109,8 +106,10 @@ class RunContext:
 
 @contextlib.contextmanager
 def attention_row_blocks(rows: Optional[int]):
-    """Taylor runs started inside take the attention scores ``rows`` query rows at a time (None: all at once): the
-    same numbers, the scores' memory divided by ``L / rows`` for L query positions."""
+    """Taylor runs started inside take the attention scores ``rows`` query rows at a time (None: all at once).
+
+    The numbers are the same; the scores' memory is divided by ``L / rows`` for L query positions.
+    """
     prev = getattr(_state, "attention_rows", None)
     _state.attention_rows = rows
     try:
@@ -120,6 +119,7 @@ def attention_row_blocks(rows: Optional[int]):
 
 
 def current_context() -> RunContext:
+    """The Taylor run in progress (RuntimeError outside one)."""
     ctx = getattr(_state, "ctx", None)
     if ctx is None:
         raise RuntimeError("a TaylorSeries was used outside a Taylor run (lamda_ext.directional_derivs)")
@@ -145,35 +145,43 @@ class TaylorSeries:
     # ---- tensor-like metadata -------------------------------------------------------------
     @property
     def degree(self) -> int:
+        """D, the number of higher coefficients kept (the series' degree)."""
         return self.hi.shape[0]
 
     @property
     def shape(self) -> torch.Size:
+        """The primal's shape ``S``."""
         return self.c0.shape
 
     @property
     def dtype(self):
+        """The primal's dtype."""
         return self.c0.dtype
 
     @property
     def device(self):
+        """The primal's device."""
         return self.c0.device
 
     @property
     def ndim(self) -> int:
+        """The primal's number of dims."""
         return self.c0.dim()
 
     @property
     def is_cuda(self) -> bool:
+        """Whether the primal is on a CUDA device."""
         return self.c0.is_cuda
 
     @property
     def requires_grad(self) -> bool:
+        """Whether any coefficient requires grad."""
         return self.c0.requires_grad or self.hi.requires_grad
 
     # tensor properties (attributes, not methods, as on torch.Tensor)
     @property
     def layout(self):
+        """The primal's layout."""
         return self.c0.layout
 
     is_nested = property(lambda self: False)
@@ -187,30 +195,39 @@ class TaylorSeries:
     mH = property(lambda self: self.mT)
 
     def is_floating_point(self) -> bool:
+        """Whether the primal is floating point."""
         return self.c0.is_floating_point()
 
     def is_complex(self) -> bool:
+        """Whether the primal is complex."""
         return False
 
     def is_contiguous(self, memory_format=torch.contiguous_format) -> bool:
+        """Whether the primal is contiguous."""
         return self.c0.is_contiguous(memory_format=memory_format)
 
     def get_device(self) -> int:
+        """The primal's device index (-1 on the CPU)."""
         return self.c0.get_device()
 
     def element_size(self) -> int:
+        """Bytes per element of the primal."""
         return self.c0.element_size()
 
     def stride(self, dim=None):
+        """The primal's strides (or the stride of ``dim``)."""
         return self.c0.stride() if dim is None else self.c0.stride(dim)
 
     def dim(self) -> int:
+        """The primal's number of dims."""
         return self.c0.dim()
 
     def size(self, dim=None):
+        """The primal's shape (or the size of ``dim``)."""
         return self.c0.size() if dim is None else self.c0.size(dim)
 
     def numel(self) -> int:
+        """Elements of the primal."""
         return self.c0.numel()
 
     def __len__(self) -> int:
@@ -228,9 +245,11 @@ class TaylorSeries:
         return bool(self.c0)
 
     def item(self):
+        """The primal's value as a Python number (a constant: no derivative flows through it)."""
         return self.c0.item()
 
     def tolist(self):
+        """The primal's values as a nested list (constants: no derivative flows through them)."""
         return self.c0.tolist()
 
     def __float__(self):
@@ -287,94 +306,6 @@ def _where() -> str:
     return ctx.where() if ctx is not None else "code outside a Taylor run"
 
 
-# ---- in-place ops and views ------------------------------------------------------------------
-_INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ipow__", "__setitem__"}
-_SIGNATURES: Dict[object, Optional[inspect.Signature]] = {}
-
-
-def _inplace_flag(func, args, kwargs) -> bool:
-    """True when ``func(*args, **kwargs)`` mutates its first argument (``add_``, ``+=``, ``inplace=True``)."""
-    raw = getattr(func, "__name__", "")
-    if raw in _INPLACE_DUNDERS or (raw.endswith("_") and not raw.startswith("_")):
-        return True
-    if "inplace" in kwargs:
-        return bool(kwargs["inplace"])
-    if func not in _SIGNATURES:
-        try:
-            sig = inspect.signature(func)
-            _SIGNATURES[func] = sig if "inplace" in sig.parameters else None
-        except (TypeError, ValueError):
-            _SIGNATURES[func] = None
-    sig = _SIGNATURES[func]
-    if sig is None:
-        return False
-    try:
-        return bool(sig.bind(*args, **kwargs).arguments.get("inplace", False))
-    except TypeError:
-        return False
-
-
-class _ViewOf:
-    """A series is a view of ``base``: ``remake(base)`` recomputes it from the base, ``locate()`` gives the flat
-    position in the base of each of its elements (so an in-place op on the view writes through), ``version`` is
-    the base's version the view reflects."""
-
-    __slots__ = ("base", "remake", "locate", "op", "version")
-
-    def __init__(self, base, remake, locate, op):
-        self.base, self.remake, self.locate, self.op = base, remake, locate, op
-        self.version = base._version
-
-
-def _shares_primal(out, base) -> bool:
-    try:
-        return out.c0.untyped_storage().data_ptr() == base.c0.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
-        return False
-
-
-def _mark_views(name, func, rule, args, kwargs, out):
-    """Attach view information to the outputs of a view op whose primal aliases the input's (as torch does)."""
-    base = args[0] if args else None
-    if not isinstance(base, TaylorSeries):
-        return
-    rest = args[1:]
-    plain_rest = tuple(a.c0 if isinstance(a, TaylorSeries) else a for a in rest)
-    multi = isinstance(out, (tuple, list))
-    for i, o in enumerate(out if multi else (out,)):
-        if isinstance(o, TaylorSeries) and o is not base and _shares_primal(o, base):
-            def remake(b, _i=i):
-                r = rule(b, *rest, **kwargs)
-                return r[_i] if multi else r
-
-            def locate(_i=i):   # the same view op applied to the flat positions of the base
-                pos = torch.arange(base.c0.numel(), device=base.c0.device).reshape(base.c0.shape)
-                r = func(pos, *plain_rest, **kwargs)
-                return r[_i] if multi else r
-            o._view = _ViewOf(base, remake, locate, name)
-
-
-def _refresh(x) -> None:
-    """Recompute a view whose base has been mutated since the view was made (torch views see base mutations)."""
-    v = x._view
-    if v is None:
-        return
-    _refresh(v.base)
-    if v.version != v.base._version:
-        fresh = v.remake(v.base)
-        x.c0, x.hi = fresh.c0, fresh.hi
-        x._version += 1
-        v.version = v.base._version
-
-
-def _refresh_args(args) -> None:
-    for a in args:
-        if isinstance(a, TaylorSeries):
-            _refresh(a)
-        elif isinstance(a, (tuple, list)):
-            _refresh_args(a)
-
-
 def pad_coeffs(coeffs: torch.Tensor, count: int) -> torch.Tensor:
     """Append zero coefficients along the leading axis up to ``count`` (the one padding helper).
 
@@ -391,53 +322,6 @@ def pad_coeffs(coeffs: torch.Tensor, count: int) -> torch.Tensor:
     return torch.cat([coeffs, coeffs.new_zeros((count - coeffs.shape[0],) + tuple(coeffs.shape[1:]))])
 
 
-def _assign(target: "TaylorSeries", c0: torch.Tensor, hi: torch.Tensor, name: str) -> None:
-    """Give ``target`` new coefficients in place, writing through to its base when it is a view."""
-    v = target._view
-    if v is not None:
-        base = v.base
-        pos = v.locate().reshape(-1)
-        if pos.numel() != torch.unique(pos).numel():
-            raise RuntimeError(f"in-place op '{name}' on a view made by '{v.op}' in which several elements share "
-                               "one memory location (as torch, Taylor mode refuses to write into it)")
-        deg = max(base.degree, hi.shape[0])
-        k = max(base.hi.shape[1], hi.shape[1])
-        bc0 = base.c0.reshape(-1).clone()
-        bc0[pos] = c0.reshape(-1)
-        bhi = pad_coeffs(base.hi, deg).expand((deg, k) + tuple(base.c0.shape)).reshape(deg, k, -1).clone()
-        bhi[:, :, pos] = pad_coeffs(hi, deg).expand((deg, k) + tuple(c0.shape)).reshape(deg, k, -1)
-        _assign(base, bc0.reshape(base.c0.shape), bhi.reshape((deg, k) + tuple(base.c0.shape)), name)
-        v.version = base._version
-    target.c0, target.hi = c0, hi
-    target._version += 1
-
-
-def _commit_inplace(name, target, out):
-    """Make the in-place op's result ``out`` the new value of ``target`` (never a lost mutation)."""
-    if not isinstance(target, TaylorSeries):
-        raise NotImplementedError(
-            f"Taylor mode: in-place op '{name}' would write a Taylor series into a plain tensor (in {_where()}); "
-            "the tensor cannot carry the derivatives. Build the value out of place (e.g. torch.cat/torch.where, "
-            "y = x.add(s)) or use backend='autograd'")
-    if isinstance(out, tuple) and name in ("max_pool2d", "max_pool1d"):
-        out = out[0]
-    if not isinstance(out, TaylorSeries):
-        if not isinstance(out, torch.Tensor):
-            raise NotImplementedError(f"Taylor mode: in-place op '{name}' on a Taylor series (in {_where()}) "
-                                      "has no in-place rule; use the out-of-place op or backend='autograd'")
-        out = TaylorSeries(out, out.new_zeros((1, target.hi.shape[1]) + tuple(out.shape)))
-    if tuple(out.c0.shape) != tuple(target.c0.shape):
-        raise RuntimeError(f"in-place op '{name}': the result of shape {list(out.c0.shape)} does not fit the "
-                           f"tensor of shape {list(target.c0.shape)} it would be written into")
-    _assign(target, out.c0, out.hi, name)
-    return target
-
-
-VIEW_OPS = {"getitem", "view", "reshape", "view_as", "reshape_as", "flatten", "permute", "transpose", "t",
-            "unsqueeze", "squeeze", "expand", "expand_as", "chunk", "split", "unbind", "narrow", "select",
-            "contiguous", "movedim", "unflatten", "swapaxes", "swapdims"}
-
-
 def _primals(obj):
     if isinstance(obj, TaylorSeries):
         return obj.c0
@@ -447,9 +331,11 @@ def _primals(obj):
 
 
 def _rule_failure(name, func, args, kwargs, inplace: bool, err: Exception) -> Exception:
-    """The error to raise when the rule of ``name`` failed: the op's own error when the op fails on the primals
-    too (the call is wrong, as it would be without Taylor mode), else a ``NotImplementedError`` naming the op and
-    the module (the rule does not cover this form of the op)."""
+    """The error to raise when the rule of ``name`` failed.
+
+    The op's own error when the op fails on the primals too (the call is wrong, as it would be without Taylor mode),
+    else a ``NotImplementedError`` naming the op and the module (the rule does not cover this form of the op).
+    """
     if not inplace:
         try:
             func(*_primals(args), **{k: _primals(v) for k, v in kwargs.items()})
@@ -462,17 +348,18 @@ def _rule_failure(name, func, args, kwargs, inplace: bool, err: Exception) -> Ex
 
 
 def dispatch(func, args, kwargs):
+    """Run the rule of ``func`` on series arguments (NotImplementedError naming the op and module when none exists)."""
     name = canonical_name(func)
     rule = RULES.get(name)
     if rule is None:
         raise NotImplementedError(
             f"Taylor mode has no rule for op '{name}' (called from {_where()}). "
             "backend='autograd' (or 'func') works for any differentiable op.")
-    _refresh_args(args)
-    _refresh_args(kwargs.values())
-    inplace = _inplace_flag(func, args, kwargs)
+    views.refresh_args(args)
+    views.refresh_args(kwargs.values())
+    inplace = views.inplace_flag(func, args, kwargs)
     if inplace and not (args and isinstance(args[0], TaylorSeries)):
-        _commit_inplace(name, args[0] if args else None, None)   # raises: a plain tensor cannot hold a series
+        views.commit_inplace(name, args[0] if args else None, None)   # raises: a plain tensor cannot hold a series
     try:
         out = rule(*args, **kwargs)
     except (IndexError, RuntimeError, TypeError, ValueError) as err:
@@ -483,11 +370,15 @@ def dispatch(func, args, kwargs):
     if observe is not None:
         out = observe(name, out)
     if inplace:
-        return _commit_inplace(name, args[0], out)
-    if name in VIEW_OPS:
-        _mark_views(name, func, rule, args, kwargs, out)
+        return views.commit_inplace(name, args[0], out)
+    if name in views.VIEW_OPS:
+        views.mark_views(name, func, rule, args, kwargs, out)
     return out
 
 
 def is_series(x) -> bool:
+    """Whether ``x`` is a ``TaylorSeries``."""
     return isinstance(x, TaylorSeries)
+
+
+from . import views  # noqa: E402  (views imports TaylorSeries from this module)

@@ -1,9 +1,10 @@
-"""Helpers on Taylor series that the op rules share: building a series from coefficients, aligning and padding
-operands, and applying a linear map to every coefficient.
+"""Helpers on Taylor series that the op rules share.
+
+Building a series from coefficients, aligning and padding operands, and applying a linear map to every coefficient.
 
 Conventions: a series has the primal ``c0`` ``[*S]`` and higher coefficients ``hi`` ``[D, K, *S]``; its term list
 is ``[c0, c1, ..., cD]`` with ``c_n`` ``[K or 1, *S]`` (they broadcast). A plain tensor is a constant, a series of
-degree 0. Padding with zero coefficients is :func:`lamda_ext.taylor.series.pad_coeffs`.
+degree 0. Padding with zero coefficients is [`lamda_ext.taylor.series.pad_coeffs`][lamda_ext.taylor.series.pad_coeffs].
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def order() -> int:
 
 
 def unary(kind: str, x: TaylorSeries, alpha: float = 1.0) -> TaylorSeries:
-    """``f(x)`` for the elementwise function ``kind`` of :data:`lamda_ext.taylor.recurrences.UNARY`, to order N,
-    by the run's implementation (composite recurrences or fused kernels). ``alpha`` is ELU's."""
+    """``f(x)`` for the elementwise function ``kind`` of `lamda_ext.taylor.recurrences.UNARY`, to order N.
+
+    By the run's implementation (composite recurrences or fused kernels). ``alpha`` is ELU's.
+    """
     return current_context().impl.unary(kind, x, order() + 1, alpha)
 
 
@@ -32,8 +35,8 @@ def from_terms(terms: Sequence[torch.Tensor]):
     """Build a series from ``[c0, c1, ...]`` (c0 ``[*S]``; the others ``[K, *S]``, broadcastable).
 
     Returns:
-        ``c0`` itself when it is the only term (a constant), else a :class:`TaylorSeries` of degree
-        ``len(terms) - 1`` over the broadcast shape.
+        ``c0`` itself when it is the only term (a constant), else a
+        [`TaylorSeries`][lamda_ext.taylor.series.TaylorSeries] of degree ``len(terms) - 1`` over the broadcast shape.
     """
     c0 = terms[0]
     if len(terms) == 1:
@@ -73,7 +76,7 @@ def padded_terms(x, degree: int) -> list:
     """``[c0, c1, ..., c_degree]`` of a series or a constant tensor, zero past its own degree.
 
     Args:
-        x: a :class:`TaylorSeries` of degree ≤ ``degree`` or a tensor ``[*S]``.
+        x: a [`TaylorSeries`][lamda_ext.taylor.series.TaylorSeries] of degree ≤ ``degree`` or a tensor ``[*S]``.
         degree: the last coefficient wanted.
 
     Returns:

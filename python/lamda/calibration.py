@@ -38,8 +38,11 @@ def _as_tensors(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def calibration_bins(probs, labels, n_bins: int = 15) -> dict[str, np.ndarray]:
-    """Per-bin statistics: ``edges [n+1]``, ``counts [n]``, ``accuracy [n]`` and ``confidence [n]``
-    (NaN for empty bins). ``probs [N, C]`` softmax probabilities, ``labels [N]``."""
+    """Per-bin statistics of a reliability diagram.
+
+    ``edges [n+1]``, ``counts [n]``, ``accuracy [n]`` and ``confidence [n]`` (NaN for empty bins), from ``probs [N, C]``
+    softmax probabilities and ``labels [N]``.
+    """
     if int(n_bins) < 1:
         raise ValueError(f"n_bins must be ≥ 1, got {n_bins}")
     n_bins = int(n_bins)
@@ -70,8 +73,10 @@ def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
 
 def reliability_diagram(probs, labels, path: str | os.PathLike, n_bins: int = 15, *, dpi: int = 200,
                         title: str | None = None) -> str:
-    """Write a reliability diagram (accuracy per confidence bin, the gap to the diagonal, and the
-    share of samples per bin) to ``path`` (PNG, atomic). Returns the path."""
+    """Write a reliability diagram to ``path`` (PNG, atomic) and return the path.
+
+    It shows the accuracy per confidence bin, the gap to the diagonal, and the share of samples per bin.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

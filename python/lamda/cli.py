@@ -1,9 +1,9 @@
 """Command line: ``lamda run <experiment> [flags]`` and ``lamda analyze DIR``.
 
-Experiments come from :mod:`lamda.studies` (each study subpackage registers itself). Under ``torchrun``
+Experiments come from [`lamda.studies`][lamda.studies] (each study subpackage registers itself). Under ``torchrun``
 (``torchrun --nproc_per_node N -m lamda run …``) the process group is set up from the environment and the
-experiment's grid is spread over the ranks (:mod:`lamda.studies.runner`); with ``--ddp`` all ranks train
-each run together instead. Every error a user can act on is one line on stderr and exit code 2.
+experiment's grid is spread over the ranks ([`lamda.studies.runner`][lamda.studies.runner]); with ``--ddp`` all ranks
+train each run together instead. Every error a user can act on is one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def _add_common(p: argparse.ArgumentParser, exp) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lamda`` argument parser: ``list``, ``run STUDY`` (with each study's flags) and ``analyze DIR``."""
     parser = _Parser(prog="lamda", description="lamda_ext experiments: curvature rate λ, "
                                      "Hessian spectra and the regularisers built on them")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``lamda`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.command == "list":
         for name, exp in registry().items():

@@ -10,7 +10,7 @@ which on a CPU is much faster than a per-item DataLoader for the small subsets t
   upsampled to 20×20 and padded to 1×28×28 like MNIST, so the MNIST models run on it.  No files needed.
 
 The data root comes from the ``root`` argument, then ``$LAMDA_DATA_ROOT``, then ``./data``.
-Batch augmentation (:class:`Augmenter`) runs on tensors with per-sample random affine maps.
+Batch augmentation ([`Augmenter`][lamda.data.Augmenter]) runs on tensors with per-sample random affine maps.
 """
 from __future__ import annotations
 
@@ -57,13 +57,16 @@ class TensorDataset:
 
     @property
     def in_channels(self) -> int:
+        """C, the image channels."""
         return int(self.x_train.shape[1])
 
     @property
     def image_size(self) -> int:
+        """The image side length (H = W)."""
         return int(self.x_train.shape[-1])
 
     def to(self, device) -> "TensorDataset":
+        """Move every tensor to ``device`` (in place); returns ``self``."""
         for k in ("x_train", "y_train", "x_test", "y_test", "y_train_clean"):
             v = getattr(self, k)
             if v is not None:
@@ -139,8 +142,11 @@ _MNIST_FILES = {  # raw file -> (idx magic number, trailing dims per item)
 
 
 def _read_idx_header(path: pathlib.Path, magic: int, dims: tuple) -> int:
-    """Item count of an uncompressed MNIST idx file after checking its magic number, shape and size (the
-    size must be exactly header + items); ``ValueError`` naming the file otherwise."""
+    """Item count of an uncompressed MNIST idx file, after checking its header and size.
+
+    Checks the magic number, shape and size (the size must be exactly header + items); ``ValueError`` naming the file
+    otherwise.
+    """
     nd = 1 + len(dims)
     with open(path, "rb") as f:
         head = f.read(4 * (nd + 1))
@@ -163,9 +169,11 @@ def _read_idx_header(path: pathlib.Path, magic: int, dims: tuple) -> int:
 
 
 def check_mnist_files(raw: pathlib.Path) -> None:
-    """Validate the four uncompressed MNIST files in ``raw`` (torchvision's ``root/MNIST/raw``): present, magic
-    numbers, sizes, image/label counts, label bytes in 0..9. Raises ``FileNotFoundError``/``ValueError``
-    naming the file."""
+    """Validate the four uncompressed MNIST files in ``raw`` (torchvision's ``root/MNIST/raw``).
+
+    Present, magic numbers, sizes, image/label counts, label bytes in 0..9. Raises ``FileNotFoundError``/``ValueError``
+    naming the file.
+    """
     missing = [n for n in _MNIST_FILES if not (raw / n).is_file()]
     if missing:
         raise FileNotFoundError(f"MNIST is incomplete under {raw}: missing {', '.join(missing)}; restore them or "
@@ -262,7 +270,9 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, train_size
     Args:
         name: ``"mnist"``, ``"cifar10"`` or ``"digits"`` (offline, ships with scikit-learn).
         root: data folder (else ``$LAMDA_DATA_ROOT``, else ``./data``); ignored for ``digits``.
-        train_size, test_size: subset sizes (None = all), drawn with ``seed`` / ``seed + 1``.
+        train_size: training subset size (None = all), drawn with ``seed``.
+        test_size: test subset size (None = all), drawn with ``seed + 1``.
+        seed: seeds the subsets and the label noise.
         label_noise: fraction of training labels replaced by a wrong class (seeded with ``seed + 2``).
         download: let torchvision download MNIST/CIFAR-10 when missing (needs internet).
     """
@@ -292,8 +302,8 @@ class Augmenter:
     """Per-sample random affine augmentation of a batch ``[B, C, H, W]`` → ``[B, C, H, W]``.
 
     ``rotation``: max degrees (uniform in ±rotation); ``translate``: max shift in pixels (integer
-    shifts, uniform); ``hflip``: flip half the images horizontally.  ``for_dataset("mnist")`` = rotation 10° + translation 2 px;
-    ``for_dataset("cifar10")`` = crop with 4-pixel padding (= integer translation) + flip,
+    shifts, uniform); ``hflip``: flip half the images horizontally.  ``for_dataset("mnist")`` = rotation 10° +
+    translation 2 px; ``for_dataset("cifar10")`` = crop with 4-pixel padding (= integer translation) + flip,
     plus ``rotation`` degrees when asked.  ``fill``: the value (per channel) outside the image.
     """
 
@@ -306,6 +316,7 @@ class Augmenter:
 
     @classmethod
     def for_dataset(cls, name: str, rotation: float | None = None) -> "Augmenter":
+        """The study's augmentation for ``name`` (``"mnist"``, ``"digits"`` or ``"cifar10"``; class docstring)."""
         if name not in DATASET_INFO:
             raise ValueError(f"no augmentation defined for {name!r}")
         _, _, _, mean, std = DATASET_INFO[name]
@@ -317,9 +328,11 @@ class Augmenter:
         raise ValueError(f"no augmentation defined for {name!r}")
 
     def describe(self) -> dict:
+        """The settings, for ``config.json``."""
         return {"rotation": self.rotation, "translate": self.translate, "hflip": self.hflip}
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment ``x`` ``[B, C, H, W]`` → ``[B, C, H, W]`` (same dtype and device), drawing from ``generator``."""
         if x.dim() != 4:
             raise ValueError(f"Augmenter expects [B, C, H, W], got {list(x.shape)}")
         B, _, H, W = x.shape

@@ -1,10 +1,10 @@
 """``torch.distributed`` for the research layer: process-group setup from the environment, rank queries, barrier.
 
 ``torchrun`` (and ``srun torchrun`` on SLURM) starts one process per rank and sets ``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` and ``TORCHELASTIC_RUN_ID``. :func:`init_from_env` turns that
-into a process group: gloo on CPU, NCCL on GPU with each rank on its local GPU (``cuda`` then means that GPU).
-Without those variables every function here is a no-op that reports rank 0 of 1, so the same code runs in one
-plain process.
+``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` and ``TORCHELASTIC_RUN_ID``.
+[`init_from_env`][lamda.distributed.init_from_env] turns that into a process group: gloo on CPU, NCCL on GPU with each
+rank on its local GPU (``cuda`` then means that GPU). Without those variables every function here is a no-op that
+reports rank 0 of 1, so the same code runs in one plain process.
 """
 from __future__ import annotations
 
@@ -22,14 +22,16 @@ _DDP = False
 
 
 def request_ddp(on: bool = True) -> None:
-    """``lamda run --ddp``: every rank works on every cell together (one run over all ranks with
-    DistributedDataParallel) instead of each rank taking its own cells."""
+    """``lamda run --ddp``: every rank works on every cell together.
+
+    One run over all ranks with DistributedDataParallel, instead of each rank taking its own cells.
+    """
     global _DDP
     _DDP = bool(on)
 
 
 def ddp_requested() -> bool:
-    """True after :func:`request_ddp` while a process group of more than one rank is up."""
+    """True after [`request_ddp`][lamda.distributed.request_ddp] while a process group of more than one rank is up."""
     return _DDP and rank_world()[1] > 1
 
 
@@ -39,6 +41,7 @@ def launched() -> bool:
 
 
 def is_initialized() -> bool:
+    """Whether a ``torch.distributed`` process group is initialised."""
     return dist.is_available() and dist.is_initialized()
 
 
@@ -48,8 +51,10 @@ def local_rank() -> int:
 
 
 def backend_for(device: str | None) -> str:
-    """``"nccl"`` when ``device`` (``auto``/None, ``cuda``, ``cuda:i``, ``cpu``) means a GPU and NCCL exists,
-    else ``"gloo"``."""
+    """The process-group backend for ``device``: ``"nccl"`` for a GPU when NCCL exists, else ``"gloo"``.
+
+    ``device``: ``auto``/None, ``cuda``, ``cuda:i`` or ``cpu``.
+    """
     wants_gpu = (device in (None, "", "auto") and torch.cuda.is_available()) or str(device).startswith("cuda")
     return "nccl" if wants_gpu and torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
 
@@ -93,6 +98,7 @@ def rank_world() -> tuple[int, int]:
 
 
 def is_main() -> bool:
+    """Whether this process is rank 0 (or not distributed): the one that writes shared files."""
     return rank_world()[0] == 0
 
 

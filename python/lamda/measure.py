@@ -1,6 +1,6 @@
 """λ measurement on a fixed set of points with fixed, regenerable directions.
 
-A :class:`LambdaMeter` holds P measurement points ``x [P, *S]``, ``y [P]`` and measures, for the
+A [`LambdaMeter`][lamda.measure.LambdaMeter] holds P measurement points ``x [P, *S]``, ``y [P]`` and measures, for the
 current model, the directional derivatives ``d_n`` (n = 1..order) of the per-sample loss along K
 random unit input directions with ``lamda_ext.directional_derivs``. The same directions are used at
 every measurement of a run, so per-direction λ can be followed over training. Two protocols
@@ -11,10 +11,10 @@ every measurement of a run, so per-direction λ can be followed over training. T
   point; direction k is one vector that can be followed through training. Stored in full.
 - ``"per-point"``: every point draws its own K directions; points are processed in chunks of
   ``chunk_size`` and chunk ``c`` draws from ``direction_seeds[c] = seed + c``
-  (:func:`regenerate_directions` rebuilds them). "Direction k" is then an average over P unrelated
-  vectors.
+  ([`regenerate_directions`][lamda.measure.regenerate_directions] rebuilds them). "Direction k" is then an average over
+  P unrelated vectors.
 
-One measurement (:meth:`LambdaMeter.measure`) returns
+One measurement ([`LambdaMeter.measure`][lamda.measure.LambdaMeter.measure]) returns
 
 - ``derivatives_per_point [P, K, N]``: d_n per point,
 - ``derivatives [K, N]``: mean over points of d_n,
@@ -23,7 +23,8 @@ One measurement (:meth:`LambdaMeter.measure`) returns
   (``lamda_ext.curvature_rate(..., pool="points")``),
 - ``directions [K, prod(S)]`` (float32; shared mode only): the directions used.
 
-:meth:`LambdaMeter.run_arrays` gives the run-level arrays stored beside the stacked measurements.
+[`LambdaMeter.run_arrays`][lamda.measure.LambdaMeter.run_arrays] gives the run-level arrays stored beside the stacked
+measurements.
 """
 from __future__ import annotations
 
@@ -43,8 +44,18 @@ __all__ = ["DIRECTION_MODES", "MeasureConfig", "LambdaMeter", "fit_lambda", "log
 
 @dataclass
 class MeasureConfig:
-    """``points``: P; ``directions``: K; ``order``: N; ``seed``: direction seed;
-    ``direction_mode``: ``"shared"`` (one set of K directions for all points) or ``"per-point"``."""
+    """How a [`LambdaMeter`][lamda.measure.LambdaMeter] measures λ.
+
+    Attributes:
+        points: P, the measurement points.
+        directions: K, the random input directions.
+        order: N, the highest derivative order.
+        seed: the direction seed.
+        chunk_size: points per call of the derivatives (per-point mode: one direction seed per chunk).
+        backend: the backend of [`directional_derivs`][lamda_ext.derivs.directional_derivs].
+        loss: the loss.
+        direction_mode: ``"shared"`` (one set of K directions for all points) or ``"per-point"``.
+    """
 
     points: int = 100
     directions: int = 15
@@ -63,6 +74,7 @@ class MeasureConfig:
         check_order(self.order, self.backend)
 
     def to_dict(self) -> dict:
+        """The settings as a dict (for ``config.json``)."""
         return asdict(self)
 
 
@@ -83,6 +95,7 @@ def fit_lambda(log_abs: np.ndarray, orders: tuple[int, int] | None = None) -> np
     Args:
         log_abs: ``[..., N]`` values of log|d_n| for n = 1..N (NaN = masked).
         orders: inclusive window ``(lo, hi)`` with 1 ≤ lo < hi ≤ N; default ``(1, N)``.
+
     Returns:
         slopes ``[...]``; NaN where fewer than two finite values lie in the window.
     """
@@ -111,14 +124,17 @@ def _directional_derivs(model, x, y, cfg: MeasureConfig, directions):
 
 
 def shared_directions(sample_shape, directions: int, seed: int) -> torch.Tensor:
-    """The shared directions of a ``"shared"``-mode meter: ``[K, *sample_shape]`` float32, unit norm, drawn on
-    the CPU from ``torch.Generator().manual_seed(seed)`` (the same on every device)."""
+    """The shared directions of a ``"shared"``-mode meter.
+
+    ``[K, *sample_shape]`` float32, unit norm, drawn on the CPU from ``torch.Generator().manual_seed(seed)`` (the same
+    on every device).
+    """
     g = torch.Generator().manual_seed(int(seed))
     return lamda_ext.random_directions(torch.zeros((1,) + tuple(sample_shape)), directions, g, shared=True)
 
 
 def regenerate_directions(x_points: torch.Tensor, directions: int, direction_seeds, chunk_size: int) -> torch.Tensor:
-    """The unit directions a :class:`LambdaMeter` used: ``[P, K, *x.shape[1:]]``."""
+    """The unit directions a [`LambdaMeter`][lamda.measure.LambdaMeter] used: ``[P, K, *x.shape[1:]]``."""
     out = []
     for c, seed in enumerate(np.asarray(direction_seeds).tolist()):
         xc = x_points[c * chunk_size:(c + 1) * chunk_size]
@@ -144,6 +160,7 @@ class LambdaMeter:
 
     @property
     def points(self) -> int:
+        """P, the number of measurement points."""
         return int(self.x.shape[0])
 
     def measure(self, model: nn.Module) -> dict[str, np.ndarray]:
@@ -177,8 +194,11 @@ class LambdaMeter:
         return out
 
     def run_arrays(self, measurements: list[dict]) -> dict[str, np.ndarray]:
-        """Run-level arrays for ``lambda_data.npz``: ``direction_seeds``, ``direction_chunk_size``,
-        ``direction_mode``, and in shared mode ``directions [M, K, prod(S)]`` float32 (one row per measurement)."""
+        """Run-level arrays for ``lambda_data.npz``.
+
+        ``direction_seeds``, ``direction_chunk_size``, ``direction_mode``, and in shared mode ``directions [M, K,
+        prod(S)]`` float32 (one row per measurement).
+        """
         arr = {"direction_seeds": self.direction_seeds, "direction_chunk_size": np.array(self.cfg.chunk_size),
                "direction_mode": np.array(self.cfg.direction_mode)}
         if self.directions is not None:

@@ -2,13 +2,13 @@
 
 All models take image batches ``[B, C, H, W]`` and return logits ``[B, classes]``.
 
-- :class:`MnistCNN`: conv 1→32→64 (3×3), max-pool, dropout, fc 9216→128→10;
+- [`MnistCNN`][lamda.models.MnistCNN]: conv 1→32→64 (3×3), max-pool, dropout, fc 9216→128→10;
   1,199,882 parameters.
-- :class:`SigmoidMLP`: 784-128-128-10 with sigmoid activations.
-- :class:`CifarCNN`: plain CNN, 3 conv blocks 64→128→256 + 2 FC layers (``fc_width``).
-- :class:`CifarResNet`: ResNet with batch norm, 3 stages of residual blocks
+- [`SigmoidMLP`][lamda.models.SigmoidMLP]: 784-128-128-10 with sigmoid activations.
+- [`CifarCNN`][lamda.models.CifarCNN]: plain CNN, 3 conv blocks 64→128→256 + 2 FC layers (``fc_width``).
+- [`CifarResNet`][lamda.models.CifarResNet]: ResNet with batch norm, 3 stages of residual blocks
   (default 2 blocks each, 6 in all). The architecture study's sizes (≈ 1.8 M and ≈ 2.1 M
-  parameters) are :data:`STUDY_SIZES`.
+  parameters) are [`STUDY_SIZES`][lamda.models.STUDY_SIZES].
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class MnistCNN(nn.Module):
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x):
+        """Logits ``[B, 10]`` of images ``[B, 1, 28, 28]``."""
         x = F.relu(self.conv1(x))
         x = F.relu(self.conv2(x))
         x = self.drop1(self.pool(x))
@@ -65,13 +66,16 @@ class SigmoidMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
+        """Logits ``[B, classes]`` of inputs ``[B, in_features]`` (or images, flattened)."""
         return self.net(x)
 
 
 class CifarCNN(nn.Module):
-    """Plain CNN for 32×32 RGB: 3 conv blocks (64→128→256, each conv-ReLU-maxpool) + 2 FC
-    (``4·width·16 → fc_width → classes``). Defaults: 1,422,218 parameters; ``fc_width=350`` gives the
-    architecture study's ≈ 1.8 M (1,808,276)."""
+    """Plain CNN for 32×32 RGB: 3 conv blocks and 2 fully connected layers.
+
+    Conv blocks 64→128→256, each conv-ReLU-maxpool, then ``4·width·16 → fc_width → classes``. Defaults: 1,422,218
+    parameters; ``fc_width=350`` gives the architecture study's ≈ 1.8 M (1,808,276).
+    """
 
     def __init__(self, num_classes: int = 10, width: int = 64, dropout: float = 0.0, in_channels: int = 3,
                  fc_width: int = 256):
@@ -88,6 +92,7 @@ class CifarCNN(nn.Module):
         )
 
     def forward(self, x):
+        """Logits ``[B, classes]`` of images ``[B, C, 32, 32]``."""
         return self.classifier(self.features(x))
 
 
@@ -105,16 +110,18 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
+        """The block's output ``relu(bn(conv(bn(conv(x)))) + shortcut(x))``."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet with batch norm: stem conv, 3 stages of :class:`BasicBlock`, global pool, FC.
+    """CIFAR ResNet with batch norm: stem conv, 3 stages of [`BasicBlock`][lamda.models.BasicBlock], global pool, FC.
 
     Defaults (2, 2, 2) blocks of widths (16, 32, 64): 175,258 parameters; ``widths=(56, 112, 224)`` gives the
-    architecture study's ≈ 2.1 M (2,127,618) with the same 6 residual blocks."""
+    architecture study's ≈ 2.1 M (2,127,618) with the same 6 residual blocks.
+    """
 
     def __init__(self, num_classes: int = 10, blocks: tuple[int, int, int] = (2, 2, 2),
                  widths: tuple[int, int, int] = (16, 32, 64), in_channels: int = 3):
@@ -131,6 +138,7 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):
+        """Logits ``[B, classes]`` of images ``[B, C, H, W]``."""
         x = self.layers(self.stem(x))
         return self.fc(torch.flatten(self.pool(x), 1))
 
@@ -161,4 +169,5 @@ def build_model(name: str, *, in_channels: int = 1, image_size: int = 28, num_cl
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Number of parameter entries (all of ``model.parameters()``)."""
     return sum(p.numel() for p in model.parameters())

@@ -1,5 +1,7 @@
-"""The optimizer of a training run: Adam or SGD (wrapped in SAM when a regulariser asks for it), its learning-rate
-schedule, and its state for checkpoints."""
+"""The optimizer of a training run.
+
+Adam or SGD (wrapped in SAM when a regulariser asks for it), its learning-rate schedule, and its state for checkpoints.
+"""
 from __future__ import annotations
 
 import torch
@@ -11,8 +13,11 @@ __all__ = ["make_optimizer", "lr_scheduler", "optimizer_state", "load_optimizer_
 
 
 def make_optimizer(model, name: str, lr: float, momentum: float, regs: RegularizerSet):
-    """``"adam"`` or ``"sgd"`` (with ``momentum``) over ``model``'s parameters, with the regularisers' optimizer
-    settings (weight decay); wrapped in :class:`lamda.sam.SAM` when ``regs`` holds a SAM regulariser."""
+    """``"adam"`` or ``"sgd"`` (with ``momentum``) over ``model``'s parameters.
+
+    With the regularisers' optimizer settings (weight decay); wrapped in [`lamda.sam.SAM`][lamda.sam.SAM] when ``regs``
+    holds a SAM regulariser.
+    """
     kw = {"lr": lr, **regs.optimizer_kwargs()}
     if name == "adam":
         base, kw2 = torch.optim.Adam, {}
@@ -39,7 +44,7 @@ def optimizer_state(opt) -> dict:
 
 
 def load_optimizer_state(opt, st: dict) -> None:
-    """Restore :func:`optimizer_state`'s ``st`` into ``opt`` (SAM and its base keep sharing their groups)."""
+    """Restore `optimizer_state`'s ``st`` into ``opt`` (SAM and its base keep sharing their groups)."""
     opt.load_state_dict(st["main"])
     if "base" in st and hasattr(opt, "base_optimizer"):
         opt.base_optimizer.load_state_dict(st["base"])

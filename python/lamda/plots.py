@@ -26,6 +26,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.6), **kw):
+    """A figure with ``nrows × ncols`` axes, each ``size`` inches; returns ``(fig, axes)``."""
     fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False, **kw)
     return fig, axes
 
@@ -55,13 +56,17 @@ def save(fig, path, dpi: int = DPI) -> None:
 
 
 def color_cycle(n: int):
+    """``n`` distinct colours of the shared palette."""
     cmap = plt.get_cmap("tab20" if n > 10 else "tab10")
     return [cmap(i % cmap.N) for i in range(n)]
 
 
 def value_range(*arrays, symmetric: bool = False) -> tuple[float, float]:
-    """(min, max) over the finite values of all ``arrays`` (one colour scale for a figure family); symmetric about
-    0 when asked; (0, 1) when nothing is finite; a constant range is widened so the colour map stays defined."""
+    """(min, max) over the finite values of all ``arrays`` (one colour scale for a figure family).
+
+    Symmetric about 0 when asked; (0, 1) when nothing is finite; a constant range is widened so the colour map stays
+    defined.
+    """
     vals = np.concatenate([np.asarray(a, float).ravel() for a in arrays]) if arrays else np.array([])
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
@@ -80,9 +85,11 @@ def heatmap(ax, values: np.ndarray, row_labels: Sequence[str], col_labels: Seque
             fmt: str = "{:.3g}", cmap: str = "viridis", xlabel: str = "", ylabel: str = "",
             vmin: float | None = None, vmax: float | None = None, colorbar: str | None = "",
             annotate: bool = True):
-    """Annotated heatmap of ``values [R, C]`` (NaN shown blank) with a colourbar labelled ``colorbar``
-    (None: no colourbar here — the caller draws one shared colourbar for several axes). ``vmin``/``vmax`` fix the
-    colour scale (default: this array's finite range)."""
+    """Annotated heatmap of ``values [R, C]`` (NaN shown blank) with a colourbar labelled ``colorbar``.
+
+    ``colorbar`` None: no colourbar here (the caller draws one shared colourbar for several axes). ``vmin``/``vmax`` fix
+    the colour scale (default: this array's finite range).
+    """
     v = np.asarray(values, dtype=float)
     finite = np.isfinite(v)
     if vmin is None or vmax is None:
@@ -112,9 +119,11 @@ def heatmap(ax, values: np.ndarray, row_labels: Sequence[str], col_labels: Seque
 
 def scatter_labeled(ax, x, y, labels, colors=None, xlabel="", ylabel="", title="", xerr=None, yerr=None,
                     legend: str = "outside"):
-    """One marker per point, named in a legend (``"outside"`` right of the axes, ``"inside"`` or ``"none"``) so
-    labels never overlap; optional error bars ``xerr``/``yerr`` (NaN = none); a dashed least-squares line only
-    through ≥ ``MIN_FIT_POINTS`` finite points."""
+    """One marker per point, named in a legend, with optional error bars and a least-squares line.
+
+    The legend is ``"outside"`` right of the axes, ``"inside"`` or ``"none"``, so labels never overlap; error bars
+    ``xerr``/``yerr`` (NaN = none); a dashed least-squares line only through ≥ ``MIN_FIT_POINTS`` finite points.
+    """
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = len(x)
     colors = list(colors) if colors is not None else color_cycle(n)
@@ -172,8 +181,10 @@ def lambda_evolution_figure(epochs: np.ndarray, lambda_values: np.ndarray, metri
 
 
 def save_gif(frames: list, path, duration_ms: int = 600, dpi: int = 120) -> None:
-    """Write matplotlib figures as an animated GIF (atomic; figures are closed). Frames should share one colour
-    scale (pass the same vmin/vmax to every frame's heatmap)."""
+    """Write matplotlib figures as an animated GIF (atomic; figures are closed).
+
+    Frames should share one colour scale (pass the same vmin/vmax to every frame's heatmap).
+    """
     import io
 
     from PIL import Image

@@ -2,20 +2,17 @@
 
 Each piece changes one part of training through a hook the trainer calls:
 
-================================  ==========================================================
-piece                             hook
-================================  ==========================================================
-:class:`Dropout` (p)              ``configure_model``: sets ``p`` of every ``nn.Dropout``
-:class:`WeightDecay` (wd)         ``optimizer_kwargs``: ``weight_decay`` of the optimiser
-:class:`Augmentation`             ``transform``: random affine batch augmentation
-:class:`LabelSmoothing` (ε)       ``label_smoothing``: the data loss's smoothing
-:class:`SAM` (ρ)                  ``sam_rho``: the trainer wraps the optimiser in ``lamda.sam.SAM``
-:class:`InputGradientPenalty`     ``penalty``: ``scale · mean_i ||∇_x loss_i||²``
-:class:`LambdaPenalty`            ``penalty``: ``scale · mean |d_n|`` over n ≤ order, K directions,
-                                  optionally only on samples whose label is in ``classes``
-================================  ==========================================================
+| piece | hook |
+| --- | --- |
+| [`Dropout`][lamda.regularizers.Dropout] (p) | `configure_model`: sets `p` of every `nn.Dropout` |
+| [`WeightDecay`][lamda.regularizers.WeightDecay] (wd) | `optimizer_kwargs`: `weight_decay` of the optimiser |
+| [`Augmentation`][lamda.regularizers.Augmentation] | `transform`: random affine batch augmentation |
+| [`LabelSmoothing`][lamda.regularizers.LabelSmoothing] (ε) | `label_smoothing`: the data loss's smoothing |
+| [`SAM`][lamda.regularizers.SAM] (ρ) | `sam_rho`: the trainer wraps the optimiser in [`lamda.sam.SAM`][lamda.sam.SAM] |
+| [`InputGradientPenalty`][lamda.regularizers.InputGradientPenalty] | `penalty`: `scale · mean_i ‖∇_x loss_i‖²` |
+| [`LambdaPenalty`][lamda.regularizers.LambdaPenalty] | `penalty`: `scale · mean(abs(d_n))` over n ≤ order, K directions, optionally only on samples whose label is in `classes` |
 
-:class:`RegularizerSet` combines any number of pieces (at most one of each kind for the
+[`RegularizerSet`][lamda.regularizers.RegularizerSet] combines any number of pieces (at most one of each kind for the
 non-additive ones) and is what the trainer consumes.  Penalties return a differentiable scalar
 so their value (and share of the loss) can be logged.
 """
@@ -40,12 +37,15 @@ class Regularizer:
     name = "regularizer"
 
     def configure_model(self, model: nn.Module) -> None:
+        """Change the model before training (default: nothing)."""
         pass
 
     def optimizer_kwargs(self) -> dict:
+        """Keyword arguments for the optimizer (default: none)."""
         return {}
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The batch ``x`` ``[B, ...]`` as training sees it (default: unchanged)."""
         return x
 
     label_smoothing: float = 0.0
@@ -53,9 +53,11 @@ class Regularizer:
 
     def penalty_share(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       part: tuple[int, int]) -> torch.Tensor | None:
-        """This rank's share of ``penalty(model, x, y)`` when it holds samples ``part = (lo, hi)`` of the
-        global batch ``x [N, …]``: the shares of all ranks sum to the global value. Default: the penalty of
-        the rank's samples weighted by ``(hi - lo) / N`` (exact for a mean over samples)."""
+        """This rank's share of ``penalty(model, x, y)`` for samples ``part = (lo, hi)`` of the global batch.
+
+        The global batch is ``x [N, …]``; the shares of all ranks sum to the global value. Default: the penalty of the
+        rank's samples weighted by ``(hi - lo) / N`` (exact for a mean over samples).
+        """
         lo, hi = part
         if hi <= lo:
             return None
@@ -63,9 +65,11 @@ class Regularizer:
         return None if v is None else v * ((hi - lo) / x.shape[0])
 
     def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """A differentiable scalar added to the loss of the batch, or None (default: None)."""
         return None
 
     def describe(self) -> dict:
+        """The settings, for ``config.json``."""
         return {"name": self.name}
 
 
@@ -76,6 +80,7 @@ def _check_nonneg(name, v):
 
 
 class Dropout(Regularizer):
+    """Dropout with probability ``p`` in every ``nn.Dropout`` of the model."""
     name = "dropout"
 
     def __init__(self, p: float):
@@ -84,6 +89,7 @@ class Dropout(Regularizer):
         self.p = float(p)
 
     def configure_model(self, model):
+        """Set ``p`` of every dropout module (ValueError when the model has none)."""
         mods = [m for m in model.modules() if isinstance(m, (nn.Dropout, nn.Dropout2d))]
         if not mods:
             raise ValueError(f"{type(model).__name__} has no nn.Dropout module to set p={self.p} on")
@@ -91,23 +97,28 @@ class Dropout(Regularizer):
             m.p = self.p
 
     def describe(self):
+        """The settings, for ``config.json``."""
         return {"name": self.name, "p": self.p}
 
 
 class WeightDecay(Regularizer):
+    """L2 weight decay ``weight_decay`` through the optimizer."""
     name = "weight_decay"
 
     def __init__(self, weight_decay: float):
         self.weight_decay = _check_nonneg("weight_decay", weight_decay)
 
     def optimizer_kwargs(self):
+        """``{"weight_decay": weight_decay}``."""
         return {"weight_decay": self.weight_decay}
 
     def describe(self):
+        """The settings, for ``config.json``."""
         return {"name": self.name, "weight_decay": self.weight_decay}
 
 
 class Augmentation(Regularizer):
+    """Random affine augmentation of every training batch (an ``Augmenter``)."""
     name = "augmentation"
 
     def __init__(self, augmenter: Augmenter):
@@ -115,16 +126,20 @@ class Augmentation(Regularizer):
 
     @classmethod
     def for_dataset(cls, dataset: str, rotation: float | None = None) -> "Augmentation":
+        """The study's augmentation of ``dataset`` (``Augmenter.for_dataset``)."""
         return cls(Augmenter.for_dataset(dataset, rotation=rotation))
 
     def transform(self, x, generator):
+        """The batch augmented, drawing from ``generator``."""
         return self.augmenter(x, generator)
 
     def describe(self):
+        """The settings, for ``config.json``."""
         return {"name": self.name, **self.augmenter.describe()}
 
 
 class LabelSmoothing(Regularizer):
+    """Label smoothing ``epsilon`` of the cross-entropy."""
     name = "label_smoothing"
 
     def __init__(self, epsilon: float):
@@ -133,10 +148,12 @@ class LabelSmoothing(Regularizer):
         self.label_smoothing = float(epsilon)
 
     def describe(self):
+        """The settings, for ``config.json``."""
         return {"name": self.name, "epsilon": self.label_smoothing}
 
 
 class SAM(Regularizer):
+    """Sharpness-aware minimisation with radius ``rho``: the trainer wraps the optimizer in ``lamda.sam.SAM``."""
     name = "sam"
 
     def __init__(self, rho: float):
@@ -145,6 +162,7 @@ class SAM(Regularizer):
         self.sam_rho = float(rho)
 
     def describe(self):
+        """The settings, for ``config.json``."""
         return {"name": self.name, "rho": self.sam_rho}
 
 
@@ -158,12 +176,14 @@ class InputGradientPenalty(Regularizer):
         self.ls = float(label_smoothing)
 
     def penalty(self, model, x, y):
+        """``scale · mean_i ||∂ loss_i / ∂ x_i||²`` for the batch, differentiable."""
         x = x.detach().requires_grad_(True)
         loss = nn.functional.cross_entropy(model(x), y, reduction="sum", label_smoothing=self.ls)
         (g,) = torch.autograd.grad(loss, x, create_graph=True)
         return self.scale * g.pow(2).flatten(1).sum(1).mean()
 
     def describe(self):
+        """The settings, for ``config.json``."""
         return {"name": self.name, "scale": self.scale}
 
 
@@ -200,6 +220,7 @@ class LambdaPenalty(Regularizer):
         return m
 
     def penalty(self, model, x, y):
+        """``scale · mean |d_n|`` over the selected samples (0 when none is selected), differentiable."""
         import lamda_ext
         m = self.select(y)
         if not bool(m.any()):
@@ -209,9 +230,13 @@ class LambdaPenalty(Regularizer):
         return self.scale * d.abs().mean()
 
     def penalty_share(self, model, x, y, part):
-        """Exact share under data parallelism: the directions are drawn for the whole batch's selected samples
-        (the same draw as :meth:`penalty`, so every rank's generator stays in step) and this rank
-        differentiates its own ones; the shares sum to :meth:`penalty` of the whole batch."""
+        """Exact share under data parallelism.
+
+        The directions are drawn for the whole batch's selected samples (the same draw as
+        [`penalty`][lamda.regularizers.LambdaPenalty.penalty], so every rank's generator stays in step) and this rank
+        differentiates its own ones; the shares sum to [`penalty`][lamda.regularizers.LambdaPenalty.penalty] of the
+        whole batch.
+        """
         import lamda_ext
         lo, hi = part
         m = self.select(y)
@@ -228,6 +253,7 @@ class LambdaPenalty(Regularizer):
         return self.scale * d.abs().sum() / (n_sel * self.directions * self.order)
 
     def describe(self):
+        """The settings, for ``config.json``."""
         return {"name": self.name, "scale": self.scale, "order": self.order, "directions": self.directions,
                 "classes": self.classes, "backend": self.backend, "max_points": self.max_points}
 
@@ -249,37 +275,46 @@ class RegularizerSet:
         return iter(self.pieces)
 
     def configure_model(self, model: nn.Module) -> nn.Module:
+        """Apply every piece's ``configure_model``; returns the model."""
         for p in self.pieces:
             p.configure_model(model)
         return model
 
     def optimizer_kwargs(self) -> dict:
+        """The pieces' optimizer keyword arguments, merged."""
         out: dict = {}
         for p in self.pieces:
             out.update(p.optimizer_kwargs())
         return out
 
     def transform(self, x, generator):
+        """The batch after every piece's ``transform``."""
         for p in self.pieces:
             x = p.transform(x, generator)
         return x
 
     @property
     def label_smoothing(self) -> float:
+        """The label smoothing of the data loss (0 without a ``LabelSmoothing`` piece)."""
         return max((p.label_smoothing for p in self.pieces), default=0.0)
 
     @property
     def sam_rho(self) -> float | None:
+        """SAM's radius ρ, or None without a ``SAM`` piece."""
         rhos = [p.sam_rho for p in self.pieces if p.sam_rho is not None]
         return rhos[0] if rhos else None
 
     @property
     def has_penalty(self) -> bool:
+        """Whether some piece adds a penalty to the loss."""
         return any(type(p).penalty is not Regularizer.penalty for p in self.pieces)
 
     def penalties(self, model, x, y, part: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-        """Every penalty's differentiable value, keyed by name; with ``part = (lo, hi)`` (data-parallel
-        training: this rank holds samples lo..hi-1 of the global batch ``x``) this rank's share of it."""
+        """Every penalty's differentiable value, keyed by name.
+
+        With ``part = (lo, hi)`` (data-parallel training: this rank holds samples lo..hi-1 of the global batch ``x``)
+        this rank's share of it.
+        """
         out = {}
         for p in self.pieces:
             v = p.penalty(model, x, y) if part is None else p.penalty_share(model, x, y, part)
@@ -288,4 +323,5 @@ class RegularizerSet:
         return out
 
     def describe(self) -> list[dict]:
+        """Every piece's settings, for ``config.json``."""
         return [p.describe() for p in self.pieces]

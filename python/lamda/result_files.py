@@ -1,10 +1,10 @@
 """Atomic file writes (CSV, JSON, npz, PNG/GIF, checkpoints) and safe checkpoint loading.
 
 Every writer writes a temporary file in the target's folder and then moves it into
-place with :func:`os.replace`, so a killed process leaves either the old file or the
+place with `os.replace`, so a killed process leaves either the old file or the
 new one, never a half-written file.  Checkpoints are loaded with
 ``torch.load(weights_only=True)``; a corrupt or foreign file raises
-:class:`CheckpointError` (a ``ValueError``) that names the file.
+[`CheckpointError`][lamda.result_files.CheckpointError] (a ``ValueError``) that names the file.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class MissingEntryError(KeyError, ValueError):
 
 
 class _FileDict(dict):
-    """A dict read from ``path``: a missing key raises :class:`MissingEntryError` naming the file."""
+    """A dict read from ``path``: a missing key raises `MissingEntryError` naming the file."""
 
     def __init__(self, data, path, what):
         super().__init__(data)
@@ -98,7 +98,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
 
 
 def remove_stale_temp_files(folder, recursive: bool = False) -> list[pathlib.Path]:
-    """Delete the ``.<name>.*.tmp`` files that :func:`atomic_path` leaves when a process is killed mid-write.
+    """Delete the ``.<name>.*.tmp`` files that `atomic_path` leaves when a process is killed mid-write.
 
     Call it only on folders no other process is writing to.  Returns the removed paths.
     """
@@ -116,11 +116,13 @@ def remove_stale_temp_files(folder, recursive: bool = False) -> list[pathlib.Pat
 
 
 def write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file, then a rename)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def write_text(path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (a temporary file, then a rename)."""
     write_bytes(path, text.encode("utf-8"))
 
 
@@ -150,7 +152,7 @@ def write_json(path, obj: Any) -> None:
 
 
 def read_json(path) -> Any:
-    """Parse a JSON file; objects come back as dicts whose missing keys raise :class:`MissingEntryError`.
+    """Parse a JSON file; objects come back as dicts whose missing keys raise `MissingEntryError`.
 
     Raises ValueError naming the file when it is not valid JSON (truncated, garbage).
     """
@@ -164,7 +166,7 @@ def read_json(path) -> Any:
 
 
 def read_json_object(path, required: Sequence[str] = ()) -> dict:
-    """:func:`read_json` for a file that must hold a JSON object with the keys ``required``."""
+    """`read_json` for a file that must hold a JSON object with the keys ``required``."""
     obj = read_json(path)
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not an object; the file is damaged")
@@ -203,7 +205,7 @@ def _csv_value(v):
 
 
 def read_csv(path, numeric: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Read a CSV written by :func:`write_csv`; numeric cells become float/int, empty cells None.
+    """Read a CSV written by `write_csv`; numeric cells become float/int, empty cells None.
 
     ``numeric``: columns whose cells must be numbers (or empty); those present are checked.
     Raises ValueError naming the file and line for a row whose field count differs from the header (a file
@@ -258,8 +260,8 @@ def write_npz(path, **arrays) -> None:
 def read_npz(path) -> dict[str, np.ndarray]:
     """Load every array of an ``.npz`` into memory (never unpickling anything).
 
-    Returns a dict whose missing keys raise :class:`MissingEntryError` naming the file. Raises ValueError
-    naming the file when it is truncated, not an npz, or holds object arrays.
+    Returns a dict whose missing keys raise [`MissingEntryError`][lamda.result_files.MissingEntryError] naming the file.
+    Raises ValueError naming the file when it is truncated, not an npz, or holds object arrays.
     """
     path = pathlib.Path(path)
     try:
@@ -289,8 +291,8 @@ def save_figure(fig, path, dpi: int = 150) -> None:
 def save_checkpoint(path, payload: Mapping[str, Any]) -> None:
     """Save ``payload`` (tensors, numbers, strings, lists, dicts only) as a lamda checkpoint, atomically.
 
-    The payload is tagged with ``format = CHECKPOINT_FORMAT`` so that :func:`load_checkpoint`
-    can tell a lamda checkpoint from a foreign ``.pt`` file.
+    The payload is tagged with ``format = CHECKPOINT_FORMAT`` so that
+    [`load_checkpoint`][lamda.result_files.load_checkpoint] can tell a lamda checkpoint from a foreign ``.pt`` file.
     """
     data = dict(payload)
     data["format"] = CHECKPOINT_FORMAT
@@ -299,7 +301,7 @@ def save_checkpoint(path, payload: Mapping[str, Any]) -> None:
 
 
 def load_checkpoint(path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` with ``torch.load(weights_only=True)``.
+    """Load a checkpoint written by `save_checkpoint` with ``torch.load(weights_only=True)``.
 
     Raises:
         CheckpointError: the file is missing, truncated/corrupt, needs unpickling of arbitrary

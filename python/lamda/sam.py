@@ -7,15 +7,15 @@ One SAM update: the gradient g at w (first, unperturbed pass) gives the ascent s
 Batch-norm statistics are taken from the unperturbed pass: with ``model=`` given, ``first_step``
 freezes the running statistics of every train-mode batch norm (lamda_ext.frozen_batchnorm_stats) and
 ``second_step`` releases them, so the second forward pass normalises with its batch statistics but
-leaves the running averages untouched. :func:`bn_frozen` does the same as a context manager.
+leaves the running averages untouched. [`bn_frozen`][lamda.sam.bn_frozen] does the same as a context manager.
 
-Usage (two explicit passes)::
+Usage (two explicit passes):
 
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, model=model)
     loss_fn(model(x), y).backward(); opt.first_step(zero_grad=True)
     loss_fn(model(x), y).backward(); opt.second_step(zero_grad=True)
 
-or with a closure that computes the loss and calls ``backward`` (SAM zeroes the gradients)::
+or with a closure that computes the loss and calls ``backward`` (SAM zeroes the gradients):
 
     def closure():
         loss = loss_fn(model(x), y)
@@ -37,8 +37,10 @@ __all__ = ["SAM", "bn_frozen"]
 
 
 def bn_frozen(model: nn.Module):
-    """Within the block, batch norms normalise with batch statistics but their running statistics stay
-    fixed (the same mechanism a λ measurement uses: :func:`lamda_ext.frozen_batchnorm_stats`)."""
+    """Within the block, batch norms normalise with batch statistics but keep their running statistics.
+
+    The same mechanism a λ measurement uses: [`lamda_ext.frozen_batchnorm_stats`][lamda_ext.frozen_batchnorm_stats].
+    """
     return frozen_batchnorm_stats(model)
 
 
@@ -49,8 +51,8 @@ class SAM(torch.optim.Optimizer):
         params: parameters or parameter groups (as for any optimizer).
         base_optimizer: the optimizer class (e.g. ``torch.optim.SGD``); built on SAM's param groups,
             so learning-rate schedulers attached to the SAM instance drive it.
-        rho: radius of the ascent step (> 0). adaptive: scale the ascent by ``|w|`` (ASAM; use a larger
-            ρ, e.g. 0.5-2).
+        rho: radius of the ascent step (> 0).
+        adaptive: scale the ascent by ``|w|`` (ASAM; use a larger ρ, e.g. 0.5-2).
         model: optional; when given, batch-norm running statistics are frozen between ``first_step``
             and ``second_step`` (taken from the unperturbed pass only).
         **kwargs: the base optimizer's arguments (lr, momentum, weight_decay, ...).
@@ -119,8 +121,11 @@ class SAM(torch.optim.Optimizer):
             self.zero_grad()
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
-        """Both passes: ``closure`` computes the loss and calls ``backward()`` (no ``zero_grad`` needed,
-        SAM zeroes the gradients before each pass). Returns the loss of the unperturbed pass."""
+        """Both passes in one call; returns the loss of the unperturbed pass.
+
+        ``closure`` computes the loss and calls ``backward()`` (no ``zero_grad`` needed, SAM zeroes the gradients before
+        each pass).
+        """
         if closure is None:
             raise ValueError("SAM.step needs a closure that computes the loss and calls backward(); "
                              "or call first_step() and second_step() around your own passes")
@@ -134,5 +139,6 @@ class SAM(torch.optim.Optimizer):
         return loss
 
     def load_state_dict(self, state_dict) -> None:
+        """Restore a ``state_dict``, the base optimizer's included."""
         super().load_state_dict(state_dict)
         self.base_optimizer.param_groups = self.param_groups

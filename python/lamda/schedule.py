@@ -29,6 +29,7 @@ class MeasurementSchedule:
             raise ValueError(f"tail must be >= 1, got {self.tail}")
 
     def every(self, epoch: int) -> int:
+        """The measurement interval (in epochs) at ``epoch``."""
         for until, every in self.stages:
             if epoch <= until:
                 return every

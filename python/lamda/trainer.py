@@ -1,25 +1,24 @@
 """Training one run: optimiser + schedule, regularisers, λ measurements, metrics, checkpoints, resume.
 
-A run lives in one folder.  While it trains, ``checkpoint.pt`` (model, optimiser, scheduler, RNG
-states, history so far) is rewritten atomically after every ``checkpoint_every`` epochs, together with
-partial ``training_metrics.csv`` and ``lambda_data.npz``.  When the run finishes it writes, in this order,
-``training_metrics.csv``, ``lambda_data.npz``, ``config.json``, the caller's extra outputs (plots),
-and last ``final_model.pt``; then deletes ``checkpoint.pt``.  So ``final_model.pt`` marks a finished
-run (:func:`run_is_complete`), a killed run resumes from its last checkpoint (bit-identical RNG
-streams), and a corrupt checkpoint restarts the run from scratch.
+A run lives in one folder. While it trains, ``checkpoint.pt`` (model, optimiser, scheduler, RNG states, history so far)
+is rewritten atomically after every ``checkpoint_every`` epochs, together with partial ``training_metrics.csv`` and
+``lambda_data.npz``. When the run finishes it writes, in this order, ``training_metrics.csv``, ``lambda_data.npz``,
+``config.json``, the caller's extra outputs (plots), and last ``final_model.pt``; then deletes ``checkpoint.pt``. So
+``final_model.pt`` marks a finished run ([`run_is_complete`][lamda.trainer.run_is_complete]), a killed run resumes from
+its last checkpoint (bit-identical RNG streams), and a corrupt checkpoint restarts the run from scratch.
 
-Per epoch (row of ``training_metrics.csv``): train/test loss and accuracy (eval mode, plain
-cross-entropy against the training labels as given), generalisation gap (train acc − test acc),
-ECE on the test set, the running training loss, each penalty's mean value and its share of the
-total loss, the learning rate, the wall time, and λ (mean/std over directions) at measurement epochs.
+Per epoch (row of ``training_metrics.csv``): train/test loss and accuracy (eval mode, plain cross-entropy against the
+training labels as given), generalisation gap (train acc − test acc), ECE on the test set, the running training loss,
+each penalty's mean value and its share of the total loss, the learning rate, the wall time, and λ (mean/std over
+directions) at measurement epochs.
 
 Data parallel (``TrainConfig.ddp``, or ``lamda run --ddp`` under ``torchrun``): the model is wrapped in
-``DistributedDataParallel``. Every rank draws the same shuffled global batch (the same generator) and takes
-its contiguous slice of it (what a ``DistributedSampler`` does, but per global batch, so the batches are those
-of one process); each rank's loss and penalties are its shares of the global batch's (data loss summed over
-its samples / global batch size; penalties through :meth:`RegularizerSet.penalties` with ``part``), so the
-gradient DDP averages is the single-process gradient of the same global batch, λ penalty and SAM included.
-Rank 0 alone writes checkpoints, tables and the final model; every rank resumes from them.
+``DistributedDataParallel``. Every rank draws the same shuffled global batch (the same generator) and takes its
+contiguous slice of it (what a ``DistributedSampler`` does, but per global batch, so the batches are those of one
+process); each rank's loss and penalties are its shares of the global batch's (data loss summed over its samples /
+global batch size; penalties through [`RegularizerSet.penalties`][lamda.regularizers.RegularizerSet.penalties] with
+``part``), so the gradient DDP averages is the single-process gradient of the same global batch, λ penalty and SAM
+included. Rank 0 alone writes checkpoints, tables and the final model; every rank resumes from them.
 """
 from __future__ import annotations
 
@@ -107,11 +106,13 @@ class TrainConfig:
             raise ValueError(f"early_stop_patience must be >= 1 or None, got {self.early_stop_patience}")
 
     def to_dict(self):
+        """The settings as a dict (for ``config.json``)."""
         return asdict(self)
 
 
 @dataclass
 class RunResult:
+    """What ``Trainer.run`` returns: its folder, the epoch ``rows``, ``lambda_data``, ``skipped`` and ``config``."""
     run_dir: pathlib.Path
     rows: list[dict]
     lambda_data: dict[str, np.ndarray]
@@ -120,6 +121,7 @@ class RunResult:
 
     @property
     def final(self) -> dict:
+        """The last epoch's row (empty without rows)."""
         return self.rows[-1] if self.rows else {}
 
 
@@ -145,9 +147,10 @@ def _ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> float:
 
 
 def run_is_complete(run_dir: str | os.PathLike) -> bool:
-    """True when ``run_dir/final_model.pt`` exists, loads as a finished lamda checkpoint, and every file the
-    finished run wrote beside it (listed in it) is still there — a run that lost its ``lambda_data.npz`` is
-    not complete, so a resume trains it again instead of skipping it."""
+    """True when the run in ``run_dir`` finished and every file it wrote is still there.
+
+    ``final_model.pt`` loads as a finished checkpoint and lists the files beside it; a run that lost one trains again.
+    """
     run_dir = pathlib.Path(run_dir)
     p = run_dir / "final_model.pt"
     if not p.is_file():
@@ -235,9 +238,11 @@ class Trainer:
         return (self.rank * n) // self.world, ((self.rank + 1) * n) // self.world
 
     def _losses(self, xb, yb):
-        """``(objective, total, data_loss, penalties)``: ``objective`` is what to back-propagate; without ddp
-        it is ``total``; under ddp ``total`` etc. are this rank's shares of the global batch's values and
-        ``objective = world · total`` (DDP averages the gradients over ranks, so they sum the shares)."""
+        """``(objective, total, data_loss, penalties)`` of a batch: ``objective`` is what to back-propagate.
+
+        Without ddp it is ``total``; under ddp ``total`` etc. are this rank's shares of the global batch's values and
+        ``objective = world · total`` (DDP averages the gradients over ranks, so they sum the shares).
+        """
         part = self._part(yb.shape[0])
         if part is None:
             out = self.net(xb)
@@ -358,8 +363,7 @@ class Trainer:
         return self._finish(run_dir, config, rows, meas, extra, extra_outputs)
 
     def _resume(self, ck_path: pathlib.Path) -> tuple[list[dict], list[dict], int]:
-        """``(rows, measurements, first epoch)`` from the run's checkpoint (empty, 0 without one); a corrupt
-        checkpoint raises :class:`_Restart` (the caller starts the run from scratch)."""
+        """``(rows, measurements, first epoch)`` of the checkpoint (none: empty, 0; corrupt: raises `_Restart`)."""
         if not ck_path.exists():
             return [], [], 0
         try:
@@ -377,8 +381,7 @@ class Trainer:
             raise _Restart() from exc
 
     def _epoch_row(self, epoch: int, rows: list[dict], meas: list[dict], desc: str) -> tuple[dict, bool]:
-        """Train one epoch (none at epoch 0), evaluate, measure λ when the schedule (or early stopping) asks;
-        returns the epoch's metrics row and whether training stops here. Appends the measurement to ``meas``."""
+        """One epoch: train (none at epoch 0), evaluate, measure λ when due; ``(row, stop)``, appending to ``meas``."""
         t0 = time.perf_counter()
         epochs = self.cfg.epochs
         self._epoch = epoch
@@ -409,8 +412,7 @@ class Trainer:
                       for k, v in r.items()} for r in meas]})
 
     def _finish(self, run_dir, config, rows, meas, extra, extra_outputs) -> RunResult:
-        """Write the finished run's files in order (tables, config, extra outputs, ``final_model.pt`` last) and
-        delete the checkpoint."""
+        """Write the run's files (tables, config, extras, ``final_model.pt`` last), then delete the checkpoint."""
         ck_path = run_dir / "checkpoint.pt"
         lam = self._write_tables(run_dir, rows, meas, extra)
         write_json(run_dir / "config.json", config)
@@ -429,9 +431,7 @@ class Trainer:
         return result
 
     def _should_stop(self, rows: list[dict]) -> bool:
-        """Early stopping: ``early_stop_metric`` (lower is better) has not improved by more than
-        ``early_stop_min_delta`` for ``early_stop_patience`` epochs.  Computed from the rows alone, so a
-        resumed run stops exactly where an uninterrupted one would."""
+        """Early stopping: no gain above ``early_stop_min_delta`` in ``early_stop_patience`` epochs (from the rows)."""
         p = self.cfg.early_stop_patience
         if p is None:
             return False

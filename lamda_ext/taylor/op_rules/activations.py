@@ -1,6 +1,8 @@
-"""Activations whose rule is more than one elementwise kind: smooth ones built from the recurrences (tanh-GELU,
-softplus with torch's threshold, ELU, softmax and log-softmax), and the piecewise-linear ones (ReLU, leaky ReLU,
-abs, hardtanh, ReLU6, clamp, hardsigmoid, hardswish) that keep the degree."""
+"""Activations whose rule is more than one elementwise kind.
+
+Smooth ones built from the recurrences (tanh-GELU, softplus with torch's threshold, ELU, softmax and log-softmax), and
+the piecewise-linear ones (ReLU, leaky ReLU, abs, hardtanh, ReLU6, clamp, hardsigmoid, hardswish) that keep the degree.
+"""
 from __future__ import annotations
 
 import math
@@ -41,6 +43,7 @@ def softplus(x, beta=1.0, threshold=20.0):
 
 
 def elu(x, alpha=1.0, inplace=False):
+    """Rule of ``F.elu``."""
     return unary("elu", x, float(alpha))
 
 
@@ -64,6 +67,7 @@ def log_softmax(x, dim=None, _stacklevel=3, dtype=None):
 
 
 def softmax(x, dim=None, _stacklevel=3, dtype=None):
+    """Rule of ``softmax`` along ``dim``."""
     return unary("exp", log_softmax(x, dim))
 
 
@@ -96,8 +100,10 @@ hardsigmoid = piecewise_linear(lambda c, inplace=False: _open_interval(c, -3.0, 
 
 
 def hardswish(x, inplace=False):
-    """``F.hardswish``: ``x (x + 3) / 6`` on (-3, 3), x above, 0 below (quadratic in the middle piece); the
-    primal exactly as torch computes it."""
+    """``F.hardswish``: ``x (x + 3) / 6`` on (-3, 3), x above, 0 below (quadratic in the middle piece).
+
+    The primal exactly as torch computes it.
+    """
     mid = (x.c0 > -3.0) & (x.c0 < 3.0)
     q = mul(mul(x, add(x, 3.0)), 1.0 / 6.0)
     out = select_where(mid, q, select_where(x.c0 >= 3.0, x, torch.zeros_like(x.c0)))

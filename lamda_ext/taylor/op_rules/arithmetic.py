@@ -1,5 +1,8 @@
-"""Arithmetic on series and constants: sums keep the larger degree, products add degrees (truncated at the run's
-order), quotients and real powers raise the degree to the order."""
+"""Arithmetic on series and constants.
+
+Sums keep the larger degree, products add degrees (truncated at the run's order), quotients and real powers raise the
+degree to the order.
+"""
 from __future__ import annotations
 
 import torch
@@ -42,6 +45,7 @@ def radd(a, b):
 
 
 def neg(a):
+    """Rule of ``neg``."""
     return TaylorSeries(-a.c0, -a.hi) if is_series(a) else -a
 
 
@@ -105,16 +109,20 @@ def power(a, e):
 
 
 def square(a):
+    """Rule of ``square``."""
     return mul(a, a)
 
 
 def sqrt(a):
+    """Rule of ``sqrt``."""
     return power(a, 0.5)
 
 
 def rsqrt(a):
+    """Rule of ``rsqrt``."""
     return power(a, -0.5)
 
 
 def reciprocal(a):
+    """Rule of ``reciprocal``."""
     return from_terms(recurrences.recip_list(a.terms(), order() + 1))

@@ -1,5 +1,8 @@
-"""Attention: ``scaled_dot_product_attention`` composed from series products, masks and softmax, and
-``F.multi_head_attention_forward`` (the slow path of ``nn.MultiheadAttention``) run as torch's own body on series."""
+"""Attention rules: ``scaled_dot_product_attention`` and ``F.multi_head_attention_forward`` on series.
+
+``scaled_dot_product_attention`` is composed from series products, masks and softmax; ``F.multi_head_attention_forward``
+(the slow path of ``nn.MultiheadAttention``) runs as torch's own body on series.
+"""
 from __future__ import annotations
 
 import math
@@ -25,9 +28,11 @@ def _masked(attn, keep: torch.Tensor):
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False):
-    """softmax(q kᵀ · scale + mask) v in series ops; dropout draws its mask as the math reference does. Inside
-    :func:`lamda_ext.taylor.series.attention_row_blocks` (and without dropout) the scores are taken a block of
-    query rows at a time: each row's softmax needs only its own scores, so the numbers are the same."""
+    """softmax(q kᵀ · scale + mask) v in series ops; dropout draws its mask as the math reference does.
+
+    Inside [`attention_row_blocks`][lamda_ext.taylor.series.attention_row_blocks] (and without dropout) the scores are
+    taken a block of query rows at a time: each row's softmax needs only its own scores, so the numbers are the same.
+    """
     q_shape, k_shape = tuple(query.shape), tuple(key.shape)
     length, src = q_shape[-2], k_shape[-2]
     scale = 1.0 / math.sqrt(q_shape[-1]) if scale is None else scale
@@ -73,6 +78,8 @@ _mha_body = unguarded(F.multi_head_attention_forward)
 
 
 def multi_head_attention_forward(*args, **kwargs):
-    """torch's own ``F.multi_head_attention_forward`` run on series: projections, head split, SDPA or explicit
-    softmax attention (need_weights), masks, dropout, output projection."""
+    """Torch's own ``F.multi_head_attention_forward`` run on series.
+
+    Projections, head split, SDPA or explicit softmax attention (need_weights), masks, dropout, output projection.
+    """
     return _mha_body(*args, **kwargs)

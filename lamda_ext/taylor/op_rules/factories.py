@@ -1,20 +1,25 @@
 """Rule factories: one per family of ops whose Taylor rule has the same shape.
 
 Each factory takes what differs between the ops of its family (a torch function, a tensor method name, a slope)
-and returns the rule ``rule(*args, **kwargs)`` that :mod:`lamda_ext.taylor.op_table` registers:
+and returns the rule ``rule(*args, **kwargs)`` that [`lamda_ext.taylor.op_table`][lamda_ext.taylor.op_table] registers:
 
-- :func:`elementwise`: a smooth elementwise function with a derivative recurrence (a kind of
-  :data:`lamda_ext.taylor.recurrences.UNARY`); raises the degree to the run's order.
-- :func:`on_shifted_dims`: an op linear in the series that moves, splits or selects elements along dims (a shape
-  op): the same tensor method on the primal and on ``hi`` with every dim argument shifted past (D, K).
-- :func:`per_sample_linear`: a linear op on ``[batch, ...]`` (average pooling): every coefficient folded into
-  the batch.
-- :func:`reduction`: a linear reduction over dims (sum, mean).
-- :func:`piecewise_linear`: a function linear on pieces chosen by the primal (ReLU, clamp, ...): coefficients
-  scaled by the slope of the piece.
-- :func:`dropout_mask`: a random mask drawn once, as the op draws it for the primal, applied to every coefficient.
-- :func:`primal_only`: an op whose result carries no derivative (comparisons, argmax, sign): the primal's result.
-- :func:`constant_like`: a constant built from the primal's metadata (``zeros_like``, ``new_ones``, ...).
+- [`elementwise`][lamda_ext.taylor.op_rules.factories.elementwise]: a smooth elementwise function with a derivative
+  recurrence (a kind of [`lamda_ext.taylor.recurrences.UNARY`][lamda_ext.taylor.recurrences.UNARY]); raises the degree
+  to the run's order.
+- [`on_shifted_dims`][lamda_ext.taylor.op_rules.factories.on_shifted_dims]: an op linear in the series that moves,
+  splits or selects elements along dims (a shape op): the same tensor method on the primal and on ``hi`` with every dim
+      argument shifted past (D, K).
+- [`per_sample_linear`][lamda_ext.taylor.op_rules.factories.per_sample_linear]: a linear op on ``[batch, ...]`` (average
+  pooling): every coefficient folded into the batch.
+- [`reduction`][lamda_ext.taylor.op_rules.factories.reduction]: a linear reduction over dims (sum, mean).
+- [`piecewise_linear`][lamda_ext.taylor.op_rules.factories.piecewise_linear]: a function linear on pieces chosen by the
+  primal (ReLU, clamp, ...): coefficients scaled by the slope of the piece.
+- [`dropout_mask`][lamda_ext.taylor.op_rules.factories.dropout_mask]: a random mask drawn once, as the op draws it for
+  the primal, applied to every coefficient.
+- [`primal_only`][lamda_ext.taylor.op_rules.factories.primal_only]: an op whose result carries no derivative
+  (comparisons, argmax, sign): the primal's result.
+- [`constant_like`][lamda_ext.taylor.op_rules.factories.constant_like]: a constant built from the primal's metadata
+  (``zeros_like``, ``new_ones``, ...).
 """
 from __future__ import annotations
 
@@ -30,8 +35,10 @@ __all__ = ["elementwise", "on_shifted_dims", "per_sample_linear", "reduce", "red
 
 
 def elementwise(kind: str) -> Callable:
-    """Rule of the op named ``kind`` in :data:`~lamda_ext.taylor.recurrences.UNARY` (its extra arguments, such as
-    ``inplace``, do not change the value)."""
+    """Rule of the op named ``kind`` in [`UNARY`][lamda_ext.taylor.recurrences.UNARY].
+
+    Its extra arguments, such as ``inplace``, do not change the value.
+    """
     def rule(x, *args, **kwargs):
         return unary(kind, x)
     return rule
@@ -44,7 +51,7 @@ def on_shifted_dims(method: str, hi_args: Callable) -> Callable:
         method: a ``torch.Tensor`` method linear in its tensor (``"unsqueeze"``, ``"narrow"``, ``"chunk"``, ...).
         hi_args: ``hi_args(ndim, *args, **kwargs)`` → the positional arguments of ``method`` on ``hi``
             ``[D, K, *S]`` given the op's own arguments and the primal's ``ndim``: every dim shifted by
-            :func:`~lamda_ext.taylor.series_ops.shift_dim`, the other arguments as given.
+            [`shift_dim`][lamda_ext.taylor.series_ops.shift_dim], the other arguments as given.
 
     Returns:
         The rule: the method with the op's arguments on the primal, with ``hi_args`` on ``hi``; a tuple of
@@ -78,7 +85,10 @@ def reduce(x: TaylorSeries, fn: Callable, dim=None, keepdim: bool = False) -> Ta
     """``fn(x, dim, keepdim)`` for a linear reduction ``fn`` (``torch.sum``, ``torch.mean``) on every coefficient.
 
     Args:
-        x: the series; dim: an int, a sequence of ints or None (all dims); keepdim: as torch.
+        x: the series.
+        fn: ``torch.sum`` or ``torch.mean`` (any reduction linear in its input).
+        dim: an int, a sequence of ints or None (all dims).
+        keepdim: as torch.
     """
     dims = _dims(dim, x.c0.dim())
     if not dims:
@@ -116,8 +126,11 @@ def piecewise_linear(slope: Callable, primal: Optional[Callable] = None) -> Call
 
 
 def dropout_mask(fn: Callable) -> Callable:
-    """Rule of a dropout op ``fn(t, p, training)`` (``F.dropout``, ``F.dropout2d``, ...): one mask for every
-    coefficient, drawn as ``fn`` draws it for the primal; the identity when not training or ``p == 0``."""
+    """Rule of a dropout op ``fn(t, p, training)`` (``F.dropout``, ``F.dropout2d``, ...).
+
+    One mask for every coefficient, drawn as ``fn`` draws it for the primal; the identity when not training or ``p ==
+    0``.
+    """
     def rule(x, p=0.5, training=True, inplace=False):
         if not training or p == 0.0:
             return x

@@ -1,5 +1,8 @@
-"""Linear layers and convolutions: bilinear in (input, weight), so a constant weight maps every coefficient with
-one call (K and D folded into the batch) and a series weight gives the Cauchy product of the two series."""
+"""Linear layers and convolutions.
+
+Bilinear in (input, weight), so a constant weight maps every coefficient with one call (K and D folded into the batch)
+and a series weight gives the Cauchy product of the two series.
+"""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -15,8 +18,10 @@ __all__ = ["is_batch_broadcast", "bilinear", "linear", "conv1d", "conv2d", "conv
 
 
 def is_batch_broadcast(x: TaylorSeries) -> bool:
-    """True when every coefficient of ``x`` is the same for all entries of the primal's dim 0 (a stride-0
-    broadcast, as directions shared by every point enter the model)."""
+    """True when every coefficient of ``x`` is the same for all entries of the primal's dim 0.
+
+    That is a stride-0 broadcast, as directions shared by every point enter the model.
+    """
     return x.c0.dim() >= 2 and x.c0.shape[0] > 1 and x.hi.stride(2) == 0
 
 
@@ -65,10 +70,13 @@ def bilinear(x, w, op_pp: Callable, op_lp: Callable, op_pk: Optional[Callable], 
 
 
 def _add_bias(out, b_rest, lead: int, trail: int):
-    """``out`` + the series part ``b_rest`` of a bias (primal zero, coefficients ``[Db, K, O]``) that broadcasts
-    over ``lead`` dims before and ``trail`` dims after the output-feature dim. ``out`` is the fresh result of
-    a linear/conv rule: the bias is added into its coefficients in place where they are not a broadcast
-    (no copy of the primal, no zero added to it), else as a series sum."""
+    """``out`` + the series part ``b_rest`` of a bias.
+
+    The bias part has primal zero and coefficients ``[Db, K, O]``, and broadcasts over ``lead`` dims before and
+    ``trail`` dims after the output-feature dim. ``out`` is the fresh result of a linear/conv rule: the bias is added
+    into its coefficients in place where they are not a broadcast (no copy of the primal, no zero added to it), else as
+    a series sum.
+    """
     bh = b_rest.hi.reshape(tuple(b_rest.hi.shape[:2]) + (1,) * lead + (b_rest.hi.shape[-1],) + (1,) * trail)
     if (is_series(out) and 0 not in [st for st, n in zip(out.hi.stride(), out.hi.shape) if n > 1]
             and out.degree >= bh.shape[0] and out.hi.dim() == bh.dim()
@@ -80,8 +88,11 @@ def _add_bias(out, b_rest, lead: int, trail: int):
 
 
 def _primal_bias(bias):
-    """The bias the primal is computed with (the model's own op adds it, so the primal rounds as the model's
-    does and every backend picks the same max-pool argmax on ties) and the series part still to add."""
+    """The bias the primal is computed with, and the series part still to add.
+
+    The model's own op adds the first, so the primal rounds as the model's does and every backend picks the same
+    max-pool argmax on ties.
+    """
     if bias is None:
         return None, None
     if is_series(bias):
@@ -111,9 +122,11 @@ def linear(x, weight, bias=None):
 
 
 def _contract_conv(ctr, xk, vk, out_shape, nd: int, stride, padding, dilation) -> None:
-    """Add ``⟨ḡ, V_k * x1_k⟩`` to a quadratic-form contraction without forming ``V_k * x1_k`` ``[K, B, O, ...]``:
-    it is ``⟨V_k, G_k⟩`` with ``G`` the weight gradient of the input ``x1`` (all K as channels) under the shared
-    output gradient ``ḡ`` (the output's adjoint), one dense convolution. xk ``[K, B, C, ...]``, vk ``[K, O, C, ...]``."""
+    """Add ``⟨ḡ, V_k * x1_k⟩`` to a quadratic-form contraction without forming ``V_k * x1_k`` ``[K, B, O, ...]``.
+
+    It is ``⟨V_k, G_k⟩`` with ``G`` the weight gradient of the input ``x1`` (all K as channels) under the shared output
+    gradient ``ḡ`` (the output's adjoint), one dense convolution. xk ``[K, B, C, ...]``, vk ``[K, O, C, ...]``.
+    """
     g = ctr.adjoint()
     if g is None or tuple(g.shape) != tuple(out_shape):   # no adjoint, or the op sequence differs (observe raises)
         return
@@ -127,7 +140,7 @@ def _contract_conv(ctr, xk, vk, out_shape, nd: int, stride, padding, dilation) -
 
 
 def _conv_ops(conv: Callable, b0, groups: int, kw: dict):
-    """The four products of :func:`bilinear` for a convolution ``conv`` with primal bias ``b0``."""
+    """The four products of `bilinear` for a convolution ``conv`` with primal bias ``b0``."""
     def pp(x0, w0):      # the primal exactly as the model's op computes it (bias included)
         return conv(x0, w0, b0, groups=groups, **kw)
 
@@ -153,8 +166,11 @@ def _conv_ops(conv: Callable, b0, groups: int, kw: dict):
 
 
 def _conv(nd: int) -> Callable:
-    """Rule of ``F.conv{nd}d``. In a contracted quadratic-form pass (order 2, degree-1 input and weight) the term
-    ``V_k * x1_k`` is contracted with the output's adjoint (:func:`_contract_conv`) instead of being formed."""
+    """Rule of ``F.conv{nd}d``.
+
+    In a contracted quadratic-form pass (order 2, degree-1 input and weight) the term ``V_k * x1_k`` is contracted with
+    the output's adjoint (`_contract_conv`) instead of being formed.
+    """
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
 
     def rule(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

@@ -1,5 +1,7 @@
-"""Loss functions a model computes itself (a Hugging Face model's own loss): ``F.cross_entropy`` of a series of
-logits through the run's loss head (the fused kernels under ``backend='fused'``)."""
+"""Loss functions a model computes itself (a Hugging Face model's own loss).
+
+``F.cross_entropy`` of a series of logits through the run's loss head (the fused kernels under ``backend='fused'``).
+"""
 from __future__ import annotations
 
 import torch
@@ -14,8 +16,9 @@ __all__ = ["cross_entropy"]
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
-    """``F.cross_entropy`` of a series of logits ``[N, C, *d]`` (or ``[C]``) and class-index targets: entries
-    labelled ``ignore_index`` count 0 and ``reduction="mean"`` divides by the counted entries, as torch does.
+    """``F.cross_entropy`` of a series of logits ``[N, C, *d]`` (or ``[C]``) and class-index targets.
+
+    Entries labelled ``ignore_index`` count 0 and ``reduction="mean"`` divides by the counted entries, as torch does.
 
     Raises:
         NotImplementedError: class-probability targets, class weights, the legacy size_average/reduce arguments.

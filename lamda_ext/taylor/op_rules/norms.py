@@ -1,5 +1,8 @@
-"""Normalisations: batch norm (training statistics as series, eval mode a fixed affine map that keeps the
-degree), layer norm and ``F.normalize``, composed from arithmetic, reductions and powers of series."""
+"""Normalisations: batch norm, layer norm and ``F.normalize`` on series.
+
+Batch norm keeps training statistics as series, and in eval mode is a fixed affine map that keeps the degree; all are
+composed from arithmetic, reductions and powers of series.
+"""
 from __future__ import annotations
 
 import torch
@@ -35,7 +38,9 @@ def _affine(y, weight, bias, shape):
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
                cudnn_enabled=None):
     """``F.batch_norm``: batch statistics in training mode (or without running statistics), else the running ones.
-    A constant input (parameter directions) is normalised as a constant and only the affine map is a series."""
+
+    A constant input (parameter directions) is normalised as a constant and only the affine map is a series.
+    """
     nd = x.c0.dim() if is_series(x) else x.dim()
     shape = (1, -1) + (1,) * (nd - 2)
     if not is_series(x):
@@ -53,8 +58,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 
 def _fixed_affine(x, mean, inv, weight, bias, shape):
-    """Eval-mode batch norm with constant affine parameters: the primal as the composite computes it, the
-    higher coefficients in one multiply by ``inv · weight`` (one pass over the K-fold coefficients)."""
+    """Eval-mode batch norm with constant affine parameters.
+
+    The primal as the composite computes it, the higher coefficients in one multiply by ``inv · weight`` (one pass over
+    the K-fold coefficients).
+    """
     c0 = (x.c0 - mean.reshape(shape)) * inv.reshape(shape)
     scale = inv
     if weight is not None:

@@ -1,5 +1,7 @@
-"""Products of any rank (``matmul`` and its batched forms, ``einsum``): the coefficients of a multilinear op of
-several series are sums of the op over index tuples (the Cauchy product)."""
+"""Products of any rank (``matmul`` and its batched forms, ``einsum``).
+
+The coefficients of a multilinear op of several series are sums of the op over index tuples (the Cauchy product).
+"""
 from __future__ import annotations
 
 from typing import Callable, List
@@ -54,9 +56,12 @@ def _stacked(terms: list, has_k: list, dim: int) -> torch.Tensor:
 
 
 def _matmul_terms(ta: list, tb: list) -> list:
-    """Coefficients of ``a @ b`` for two series: ``y_n = Σ_i a_i @ b_{n−i}``. Where a product is larger than its
-    factors (``q @ kᵀ`` in attention: [T, d] @ [d, T]), the terms of one order are one matmul over the
-    concatenated contraction, ``[a_0 … a_n] @ [b_n; …; b_0]``: one output written instead of n + 1 summed."""
+    """Coefficients of ``a @ b`` for two series.
+
+    ``y_n = Σ_i a_i @ b_{n−i}``. Where a product is larger than its factors (``q @ kᵀ`` in attention: [T, d] @ [d, T]),
+    the terms of one order are one matmul over the concatenated contraction, ``[a_0 … a_n] @ [b_n; …; b_0]``: one output
+    written instead of n + 1 summed.
+    """
     m, p, q = ta[0].shape[-2], ta[0].shape[-1], tb[0].shape[-1]
     grown = m * q > p * (m + q)
     out = [torch.matmul(ta[0], tb[0])]
@@ -135,8 +140,10 @@ def _einsum_with_k(eq: str, has_k) -> str:
 
 
 def einsum(eq, *operands):
-    """``torch.einsum`` of series and constants: each term of the Cauchy product is one einsum, with a direction
-    axis on the operands whose term carries one."""
+    """``torch.einsum`` of series and constants.
+
+    Each term of the Cauchy product is one einsum, with a direction axis on the operands whose term carries one.
+    """
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
     term_lists = [x.terms() if is_series(x) else [x] for x in operands]

@@ -1,5 +1,8 @@
-"""Ops that pick, mask or overwrite elements: the choice is made on the primal (a constant condition, index or
-mask, the pooled argmax) and applied to every coefficient, so they keep the degree."""
+"""Ops that pick, mask or overwrite elements.
+
+The choice is made on the primal (a constant condition, index or mask, the pooled argmax) and applied to every
+coefficient, so they keep the degree.
+"""
 from __future__ import annotations
 
 import torch

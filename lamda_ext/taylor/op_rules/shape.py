@@ -1,5 +1,8 @@
-"""Shape, layout and dtype ops: linear in the series, so each runs on the primal and on the higher coefficients
-``hi`` ``[D, K, *S]`` with its dims shifted past the two leading axes; they keep the degree."""
+"""Shape, layout and dtype ops.
+
+Linear in the series, so each runs on the primal and on the higher coefficients ``hi`` ``[D, K, *S]`` with its dims
+shifted past the two leading axes; they keep the degree.
+"""
 from __future__ import annotations
 
 import torch
@@ -48,10 +51,12 @@ _repeat_interleave = on_shifted_dims("repeat_interleave", lambda nd, repeats, di
 
 
 def t(x):
+    """Rule of ``Tensor.t``."""
     return transpose(x, 0, 1)
 
 
 def flatten(x, start_dim=0, end_dim=-1):
+    """Rule of ``flatten``."""
     if x.c0.dim() == 0:
         return reshape(x, 1)
     return _flatten(x, start_dim, end_dim)
@@ -80,24 +85,29 @@ def reshape(x, *shape):
 
 
 def view_as(x, other):
+    """Rule of ``Tensor.view_as``."""
     return reshape(x, tuple(other.shape))
 
 
 def squeeze(x, dim=None):
+    """Rule of ``squeeze``."""
     c0 = x.c0.squeeze() if dim is None else x.c0.squeeze(dim)
     return TaylorSeries(c0, x.hi.reshape(tuple(x.hi.shape[:2]) + tuple(c0.shape)))
 
 
 def expand(x, *sizes):
+    """Rule of ``Tensor.expand``."""
     c0 = x.c0.expand(_shape_args(sizes))
     return TaylorSeries(c0, align(x, c0.dim()).hi.expand(tuple(x.hi.shape[:2]) + tuple(c0.shape)))
 
 
 def expand_as(x, other):
+    """Rule of ``Tensor.expand_as``."""
     return expand(x, tuple(other.shape))
 
 
 def repeat(x, *sizes):
+    """Rule of ``Tensor.repeat``."""
     sizes = _shape_args(sizes)
     c0 = x.c0.repeat(sizes)
     xa = align(x, len(sizes))
@@ -145,10 +155,12 @@ def _join(tensors, dim, fn):
 
 
 def cat(tensors, dim=0):
+    """Rule of ``torch.cat`` (plain tensors in the list become constant series)."""
     return _join(tensors, dim, torch.cat)
 
 
 def stack(tensors, dim=0):
+    """Rule of ``torch.stack`` (plain tensors in the list become constant series)."""
     return _join(tensors, dim, torch.stack)
 
 
@@ -173,8 +185,10 @@ def type_(x, dtype=None, non_blocking=False, **kwargs):
 
 
 def to_float(x):
+    """Rule of ``Tensor.float``."""
     return to(x, torch.float32)
 
 
 def to_double(x):
+    """Rule of ``Tensor.double``."""
     return to(x, torch.float64)

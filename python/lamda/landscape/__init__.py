@@ -1,5 +1,7 @@
-"""Loss-landscape tools (research layer): ρ-sharpness, linear mode connectivity, filter-normalised
-loss surfaces with plots, and a finite-difference curvature probe with a learning-rate wrapper.
+"""Loss-landscape tools (research layer).
+
+ρ-sharpness, linear mode connectivity, filter-normalised loss surfaces with plots, and a finite-difference curvature
+probe with a learning-rate wrapper.
 
 Hessian spectra live in the core: ``lamda_ext.hessian`` (HessianOperator, hessian_eigs,
 hessian_trace, hessian_density).

@@ -32,7 +32,7 @@ class PathBarrier:
 
 
 def path_barrier(alphas, losses) -> PathBarrier:
-    """:class:`PathBarrier` of a sampled path: ``alphas [S]`` increasing from 0 to 1, ``losses [S]`` finite."""
+    """`PathBarrier` of a sampled path: ``alphas [S]`` increasing from 0 to 1, ``losses [S]`` finite."""
     a = np.asarray(alphas, dtype=np.float64)
     L = np.asarray(losses, dtype=np.float64)
     if a.ndim != 1 or a.shape != L.shape or a.size < 2:
@@ -50,10 +50,13 @@ def path_barrier(alphas, losses) -> PathBarrier:
 
 @dataclass
 class ConnectivityResult:
-    """``alphas [S]``, ``losses [S]``, ``accuracies [S]``; ``barrier`` = ``max_α L(α) − min(L(0), L(1))`` at
-    ``barrier_alpha`` and ``excess`` = the largest rise above the straight line between the end-point losses
-    at ``excess_alpha`` (see :class:`PathBarrier`); ``bn_reestimated``: whether batch-norm running statistics
-    were re-estimated at every α (only when the model has batch norm)."""
+    """``alphas [S]``, ``losses [S]``, ``accuracies [S]``.
+
+    ``barrier`` = ``max_α L(α) − min(L(0), L(1))`` at ``barrier_alpha`` and ``excess`` = the largest rise above the
+    straight line between the end-point losses at ``excess_alpha`` (see
+    [`PathBarrier`][lamda.landscape.connectivity.PathBarrier]); ``bn_reestimated``: whether batch-norm running
+    statistics were re-estimated at every α (only when the model has batch norm).
+    """
     alphas: np.ndarray
     losses: np.ndarray
     accuracies: np.ndarray
@@ -64,6 +67,7 @@ class ConnectivityResult:
     bn_reestimated: bool
 
     def as_dict(self) -> dict:
+        """The result as plain numbers, for JSON."""
         return {"alphas": self.alphas.tolist(), "losses": self.losses.tolist(),
                 "accuracies": self.accuracies.tolist(), "barrier": self.barrier, "barrier_alpha": self.barrier_alpha,
                 "excess": self.excess, "excess_alpha": self.excess_alpha, "bn_reestimated": self.bn_reestimated}
@@ -75,8 +79,11 @@ def _bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def recompute_bn_stats(model: nn.Module, data) -> None:
-    """Reset every batch norm's running statistics and re-estimate them as the exact (cumulative)
-    average over ``data``, with only the batch norms in train mode. Leaves the model in eval mode."""
+    """Re-estimate every batch norm's running statistics as the exact average over ``data``.
+
+    The statistics are reset, then accumulated (cumulative average) with only the batch norms in train mode. Leaves the
+    model in eval mode.
+    """
     bns = _bn_modules(model)
     if not bns:
         model.eval()

@@ -27,6 +27,13 @@ __all__ = ["CurvatureEstimate", "CurvatureProbe", "CurvatureAdaptiveLR"]
 
 @dataclass
 class CurvatureEstimate:
+    """One probe's result.
+
+    Attributes:
+        curvature: mean ``‖Δg_i‖ / ε`` over the directions (≈ mean ``‖H u_i‖``).
+        directional: mean ``u_iᵀ Δg_i / ε`` (≈ mean ``u_iᵀ H u_i``).
+        per_direction: ``‖Δg_i‖ / ε`` of every direction.
+    """
     curvature: float               # mean ‖Δg‖ / ε
     directional: float             # mean uᵀΔg / ε
     per_direction: list = field(default_factory=list)  # ‖Δg_i‖ / ε
@@ -36,9 +43,12 @@ class CurvatureProbe:
     """Finite-difference curvature of ``loss`` for ``model`` along ``n_directions`` random unit directions.
 
     Args:
-        model: the model (its current mode is used). loss: ``"cross_entropy"``, ``"mse"`` or a callable.
-        n_directions: N ≥ 1. eps: finite-difference step (> 0, in parameter units).
+        model: the model (its current mode is used).
+        loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(output, y) -> [B]``.
+        n_directions: N ≥ 1.
+        eps: finite-difference step (> 0, in parameter units).
         generator: draws the directions and the dropout seed of each probe.
+        label_smoothing: for cross-entropy.
     """
 
     def __init__(self, model: nn.Module, loss: LossSpec = "cross_entropy", n_directions: int = 4, eps: float = 1e-3,
@@ -54,6 +64,7 @@ class CurvatureProbe:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
     def __call__(self, x: torch.Tensor, y) -> CurvatureEstimate:
+        """Probe the curvature at the model's current parameters on the batch ``x`` ``[B, ...]``, ``y`` (targets)."""
         params = trainable_parameters(self.model)
         if not params:
             raise ValueError("the model has no parameters with requires_grad=True")
@@ -137,9 +148,11 @@ class CurvatureAdaptiveLR:
 
     @property
     def param_groups(self):
+        """The wrapped optimizer's parameter groups."""
         return self.optimizer.param_groups
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the wrapped optimizer's gradients."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def _probe(self, batch) -> None:
@@ -182,6 +195,7 @@ class CurvatureAdaptiveLR:
         return out
 
     def state_dict(self) -> dict:
+        """Everything needed to resume: the optimizer's state, the scale, the reference, the history, the generator."""
         return {"optimizer": self.optimizer.state_dict(), "base_lrs": self.base_lrs, "set_lrs": self._set_lrs,
                 "scale": self.scale, "curvature": self.curvature, "directional": self.directional,
                 "reference": self.reference, "scale_reference": self.scale_reference,
@@ -189,6 +203,7 @@ class CurvatureAdaptiveLR:
                 "probe_generator": self.probe.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a [`state_dict`][lamda.landscape.curvature_probe.CurvatureAdaptiveLR.state_dict]."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.base_lrs, self._set_lrs = list(state["base_lrs"]), list(state["set_lrs"])
         self.scale, self.curvature, self.directional = state["scale"], state["curvature"], state["directional"]

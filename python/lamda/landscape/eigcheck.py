@@ -1,9 +1,9 @@
 """Hessian eigenpairs with a per-pair convergence check, for the landscape and spectrum studies.
 
 ``lamda_ext.hessian.hessian_eigs`` returns the Ritz pairs and only warns when Lanczos stops above its
-tolerance. :func:`checked_eigs` adds, for every returned pair ``(θ_i, y_i)``, the relative residual
-``‖H y_i − θ_i y_i‖ / max_j |θ_j|`` (one extra Hessian-vector product per pair, computed here, not taken
-from Lanczos) and the flag ``residual ≤ tol``, so an analysis can leave unconverged Ritz values out.
+tolerance. [`checked_eigs`][lamda.landscape.eigcheck.checked_eigs] adds, for every returned pair ``(θ_i, y_i)``, the
+relative residual ``‖H y_i − θ_i y_i‖ / max_j |θ_j|`` (one extra Hessian-vector product per pair, computed here, not
+taken from Lanczos) and the flag ``residual ≤ tol``, so an analysis can leave unconverged Ritz values out.
 """
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ __all__ = ["CheckedEigs", "checked_eigs"]
 
 @dataclass
 class CheckedEigs:
-    """``values [k]`` (float64, the order of ``which``), ``vectors [k, P]`` (the parameters' dtype),
-    ``rel_residual [k]``, ``converged [k]`` (bool), ``tol``, ``which``, ``hvps`` (Hessian-vector products
-    evaluated, including the check) and ``notes`` (the solver's warnings)."""
+    """Checked eigenpairs of a Hessian solve.
+
+    ``values [k]`` (float64, the order of ``which``), ``vectors [k, P]`` (the parameters' dtype), ``rel_residual [k]``,
+    ``converged [k]`` (bool), ``tol``, ``which``, ``hvps`` (Hessian-vector products evaluated, including the check) and
+    ``notes`` (the solver's warnings).
+    """
     values: np.ndarray
     vectors: torch.Tensor
     rel_residual: np.ndarray
@@ -32,6 +35,7 @@ class CheckedEigs:
 
     @property
     def all_converged(self) -> bool:
+        """Whether every pair converged."""
         return bool(self.converged.all())
 
 

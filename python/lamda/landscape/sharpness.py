@@ -17,8 +17,10 @@ KINDS = ("adversarial", "random")
 
 
 def data_gradient(model: nn.Module, loss: LossSpec, data, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Flat gradient ``[P]`` (trainable parameters, ``model.parameters()`` order) of the sample-weighted
-    mean loss over ``data``; the model is not mutated."""
+    """Flat gradient ``[P]`` of the sample-weighted mean loss over ``data``.
+
+    Trainable parameters in ``model.parameters()`` order; the model is not mutated.
+    """
     loss_fn = resolve_loss(loss, label_smoothing)
     params = trainable_parameters(model)
     dev = next(iter(params.values())).device

@@ -28,8 +28,11 @@ NORMALIZATIONS = ("filter", "layer", "none")
 
 @dataclass
 class SurfaceResult:
-    """``alphas [R]`` (and ``betas [R]`` in 2-D); ``losses``/``accuracies`` ``[R]`` or ``[R, R]``
-    (index ``[i, j]`` ↔ ``(alphas[i], betas[j])``); ``directions``: the direction dicts used."""
+    """``alphas [R]`` (and ``betas [R]`` in 2-D).
+
+    ``losses``/``accuracies`` ``[R]`` or ``[R, R]`` (index ``[i, j]`` ↔ ``(alphas[i], betas[j])``); ``directions``: the
+    direction dicts used.
+    """
     alphas: np.ndarray
     losses: np.ndarray
     accuracies: np.ndarray
@@ -38,6 +41,7 @@ class SurfaceResult:
 
     @property
     def ndim(self) -> int:
+        """1 for a line, 2 for a plane."""
         return 1 if self.betas is None else 2
 
 
@@ -72,8 +76,10 @@ def loss_surface(model: nn.Module, data, directions: int = 1, span: float = 1.0,
                  normalization: str = "filter", *, loss: LossSpec = "cross_entropy", include_bias_bn: bool = False,
                  generator: torch.Generator | None = None, label_smoothing: float = 0.0,
                  given_directions: list | None = None) -> SurfaceResult:
-    """Loss and accuracy on the line ``θ + α d`` or the plane ``θ + α d1 + β d2``, α, β ∈ [−span, span]
-    on :func:`surface_grid` (an odd ``resolution`` puts the trained point θ exactly on the centre node).
+    """Loss and accuracy on the line ``θ + α d`` or the plane ``θ + α d1 + β d2``.
+
+    α, β ∈ [−span, span] on [`surface_grid`][lamda.landscape.surface.surface_grid] (an odd ``resolution`` puts the
+    trained point θ exactly on the centre node).
 
     ``data`` is an ``(x, y)`` pair or an iterable of pairs; the model runs in its current mode
     (use eval mode) and is not modified. ``given_directions`` reuses direction dicts (e.g. from an
@@ -113,8 +119,10 @@ def loss_surface(model: nn.Module, data, directions: int = 1, span: float = 1.0,
 
 
 def surface_grid(span: float, resolution: int) -> np.ndarray:
-    """``resolution`` evenly spaced values from −span to span, symmetric about 0 (``g[i] == −g[R−1−i]``);
-    for odd ``resolution`` the centre value is exactly 0."""
+    """``resolution`` evenly spaced values from −span to span, symmetric about 0 (``g[i] == −g[R−1−i]``).
+
+    For odd ``resolution`` the centre value is exactly 0.
+    """
     R = int(resolution)
     if R < 2:
         raise ValueError(f"resolution must be ≥ 2, got {resolution}")
@@ -177,8 +185,11 @@ def plot_contour(result: SurfaceResult, path: str | os.PathLike, *, levels: int 
 def plot_surface_3d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int = 200, title: str = "",
                     elev: float = 35.0, azim: float = -60.0, vmin: float | None = None,
                     vmax: float | None = None) -> str:
-    """3-D surface plot of the 2-D loss surface; PNG written atomically. ``vmin``/``vmax`` fix the colour
-    scale and the z range (to share them between surfaces); values outside are clipped."""
+    """3-D surface plot of the 2-D loss surface.
+
+    PNG written atomically. ``vmin``/``vmax`` fix the colour scale and the z range (to share them between surfaces);
+    values outside are clipped.
+    """
     from ..result_files import save_figure
     if result.ndim != 2:
         raise ValueError("plot_surface_3d needs a 2-D result (loss_surface(..., directions=2))")
@@ -204,8 +215,10 @@ def plot_surface_3d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int 
 
 def plot_contour_panels(results: dict, path: str | os.PathLike, *, levels: int = 25, dpi: int = 300,
                         title: str = "", log: bool = True) -> str:
-    """Side-by-side filled contours of several 2-D surfaces (``{panel title: SurfaceResult}``) on ONE colour
-    scale (shared levels and one colourbar) with the trained point (α = β = 0) marked by a star.
+    """Side-by-side filled contours of several 2-D surfaces on one colour scale.
+
+    ``surfaces`` is ``{panel title: SurfaceResult}``; the panels share levels and one colourbar, and the trained point
+    (α = β = 0) is marked by a star.
 
     ``log=True`` spaces the levels logarithmically in the loss (the loss spans decades far from θ); the
     colourbar is labelled accordingly. PNG written atomically.

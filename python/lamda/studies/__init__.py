@@ -1,14 +1,16 @@
 """The studies behind ``lamda run <name>`` and ``lamda analyze DIR``, and the registry the CLI reads.
 
-Every study is a subpackage of this package that registers itself when imported::
+Every study is a subpackage of this package that registers itself when imported (``register``):
 
-    register(Experiment(name="selective", help="...", add_arguments=config.add_arguments, run=run.run,
-                        analyze=analysis.analyze))
+```python
+register(Experiment(name="selective", help="...", add_arguments=config.add_arguments, run=run.run,
+                    analyze=analysis.analyze))
+```
 
 ``add_arguments(parser)`` adds the study's own flags (the common ones — ``--preset``, ``--out``, ``--data-root``,
 ``--device``, ``--shard``, ``--download``, ``--seed``, ``--no-progress``, ``--ddp`` — are added by the CLI);
-``run(args)`` runs it on the shared grid runner (:mod:`lamda.studies.runner`); ``analyze(out_dir)`` (optional)
-regenerates its analyses from the files on disk. The results folder's ``experiment_config.json`` names the
+``run(args)`` runs it on the shared grid runner ([`lamda.studies.runner`][lamda.studies.runner]); ``analyze(out_dir)``
+(optional) regenerates its analyses from the files on disk. The results folder's ``experiment_config.json`` names the
 study so ``lamda analyze DIR`` finds it.
 
 The modules of this package (not subpackages) are what the studies share: the grid runner, the argparse
@@ -35,7 +37,7 @@ class Experiment:
         run: ``run(args) -> int`` runs it (exit code).
         analyze: ``analyze(out_dir) -> int`` regenerates the analyses from disk (None: the study has none).
         presets: the ``--preset`` choices; default_preset: the default one.
-        ddp: it trains through :class:`lamda.trainer.Trainer`, so ``lamda run --ddp`` applies.
+        ddp: it trains through [`lamda.trainer.Trainer`][lamda.trainer.Trainer], so ``lamda run --ddp`` applies.
     """
 
     name: str

@@ -36,8 +36,10 @@ def number(kind: type = float, *, low: float | None = None, high: float | None =
 
     Args:
         kind: ``int`` or ``float``.
-        low, high: the bounds (None: unbounded on that side).
-        low_open, high_open: exclude that bound.
+        low: the lower bound (None: unbounded below).
+        high: the upper bound (None: unbounded above).
+        low_open: exclude ``low``.
+        high_open: exclude ``high``.
 
     Returns:
         The parser: anything else (not a number, inf, NaN, out of range) raises ``ArgumentTypeError`` with a

@@ -1,8 +1,9 @@
 """A study's results folder and its seeds: ``config.json``/``experiment_config.json`` and ``--seeds``.
 
-- :func:`parse_seeds`: ``--seeds 42,43`` → ``[42, 43]`` (default: ``n`` seeds from ``--seed``).
-- :func:`open_results_folder`: writes ``experiment_config.json`` (which ``lamda analyze DIR`` reads) and a copy
-  in ``config.json`` or, on a restart, checks that the folder holds the same settings.
+- [`parse_seeds`][lamda.studies.folders.parse_seeds]: ``--seeds 42,43`` → ``[42, 43]`` (default: ``n`` seeds from
+  ``--seed``).
+- [`open_results_folder`][lamda.studies.folders.open_results_folder]: writes ``experiment_config.json`` (which ``lamda
+  analyze DIR`` reads) and a copy in ``config.json`` or, on a restart, checks that the folder holds the same settings.
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def parse_seeds(spec: str | None, base: int, n: int) -> list[int]:
 
 
 def open_results_folder(out: pathlib.Path, config: dict, identity: Sequence[str], copy: bool = True) -> None:
-    """Write ``experiment_config.json`` (and, with ``copy``, the same in ``config.json``) under ``out``; on a
-    restart compare the ``identity`` keys with the folder's.
+    """Write ``experiment_config.json`` (and, with ``copy``, the same in ``config.json``) under ``out``.
+
+    On a restart compare the ``identity`` keys with the folder's.
 
     Raises:
         ValueError: ``out`` already holds a run with other settings (resuming needs the same ones).

@@ -11,7 +11,7 @@ MNIST_LIKE = ("auto", "mnist", "digits")
 
 
 def add_mnist_like_argument(p) -> None:
-    """The ``--dataset`` option of the studies that read their data through :func:`load_mnist_like`."""
+    """The ``--dataset`` option of the studies that read their data through `load_mnist_like`."""
     p.add_argument("--dataset", choices=MNIST_LIKE, default="auto",
                    help="auto (default): MNIST when found under the data root, else the offline digits set")
 

@@ -1,8 +1,8 @@
 """The resumable grid runner every experiment shares: cells, completion markers, a folder lock, shards, ranks.
 
-An experiment is a list of :class:`Cell` (one unit of work each: a training run, a model + its Hessian, …), a
-``work(cell)`` function that writes that cell's files under the results folder, and an ``analyze(out)``
-that reads every cell's files and writes the aggregate tables, figures and ``summary.md``::
+An experiment is a list of [`Cell`][lamda.studies.runner.Cell] (one unit of work each: a training run, a model + its
+Hessian, …), a ``work(cell)`` function that writes that cell's files under the results folder, and an ``analyze(out)``
+that reads every cell's files and writes the aggregate tables, figures and ``summary.md``:
 
     run_grid("probe", out, cells, work, analyze, shard=args.shard)
 
@@ -12,12 +12,12 @@ that reads every cell's files and writes the aggregate tables, figures and ``sum
   there with its size; a cell that was finished but lost or changed a file is redone from scratch (its outputs
   are deleted first, so a work function that skips finished work does not skip it again).
 - **Folder lock.** ``out/.lamda.lock`` holds the owner's pid, host and torchrun job id. A second process on the
-  same folder is refused (:class:`FolderLockedError`); a lock whose process has died is taken over; the ranks
-  (and restarts) of one torchrun job share it.
+  same folder is refused ([`FolderLockedError`][lamda.studies.runner.FolderLockedError]); a lock whose process has died
+  is taken over; the ranks (and restarts) of one torchrun job share it.
 - **Shards and ranks.** ``shard="i/n"`` keeps every n-th cell starting at i (array jobs); under ``torchrun``
   the shard's cells are dealt round-robin to the ranks. Each rank runs its cells (Hessian tools stay on the
-  rank's own data: :func:`lamda_ext.hessian.rank_local`), all ranks meet at a barrier, and rank 0 alone runs
-  ``analyze(out)`` once every cell of the grid is complete.
+  rank's own data: [`lamda_ext.hessian.rank_local`][lamda_ext.hessian.rank_local]), all ranks meet at a barrier, and
+  rank 0 alone runs ``analyze(out)`` once every cell of the grid is complete.
 - **Log.** One line per computed cell, naming the rank (``[tag] rank 1/2: <key> done in <t> s``); then each
   rank's time for its cells, and rank 0's time for the analysis, each phase on its own line.
 """
@@ -180,7 +180,7 @@ def require_complete(out: pathlib.Path, cells: Sequence[Cell]) -> None:
 
 
 def recorded_cells(out: pathlib.Path) -> list[Cell] | None:
-    """The grid that :func:`run_grid` recorded in ``out/.cells/grid.json`` (None when there is none)."""
+    """The grid that `run_grid` recorded in ``out/.cells/grid.json`` (None when there is none)."""
     p = pathlib.Path(out) / CELLS_DIR / _GRID_FILE
     if not p.is_file():
         return None
@@ -305,8 +305,10 @@ def _record_grid(out: pathlib.Path, tag: str, cells: Sequence[Cell]) -> None:
 
 
 def _run_cell(tag, out, c: Cell, work, progress: bool, rank: int, world: int) -> bool:
-    """Run one cell on this rank alone (Hessian tools local to the rank) and write its marker; False when it was
-    finished earlier."""
+    """Run one cell on this rank alone (Hessian tools local to the rank) and write its marker.
+
+    False when it was finished earlier.
+    """
     why = _problem(out, c)
     if why is None:
         if progress:
@@ -326,8 +328,10 @@ def _run_cell(tag, out, c: Cell, work, progress: bool, rank: int, world: int) ->
 
 
 def _run_together(tag, out, cells, work, shard, rank: int, world: int) -> int:
-    """``--ddp``: every rank runs every cell of the shard together; rank 0 clears, marks and logs. Returns the
-    number of cells computed."""
+    """``--ddp``: every rank runs every cell of the shard together.
+
+    Rank 0 clears, marks and logs. Returns the number of cells computed.
+    """
     i, n = parse_shard(shard)
     computed = 0
     for c in [c for j, c in enumerate(cells) if j % n == i]:
@@ -352,8 +356,11 @@ def _run_together(tag, out, cells, work, shard, rank: int, world: int) -> int:
 
 
 def assigned(cells: Sequence, shard: str | None = None) -> list:
-    """The items of ``cells`` this process runs: every n-th from i for ``shard="i/n"``, and of those every
-    world-th from this rank's index under a ``torchrun`` process group (all of them for one plain process)."""
+    """The items of ``cells`` this process runs.
+
+    Every n-th from i for ``shard="i/n"``, and of those every world-th from this rank's index under a ``torchrun``
+    process group (all of them for one plain process).
+    """
     i, n = parse_shard(shard)
     rank, world = distributed.rank_world()
     return [c for j, c in enumerate(cells) if j % n == i][rank::world]

@@ -1,14 +1,15 @@
 """``lamda run landscape``: architecture vs loss landscape, plain CNN vs ResNet on CIFAR-10.
 
-Two architectures of the study's sizes — ``cnn`` (:class:`lamda.models.CifarCNN`, 3 conv 64→128→256 + 2 FC,
-≈ 1.8 M parameters) and ``resnet`` (:class:`lamda.models.CifarResNet`, 6 residual blocks with batch norm,
-≈ 2.1 M; sizes in :data:`lamda.models.STUDY_SIZES`) — are trained on CIFAR-10 with several seeds (Adam, cosine
-schedule, crop + flip augmentation; full preset 15 epochs). For every trained model (eval mode):
+Two architectures of the study's sizes — ``cnn`` ([`lamda.models.CifarCNN`][lamda.models.CifarCNN], 3 conv 64→128→256 +
+2 FC, ≈ 1.8 M parameters) and ``resnet`` ([`lamda.models.CifarResNet`][lamda.models.CifarResNet], 6 residual blocks with
+batch norm, ≈ 2.1 M; sizes in [`lamda.models.STUDY_SIZES`][lamda.models.STUDY_SIZES]) — are trained on CIFAR-10 with
+several seeds (Adam, cosine schedule, crop + flip augmentation; full preset 15 epochs). For every trained model (eval
+mode):
 
 - the top-k Hessian eigenvalues (``which="LA"``, k ≥ 15) and the ``k_neg`` most negative ones (``which="SA"``)
   of the mean cross-entropy over a fixed training subset (HVP + Lanczos), each pair checked by its own
-  residual ``‖Hy − θy‖ / max|θ|`` (:func:`lamda.landscape.eigcheck.checked_eigs`); unconverged pairs are kept in
-  the files but left out of every eigenvalue statistic and plot;
+  residual ``‖Hy − θy‖ / max|θ|`` ([`lamda.landscape.eigcheck.checked_eigs`][lamda.landscape.eigcheck.checked_eigs]);
+  unconverged pairs are kept in the files but left out of every eigenvalue statistic and plot;
 - the condition-number estimate κ̂ = λ_max / |λ_min| over the computed (converged) eigenvalues, and the number
   of negative eigenvalues among them;
 - ρ-sharpness with ρ = 0.05 (adversarial, and random for reference; ``lamda.landscape.sharpness``).
@@ -21,11 +22,12 @@ centre node), plotted for both architectures side by side on one colour scale. A
 correlations of sharpness, λ_max and κ̂ with test accuracy (Pearson r, p, bootstrap CI, n).
 
 The package is named after the study's question (the architecture) to keep it apart from the tools of
-:mod:`lamda.landscape`. Modules: :mod:`.config` (architectures, presets, the two-stage grid, flags), :mod:`.run`
-(training, Hessian, sharpness, paths, surfaces), :mod:`.analysis`, :mod:`.figures`, :mod:`.report`
-(``summary.md``).
+[`lamda.landscape`][lamda.landscape]. Modules: [`config`][lamda.studies.architecture.config] (architectures, presets,
+the two-stage grid, flags), [`run`][lamda.studies.architecture.run] (training, Hessian, sharpness, paths, surfaces),
+[`analysis`][lamda.studies.architecture.analysis], [`figures`][lamda.studies.architecture.figures],
+[`report`][lamda.studies.architecture.report] (``summary.md``).
 
-Output tree under ``--out``::
+Output tree under ``--out``:
 
     config.json experiment_config.json summary.md summary_table.png
     results.csv          one row per model (RESULT_COLUMNS)

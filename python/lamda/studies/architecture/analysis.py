@@ -1,6 +1,8 @@
-"""Post-hoc analysis of the landscape study from its run and pair folders: the per-model table (Hessian extremes
-over converged pairs only, κ̂, sharpness), the connectivity table, correlations with test accuracy, the mean ± 95 %
-CI per architecture, figures and ``summary.md``."""
+"""Post-hoc analysis of the landscape study from its run and pair folders.
+
+The per-model table (Hessian extremes over converged pairs only, κ̂, sharpness), the connectivity table, correlations
+with test accuracy, the mean ± 95 % CI per architecture, figures and ``summary.md``.
+"""
 from __future__ import annotations
 
 import pathlib
@@ -49,8 +51,10 @@ def correlations(rows: list[dict]) -> dict:
 
 
 def per_architecture(rows: list[dict], conn: list[dict], archs: list[str]) -> dict[tuple[str, str], list]:
-    """The values of every quantity of :data:`COMPARED` per architecture, keyed ``(arch, quantity)``: one per
-    model, or one per seed pair for the barrier."""
+    """The values of every quantity of `COMPARED` per architecture, keyed ``(arch, quantity)``.
+
+    One per model, or one per seed pair for the barrier.
+    """
     out = {}
     for a in archs:
         for k in COMPARED:

@@ -1,5 +1,8 @@
-"""The landscape study's figures: training curves, Hessian extremes, linear paths, the per-architecture
-comparison, correlations with test accuracy, loss surfaces and the model table as an image."""
+"""The landscape study's figures.
+
+Training curves, Hessian extremes, linear paths, the per-architecture comparison, correlations with test accuracy, loss
+surfaces and the model table as an image.
+"""
 from __future__ import annotations
 
 import pathlib
@@ -101,8 +104,11 @@ def mode_connectivity_figure(path: pathlib.Path, conn: list[dict], seeds: list[i
 
 
 def metrics_comparison_figure(path: pathlib.Path, archs: list[str], vals: dict, cis: dict) -> None:
-    """One panel per compared quantity: bars = mean per architecture (``cis``), error bars = 95 % CI, dots = the
-    values ``vals`` (seeds; seed pairs for the barrier)."""
+    """One panel per compared quantity.
+
+    Bars = mean per architecture (``cis``), error bars = 95 % CI, dots = the values ``vals`` (seeds; seed pairs for the
+    barrier).
+    """
     fig, axes = plots.new_figure(4, 2, (2.6, 2.5))
     for ax, (key, label) in zip(axes.ravel(), METRIC_LABELS.items()):
         for i, a in enumerate(archs):

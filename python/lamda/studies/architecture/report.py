@@ -1,4 +1,4 @@
-"""The landscape study's ``summary.md``: a template filled with the tables and statistics of :mod:`.analysis`."""
+"""The landscape study's ``summary.md``: a template filled with the tables and statistics of `analysis`."""
 from __future__ import annotations
 
 from string import Template

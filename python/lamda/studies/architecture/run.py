@@ -1,5 +1,8 @@
-"""Running the landscape study, in two stages on the grid runner: every model (training, Hessian extremes,
-sharpness), then per architecture the linear paths between seeds and the loss surface of the first seed."""
+"""Running the landscape study, in two stages on the grid runner.
+
+Every model (training, Hessian extremes, sharpness), then per architecture the linear paths between seeds and the loss
+surface of the first seed.
+"""
 from __future__ import annotations
 
 import copy
@@ -63,8 +66,10 @@ def train_one(arch: str, seed: int, data, s: dict, args, run_dir: pathlib.Path) 
 
 
 def analyse_model(arch: str, seed: int, data, s: dict, dev, run_dir: pathlib.Path) -> None:
-    """Hessian extremes (with residual checks) and sharpness of one trained model → ``hessian.npz`` +
-    ``analysis.json`` (written last: it marks the model as analysed)."""
+    """Hessian extremes (with residual checks) and sharpness of one trained model.
+
+    Writes ``hessian.npz`` and ``analysis.json`` (last: it marks the model as analysed).
+    """
     model = _load_model(arch, run_dir, dev, s)
     hdata = _batched(data.x_train, data.y_train, s["hessian_samples"])
     gen = torch.Generator().manual_seed(seed * 31 + 1)

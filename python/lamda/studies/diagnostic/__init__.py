@@ -2,18 +2,19 @@
 
 The same model is trained under each method (baseline; dropout; weight decay; data augmentation; label smoothing;
 SAM; input-gradient penalty) and λ is measured during training on a fixed set of test points on the schedule of
-:mod:`lamda.schedule`: K = 15 input directions drawn once per run and shared by every point
+[`lamda.schedule`][lamda.schedule]: K = 15 input directions drawn once per run and shared by every point
 (``--direction-mode shared``, the study's protocol; ``per-point`` draws them per point), orders 1–6. Afterwards the
 post-hoc analyses run on the saved arrays alone. Each run is one cell of the shared grid runner
-(:mod:`lamda.studies.runner`).
+([`lamda.studies.runner`][lamda.studies.runner]).
 
-Modules: :mod:`.config` (presets, method families, the grid, flags), :mod:`.run` (training the cells),
-:mod:`.runs` (the finished runs as the analyses read them), :mod:`.analysis` (statistics and the ``analyze``
-entry point), :mod:`.figures`, :mod:`.report` (``summary.md``) and :mod:`.validation` (the four validation
-analyses).
+Modules: [`config`][lamda.studies.diagnostic.config] (presets, method families, the grid, flags),
+[`run`][lamda.studies.diagnostic.run] (training the cells), [`runs`][lamda.studies.diagnostic.runs] (the finished runs
+as the analyses read them), [`analysis`][lamda.studies.diagnostic.analysis] (statistics and the ``analyze`` entry
+point), [`figures`][lamda.studies.diagnostic.figures], [`report`][lamda.studies.diagnostic.report] (``summary.md``) and
+[`validation`][lamda.studies.diagnostic.validation] (the four validation analyses).
 
 Output tree under ``--out`` (per data set; with ``--dataset both`` CIFAR-10 goes into ``cifar10/``; with
-several ``--seeds`` every run folder holds one ``seed_<s>/`` folder per seed)::
+several ``--seeds`` every run folder holds one ``seed_<s>/`` folder per seed):
 
     experiment_config.json, summary.md
     00_summary/  all_methods_comparison.png performance_vs_lambda.png generalization_gap_vs_lambda.png

@@ -1,9 +1,9 @@
 """Post-hoc analyses of the diagnostic study, computed from the files on disk alone.
 
 Reads every run's ``training_metrics.csv`` and ``lambda_data.npz`` and writes the per-run and per-family figures,
-``00_summary/``, ``validation_analysis/`` (:mod:`.validation`) and the top-level ``summary.md`` (:mod:`.report`).
-All statements in ``summary.md`` are computed from the numbers; a statistic that cannot be computed is reported
-as "not enough data".
+``00_summary/``, ``validation_analysis/`` ([`validation`][lamda.studies.diagnostic.validation]) and the top-level
+``summary.md`` ([`report`][lamda.studies.diagnostic.report]). All statements in ``summary.md`` are computed from the
+numbers; a statistic that cannot be computed is reported as "not enough data".
 
 Tables give mean ± 95 % t-interval over seeds (``± n/a`` for one seed); correlations are over methods (seed
 means) with n, p and a bootstrap CI. With several seeds, the validation analyses use the first seed's runs.
@@ -45,8 +45,10 @@ def figure_folders(out: pathlib.Path) -> list[pathlib.Path]:
 
 # ---------------------------------------------------------------------------------------------- per run, per method
 def final_stats(run: RunData) -> dict:
-    """One run's final metrics and the summary of its λ (mean over directions at the first/last measurement, the
-    spread over directions at the last)."""
+    """One run's final metrics and the summary of its λ.
+
+    The λ summary: the mean over directions at the first and last measurement, the spread over directions at the last.
+    """
     lam = run.lambda_values
     f = run.final
     means = np.nanmean(lam, 1) if lam.size else np.array([np.nan])
@@ -62,8 +64,11 @@ def final_stats(run: RunData) -> dict:
 
 
 def method_table(runs: list[RunData]) -> list[dict]:
-    """One row per method (in run order): ``<q>_mean``, ``<q>_ci95`` (t-interval half-width over seeds, NaN for
-    one seed) and ``n_seeds`` for every quantity of :data:`STAT_KEYS`."""
+    """One row per method (in run order).
+
+    ``<q>_mean``, ``<q>_ci95`` (t-interval half-width over seeds, NaN for one seed) and ``n_seeds`` for every quantity
+    of [`STAT_KEYS`][lamda.studies.diagnostic.analysis.STAT_KEYS].
+    """
     order = list(dict.fromkeys(r.label for r in runs))
     out = []
     for lab in order:
@@ -79,9 +84,11 @@ def method_table(runs: list[RunData]) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- onsets (H4)
 def accuracy_degradation_onset(rows: list[dict], drop: float = ACC_DROP):
-    """Start of a sustained degradation: the first epoch after the test-accuracy peak from which the accuracy stays
-    at least ``drop`` below the peak until the end of the run; None when there is none (one-epoch dips that recover
-    do not count)."""
+    """Start of a sustained degradation.
+
+    The first epoch after the test-accuracy peak from which the accuracy stays at least ``drop`` below the peak until
+    the end of the run; None when there is none (one-epoch dips that recover do not count).
+    """
     acc = np.array([r["test_acc"] for r in rows], float)
     ep = np.array([r["epoch"] for r in rows])
     i = int(np.nanargmax(acc))
@@ -102,10 +109,13 @@ def convergence_epoch(rows: list[dict], tol: float = ACC_DROP):
 
 
 def lambda_onset(epochs: np.ndarray, lam: np.ndarray, ref_epoch: int, mult: float = LAMBDA_SE_MULT):
-    """First measured epoch after ``ref_epoch`` where the mean λ differs from its value at ``ref_epoch``
-    (the last measurement at or before it) by more than ``mult`` standard errors over directions; None if never.
+    """First measured epoch after ``ref_epoch`` where the mean λ moved by more than ``mult`` standard errors.
 
-    ``epochs [M]``, ``lam [M, K]``."""
+    Compared with its value at ``ref_epoch`` (the last measurement at or before it), in standard errors over directions;
+    None if never.
+
+    ``epochs [M]``, ``lam [M, K]``.
+    """
     epochs = np.asarray(epochs)
     m = np.nanmean(lam, 1)
     K = lam.shape[1]
@@ -123,16 +133,18 @@ def lambda_onset(epochs: np.ndarray, lam: np.ndarray, ref_epoch: int, mult: floa
 # ---------------------------------------------------------------------------------------------- hypotheses
 @dataclass
 class Hypotheses:
-    """The numbers behind the summary's four hypotheses (:func:`report.hypothesis_lines` words them).
+    """The numbers behind the summary's four hypotheses (`report.hypothesis_lines` words them).
 
     Attributes:
-        acc, gap: Pearson correlations over methods of final λ with test accuracy and with the gap (H1).
+        acc: the Pearson correlation over methods of final λ with test accuracy (H1).
+        gap: the Pearson correlation over methods of final λ with the generalisation gap (H1).
         spread_gap: of the std of final λ over directions with the gap (H3).
         base: the baseline's table row (None when there is none or its λ is not finite).
         family_deltas: per non-baseline family, the final-λ differences of its methods from the baseline (H2).
         sam: the SAM rows of the table (H2).
         leads: ``(run name, degradation epoch − λ epoch)`` of the runs with both events (H4);
-        no_degradation, no_move: the runs without a degradation, and those degrading without λ moving.
+        no_degradation: the runs without a degradation.
+        no_move: the runs degrading without λ moving.
     """
 
     acc: Correlation
@@ -200,8 +212,10 @@ def caveats(runs: list[RunData], table: list[dict], acc_target: float | None, pr
 
 @dataclass
 class MeasurementChecks:
-    """The final-epoch CV of λ over directions per run, and the ratio of the bootstrap standard error to std/√K
-    (K = 2..15, orders 1-6) over all runs (finite values only)."""
+    """The final-epoch CV of λ per run, and the ratio of the bootstrap standard error to std/√K.
+
+    The CV is over directions; the ratio over all runs (K = 2..15, orders 1-6; finite values only).
+    """
 
     cvs: np.ndarray
     se_ratio: np.ndarray

@@ -86,7 +86,11 @@ class RunSpec:
     """One run of the grid.
 
     Attributes:
-        dataset, family_dir, family, strength, label: what the run trains (``label``: the study's run name).
+        dataset: the data set the run trains on.
+        family_dir: the family's folder name.
+        family: the regulariser family.
+        strength: the family's strength of this run.
+        label: the study's run name.
         rel: its folder relative to the data set's root.
         settings: the preset's settings with the overrides.
         seed: the training seed.
@@ -116,7 +120,7 @@ def _run_name(fdir: str, fam: str, s) -> tuple[str, str]:
 
 def plan_runs(dataset: str, preset: str, methods: list[str] | None = None,
               overrides: dict | None = None) -> list[RunSpec]:
-    """The grid of runs of one data set, in a fixed order (``methods``: a subset of :data:`FAMILY_KEYS`).
+    """The grid of runs of one data set, in a fixed order (``methods``: a subset of `FAMILY_KEYS`).
 
     Raises:
         ValueError: an unknown method family.

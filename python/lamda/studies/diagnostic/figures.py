@@ -59,8 +59,11 @@ def _delta_bars(ax, show: list[str], cols, base: str | None, trow: dict, nseed: 
 
 
 def family_figure(ds_dir: pathlib.Path, fdir: str, labels: list[str], runs: list[RunData], table: list[dict]) -> None:
-    """``<family folder>/<COMPARISON_FILES[family]>``: the family's methods against the baseline (dashed); the
-    baseline's figure compares it with every other method (Δ final λ with 95 % CI over seeds)."""
+    """``<family folder>/<COMPARISON_FILES[family]>``.
+
+    The family's methods against the baseline (dashed); the baseline's figure compares it with every other method (Δ
+    final λ with 95 % CI over seeds).
+    """
     bym = by_method(runs)
     base = next((lab for lab, ms in bym.items() if ms[0].family == "baseline"), None)
     trow = {t["method"]: t for t in table}
@@ -122,8 +125,11 @@ def all_methods_figure(path: pathlib.Path, runs: list[RunData], table: list[dict
 
 
 def scatter_vs_lambda_figure(sdir: pathlib.Path, key: str, table: list[dict], corr, title: str) -> None:
-    """One method per point: the quantity ``key`` (mean over seeds) against final λ, with 95 % CIs and the
-    correlation ``corr`` in the title, into its file of :data:`SCATTER_FILES`."""
+    """One method per point: the quantity ``key`` (mean over seeds) against final λ, with 95 % CIs.
+
+    The correlation ``corr`` goes in the title; the figure into its file of
+    [`SCATTER_FILES`][lamda.studies.diagnostic.figures.SCATTER_FILES].
+    """
     fname, ylab = SCATTER_FILES[key]
     labels = [t["method"] for t in table]
     lam = [t["lambda_final_mean"] for t in table]

@@ -1,4 +1,4 @@
-"""The diagnostic's ``summary.md``: templates filled with the numbers of :mod:`.analysis`."""
+"""The diagnostic's ``summary.md``: templates filled with the numbers of `analysis`."""
 from __future__ import annotations
 
 import math
@@ -128,7 +128,7 @@ def _h4(h) -> str:
 
 
 def hypothesis_lines(h) -> list[str]:
-    """The four hypotheses in words (:class:`.analysis.Hypotheses`)."""
+    """The four hypotheses in words (`.analysis.Hypotheses`)."""
     lam_x = "higher (less negative) λ"
     h1 = H1.substitute(acc=h.acc.text(), gap=h.gap.text(),
                        acc_sig=_significance(h.acc, lam_x, "test accuracy") if h.acc.ok else "",
@@ -139,7 +139,7 @@ def hypothesis_lines(h) -> list[str]:
 
 
 def check_lines(c) -> list[str]:
-    """The measurement checks in words (:class:`.analysis.MeasurementChecks`)."""
+    """The measurement checks in words (`.analysis.MeasurementChecks`)."""
     out = []
     if np.isfinite(c.cvs).any():
         out.append(CV_CHECK.substitute(k=c.n_directions, median=fmt(np.nanmedian(c.cvs), ".3f"),

@@ -1,5 +1,8 @@
-"""Running the diagnostic: one grid cell per (data set, method, seed) run, each a training run with λ measured on
-a fixed set of test points on the schedule of :mod:`lamda.schedule`."""
+"""Running the diagnostic: one grid cell per (data set, method, seed) run.
+
+Each cell is a training run with λ measured on a fixed set of test points on the schedule of
+[`lamda.schedule`][lamda.schedule].
+"""
 from __future__ import annotations
 
 import copy

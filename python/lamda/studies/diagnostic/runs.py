@@ -17,8 +17,11 @@ STUDY_EPOCHS = (0, 10, 25, 50)
 
 @dataclass
 class RunData:
-    """One finished run: its place in the grid, ``rows`` of ``training_metrics.csv`` and ``lam``, the arrays of
-    ``lambda_data.npz`` (``lambda_values [M, K]``, ``log_abs_derivatives [M, K, N]``, ``epochs [M]``, …)."""
+    """One finished run: its place in the grid, its training metrics and its λ arrays.
+
+    ``rows`` of ``training_metrics.csv``, and ``lam``, the arrays of ``lambda_data.npz`` (``lambda_values [M, K]``,
+    ``log_abs_derivatives [M, K, N]``, ``epochs [M]``, …).
+    """
 
     label: str
     family: str
@@ -32,14 +35,17 @@ class RunData:
 
     @property
     def final(self) -> dict:
+        """The last row of ``training_metrics.csv``."""
         return self.rows[-1]
 
     @property
     def lambda_values(self) -> np.ndarray:
+        """``lambda_values [M, K]``: λ per measurement and direction."""
         return np.asarray(self.lam["lambda_values"], float)
 
     @property
     def epochs(self) -> np.ndarray:
+        """``epochs [M]`` of the measurements."""
         return np.asarray(self.lam["epochs"])
 
 

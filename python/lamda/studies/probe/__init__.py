@@ -5,12 +5,12 @@ The MNIST CNN is trained for 10 epochs (full) with
 - ``sgd``          SGD with momentum 0.9 at the base lr;
 - ``adam``         Adam (lr 1e-3);
 - ``sam``          SAM (ρ = 0.05) around the same SGD;
-- ``probe``        the same SGD wrapped in :class:`lamda.landscape.CurvatureAdaptiveLR`: every ``k`` batches a
-                   :class:`lamda.landscape.CurvatureProbe` takes N random unit parameter directions and the
-                   finite-difference gradient change ``c = mean ‖g(θ + εu) − g(θ)‖ / ε``; the learning rate becomes
-                   ``base · clip((c_ref / c)^0.5, 0.1, max_scale)`` with a **running reference** ``c_ref`` (an
-                   exponential moving average of log c over the earlier probes, decay ``ref_decay``), so the
-                   scale moves both ways around 1;
+- ``probe``        the same SGD wrapped in [`CurvatureAdaptiveLR`][lamda.landscape.CurvatureAdaptiveLR]: every ``k``
+                   batches a [`CurvatureProbe`][lamda.landscape.CurvatureProbe] takes N random unit parameter
+                   directions and the finite-difference gradient change ``c = mean ‖g(θ + εu) − g(θ)‖ / ε``; the
+                   learning rate becomes ``base · clip((c_ref / c)^0.5, 0.1, max_scale)`` with a **running
+                   reference** ``c_ref`` (an exponential moving average of log c over the earlier probes, decay
+                   ``ref_decay``), so the scale moves both ways around 1;
 - ``sgd_matched``  the control: SGD (momentum 0.9) at a constant lr equal to the mean lr of the same seed's
                    ``probe`` run — it separates "adapting the lr" from "a different average lr".
 
@@ -19,11 +19,13 @@ batches for the other optimizers, so the curvature is logged for all of them. Pe
 curvature (latest probe), learning rate, and for ``probe`` the scale and the reference; per epoch: train/test
 loss and accuracy and the mean curvature.
 
-Modules: :mod:`.config` (optimizers, presets, the grid, flags), :mod:`.training` (one run), :mod:`.run` (the
-cells), :mod:`.series` (per-run series, smoothing), :mod:`.analysis` (rows, paired differences, ``analyze``),
-:mod:`.figures`, :mod:`.report` (``summary.md``).
+Modules: [`config`][lamda.studies.probe.config] (optimizers, presets, the grid, flags),
+[`training`][lamda.studies.probe.training] (one run), [`run`][lamda.studies.probe.run] (the cells),
+[`series`][lamda.studies.probe.series] (per-run series, smoothing), [`analysis`][lamda.studies.probe.analysis] (rows,
+paired differences, ``analyze``), [`figures`][lamda.studies.probe.figures], [`report`][lamda.studies.probe.report]
+(``summary.md``).
 
-Output tree under ``--out``::
+Output tree under ``--out``:
 
     config.json experiment_config.json summary.md
     results.csv         optimizer, seed, final_test_acc, ..., mean_curvature, final_curvature, mean_lr, ...

@@ -1,5 +1,7 @@
-"""Post-hoc analysis of the probe study from its run folders: per-run rows, the per-optimizer table, the
-curvature and lr series, figures and ``summary.md``."""
+"""Post-hoc analysis of the probe study from its run folders.
+
+Per-run rows, the per-optimizer table, the curvature and lr series, figures and ``summary.md``.
+"""
 from __future__ import annotations
 
 import pathlib
@@ -52,8 +54,10 @@ def paired_difference(rows: list[dict], a: str, b: str, column: str) -> MeanCI:
 
 
 def probe_differences(rows: list[dict], optimizers: list[str]) -> dict[tuple[str, str], MeanCI]:
-    """``(column, other) → MeanCI`` of probe − other over seeds: final test accuracy against every other optimizer,
-    final curvature against sgd_matched (empty without probe)."""
+    """``(column, other) → MeanCI`` of probe − other over seeds.
+
+    Final test accuracy against every other optimizer, final curvature against sgd_matched (empty without probe).
+    """
     if "probe" not in optimizers:
         return {}
     out = {("final_test_acc", o): paired_difference(rows, "probe", o, "final_test_acc")

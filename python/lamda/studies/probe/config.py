@@ -38,8 +38,7 @@ def settings(args) -> dict:
 
 
 def optimizers_of(arg: str | None) -> list[str]:
-    """The optimizers of ``--optimizers`` (default all), in the order of :data:`OPTIMIZERS` (probe before
-    sgd_matched).
+    """The optimizers of ``--optimizers`` (default all), in the order of `OPTIMIZERS` (probe before sgd_matched).
 
     Raises:
         ValueError: an unknown optimizer, or sgd_matched without probe.
@@ -54,9 +53,11 @@ def optimizers_of(arg: str | None) -> list[str]:
 
 
 def grid_cells(cfg: dict) -> list[Cell]:
-    """One cell per (seed, optimizer), output ``runs/<optimizer>/seed_<s>``; ``sgd_matched`` shares the cell of
-    its ``probe`` run (key ``probe+sgd_matched/seed_<s>``: it needs that run's mean lr, so no shard or rank
-    ever waits for another)."""
+    """One cell per (seed, optimizer), output ``runs/<optimizer>/seed_<s>``.
+
+    ``sgd_matched`` shares the cell of its ``probe`` run (key ``probe+sgd_matched/seed_<s>``: it needs that run's mean
+    lr, so no shard or rank ever waits for another).
+    """
     cells = []
     for sd in cfg["seeds"]:
         for o in cfg["optimizers"]:

@@ -1,5 +1,7 @@
-"""The probe study's figures: the probed curvature, the learning rates and the probe's lr scale, loss and
-accuracy over training."""
+"""The probe study's figures.
+
+The probed curvature, the learning rates and the probe's lr scale, loss and accuracy over training.
+"""
 from __future__ import annotations
 
 import pathlib
@@ -23,8 +25,10 @@ def _colors() -> dict:
 
 
 def curvature_figure(path: pathlib.Path, raw: dict, cfg: dict) -> None:
-    """One panel per optimizer (every probe light, the trailing mean dark, one line per seed) and an overlay of
-    the smoothed curves; one log y scale."""
+    """One panel per optimizer and an overlay of the smoothed curves, on one log y scale.
+
+    In each panel every probe is light, the trailing mean dark, one line per seed.
+    """
     opts, seeds, colors = cfg["optimizers"], cfg["seeds"], _colors()
     fig, axes = plots.grid(len(opts) + 1, size=(3.4, 2.8), max_cols=3)
     allc = np.concatenate([raw[f"{o}_seed{sd}_curvature"] for o in opts for sd in seeds])

@@ -80,8 +80,10 @@ def _difference(diffs: dict, other: str) -> str:
 
 
 def statements(rows: list[dict], table: list[dict], cfg: dict, diffs: dict) -> list[str]:
-    """The findings, from the runs, the per-optimizer table and the paired differences ``diffs``
-    (``(column, other optimizer) → MeanCI`` of probe − other)."""
+    """The findings, from the runs, the per-optimizer table and the paired differences ``diffs``.
+
+    ``diffs``: ``(column, other optimizer) → MeanCI`` of probe − other.
+    """
     by = {r["optimizer"]: r for r in table}
     best = max(table, key=lambda r: r["final_test_acc_mean"])
     lines = [f"- Highest final test accuracy: `{best['optimizer']}` "

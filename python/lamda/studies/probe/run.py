@@ -1,5 +1,7 @@
-"""Running the probe study: one grid cell per (seed, optimizer); the ``sgd_matched`` control trains in its
-``probe`` run's cell, at that run's mean learning rate."""
+"""Running the probe study: one grid cell per (seed, optimizer).
+
+The ``sgd_matched`` control trains in its ``probe`` run's cell, at that run's mean learning rate.
+"""
 from __future__ import annotations
 
 import pathlib

@@ -23,8 +23,10 @@ def series(o: str, sd: int, st: list[dict], ep: list[dict]) -> dict[str, np.ndar
 
 
 def smooth(values, window: int) -> np.ndarray:
-    """Trailing moving average ``[T]`` → ``[T]``: entry t is the mean of the finite values among the last
-    ``window`` entries up to t (NaN when there are none)."""
+    """Trailing moving average ``[T]`` → ``[T]``.
+
+    Entry t is the mean of the finite values among the last ``window`` entries up to t (NaN when there are none).
+    """
     v = np.asarray(values, float)
     if int(window) < 1:
         raise ValueError(f"window must be >= 1, got {window}")

@@ -21,7 +21,7 @@ __all__ = ["make_optimizer", "train_one"]
 
 
 def make_optimizer(name: str, model, s: dict, probe: CurvatureProbe, lr: float | None):
-    """The optimizer ``name`` of :data:`OPTIMIZERS` over ``model``'s parameters (``lr``: sgd_matched's)."""
+    """The optimizer ``name`` of `OPTIMIZERS` over ``model``'s parameters (``lr``: sgd_matched's)."""
     params = list(model.parameters())
     if name == "sgd":
         return torch.optim.SGD(params, lr=s["sgd_lr"], momentum=0.9)

@@ -9,13 +9,14 @@ MNIST with 20 % seeded label noise, the MNIST CNN with dropout 0.5, Adam 1e-3, b
 
 The penalty's value and share of the total loss are logged per epoch (``training_metrics.csv``:
 ``penalty_lambda_penalty``, ``penalty_share_lambda_penalty``). After training, λ is measured per class pair
-(4v9, 3v8, 5v6) on test points near that pair's boundary (:mod:`.boundary`).
+(4v9, 3v8, 5v6) on test points near that pair's boundary ([`boundary`][lamda.studies.selective.boundary]).
 
-Modules: :mod:`.config` (conditions, presets, the grid, flags), :mod:`.boundary` (the boundary points and their
-λ), :mod:`.run` (training the cells), :mod:`.analysis` (rows, selectivity index, ``analyze``), :mod:`.figures`,
-:mod:`.report` (``summary.md``).
+Modules: [`config`][lamda.studies.selective.config] (conditions, presets, the grid, flags),
+[`boundary`][lamda.studies.selective.boundary] (the boundary points and their λ), [`run`][lamda.studies.selective.run]
+(training the cells), [`analysis`][lamda.studies.selective.analysis] (rows, selectivity index, ``analyze``),
+[`figures`][lamda.studies.selective.figures], [`report`][lamda.studies.selective.report] (``summary.md``).
 
-Output tree under ``--out``::
+Output tree under ``--out``:
 
     config.json experiment_config.json summary.md
     results.csv            condition, seed, test_acc, lambda_<pair>, n_boundary_<pair>, n_candidates_<pair>, ...

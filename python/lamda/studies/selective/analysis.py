@@ -1,5 +1,7 @@
-"""Post-hoc analysis of the selective study from its run folders: per-run rows, the selectivity index and its
-CI over seeds, the tables, figures and ``summary.md``."""
+"""Post-hoc analysis of the selective study from its run folders.
+
+Per-run rows, the selectivity index and its CI over seeds, the tables, figures and ``summary.md``.
+"""
 from __future__ import annotations
 
 import pathlib
@@ -39,8 +41,11 @@ def _run_row(c: str, sd: int, hist: list[dict], bl: dict) -> dict:
 
 
 def collect_runs(out: pathlib.Path, cfg: dict) -> tuple[list[dict], dict]:
-    """``(rows, shares)``: one ``results.csv`` row per (seed, condition), and per ``(condition, seed)`` the
-    epochs and penalty shares (%) of its training epochs."""
+    """``(rows, shares)``: the ``results.csv`` rows and the penalty shares per run.
+
+    One row per (seed, condition), and per ``(condition, seed)`` the epochs and penalty shares (%) of its training
+    epochs.
+    """
     rows, shares = [], {}
     for sd in cfg["seeds"]:
         for c in cfg["conditions"]:

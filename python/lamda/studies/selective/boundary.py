@@ -1,5 +1,6 @@
-"""The selective study's measurement: test points near a class pair's boundary, and λ on them with per-point
-directions.
+"""The selective study's measurement.
+
+Test points near a class pair's boundary, and λ on them with per-point directions.
 
 Boundary points of a pair (``rule="label"``, the study's): the point's true label is in the pair and its
 top-class probability lies in [0.2, 0.8]; at most ``max_points`` of those are sampled at random (seeded). With
@@ -24,14 +25,18 @@ __all__ = ["BoundarySelection", "boundary_points", "measure_pair_lambda", "measu
 
 @dataclass(frozen=True)
 class BoundarySelection:
-    """The boundary points of one class pair: ``indices [n_points]`` into the test set, the number of
-    ``candidates`` that met the rule before the cap, and ``ok`` (``n_points ≥ min_points``)."""
+    """The boundary points of one class pair.
+
+    ``indices [n_points]`` into the test set, the number of ``candidates`` that met the rule before the cap, and ``ok``
+    (``n_points ≥ min_points``).
+    """
     indices: np.ndarray
     candidates: int
     ok: bool
 
     @property
     def n_points(self) -> int:
+        """The number of points selected."""
         return int(len(self.indices))
 
 
@@ -41,13 +46,18 @@ def boundary_points(probs: torch.Tensor, labels: torch.Tensor, pair, *, rule: st
     """Test points near the boundary of ``pair = (a, b)``.
 
     Args:
-        probs: softmax probabilities ``[N, C]``. labels: true labels ``[N]`` (int).
+        probs: softmax probabilities ``[N, C]``.
+        labels: true labels ``[N]`` (int).
+        pair: the two classes ``(a, b)``.
         rule: ``"label"`` (the study's): the true label is ``a`` or ``b`` and the top-class probability lies in
             ``window`` (inclusive); at most ``max_points`` of them drawn at random without replacement from
             ``torch.Generator().manual_seed(seed)``, returned in ascending index order.
             ``"top2"``: the two most probable classes are the pair (either order; labels unused),
             top-class probability in ``window``; the ``max_points`` smallest margins ``|p_a − p_b|``, closest first.
+        window: ``(lo, hi)``, the range of the top-class probability.
+        max_points: at most this many points.
         min_points: fewer selected points than this → ``ok = False`` (the pair's λ is reported as missing).
+        seed: seeds the random choice of the ``"label"`` rule.
     """
     if rule not in BOUNDARY_RULES:
         raise ValueError(f"boundary rule must be one of {BOUNDARY_RULES}, got {rule!r}")

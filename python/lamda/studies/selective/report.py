@@ -1,4 +1,4 @@
-"""The selective study's ``summary.md``: a template filled with the tables of :mod:`.analysis`."""
+"""The selective study's ``summary.md``: a template filled with the tables of `analysis`."""
 from __future__ import annotations
 
 from string import Template

@@ -1,5 +1,8 @@
-"""Running the selective study: one grid cell per (condition, seed), a training run followed by the λ
-measurement per class pair on its boundary test points."""
+"""Running the selective study.
+
+One grid cell per (condition, seed), a training run followed by the λ measurement per class pair on its boundary test
+points.
+"""
 from __future__ import annotations
 
 import copy

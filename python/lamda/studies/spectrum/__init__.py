@@ -8,15 +8,17 @@ out is flagged "epoch cap"). Then the top-k (30) eigenpairs of the Hessian of th
 training data (float64, eval mode; the L2 term would add 2·L2 to every eigenvalue and is left out, as in the
 study) — by largest magnitude (``--which LM``, the study's choice; ``LA`` is an option) — come from
 forward-over-reverse HVPs + Lanczos (``--method eigsh``: scipy's ARPACK), each pair then checked by its residual
-``‖Hy − θy‖ / max|θ|`` (:func:`lamda.landscape.eigcheck.checked_eigs`). Every L2 value starts from the same
-initialisation (seed = the run ID), so cells are independent, resumable and shardable.
+``‖Hy − θy‖ / max|θ|`` ([`lamda.landscape.eigcheck.checked_eigs`][lamda.landscape.eigcheck.checked_eigs]). Every L2
+value starts from the same initialisation (seed = the run ID), so cells are independent, resumable and shardable.
 
-Modules: :mod:`.config` (presets, the grid, file names, flags), :mod:`.training` (one model), :mod:`.curvature`
-(the curvature whose eigenpairs are taken: its data, gradient and solver — the one place a curvature other than
-the Hessian plugs in), :mod:`.run` (the cells and their files), :mod:`.analysis`, :mod:`.figures`,
-:mod:`.report` (``summary.md``).
+Modules: [`config`][lamda.studies.spectrum.config] (presets, the grid, file names, flags),
+[`training`][lamda.studies.spectrum.training] (one model), [`curvature`][lamda.studies.spectrum.curvature] (the
+curvature whose eigenpairs are taken: its data, gradient and solver — the one place a curvature other than the Hessian
+plugs in), [`run`][lamda.studies.spectrum.run] (the cells and their files),
+[`analysis`][lamda.studies.spectrum.analysis], [`figures`][lamda.studies.spectrum.figures],
+[`report`][lamda.studies.spectrum.report] (``summary.md``).
 
-Files (names as in the study, under ``test_data/``; ``{ID}`` = the run seed, ``{L2}`` formatted ``%.5f``)::
+Files (names as in the study, under ``test_data/``; ``{ID}`` = the run seed, ``{L2}`` formatted ``%.5f``):
 
     test_data/Model-{ID}.csv                     L2_strength, Train_Loss, Train_Reg_Loss, Test_Loss,
                                                  Test_Accuracy (%), Train_Accuracy (%), Epochs, Lambda_Max

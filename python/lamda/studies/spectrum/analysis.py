@@ -1,6 +1,8 @@
-"""Post-hoc analysis of the spectrum study from its cell records: the study's ``Model-{ID}.csv`` tables, the
-eigenvalue arrays (unconverged pairs left out), collapse and epoch-cap flags, the outlier count, the trend of
-λ_max with L2 and its correlation with test accuracy."""
+"""Post-hoc analysis of the spectrum study from its cell records.
+
+The study's ``Model-{ID}.csv`` tables, the eigenvalue arrays (unconverged pairs left out), collapse and epoch-cap flags,
+the outlier count, the trend of λ_max with L2 and its correlation with test accuracy.
+"""
 from __future__ import annotations
 
 import pathlib
@@ -18,7 +20,7 @@ __all__ = ["analyze", "is_collapsed", "outlier_count", "Spectra", "spectra", "Tr
 
 
 def is_collapsed(test_accuracy_pct) -> np.ndarray:
-    """True where the test accuracy (%) is at chance level: < :data:`COLLAPSE_ACC`."""
+    """True where the test accuracy (%) is at chance level: < `COLLAPSE_ACC`."""
     return np.asarray(test_accuracy_pct, float) < COLLAPSE_ACC
 
 
@@ -38,9 +40,12 @@ def _column(rows: dict, ids: list, key: str, dtype=float) -> np.ndarray:
 
 @dataclass
 class Spectra:
-    """Every model's numbers, ``[ids, L2 values]`` (eigenvalue arrays ``[ids, L2 values, k]`` in the order of
-    ``which``): ``eig`` as computed, ``eig_c`` with unconverged pairs as NaN; ``lam_max`` the largest converged
-    eigenvalue; ``n_out`` the outlier count per model and ``n_typ`` its median; ``get(key)`` any record column."""
+    """Every model's numbers, ``[ids, L2 values]``.
+
+    Eigenvalue arrays are ``[ids, L2 values, k]`` in the order of ``which``: ``eig`` as computed, ``eig_c`` with
+    unconverged pairs as NaN; ``lam_max`` the largest converged eigenvalue; ``n_out`` the outlier count per model and
+    ``n_typ`` its median; ``get(key)`` any record column.
+    """
 
     grid: np.ndarray
     rows: dict
@@ -57,6 +62,7 @@ class Spectra:
     n_typ: int
 
     def get(self, key: str, dtype=float) -> np.ndarray:
+        """The record column ``key`` as an array ``[ids, L2 values]`` of ``dtype``."""
         return _column(self.rows, self.ids, key, dtype)
 
     @property
@@ -66,7 +72,7 @@ class Spectra:
 
 
 def spectra(rows: dict, ids: list, grid: np.ndarray) -> Spectra:
-    """The arrays of :class:`Spectra` from the cell records ``rows[id]`` (one per L2 value, in grid order)."""
+    """The arrays of `Spectra` from the cell records ``rows[id]`` (one per L2 value, in grid order)."""
     eig, conv = _column(rows, ids, "eigenvalues"), _column(rows, ids, "converged", bool)
     acc = _column(rows, ids, "Test_Accuracy")
     eig_c = np.where(conv, eig, np.nan)                                      # unconverged → NaN (never plotted)

@@ -53,8 +53,10 @@ def l2_label(l2: float) -> str:
 
 
 def model_files(ident: int, l2: float, eigvec_format: str) -> dict[str, str]:
-    """The study's files of one model under :data:`DATA_DIR` by role: gradients, eigenvalues, eigenvectors,
-    weights."""
+    """The study's files of one model under [`DATA_DIR`][lamda.studies.spectrum.config.DATA_DIR] by role.
+
+    Gradients, eigenvalues, eigenvectors, weights.
+    """
     lab = l2_label(float(l2))
     return {"gradients": f"gradients-{ident}-{lab}.csv", "eigenvalues": f"Hessian-eigenvalues-{ident}-{lab}.csv",
             "eigenvectors": f"Hessian-eigenvectors-{ident}-{lab}.{eigvec_format}",

@@ -2,8 +2,9 @@
 
 The curvature is the Hessian of the mean cross-entropy over the first ``hessian_samples`` training samples, in
 float64, with the model in eval mode (the L2 term, which would add 2·L2 to every eigenvalue, is left out, as in
-the study). :data:`CURVATURES` maps a curvature's name to the function that returns its checked top eigenpairs;
-:func:`top_eigenpairs` is what a cell calls.
+the study). [`CURVATURES`][lamda.studies.spectrum.curvature.CURVATURES] maps a curvature's name to the function that
+returns its checked top eigenpairs; [`top_eigenpairs`][lamda.studies.spectrum.curvature.top_eigenpairs] is what a cell
+calls.
 """
 from __future__ import annotations
 
@@ -46,8 +47,10 @@ CURVATURES: dict[str, Callable[..., CheckedEigs]] = {"hessian": _hessian}
 
 
 def top_eigenpairs(model, hdata, s: dict, cfg: dict, generator: torch.Generator) -> CheckedEigs:
-    """The top ``s["k"]`` eigenpairs (order ``cfg["which"]``, solver ``cfg["method"]``) of the study's curvature
-    (``cfg["curvature"]``, default the Hessian) of ``model`` on ``hdata``, each checked by its residual."""
+    """The top ``s["k"]`` eigenpairs of the study's curvature of ``model`` on ``hdata``, each checked by its residual.
+
+    Order ``cfg["which"]``, solver ``cfg["method"]``, curvature ``cfg["curvature"]`` (default the Hessian).
+    """
     kind = cfg.get("curvature", "hessian")
     if kind not in CURVATURES:
         raise ValueError(f"curvature must be one of {', '.join(CURVATURES)}, got {kind!r}")

@@ -14,8 +14,10 @@ DPI = 300
 
 
 def _eigenvalue_panel(ax, sp, k: int, which: str) -> None:
-    """The converged eigenvalues of every model against L2 (markers: the j-th largest is not one eigen-direction
-    across L2); the outliers (the typical outlier count) in red."""
+    """The converged eigenvalues of every model against L2, the outliers in red.
+
+    Markers, since the j-th largest is not one eigen-direction across L2; the outliers are the typical outlier count.
+    """
     grid, n_top = sp.grid, max(sp.n_typ, 1)
     for ii in range(len(sp.ids)):
         e = -np.sort(-sp.eig_c[ii], axis=1)                                  # descending; NaN last
@@ -69,8 +71,10 @@ def spectrum_vs_l2_figure(path: pathlib.Path, sp, k: int, which: str) -> None:
 
 
 def lambda_max_vs_accuracy_figure(path: pathlib.Path, sp, corr) -> None:
-    """λ_max against test accuracy, coloured by L2; collapsed models apart (excluded from ``corr``), the models
-    that hit the epoch cap ringed."""
+    """λ_max against test accuracy, coloured by L2.
+
+    Collapsed models apart (excluded from ``corr``), the models that hit the epoch cap ringed.
+    """
     grid, lam_max, acc, keep = sp.grid, sp.lam_max, sp.acc, ~sp.collapsed
     fig, axes = plots.new_figure(1, 1, (5.4, 4.0))
     ax = axes[0, 0]

@@ -1,4 +1,4 @@
-"""The spectrum study's ``summary.md``: a template filled with the numbers of :mod:`.analysis`."""
+"""The spectrum study's ``summary.md``: a template filled with the numbers of `analysis`."""
 from __future__ import annotations
 
 from string import Template

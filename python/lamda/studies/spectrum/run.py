@@ -1,5 +1,8 @@
-"""Running the spectrum study: one grid cell per (run ID, L2 value) — train the model, then write its gradient,
-its top eigenpairs and its weights in the study's files, and a JSON record of the cell."""
+"""Running the spectrum study.
+
+One grid cell per (run ID, L2 value) — train the model, then write its gradient, its top eigenpairs and its weights in
+the study's files, and a JSON record of the cell.
+"""
 from __future__ import annotations
 
 import copy

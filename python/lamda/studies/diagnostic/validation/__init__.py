@@ -2,9 +2,10 @@
 
 Four analyses, one folder each under ``validation_analysis/``: direction convergence (how many directions K),
 order sensitivity (which order window), temporal directional stability (is every direction's λ steady), and the
-joint K × order optimisation (the cheapest setting that meets the study's criteria). :mod:`.metrics` computes,
-:mod:`.tables` writes the CSVs, one module per folder draws its figures; :func:`validation_files` lists the
-tree by the study's file names.
+joint K × order optimisation (the cheapest setting that meets the study's criteria).
+[`metrics`][lamda.studies.diagnostic.validation.metrics] computes,
+[`tables`][lamda.studies.diagnostic.validation.tables] writes the CSVs, one module per folder draws its figures;
+[`validation_files`][lamda.studies.diagnostic.validation.validation_files] lists the tree by the study's file names.
 """
 from __future__ import annotations
 
@@ -32,8 +33,11 @@ def spaghetti_file(family: str, strength: float) -> str:
 
 
 def validation_files(labels, families=()) -> list[str]:
-    """Every file of ``validation_analysis/`` (relative paths) for runs with these method labels and families
-    (the study's named spaghetti figures exist for the families of :data:`config.STUDY_SPAGHETTI` present)."""
+    """Every file of ``validation_analysis/`` (relative paths) for runs with these method labels and families.
+
+    The study's named spaghetti figures exist for the families of
+    [`config.STUDY_SPAGHETTI`][lamda.studies.diagnostic.config.STUDY_SPAGHETTI] present.
+    """
     ep = [f"{e}" for e in STUDY_EPOCHS]
     named = [spaghetti_file(f, s) for f, s in STUDY_SPAGHETTI if f in set(families)]
     return ([f"{FOLDERS['convergence']}/{f}" for f in
@@ -55,8 +59,11 @@ def validation_files(labels, families=()) -> list[str]:
 
 @dataclass
 class Validation:
-    """What the summary quotes: the direction-convergence metrics per run (``convergence``), the recommendation
-    sentence, and for each of the study's named spaghetti figures the run drawn in it (None: no such run)."""
+    """What the summary quotes from the validation analyses.
+
+    The direction-convergence metrics per run (``convergence``), the recommendation sentence, and for each of the
+    study's named spaghetti figures the run drawn in it (None: no such run).
+    """
 
     convergence: list[dict]
     recommendation: str

@@ -24,7 +24,7 @@ METRIC_HEATMAPS = {
 
 
 def metric_heatmap_figure(folder: pathlib.Path, metric: str, joint: list[dict]) -> None:
-    """The final-epoch heatmap of one metric (mean over runs) into its file of :data:`METRIC_HEATMAPS`."""
+    """The final-epoch heatmap of one metric (mean over runs) into its file of `METRIC_HEATMAPS`."""
     fname, cell, unit = METRIC_HEATMAPS[metric]
     fig, axes = plots.new_figure(1, 1, (5.5, 4.2))
     v = mean_over_runs([jm[metric][-1] for jm in joint])
@@ -34,8 +34,10 @@ def metric_heatmap_figure(folder: pathlib.Path, metric: str, joint: list[dict]) 
 
 
 def lambda_at_epoch_figure(path: pathlib.Path, runs: list[RunData], target: int, lam: np.ndarray, vrange) -> None:
-    """The λ estimate ``lam [K, W]`` (mean over runs) at the epoch nearest to ``target``, on the colour range
-    ``vrange`` shared by the study's epochs."""
+    """The λ estimate ``lam [K, W]`` (mean over runs) at the epoch nearest to ``target``.
+
+    On the colour range ``vrange`` shared by the study's epochs.
+    """
     _, what = epoch_title(runs[0], target)
     fig, axes = plots.new_figure(1, 1, (5.5, 4.2))
     plots.heatmap(axes[0, 0], lam, ROWS, COLS, f"λ estimate (mean over {len(runs)} methods), {what}", fmt="{:.2f}",

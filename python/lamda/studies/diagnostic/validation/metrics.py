@@ -44,7 +44,7 @@ def wname(w) -> str:
 
 
 def meets(metrics: dict, idx=...) -> np.ndarray:
-    """Where every criterion of :data:`CRITERIA` holds (deviation, standard error and CV below their limits)."""
+    """Where every criterion of `CRITERIA` holds (deviation, standard error and CV below their limits)."""
     with np.errstate(invalid="ignore"):
         return ((metrics["deviation"][idx] < CRITERIA["deviation"]) & (metrics["stderr"][idx] < CRITERIA["stderr"])
                 & (metrics["cv"][idx] < CRITERIA["cv"]))
@@ -88,8 +88,10 @@ def joint_metrics(log_abs: np.ndarray, ks=K_GRID, windows=WINDOWS, n_subsets: in
 
 # ------------------------------------------------------------------------------------------ direction convergence
 def direction_convergence(runs: list[RunData]) -> tuple[tuple[int, ...], list[dict]]:
-    """``(ks, metrics)``: K = 1..Kall and, per run, :func:`joint_metrics` over those K at orders 1-6
-    (``[M, len(ks), 1]`` arrays)."""
+    """``(ks, metrics)``: K = 1..Kall and, per run, `joint_metrics` over those K at orders 1-6.
+
+    The metrics are ``[M, len(ks), 1]`` arrays.
+    """
     kall = runs[0].lam["log_abs_derivatives"].shape[1]
     ks = tuple(range(1, kall + 1))
     return ks, [joint_metrics(r.lam["log_abs_derivatives"], ks=ks, windows=(REF_WINDOW,)) for r in runs]
@@ -98,9 +100,11 @@ def direction_convergence(runs: list[RunData]) -> tuple[tuple[int, ...], list[di
 # ------------------------------------------------------------------------------------------ order sensitivity
 @dataclass
 class OrderWindows:
-    """λ of every run per order window: ``per_run[i][wi]`` is ``[M, K]`` (per measurement and direction);
-    ``final [runs, W]`` the final-epoch mean over directions; ``rel [runs, W]`` its relative difference from
-    orders 1-6 (NaN where the reference is 0)."""
+    """λ of every run per order window.
+
+    ``per_run[i][wi]`` is ``[M, K]`` (per measurement and direction); ``final [runs, W]`` the final-epoch mean over
+    directions; ``rel [runs, W]`` its relative difference from orders 1-6 (NaN where the reference is 0).
+    """
 
     per_run: list[list[np.ndarray]]
     final: np.ndarray
@@ -108,7 +112,7 @@ class OrderWindows:
 
 
 def order_windows(runs: list[RunData], windows=WINDOWS) -> OrderWindows:
-    """λ per order window for every run (:class:`OrderWindows`)."""
+    """λ per order window for every run ([`OrderWindows`][lamda.studies.diagnostic.validation.metrics.OrderWindows])."""
     n, W = len(runs), len(windows)
     per_run, lam_w, rel = [], np.full((n, W), np.nan), np.full((n, W), np.nan)
     for i, r in enumerate(runs):
@@ -123,8 +127,11 @@ def order_windows(runs: list[RunData], windows=WINDOWS) -> OrderWindows:
 
 @dataclass
 class FirstOrderBias:
-    """Per measurement of one run: ``residual [M]`` of ln|d_1| from the line through orders 2..N extrapolated to
-    n = 1, and ``dlambda [M]`` = λ(orders 1..N) − λ(orders 2..N) (both means over directions)."""
+    """Per measurement of one run.
+
+    ``residual [M]`` of ln|d_1| from the line through orders 2..N extrapolated to n = 1, and ``dlambda [M]`` = λ(orders
+    1..N) − λ(orders 2..N) (both means over directions).
+    """
 
     residual: np.ndarray
     dlambda: np.ndarray
@@ -150,8 +157,10 @@ def cv_over_time(run: RunData) -> np.ndarray:
 
 
 def spaghetti_choice(runs: list[RunData], family: str, target: float) -> RunData | None:
-    """The run of ``family`` whose strength is nearest to ``target`` (the smaller strength on a tie; None when
-    the family has no run)."""
+    """The run of ``family`` whose strength is nearest to ``target``.
+
+    The smaller strength on a tie; None when the family has no run.
+    """
     cand = [r for r in runs if r.family == family]
     if not cand:
         return None
@@ -167,7 +176,7 @@ def mean_over_runs(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def lambda_at_study_epochs(runs: list[RunData], joint: list[dict]) -> list[np.ndarray]:
-    """The λ estimate ``[K, W]`` (mean over runs) at the measured epoch nearest to each of :data:`STUDY_EPOCHS`."""
+    """The λ estimate ``[K, W]`` (mean over runs) at the measured epoch nearest to each of `STUDY_EPOCHS`."""
     out = []
     for target in STUDY_EPOCHS:
         idx = [nearest_epoch_index(r.epochs, target) for r in runs]
@@ -181,8 +190,11 @@ def config_cost(ks=K_GRID, windows=WINDOWS) -> np.ndarray:
 
 
 def pareto_front(cost: np.ndarray, mean_dev: np.ndarray) -> tuple[list, list]:
-    """``(points, front)``: every configuration with a finite mean deviation as ``(cost, deviation, name)``, and
-    those no other point beats in both cost and deviation."""
+    """``(points, front)``: the configurations and the Pareto front of cost against deviation.
+
+    ``points``: every configuration with a finite mean deviation as ``(cost, deviation, name)``; ``front``: those no
+    other point beats in both cost and deviation.
+    """
     pts = [(cost[i, j], mean_dev[i, j], f"K={K_GRID[i]},{wname(WINDOWS[j])}")
            for i in range(len(K_GRID)) for j in range(len(WINDOWS)) if np.isfinite(mean_dev[i, j])]
     front = [p for p in pts if not any((q[0] <= p[0] and q[1] <= p[1]) and (q[0] < p[0] or q[1] < p[1])
@@ -192,10 +204,12 @@ def pareto_front(cost: np.ndarray, mean_dev: np.ndarray) -> tuple[list, list]:
 
 @dataclass
 class Recommendation:
-    """``frac_final [K, W]``: fraction of runs meeting every criterion at the final epoch; ``frac_all [K, W]``: of
-    (run, epoch > 0) measurements; ``best``: ``(K index, window index)`` of the cheapest configuration meeting them
-    for every run at the final epoch, else of the highest ``frac_final``; ``all_met``: whether such a
-    configuration exists."""
+    """``frac_final [K, W]``: fraction of runs meeting every criterion at the final epoch.
+
+    ``frac_all [K, W]``: of (run, epoch > 0) measurements; ``best``: ``(K index, window index)`` of the cheapest
+    configuration meeting them for every run at the final epoch, else of the highest ``frac_final``; ``all_met``:
+    whether such a configuration exists.
+    """
 
     frac_final: np.ndarray
     frac_all: np.ndarray

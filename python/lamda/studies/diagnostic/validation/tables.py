@@ -27,8 +27,11 @@ def write_direction_convergence(path: pathlib.Path, runs: list[RunData], ks, jms
 
 
 def write_order_sensitivity(path: pathlib.Path, runs: list[RunData], ow: OrderWindows) -> None:
-    """``order_sensitivity.csv``: per run and order window, λ at the final epoch (mean, std over directions), its
-    mean over time and its relative difference from orders 1-6."""
+    """``order_sensitivity.csv``.
+
+    Per run and order window, λ at the final epoch (mean, std over directions), its mean over time and its relative
+    difference from orders 1-6.
+    """
     rows = []
     for i, r in enumerate(runs):
         for wi, w in enumerate(WINDOWS):
@@ -62,8 +65,11 @@ def write_temporal_stability(path: pathlib.Path, runs: list[RunData]) -> None:
 
 
 def write_joint_grid(folder: pathlib.Path, runs: list[RunData], joint: list[dict]) -> None:
-    """``joint_grid_final_epoch.csv`` (every metric per run, K and window at the final epoch, and whether all
-    criteria hold) and ``joint_grid.npz`` (every metric ``[runs, M, K, W]`` over the measurements all runs have)."""
+    """Write ``joint_grid_final_epoch.csv`` and ``joint_grid.npz``.
+
+    The CSV holds every metric per run, K and window at the final epoch, and whether all criteria hold; the npz every
+    metric ``[runs, M, K, W]`` over the measurements all runs have.
+    """
     rows = []
     for r, jm in zip(runs, joint):
         ok = meets(jm, -1)
@@ -117,8 +123,10 @@ def recommendation_line(rec: Recommendation, cost: np.ndarray) -> str:
 
 
 def write_recommendations(path: pathlib.Path, n_runs: int, rec: Recommendation, cost: np.ndarray, pareto) -> None:
-    """``optimal_config_recommendations.txt``: the fractions meeting the criteria, the recommendation and the
-    Pareto-optimal configurations."""
+    """``optimal_config_recommendations.txt``.
+
+    The fractions meeting the criteria, the recommendation and the Pareto-optimal configurations.
+    """
     write_text(path, RECOMMENDATIONS.substitute(
         dev_limit=f"{CRITERIA['deviation']:.0%}", stderr_limit=CRITERIA["stderr"], cv_limit=CRITERIA["cv"],
         n=n_runs, final_table=_fraction_table(rec.frac_final), all_table=_fraction_table(rec.frac_all),
