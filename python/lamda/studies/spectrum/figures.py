@@ -104,14 +104,22 @@ def lambda_max_vs_accuracy_figure(path: pathlib.Path, sp, corr) -> None:
 
 
 def _set_shared_scale(ax, values: np.ndarray) -> None:
-    """Log y when every value is positive, else symlog, linear within 1e-4 of the largest magnitude."""
+    """Log y when every value is positive, else symlog, linear within 1e-4 of the largest magnitude, ticked at 0
+    and at every decade above the linear range (on each side that holds values)."""
     finite = values[np.isfinite(values)]
     if finite.size and (finite > 0).all():
         ax.set_yscale("log")
     elif finite.size:
         big = float(np.abs(finite).max()) or 1.0
         small = np.abs(finite[finite != 0])
-        ax.set_yscale("symlog", linthresh=max(float(small.min()) if small.size else big, 1e-4 * big))
+        lin = max(float(small.min()) if small.size else big, 1e-4 * big)
+        ax.set_yscale("symlog", linthresh=lin)
+        def decades(side: np.ndarray) -> list[float]:
+            top = float(side.max()) if side.size else 0.0
+            return [10.0 ** e for e in range(int(np.floor(np.log10(lin))) + 1, int(np.floor(np.log10(top))) + 1)
+                    ] if top > lin else []
+
+        ax.set_yticks([-d for d in decades(-finite[finite < 0])[::-1]] + [0.0] + decades(finite[finite > 0]))
 
 
 def _spectrum_lines(ax, sp, norm, cmap) -> None:
@@ -127,6 +135,7 @@ def _spectrum_lines(ax, sp, norm, cmap) -> None:
                     color="grey" if grey else cmap(norm(l2)), alpha=0.8)
     ax.axvline(NUM_CLASSES - 0.5, color="k", ls=":", lw=0.8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, x[-1] + 0.5)
     ax.set_xlabel("eigenvalue rank (descending)")
     ax.set_title(f"{CURVATURE_LABEL[sp.kind]}\nlargest ratio gap after rank {sp.n_typ} (median); "
                  f"{int((~sp.conv).sum())} unconverged omitted", fontsize=7)
