@@ -1,4 +1,4 @@
-"""Hessian eigenpairs with a per-pair convergence check, for the landscape and spectrum studies.
+"""Hessian (or other curvature) eigenpairs with a per-pair convergence check, for the landscape and spectrum studies.
 
 ``lamda_ext.hessian.hessian_eigs`` returns the Ritz pairs and only warns when Lanczos stops above its
 tolerance. [`checked_eigs`][lamda.landscape.eigcheck.checked_eigs] adds, for every returned pair ``(θ_i, y_i)``, the
@@ -40,10 +40,14 @@ class CheckedEigs:
 
 
 def checked_eigs(model, loss, data, *, k: int, which: str, tol: float, max_iter: int | None = None,
-                 method: str = "lanczos", generator: torch.Generator | None = None) -> CheckedEigs:
-    """``hessian_eigs`` of the mean ``loss`` over ``data`` plus the residual check described above."""
+                 method: str = "lanczos", generator: torch.Generator | None = None, **operator_kw) -> CheckedEigs:
+    """``hessian_eigs`` of the mean ``loss`` over ``data`` plus the residual check described above.
+
+    ``operator_kw`` (e.g. ``curvature="ggn"``) go to [`HessianOperator`][lamda_ext.hessian.HessianOperator], and ``H``
+    above is then that curvature matrix.
+    """
     from lamda_ext.hessian import HessianOperator, hessian_eigs
-    op = HessianOperator(model, loss, data)
+    op = HessianOperator(model, loss, data, **operator_kw)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         vals, vecs = hessian_eigs(op, k=k, which=which, method=method, tol=tol, max_iter=max_iter,

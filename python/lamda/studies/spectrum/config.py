@@ -1,4 +1,7 @@
-"""The spectrum study's settings: presets, the L2 grid, the study's file names, the grid of cells, CLI flags."""
+"""The spectrum study's settings.
+
+Presets, the L2 grid, the curvatures, the study's file names, the grid of cells, CLI flags.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -7,14 +10,16 @@ from ..argtypes import int_list, number
 from ..mnist_like import add_mnist_like_argument
 from ..runner import Cell
 
-__all__ = ["NAME", "DATA_DIR", "MODEL_COLUMNS", "COLLAPSE_ACC", "PRESETS", "OVERRIDES", "l2_grid", "l2_label",
-           "model_files", "settings", "grid_cells", "add_arguments"]
+__all__ = ["NAME", "DATA_DIR", "MODEL_COLUMNS", "COLLAPSE_ACC", "NUM_CLASSES", "PRESETS", "OVERRIDES",
+           "CURVATURE_CHOICES", "CURVATURE_LABEL", "COMPARE_FIGURE", "curvatures", "key_prefix", "l2_grid",
+           "l2_label", "model_files", "settings", "grid_cells", "add_arguments"]
 
 NAME = "spectrum"
 DATA_DIR = "test_data"
 MODEL_COLUMNS = ["L2_strength", "Train_Loss", "Train_Reg_Loss", "Test_Loss", "Test_Accuracy", "Train_Accuracy",
                  "Epochs", "Lambda_Max"]
 COLLAPSE_ACC = 15.0   # % test accuracy: at most 1.5 × chance (10 classes) = a collapsed model
+NUM_CLASSES = 10      # both data sets of the study (MNIST, digits): C − 1 = 9 outliers expected
 
 # quick: 10 models on [0, 0.03] (above it the 784-128-128-10 MLP collapses to chance on the quick preset's data);
 # the Hessian on 500 samples with ≤ 120 Lanczos steps at tol 1e-4 bounds the HVP work at
@@ -32,6 +37,37 @@ PRESETS = {
 }
 # the preset settings a flag of the same name overrides
 OVERRIDES = ("steps", "l2_max", "k", "hessian_samples", "max_epochs", "tol", "hidden", "eigvec_format")
+
+
+# --curvature → the curvatures computed, in order: the first one is the study's primary curvature (Lambda_Max,
+# spectrum_vs_l2.png, λ_max vs accuracy); "both" adds the GGN to the Hessian
+CURVATURE_CHOICES = {"hessian": ("hessian",), "ggn": ("ggn",), "both": ("hessian", "ggn")}
+CURVATURE_LABEL = {"hessian": "Hessian", "ggn": "GGN"}     # in file names, axis labels and the summary
+COMPARE_FIGURE = "hessian_vs_ggn_spectra.png"              # the two spectra side by side (--curvature both)
+
+
+def curvatures(choice: str | None) -> tuple[str, ...]:
+    """The curvatures a run computes for ``--curvature choice``.
+
+    None (a folder whose config names no curvature) is the Hessian.
+
+    Raises:
+        ValueError: ``choice`` is not one of :data:`CURVATURE_CHOICES`.
+
+    """
+    if choice is None:
+        return CURVATURE_CHOICES["hessian"]
+    if choice not in CURVATURE_CHOICES:
+        raise ValueError(f"curvature must be one of {', '.join(CURVATURE_CHOICES)}, got {choice!r}")
+    return CURVATURE_CHOICES[choice]
+
+
+def key_prefix(kind: str) -> str:
+    """The prefix of a curvature's keys in the cell records, :func:`model_files` and ``spectrum.npz``.
+
+    "" for the Hessian (the study's keys), ``"ggn_"`` for the GGN.
+    """
+    return "" if kind == "hessian" else f"{kind}_"
 
 
 def l2_grid(l2_max: float, steps: int) -> np.ndarray:
@@ -52,15 +88,20 @@ def l2_label(l2: float) -> str:
     return f"{l2:.5f}"
 
 
-def model_files(ident: int, l2: float, eigvec_format: str) -> dict[str, str]:
-    """The study's files of one model under [`DATA_DIR`][lamda.studies.spectrum.config.DATA_DIR] by role.
+def model_files(ident: int, l2: float, eigvec_format: str, kinds: tuple[str, ...] = ("hessian",)) -> dict[str, str]:
+    """The study's files of one model under :data:`DATA_DIR` by role.
 
-    Gradients, eigenvalues, eigenvectors, weights.
+    Gradients, weights, and per curvature of ``kinds`` its eigenvalues and eigenvectors (roles
+    ``{key_prefix}eigenvalues``, ``{key_prefix}eigenvectors``; files ``Hessian-eigenvalues-…``, ``GGN-eigenvalues-…``).
     """
     lab = l2_label(float(l2))
-    return {"gradients": f"gradients-{ident}-{lab}.csv", "eigenvalues": f"Hessian-eigenvalues-{ident}-{lab}.csv",
-            "eigenvectors": f"Hessian-eigenvectors-{ident}-{lab}.{eigvec_format}",
-            "weights": f"model_weights-{ident}-{lab}.pth"}
+    files = {"gradients": f"gradients-{ident}-{lab}.csv"}
+    for kind in kinds:
+        pre, name = key_prefix(kind), CURVATURE_LABEL[kind]
+        files[f"{pre}eigenvalues"] = f"{name}-eigenvalues-{ident}-{lab}.csv"
+        files[f"{pre}eigenvectors"] = f"{name}-eigenvectors-{ident}-{lab}.{eigvec_format}"
+    files["weights"] = f"model_weights-{ident}-{lab}.pth"
+    return files
 
 
 def settings(args) -> dict:
@@ -72,13 +113,16 @@ def settings(args) -> dict:
     return s
 
 
-def grid_cells(ids: list[int], grid, eigvec_format: str) -> list[Cell]:
-    """One cell per (run ID, L2 value); its outputs are the study's files of that model and its cell JSON."""
+def grid_cells(ids: list[int], grid, eigvec_format: str, kinds: tuple[str, ...] = ("hessian",)) -> list[Cell]:
+    """One cell per (run ID, L2 value).
+
+    Its outputs are the study's files of that model (curvatures ``kinds``) and its cell JSON.
+    """
     cells = []
     for ident in ids:
         for l2 in grid:
             lab = l2_label(float(l2))
-            files = model_files(ident, l2, eigvec_format).values()
+            files = model_files(ident, l2, eigvec_format, kinds).values()
             cells.append(Cell(f"id_{ident}/l2_{lab}", {"id": int(ident), "l2": float(l2)},
                               tuple(f"{DATA_DIR}/{f}" for f in files) + (f"cells/{ident}-{lab}.json",)))
     return cells
@@ -100,6 +144,10 @@ def add_arguments(p) -> None:
                    help="relative residual tolerance of the eigenpairs, in (0, 1) (default: preset; full = 1e-8)")
     p.add_argument("--which", choices=("LM", "LA"), default="LM",
                    help="LM (default, the study's): largest magnitude; LA: largest algebraic")
+    p.add_argument("--curvature", choices=tuple(CURVATURE_CHOICES), default="hessian",
+                   help="the matrix whose top-k eigenpairs are taken: hessian (default, the study's), ggn (the "
+                        "generalised Gauss–Newton matrix, GGN-eigen* files) or both (and a figure of the two "
+                        "spectra side by side)")
     p.add_argument("--method", choices=("lanczos", "eigsh"), default="lanczos", help="eigen-solver (default lanczos)")
     p.add_argument("--eigvec-format", choices=("csv", "npy"), default=None,
                    help="eigenvector files: csv (the study's format; smoke/quick default) or npy (float32 [P, k], "

@@ -1,10 +1,10 @@
-"""The curvature whose top eigenpairs the spectrum study takes, and the data and gradient it is taken on.
+"""The curvatures whose top eigenpairs the spectrum study takes, and the data and gradient they are taken on.
 
-The curvature is the Hessian of the mean cross-entropy over the first ``hessian_samples`` training samples, in
+Each curvature is a matrix of the mean cross-entropy over the first ``hessian_samples`` training samples, in
 float64, with the model in eval mode (the L2 term, which would add 2·L2 to every eigenvalue, is left out, as in
-the study). [`CURVATURES`][lamda.studies.spectrum.curvature.CURVATURES] maps a curvature's name to the function that
-returns its checked top eigenpairs; [`top_eigenpairs`][lamda.studies.spectrum.curvature.top_eigenpairs] is what a cell
-calls.
+the study): ``"hessian"``, the loss Hessian (the study's), or ``"ggn"``, the generalised Gauss–Newton matrix
+``Jᵀ ∇²ℓ J`` (J: the Jacobian of the logits; positive semi-definite). :data:`CURVATURES` maps a curvature's name
+to the function that returns its checked top eigenpairs; :func:`top_eigenpairs` is what a cell calls.
 """
 from __future__ import annotations
 
@@ -37,21 +37,27 @@ def full_gradient(model, hdata) -> dict[str, torch.Tensor]:
     return g
 
 
-def _hessian(model, hdata, *, k: int, which: str, method: str, tol: float, max_iter, generator) -> CheckedEigs:
-    return checked_eigs(model, "cross_entropy", hdata, k=k, which=which, method=method, tol=tol, max_iter=max_iter,
-                        generator=generator)
+def _curvature(kind: str) -> Callable[..., CheckedEigs]:
+    """The checked top-k eigenpairs of the curvature ``kind`` of ``lamda_ext.hessian.HessianOperator``."""
+    def eigenpairs(model, hdata, *, k: int, which: str, method: str, tol: float, max_iter, generator) -> CheckedEigs:
+        return checked_eigs(model, "cross_entropy", hdata, k=k, which=which, method=method, tol=tol,
+                            max_iter=max_iter, generator=generator, curvature=kind)
+    return eigenpairs
 
 
 # curvature name → its checked top-k eigenpairs (model, data, k, which, method, tol, max_iter, generator)
-CURVATURES: dict[str, Callable[..., CheckedEigs]] = {"hessian": _hessian}
+CURVATURES: dict[str, Callable[..., CheckedEigs]] = {"hessian": _curvature("hessian"), "ggn": _curvature("ggn")}
 
 
-def top_eigenpairs(model, hdata, s: dict, cfg: dict, generator: torch.Generator) -> CheckedEigs:
-    """The top ``s["k"]`` eigenpairs of the study's curvature of ``model`` on ``hdata``, each checked by its residual.
+def top_eigenpairs(model, hdata, s: dict, cfg: dict, generator: torch.Generator, kind: str = "hessian") -> CheckedEigs:
+    """The top ``s["k"]`` eigenpairs of the curvature ``kind`` of ``model`` on ``hdata``, each checked by its residual.
 
-    Order ``cfg["which"]``, solver ``cfg["method"]``, curvature ``cfg["curvature"]`` (default the Hessian).
+    Order ``cfg["which"]``, solver ``cfg["method"]``; ``kind`` is a key of ``CURVATURES``.
+
+    Raises:
+        ValueError: ``kind`` is not a key of :data:`CURVATURES`.
+
     """
-    kind = cfg.get("curvature", "hessian")
     if kind not in CURVATURES:
         raise ValueError(f"curvature must be one of {', '.join(CURVATURES)}, got {kind!r}")
     return CURVATURES[kind](model, hdata, k=s["k"], which=cfg["which"], method=cfg["method"],

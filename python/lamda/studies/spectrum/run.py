@@ -1,7 +1,7 @@
 """Running the spectrum study.
 
-One grid cell per (run ID, L2 value) — train the model, then write its gradient, its top eigenpairs and its weights in
-the study's files, and a JSON record of the cell.
+One grid cell per (run ID, L2 value) — train the model, then write its gradient, the top eigenpairs of each curvature of
+``--curvature`` and its weights in the study's files, and a JSON record of the cell.
 """
 from __future__ import annotations
 
@@ -13,19 +13,20 @@ import numpy as np
 import torch
 
 from ...models import SigmoidMLP
-from ...result_files import atomic_path, write_json
+from ...result_files import atomic_path, read_json, write_json
 from ...trainer import resolve_device
 from ..folders import open_results_folder, parse_seeds
 from ..mnist_like import load_mnist_like
 from ..runner import Cell, run_grid
 from .analysis import analyze
-from .config import COLLAPSE_ACC, DATA_DIR, NAME, grid_cells, l2_grid, l2_label, model_files, settings
+from .config import (COLLAPSE_ACC, DATA_DIR, NAME, curvatures, grid_cells, key_prefix, l2_grid, l2_label,
+                     model_files, settings)
 from .curvature import full_gradient, hessian_data, top_eigenpairs
 from .training import evaluate, l2_term, train_model
 
 __all__ = ["run", "train_cell"]
 
-IDENTITY = ("experiment", "preset", "seed", "ids", "dataset", "settings", "which", "method")
+IDENTITY = ("experiment", "preset", "seed", "ids", "dataset", "settings", "which", "method", "curvature")
 
 
 def _write_csv_array(path, header: list[str], columns: list[np.ndarray], fmts: list[str]) -> None:
@@ -48,23 +49,54 @@ def _write_gradient(path, grads: dict[str, torch.Tensor]) -> np.ndarray:
     return gvec
 
 
-def _write_eigenpairs(files: dict, dd: pathlib.Path, ce, eigvec_format: str) -> None:
-    """The study's eigenvalue CSV and eigenvector file (CSV, or float32 npy ``[P, k]``)."""
+def _write_eigenpairs(files: dict, dd: pathlib.Path, ce, eigvec_format: str, pre: str) -> None:
+    """The study's eigenvalue CSV and eigenvector file (CSV, or float32 npy ``[P, k]``) of one curvature.
+
+    The curvature is the one whose roles in ``files`` start with ``pre``.
+    """
     vals = ce.values
-    _write_csv_array(dd / files["eigenvalues"], ["index", "eigenvalue"], [np.arange(1, len(vals) + 1), vals],
+    _write_csv_array(dd / files[f"{pre}eigenvalues"], ["index", "eigenvalue"], [np.arange(1, len(vals) + 1), vals],
                      ["%d", "%.17g"])
     V = ce.vectors.detach().cpu().numpy().T                                   # [P, k]
     if eigvec_format == "npy":
-        _write_npy(dd / files["eigenvectors"], V.astype(np.float32))
+        _write_npy(dd / files[f"{pre}eigenvectors"], V.astype(np.float32))
     else:
-        _write_csv_array(dd / files["eigenvectors"], ["param_index"] + [f"eigvec_{i + 1}" for i in range(V.shape[1])],
+        _write_csv_array(dd / files[f"{pre}eigenvectors"],
+                         ["param_index"] + [f"eigvec_{i + 1}" for i in range(V.shape[1])],
                          [np.arange(V.shape[0])] + [V[:, i] for i in range(V.shape[1])],
                          ["%d"] + ["%.9g"] * V.shape[1])
 
 
+def _curvature_record(kind: str, ce, seconds: float) -> dict:
+    """A curvature's entries of the cell record.
+
+    Keys start with its ``key_prefix``; ``hvps`` counts its curvature-vector products, Lanczos and check.
+    """
+    pre = key_prefix(kind)
+    return {f"{pre}eigenvalues": ce.values.tolist(), f"{pre}rel_residual": ce.rel_residual.tolist(),
+            f"{pre}converged": ce.converged.tolist(), f"{pre}hvps": ce.hvps, f"{pre}eig_notes": ce.notes,
+            f"{kind}_time_s": seconds}
+
+
+def _eigenpairs(m64, hdata, files: dict, dd: pathlib.Path, s: dict, cfg: dict, ident: int) -> tuple[dict, float]:
+    """Every curvature of ``cfg["curvature"]``.
+
+    Its checked top-k eigenpairs written to its files (the same start vector seed for each); the cell record's curvature
+    entries and the primary curvature's largest eigenvalue.
+    """
+    rec, lam_max = {}, None
+    for kind in curvatures(cfg["curvature"]):
+        t = time.perf_counter()
+        ce = top_eigenpairs(m64, hdata, s, cfg, torch.Generator().manual_seed(ident * 1000 + 3), kind)
+        rec.update(_curvature_record(kind, ce, time.perf_counter() - t))
+        _write_eigenpairs(files, dd, ce, s["eigvec_format"], key_prefix(kind))
+        lam_max = float(ce.values.max()) if lam_max is None else lam_max
+    return rec, lam_max
+
+
 def train_cell(out: pathlib.Path, ident: int, l2: float, data, s: dict, cfg: dict, dev) -> dict:
     """Train the model of (``ident``, ``l2``), write its files, and return (and write) its cell record."""
-    files, dd = model_files(ident, l2, s["eigvec_format"]), out / DATA_DIR
+    files, dd = model_files(ident, l2, s["eigvec_format"], curvatures(cfg["curvature"])), out / DATA_DIR
     torch.manual_seed(ident)
     model = SigmoidMLP(in_features=data.x_train[0].numel(), hidden=tuple(s["hidden"]),
                        num_classes=data.num_classes).to(dev)
@@ -77,20 +109,14 @@ def train_cell(out: pathlib.Path, ident: int, l2: float, data, s: dict, cfg: dic
     m64 = copy.deepcopy(model).double().eval()              # float64 copy for the gradient and the curvature
     hdata = hessian_data(data, s["hessian_samples"])
     gvec = _write_gradient(dd / files["gradients"], full_gradient(m64, hdata))
-    t1 = time.perf_counter()
-    ce = top_eigenpairs(m64, hdata, s, cfg, torch.Generator().manual_seed(ident * 1000 + 3))
-    hess_time = time.perf_counter() - t1
-    _write_eigenpairs(files, dd, ce, s["eigvec_format"])
+    curv, lam_max = _eigenpairs(m64, hdata, files, dd, s, cfg, ident)
     with atomic_path(dd / files["weights"]) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     row = {"L2_strength": float(l2), "Train_Loss": tr_loss, "Train_Reg_Loss": tr_loss + float(l2) * reg,
            "Test_Loss": te_loss, "Test_Accuracy": 100.0 * te_acc, "Train_Accuracy": 100.0 * tr_acc,
-           "Epochs": info["epochs"], "Lambda_Max": float(ce.values.max()),
-           "eigenvalues": ce.values.tolist(), "rel_residual": ce.rel_residual.tolist(),
-           "converged": ce.converged.tolist(), "hvps": ce.hvps, "stopped_early": info["stopped_early"],
+           "Epochs": info["epochs"], "Lambda_Max": lam_max, **curv, "stopped_early": info["stopped_early"],
            "epoch_cap": (not info["stopped_early"]) and info["epochs"] >= s["max_epochs"],
-           "gradient_norm": float(np.linalg.norm(gvec)), "train_time_s": train_time, "hessian_time_s": hess_time,
-           "id": ident, "eig_notes": ce.notes}
+           "gradient_norm": float(np.linalg.norm(gvec)), "train_time_s": train_time, "id": ident}
     write_json(out / "cells" / f"{ident}-{l2_label(l2)}.json", row)
     return row
 
@@ -98,12 +124,29 @@ def train_cell(out: pathlib.Path, ident: int, l2: float, data, s: dict, cfg: dic
 def _experiment_config(args, s: dict, grid, ids, data, dname: str, note: str) -> dict:
     return {"experiment": NAME, "preset": args.preset, "seed": args.seed, "ids": ids, "dataset": dname,
             "dataset_note": note, "data_root": args.data_root, "device": args.device, "settings": s,
-            "which": args.which, "method": args.method, "l2_grid": grid, "data_dir": DATA_DIR,
+            "which": args.which, "method": args.method, "curvature": args.curvature, "l2_grid": grid,
+            "data_dir": DATA_DIR,
             "train_size": int(data.x_train.shape[0]), "test_size": int(data.x_test.shape[0]),
             "hessian": "mean cross-entropy over the first hessian_samples training samples (all when null), "
                        "float64, eval mode; the L2 term (adds 2·L2 to every eigenvalue) is excluded",
+            "ggn": "generalised Gauss–Newton matrix J^T H_CE J of the same loss, data and model (J: Jacobian of the "
+                   "logits)",
             "l2_penalty": "L2 · sum of squares of all parameters, added to the batch-mean cross-entropy",
             "collapsed": f"test accuracy < {COLLAPSE_ACC:g} % (chance = 10 %): excluded from correlations"}
+
+
+def _name_the_hessian(out: pathlib.Path) -> None:
+    """A results folder whose config names no curvature holds the Hessian's spectra.
+
+    Write ``"curvature": "hessian"`` into its config files, so that resuming it with the default ``--curvature`` finds
+    the same run.
+    """
+    for name in ("experiment_config.json", "config.json"):
+        path = out / name
+        if path.is_file():
+            cfg = read_json(path)
+            if "curvature" not in cfg:
+                write_json(path, {**cfg, "curvature": "hessian"})
 
 
 def run(args) -> int:
@@ -117,6 +160,7 @@ def run(args) -> int:
                                         seed=args.seed, download=args.download)
     data = data.to(dev)
     config = _experiment_config(args, s, grid, ids, data, dname, note)
+    _name_the_hessian(out)
     open_results_folder(out, config, IDENTITY)
 
     def work(cell: Cell) -> None:
@@ -125,4 +169,5 @@ def run(args) -> int:
         print(f"[{NAME}] ID {row['id']} L2={l2_label(row['L2_strength'])}: test acc {row['Test_Accuracy']:.2f} %, "
               f"λ_max {row['Lambda_Max']:.4g}, {row['Epochs']} epochs, {time.perf_counter() - t:.1f} s", flush=True)
 
-    return run_grid(NAME, out, grid_cells(ids, grid, s["eigvec_format"]), work, analyze, shard=args.shard)
+    cells = grid_cells(ids, grid, s["eigvec_format"], curvatures(args.curvature))
+    return run_grid(NAME, out, cells, work, analyze, shard=args.shard)
