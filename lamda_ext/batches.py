@@ -70,7 +70,7 @@ from .losses import IGNORE_INDEX
 from .params import ParameterSubset, select_parameters
 from .taylor.series import TaylorSeries
 
-__all__ = ["is_batch", "WRT_NAMES", "Problem", "prepare", "sample_losses", "own_loss_fn", "holds_batches",
+__all__ = ["is_batch", "take_rows", "WRT_NAMES", "Problem", "prepare", "sample_losses", "own_loss_fn", "holds_batches",
            "OwnLoss"]
 
 WRT_NAMES = ("input", "params", "inputs_embeds", "pixel_values")
@@ -108,6 +108,19 @@ def _take(batch: Mapping, index, rows: int) -> dict:
     """Every tensor of ``batch`` with leading size ``rows`` indexed by ``index`` (a slice or positions)."""
     return {k: (v[index] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == rows else v)
             for k, v in batch.items()}
+
+
+def take_rows(batch: Mapping, index) -> dict:
+    """The samples ``index`` (a slice or positions) of a batch: every tensor with the batch's leading size indexed.
+
+    Args:
+        batch: a dict or ``BatchEncoding`` whose tensors have leading size B (``input_ids``, ``pixel_values``, ...).
+        index: a slice or a ``[B']`` tensor of positions.
+
+    Returns:
+        A dict with the same keys; tensors of leading size B are indexed, anything else is kept as is.
+    """
+    return _take(batch, index, _rows(batch))
 
 
 def _logits(out) -> torch.Tensor:

@@ -120,3 +120,52 @@ def test_lambda_penalty_no_selected_sample_is_zero_and_max_points():
             LambdaPenalty(1.0, order=order, backend=backend)
     regs = RegularizerSet([pen, InputGradientPenalty(0.1)])
     assert regs.has_penalty and set(regs.penalties(m, x, y)) == {"lambda_penalty", "input_gradient_penalty"}
+
+
+def test_lambda_penalty_within_a_memory_budget_gives_the_same_value_and_gradient():
+    """A budget that splits the call (and recomputes its backward pass) changes neither the penalty nor its gradient."""
+    m, (x, y) = _mlp(), _batch(8)
+    kw = dict(order=3, directions=3)
+    budget = lamda_ext.plan(m, x, y, memory_budget=2**40, **kw).min_backward_budget
+    assert len(lamda_ext.plan(m, x, y, memory_budget=budget, **kw).chunks) > 1
+    grads, vals = [], []
+    for b in ("auto", budget):
+        m.zero_grad()
+        pen = LambdaPenalty(0.5, seed=4, memory_budget=b, **kw)
+        val = pen.penalty(m, x, y)
+        val.backward()
+        vals.append(val.detach())
+        grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
+    torch.testing.assert_close(vals[1], vals[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-15)
+    assert pen.describe()["memory_budget"] == budget
+    too_small = lamda_ext.plan(m, x, y, memory_budget=2**40, **kw).min_budget // 4
+    with pytest.raises(ValueError, match="smallest budget"):          # the budget reaches directional_derivs
+        LambdaPenalty(0.5, memory_budget=too_small, **kw).penalty(m, x, y)
+    with pytest.raises(ValueError, match="memory_budget"):
+        LambdaPenalty(1.0, memory_budget=0)
+
+
+def test_lambda_penalty_of_a_hugging_face_batch():
+    """A dict batch: the model's own loss, directions in embedding space, the first max_points samples."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install .[hf])")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=23, n_positions=8, bos_token_id=0,
+                                  eos_token_id=0, attn_implementation="eager")
+    model = transformers.GPT2LMHeadModel(cfg).double().eval()
+    ids = torch.randint(1, 23, (3, 5), generator=torch.Generator().manual_seed(1))
+    batch = transformers.BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    pen = LambdaPenalty(0.5, order=3, directions=2, max_points=2, seed=7)
+    val = pen.penalty(model, batch)
+    g = torch.Generator().manual_seed(7)
+    first = {k: v[:2] for k, v in batch.items()}
+    d = lamda_ext.directional_derivs(model, first, None, order=3, directions=2, wrt="inputs_embeds",
+                                     backend="autograd", generator=g)
+    assert d.shape == (2, 2, 3)
+    torch.testing.assert_close(val, 0.5 * d.abs().mean(), rtol=1e-10, atol=0)
+    val.backward()
+    assert model.transformer.h[0].mlp.c_fc.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="dict batch"):
+        LambdaPenalty(1.0, classes=[1]).penalty(model, batch)
+    with pytest.raises(TypeError, match="penalty_share"):
+        pen.penalty_share(model, batch, None, (0, 1))

@@ -23,7 +23,9 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from lamda_ext.batches import is_batch, take_rows
 from lamda_ext.checks import check_order
+from lamda_ext.memory import Budget, resolve_budget
 
 from .data import Augmenter
 
@@ -193,20 +195,28 @@ class LambdaPenalty(Regularizer):
     ``classes``: only samples whose (training) label is in this set are penalised; with no selected
     sample in a batch the penalty is 0.  ``max_points`` caps the number of samples per batch
     (the first ones of the shuffled batch).  The derivatives come from
-    ``lamda_ext.directional_derivs`` (differentiable with respect to the parameters).
+    ``lamda_ext.directional_derivs`` (differentiable with respect to the parameters) within
+    ``memory_budget`` (bytes or ``"auto"``; a call that does not fit is split and, for the backward pass,
+    recomputed chunk by chunk: the same penalty and gradient).
+
+    ``x`` may be a Hugging Face batch (a dict or ``BatchEncoding`` of tensors, ``y=None``: the model's own
+    loss from ``batch["labels"]``); its directions are then in embedding space (``wrt="inputs_embeds"``) for
+    token inputs, in pixel space for ``pixel_values``. ``classes`` needs plain labels ``y`` and is refused there.
     """
 
     name = "lambda_penalty"
 
     def __init__(self, scale: float, order: int = 3, directions: int = 2, classes: Iterable[int] | None = None,
-                 backend: str = "auto", max_points: int | None = None, seed: int = 0):
+                 backend: str = "auto", max_points: int | None = None, seed: int = 0, memory_budget: Budget = "auto"):
         self.scale = _check_nonneg("lambda penalty scale", scale)
         check_order(order, backend)
         if directions < 1:
             raise ValueError(f"directions must be >= 1, got {directions}")
+        resolve_budget(memory_budget, torch.device("cpu"))          # refuses a malformed budget now, not mid-training
         self.order, self.directions, self.backend = int(order), int(directions), backend
         self.classes = None if classes is None else sorted({int(c) for c in classes})
         self.max_points = max_points
+        self.memory_budget = memory_budget
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def select(self, y: torch.Tensor) -> torch.Tensor:
@@ -219,14 +229,40 @@ class LambdaPenalty(Regularizer):
             m &= torch.cumsum(m.long(), 0) <= self.max_points
         return m
 
-    def penalty(self, model, x, y):
-        """``scale · mean |d_n|`` over the selected samples (0 when none is selected), differentiable."""
+    def _batch_penalty(self, model, batch):
+        """The penalty of a Hugging Face batch: its first ``max_points`` samples, the model's own loss."""
         import lamda_ext
+        if self.classes is not None:
+            raise ValueError("LambdaPenalty(classes=...) selects samples by their label y; a dict batch carries "
+                             "token labels: select the samples before passing the batch")
+        if self.max_points is not None:
+            batch = take_rows(batch, slice(0, self.max_points))
+        wrt = "pixel_values" if "pixel_values" in batch else "inputs_embeds"
+        d = lamda_ext.directional_derivs(model, batch, None, order=self.order, directions=self.directions, wrt=wrt,
+                                         backend=self.backend, generator=self.generator,
+                                         memory_budget=self.memory_budget)
+        return self.scale * d.abs().mean()
+
+    def penalty(self, model, x, y=None):
+        """``scale · mean |d_n|`` over the selected samples (0 when none is selected), differentiable.
+
+        Args:
+            model: the network.
+            x: inputs ``[B, *S]``, or a Hugging Face batch (dict of tensors with leading size B).
+            y: labels ``[B]`` (None for a batch that holds its ``labels``).
+
+        Returns:
+            A differentiable scalar.
+        """
+        import lamda_ext
+        if is_batch(x):
+            return self._batch_penalty(model, x)
         m = self.select(y)
         if not bool(m.any()):
             return x.new_zeros(())
         d = lamda_ext.directional_derivs(model, x[m], y[m], order=self.order, directions=self.directions,
-                                         wrt="input", backend=self.backend, generator=self.generator)
+                                         wrt="input", backend=self.backend, generator=self.generator,
+                                         memory_budget=self.memory_budget)
         return self.scale * d.abs().mean()
 
     def penalty_share(self, model, x, y, part):
@@ -235,9 +271,12 @@ class LambdaPenalty(Regularizer):
         The directions are drawn for the whole batch's selected samples (the same draw as
         [`penalty`][lamda.regularizers.LambdaPenalty.penalty], so every rank's generator stays in step) and this rank
         differentiates its own ones; the shares sum to [`penalty`][lamda.regularizers.LambdaPenalty.penalty] of the
-        whole batch.
+        whole batch. Plain tensors only (the trainer's batches).
         """
         import lamda_ext
+        if is_batch(x):
+            raise TypeError("LambdaPenalty.penalty_share takes the trainer's tensors x [B, *S], y [B]; "
+                            "for a dict batch call penalty() on each rank's own batch")
         lo, hi = part
         m = self.select(y)
         n_sel = int(m.sum())
@@ -249,13 +288,15 @@ class LambdaPenalty(Regularizer):
         if not bool(mine.any()):
             return x.new_zeros(())
         d = lamda_ext.directional_derivs(model, x[idx[mine]], y[idx[mine]], order=self.order,
-                                         directions=dirs[:, mine], wrt="input", backend=self.backend)
+                                         directions=dirs[:, mine], wrt="input", backend=self.backend,
+                                         memory_budget=self.memory_budget)
         return self.scale * d.abs().sum() / (n_sel * self.directions * self.order)
 
     def describe(self):
         """The settings, for ``config.json``."""
         return {"name": self.name, "scale": self.scale, "order": self.order, "directions": self.directions,
-                "classes": self.classes, "backend": self.backend, "max_points": self.max_points}
+                "classes": self.classes, "backend": self.backend, "max_points": self.max_points,
+                "memory_budget": self.memory_budget}
 
 
 class RegularizerSet:
