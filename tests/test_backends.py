@@ -1,4 +1,4 @@
-"""Every backend against the nested-autograd reference, float64 (issue 2 acceptance)."""
+"""Every backend against the nested-autograd reference, float64."""
 import pytest
 import torch
 
@@ -56,11 +56,12 @@ def test_taylor_matches_autograd_input(cases, name, train, backend):
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("name", MODELS)
 def test_func_matches_autograd_input(cases, name, train):
-    """Nested jvp costs ~2^N passes: the conv models take up to ~2 minutes each here."""
+    """Nested jvp costs ~2^N passes: resnet18 is checked on its first 4 orders (the others on all 6)."""
     m, x, y, u, ref = _reference(cases, name, train, "input")
+    order = 4 if name == "resnet18" else 6
     with torch.no_grad():
-        got = _derivs(m, x, y, u, "func")
-    assert rel_err(got, ref) <= TOL
+        got = _derivs(m, x, y, u, "func", order=order)
+    assert rel_err(got, ref[..., :order]) <= TOL
 
 
 @pytest.mark.parametrize("backend", ["taylor", "fused", "func"])
@@ -207,7 +208,7 @@ def test_filter_normalised_parameter_directions():
     torch.testing.assert_close(u.norm(dim=1), torch.ones(3, dtype=u.dtype))
 
 
-# ------------------------------------------------------------------ shared directions [K, *S] (issue 10)
+# ------------------------------------------------------------------ shared directions [K, *S]
 SHARED_CASES = [(b, name) for b in ("taylor", "fused") for name in MODELS] + \
                [(b, name) for b in ("autograd", "func") for name in ("sequential", "functional", "sigmoid_mlp",
                                                                       "cifar_resnet")]

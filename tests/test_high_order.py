@@ -1,4 +1,4 @@
-"""Any order (issue 13): taylor up to order 32, fused past its compiled maximum through the composite rules with
+"""Any order: taylor up to order 32, fused past its compiled maximum through the composite rules with
 the same numbers, and order 10 against nested autograd on the sigmoid MLP and the MNIST CNN (float64)."""
 import pytest
 import torch

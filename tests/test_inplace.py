@@ -1,4 +1,4 @@
-"""In-place ops on Taylor series (issue 12, item 1): the mutation updates the series (views included) — checked
+"""In-place ops on Taylor series: the mutation updates the series (views included) — checked
 against nested autograd in float64 — or the op is refused with a NotImplementedError naming the op and module."""
 import pytest
 import torch

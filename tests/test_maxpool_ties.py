@@ -1,4 +1,4 @@
-"""Max-pool ties on real MNIST (issue 12, item 2): the conv/linear rules compute the primal exactly as the model's
+"""Max-pool ties on real MNIST: the conv/linear rules compute the primal exactly as the model's
 own op (bias included), so the pooled argmax — and hence every derivative — is that of autograd."""
 import os
 from pathlib import Path

@@ -72,7 +72,7 @@ def assert_same_npz(a: pathlib.Path, b: pathlib.Path) -> None:
 
 SMOKE = {      # experiment -> its smoke flags (each grid has at least one cell per rank)
     "probe": ["--preset", "smoke"],
-    "spectrum": ["--preset", "smoke"],
+    "spectrum": ["--preset", "smoke", "--hidden", "32,32", "--k", "4", "--hessian-samples", "64"],
 }
 
 

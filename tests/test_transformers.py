@@ -1,4 +1,4 @@
-"""Transformers and mobile networks in Taylor mode (issue 13): taylor and fused against nested autograd, float64,
+"""Transformers and mobile networks in Taylor mode: taylor and fused against nested autograd, float64,
 K = 2, eval and train mode (dropout masks replayed), orders 1–6 for the small models (SDPA options, GPT block), 1–4
 for the encoder, attention, ViT and mobile networks (16×16 inputs), 1–3 for swin_t (CI time), input and params mode.
 
