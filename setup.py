@@ -87,7 +87,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "torchvision", "numpy", "scipy", "matplotlib", "tqdm", "scikit-learn"],
     extras_require={"test": ["pytest", "pytest-benchmark", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff",
-                             "transformers"],
+                             "transformers", "curvlinops-for-pytorch"],
                     # Hugging Face models and batches (lamda_ext.batches uses them without importing transformers)
                     "hf": ["transformers"],
                     # peers of benchmarks/test_bench_spectra.py only (skipped when missing); never a runtime dependency
