@@ -19,6 +19,8 @@ from lamda import result_files
 from lamda.cli import main
 from lamda.studies import runner
 
+pytestmark = pytest.mark.xdist_group("cli_errors")      # its module fixture is computed once, on one worker
+
 
 def one_line_error(capsys, rc, phrases, prefix):
     err = capsys.readouterr().err

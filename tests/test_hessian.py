@@ -14,6 +14,8 @@ from lamda_ext.hessian import HessianOperator, hessian_density, hessian_eigs, he
 from tests._helpers import DT, batch, dense_param_hessian, mlp, tiny_cnn, train_briefly
 from tests._helpers import rel_norm as rel
 
+pytestmark = pytest.mark.xdist_group("hessian")      # its module fixture is computed once, on one worker
+
 MODELS = {"mlp": mlp, "cnn": tiny_cnn}
 
 

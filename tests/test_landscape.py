@@ -16,6 +16,8 @@ from lamda_ext.params import flatten_params
 
 from tests._helpers import DT, tiny_cnn, train_briefly
 
+pytestmark = pytest.mark.xdist_group("landscape")      # its module fixture is computed once, on one worker
+
 
 def teacher_data(n=200, seed=0):
     """Learnable 3-class data: labels from a random linear teacher."""

@@ -23,8 +23,9 @@ from lamda.cli import main
 
 HERE = pathlib.Path(__file__).resolve().parent
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                 reason="torch.distributed with gloo is not available"),
+              pytest.mark.xdist_group("torchrun")]      # the one-process references are computed once
 
 TIME_COLUMNS = {"train_time_s", "epoch_time_s", "train_time_s_mean", "train_time_s_std", "train_time_s_n",
                 "hessian_time_s"}
@@ -71,7 +72,7 @@ def assert_same_npz(a: pathlib.Path, b: pathlib.Path) -> None:
 
 
 SMOKE = {      # experiment -> its smoke flags (each grid has at least one cell per rank)
-    "probe": ["--preset", "smoke"],
+    "probe": ["--preset", "smoke", "--optimizers", "sgd,probe,sgd_matched", "--epochs", "1"],
     "spectrum": ["--preset", "smoke", "--hidden", "32,32", "--k", "4", "--hessian-samples", "64"],
 }
 

@@ -17,6 +17,8 @@ from lamda.regularizers import InputGradientPenalty, RegularizerSet, SAM
 from lamda.schedule import MeasurementSchedule
 from lamda.trainer import Trainer, TrainConfig, evaluate, resolve_device, run_is_complete, train_run
 
+pytestmark = pytest.mark.xdist_group("trainer")      # its module fixture is computed once, on one worker
+
 
 @pytest.fixture(scope="module")
 def digits():
