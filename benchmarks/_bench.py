@@ -26,6 +26,24 @@ def mnist_batch(B: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         return torch.randn(B, 1, 28, 28, generator=g), torch.randint(0, 10, (B,), generator=g), "Gaussian noise"
 
 
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process since it started, in bytes.
+
+    ``VmHWM`` of ``/proc/self/status`` on Linux: it counts only the pages of this program. ``ru_maxrss`` would also
+    hold the resident size of the parent at the fork of a child started by fork and exec (multiprocessing's
+    ``spawn``, ``subprocess``), which hides a child's peak below that of a large parent. Elsewhere ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # KiB on Linux
+
+
 def write_json(path: str, obj) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (a run cut short keeps the previous complete file)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
