@@ -10,7 +10,8 @@ Cases: resnet50 (B = 2, 8), vit_b_16 (B = 1, 4), swin_t, convnext_tiny (B = 1), 
 (124 M parameters, 128 tokens, B = 1), fused and taylor; a 2 GB memory budget on resnet50 and vit_b_16;
 nested autograd at N = 6 under a 20 GB address-space cap (where it does not fit, the size it asked for is
 reported). Results: ``benchmarks/results/scale-<device>.jsonl`` (one JSON object per case).
-``LAMDA_BENCH_TINY=1``: a smoke run (resnet18, K = 2, N = 2).
+``LAMDA_BENCH_TINY=1``: a smoke run (resnet18, K = 2, N = 2). ``LAMDA_BENCH_SCALE_NO_GRAD=1``: every call under
+``torch.no_grad()`` (one working set, no autograd graph: the memory the sweep's plot compares).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = os.environ.get("LAMDA_BENCH_TINY") == "1"
+NO_GRAD = os.environ.get("LAMDA_BENCH_SCALE_NO_GRAD") == "1"     # calls under torch.no_grad() (measurement mode)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 RESULTS = os.path.join(HERE, "results", f"scale-{DEVICE}.jsonl")
 
@@ -48,6 +50,8 @@ def run_case(model, points, K, N, backend, budget, timeout=3600) -> dict:
     cmd = [sys.executable, os.path.join(HERE, "scale_case.py"), "--model", model, "--points", str(points),
            "--directions", str(K), "--order", str(N), "--backend", backend, "--budget", budget, "--repeat",
            "1" if backend == "autograd" else "2", "--device", DEVICE]
+    if NO_GRAD:
+        cmd += ["--no-grad"]
     if backend == "autograd":
         cmd += ["--rss-limit", "20"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
