@@ -83,6 +83,9 @@ def _child(variant: str, queue) -> None:
         fn()
         queue.put(("ok", (torch.cuda.max_memory_allocated() if DEVICE == "cuda" else peak_rss_bytes(), before)))
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+        if variant == "autograd" and DEVICE == "cpu":      # the queue's feeder thread needs address space
+            import resource
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         queue.put(("out of memory", (str(err).splitlines() or [type(err).__name__])[0][:300]))
 
 
