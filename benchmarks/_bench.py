@@ -6,6 +6,7 @@ import json
 import os
 from typing import Callable
 
+import numpy as np
 import torch
 
 import lamda_ext
@@ -42,6 +43,28 @@ def peak_rss_bytes() -> int:
         pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # KiB on Linux
+
+
+def time_median(benchmark, fn, rounds: int, warmup: int):
+    """Median seconds of ``rounds`` runs of ``fn`` (after ``warmup`` untimed ones) and the last run's result."""
+    out = {}
+
+    def run():
+        out["v"] = fn()
+
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    return benchmark.stats.stats.median, out["v"]
+
+
+def top_eig_error(vals, ref: torch.Tensor) -> float:
+    """Largest relative error of the top eigenvalues ``vals`` (any order) against ``ref`` (descending, float64).
+
+    ``inf`` when fewer values than the reference were returned.
+    """
+    got = torch.as_tensor(np.sort(np.asarray(vals, dtype=np.float64))[::-1].copy())
+    if got.numel() < ref.numel():
+        return float("inf")
+    return float(((got[: ref.numel()] - ref).abs() / ref.abs()).max())
 
 
 def write_json(path: str, obj) -> None:

@@ -53,7 +53,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _bench import mnist_batch, write_json
+from _bench import mnist_batch, time_median, top_eig_error, write_json
 from lamda.models import MnistCNN
 from torch import nn
 
@@ -139,14 +139,7 @@ def _store(case: str, method: str, seconds: float, **extra) -> None:
 
 
 def _time(benchmark, fn):
-    """Median seconds of ``ROUNDS`` runs (after ``WARMUP`` untimed ones) and the last result."""
-    out = {}
-
-    def run():
-        out["v"] = fn()
-
-    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
-    return benchmark.stats.stats.median, out["v"]
+    return time_median(benchmark, fn, ROUNDS, WARMUP)
 
 
 # ------------------------------------------------------------------ top-k GGN eigenvalues
@@ -172,11 +165,7 @@ def _ggn_reference(pb) -> torch.Tensor:
 
 
 def _eig_error(pb, vals) -> float:
-    got = torch.as_tensor(np.sort(np.asarray(vals, dtype=np.float64))[::-1].copy())
-    ref = _ggn_reference(pb)
-    if got.numel() < ref.numel():
-        return float("inf")
-    return float(((got[: ref.numel()] - ref).abs() / ref.abs()).max())
+    return top_eig_error(vals, _ggn_reference(pb))
 
 
 @pytest.mark.benchmark(group="curvature-ggn-eigs")

@@ -37,7 +37,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _bench import eigs_curvlinops_eigsh, eigs_hessian_eigenthings, eigs_lamda_ext, eigs_pyhessian, mnist_batch
+from _bench import (eigs_curvlinops_eigsh, eigs_hessian_eigenthings, eigs_lamda_ext, eigs_pyhessian, mnist_batch,
+                    time_median, top_eig_error)
 from lamda.models import MnistCNN
 
 from lamda_ext.hessian import HessianOperator, hessian_eigs, hessian_trace
@@ -91,14 +92,7 @@ def _reference(pb) -> torch.Tensor:
 
 
 def _time(benchmark, fn):
-    """Median seconds of ``ROUNDS`` runs (after one warm-up run) and the last result."""
-    out = {}
-
-    def run():
-        out["v"] = fn()
-
-    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
-    return benchmark.stats.stats.median, out["v"]
+    return time_median(benchmark, fn, ROUNDS, WARMUP)
 
 
 def _write_results() -> None:
@@ -120,11 +114,7 @@ def _store(pb, case: str, method: str, seconds: float, **extra):
 
 
 def _eig_error(pb, vals) -> float:
-    got = torch.as_tensor(np.sort(np.asarray(vals, dtype=np.float64))[::-1].copy())
-    ref = _reference(pb)
-    if got.numel() < ref.numel():
-        return float("inf")
-    return float(((got[: ref.numel()] - ref).abs() / ref.abs()).max())
+    return top_eig_error(vals, _reference(pb))
 
 
 # ------------------------------------------------------------------ top-10 eigenvalues
