@@ -71,10 +71,6 @@ def build(name: str, points: int, device, dtype):
     return m, x.to(device, dtype), y.to(device)
 
 
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -93,6 +89,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     import lamda_ext
+    from _bench import peak_rss_bytes
     dev, dtype = torch.device(a.device), getattr(torch, a.dtype)
     m, x, y = build(a.model, a.points, dev, dtype)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

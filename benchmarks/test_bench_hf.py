@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import multiprocessing as mp
 import os
+import resource
 
 import pytest
 import torch
@@ -75,7 +76,6 @@ def _child(variant: str, queue) -> None:
     try:
         fn = _timed_fn(variant)
         if variant == "autograd" and DEVICE == "cpu":      # fail with the size asked for instead of being killed
-            import resource
             resource.setrlimit(resource.RLIMIT_AS, (AUTOGRAD_AS_LIMIT, AUTOGRAD_AS_LIMIT))
         if DEVICE == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -84,7 +84,6 @@ def _child(variant: str, queue) -> None:
         queue.put(("ok", (torch.cuda.max_memory_allocated() if DEVICE == "cuda" else peak_rss_bytes(), before)))
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
         if variant == "autograd" and DEVICE == "cpu":      # the queue's feeder thread needs address space
-            import resource
             resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         queue.put(("out of memory", (str(err).splitlines() or [type(err).__name__])[0][:300]))
 
