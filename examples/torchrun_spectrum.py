@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 import lamda_ext
+from lamda import distributed
 from lamda.data import load_dataset
 from lamda.models import MnistCNN
 
@@ -58,9 +59,8 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=32, help="Hutchinson probes for the trace")
     args = p.parse_args()
 
-    if "WORLD_SIZE" in os.environ:                      # started by torchrun
-        dist.init_process_group("gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    distributed.init_from_env("cpu")                    # gloo when started by torchrun; nothing otherwise
+    rank, world = distributed.rank_world()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
     torch.manual_seed(0)
@@ -92,8 +92,7 @@ def main() -> None:
         print(f"world size {world}: Hessian over {len(data.y_train)} images ({op.local_samples} on rank 0), "
               f"top-{args.k} eigenvalues [{vals}] (all converged: {bool(res.converged.all())}), "
               f"trace {float(tr):.2f} ± {tr.std_error:.2f} in {time.perf_counter() - t0:.1f} s")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    distributed.shutdown()                              # a last barrier, then leave the group
 
 
 if __name__ == "__main__":
