@@ -86,7 +86,8 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "torchvision", "numpy", "scipy", "matplotlib", "tqdm", "scikit-learn"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff",
+    # pytest < 9: pytest-xdist 3.8 groups tests (--dist loadgroup) by renaming their ids, which pytest 9 ignores
+    extras_require={"test": ["pytest>=8,<9", "pytest-benchmark", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff",
                              "transformers", "curvlinops-for-pytorch"],
                     # Hugging Face models and batches (lamda_ext.batches uses them without importing transformers)
                     "hf": ["transformers"],

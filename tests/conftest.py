@@ -30,3 +30,21 @@ def pytest_configure(config):
     # the tests run small tensors: one intra-op thread avoids oversubscribing cores that other processes share,
     # and costs little on an idle machine
     torch.set_num_threads(1)
+    _check_xdist_groups(config)
+
+
+def _check_xdist_groups(config):
+    """Refuse ``--dist loadgroup`` where pytest-xdist cannot group tests (pytest 9 with pytest-xdist ≤ 3.8).
+
+    xdist groups the tests marked ``xdist_group`` by appending ``@<group>`` to their ids, and pytest 9 ignores
+    that renaming: every group would be spread over the workers, and its module fixtures computed on each.
+    """
+    if hasattr(config, "workerinput") or config.getoption("dist", default="no") != "loadgroup":
+        return
+    from importlib.metadata import version
+    xdist = tuple(int(p) for p in version("pytest-xdist").split(".")[:3] if p.isdigit())
+    if int(pytest.__version__.split(".")[0]) >= 9 and xdist <= (3, 8, 0):
+        raise pytest.UsageError(f"--dist loadgroup does not group tests with pytest {pytest.__version__} and "
+                                f"pytest-xdist {version('pytest-xdist')}: install the test extra's pins "
+                                "(pip install -e '.[test]')")
+
