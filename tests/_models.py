@@ -29,6 +29,12 @@ class FunctionalNet(nn.Module):
         return self.out(F.dropout(h, 0.3, self.training))
 
 
+def torchvision_resnet() -> nn.Module:
+    """torchvision's ResNet with one ``BasicBlock`` per stage (resnet18 has two): every module type of resnet18
+    (stem, max pooling, strided 1×1 downsampling, adaptive pooling) at 4.9 M parameters instead of 11.2 M."""
+    return torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=10)
+
+
 def build(name: str):
     """(model, x, y) in float64 for a named test case."""
     g = torch.Generator().manual_seed(0)
@@ -44,8 +50,8 @@ def build(name: str):
         m, x = SigmoidMLP(), torch.randn(3, 1, 28, 28, generator=g)
     elif name == "cifar_resnet":
         m, x = CifarResNet(blocks=(1, 1, 1), widths=(2, 4, 4)), torch.randn(2, 3, 8, 8, generator=g)
-    elif name == "resnet18":
-        m, x = torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 16, 16, generator=g)
+    elif name == "tv_resnet":
+        m, x = torchvision_resnet(), torch.randn(2, 3, 16, 16, generator=g)
     else:
         raise KeyError(name)
     m = m.double()

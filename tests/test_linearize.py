@@ -1,5 +1,5 @@
 """lamda_ext.linearize: a traced tangent graph replays the same map on every call, also for functions that write in
-place into values of the point: torchvision's ResNet-18 (``out += identity``, in-place ReLU), a model that changes
+place into values of the point: torchvision's ResNet (``out += identity``, in-place ReLU), a model that changes
 its input (``x.flatten(1).add_(1)``, ``x.flatten(1)[:, :3].mul_(2)``), and ``relu_`` with ``r += tanh(h)`` and dropout in train mode.
 
 References, float64: one eager ``jvp`` per direction (``loss_hvp`` along a single direction) and the dense Hessian
@@ -21,11 +21,12 @@ from lamda_ext.linearize import linearize
 from lamda_ext.losses import resolve_loss
 from lamda_ext.params import flatten_params, model_loss_fn, unflatten_params
 
+from tests._models import torchvision_resnet
 from tests.test_caller_tensors import Net
 
 DT = torch.float64
 SEED = 123
-DETERMINISTIC = ["resnet18", "inplace_input", "inplace_slice"]
+DETERMINISTIC = ["tv_resnet", "inplace_input", "inplace_slice"]
 CASES = DETERMINISTIC + ["dropout_residual"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -56,9 +57,8 @@ def make(name: str, device: str = "cpu"):
 def _make(name: str):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    if name == "resnet18":
-        torchvision = pytest.importorskip("torchvision")
-        model = torchvision.models.resnet18(num_classes=10).to(DT).eval()
+    if name == "tv_resnet":
+        model = torchvision_resnet().to(DT).eval()
         x, y = torch.randn(2, 3, 16, 16, generator=g, dtype=DT), torch.randint(0, 10, (2,), generator=g)
         return model, x, y, ["bn1.weight", "fc.bias"]
     if name in ("inplace_input", "inplace_slice"):
