@@ -11,6 +11,7 @@ from lamda.landscape import (
     surface_grid,
 )
 from lamda.landscape.eigcheck import checked_eigs
+from lamda_ext.hessian import HessianOperator
 from torch import nn
 from torch.func import functional_call
 
@@ -58,6 +59,27 @@ def test_checked_eigs_against_dense_hessian(which):
     ref = torch.linalg.vector_norm(Y @ H - torch.as_tensor(ce.values)[:, None] * Y, dim=1) / ce.values.__abs__().max()
     np.testing.assert_allclose(ce.rel_residual, ref.numpy(), rtol=1e-6, atol=1e-13)
     assert ce.hvps >= 4
+
+
+def test_checked_eigs_on_one_operator_equal_separate_solves():
+    """Both ends of the spectrum from one HessianOperator: the numbers of two separately built operators, each
+    solve counting only its own products; an operator with extra operator arguments is refused."""
+    model, x, y = _problem()
+    kw = dict(k=3, tol=1e-9, max_iter=57)
+    op = HessianOperator(model, "cross_entropy", (x, y))
+    counted = 0
+    for which in ("LA", "SA"):
+        shared = checked_eigs(op, which=which, generator=torch.Generator().manual_seed(1), **kw)
+        alone = checked_eigs(model, "cross_entropy", (x, y), which=which, generator=torch.Generator().manual_seed(1),
+                             **kw)
+        np.testing.assert_allclose(shared.values, alone.values, rtol=1e-12, atol=1e-14)
+        assert shared.hvps == alone.hvps > 0
+        counted += shared.hvps
+    assert op.n_products == counted
+    with pytest.raises(ValueError, match="takes no loss"):
+        checked_eigs(op, "cross_entropy", which="LA", **kw)
+    with pytest.raises(ValueError, match="takes no loss"):
+        checked_eigs(op, which="LA", curvature="ggn", **kw)
 
 
 def test_checked_eigs_flags_unconverged_pairs():

@@ -39,15 +39,22 @@ class CheckedEigs:
         return bool(self.converged.all())
 
 
-def checked_eigs(model, loss, data, *, k: int, which: str, tol: float, max_iter: int | None = None,
+def checked_eigs(model, loss=None, data=None, *, k: int, which: str, tol: float, max_iter: int | None = None,
                  method: str = "lanczos", generator: torch.Generator | None = None, **operator_kw) -> CheckedEigs:
     """``hessian_eigs`` of the mean ``loss`` over ``data`` plus the residual check described above.
 
-    ``operator_kw`` (e.g. ``curvature="ggn"``) go to [`HessianOperator`][lamda_ext.hessian.HessianOperator], and ``H``
-    above is then that curvature matrix.
+    ``model`` may be a [`HessianOperator`][lamda_ext.hessian.HessianOperator] already (``loss`` and ``data`` then
+    stay None): several solves on one operator trace its tangent graph once. Otherwise ``operator_kw`` (e.g.
+    ``curvature="ggn"``) go to the operator built here, and ``H`` above is then that curvature matrix.
     """
     from lamda_ext.hessian import HessianOperator, hessian_eigs
-    op = HessianOperator(model, loss, data, **operator_kw)
+    if isinstance(model, HessianOperator):
+        if loss is not None or data is not None or operator_kw:
+            raise ValueError("checked_eigs of a HessianOperator takes no loss, data or operator arguments")
+        op = model
+    else:
+        op = HessianOperator(model, loss, data, **operator_kw)
+    start = op.n_products
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         vals, vecs = hessian_eigs(op, k=k, which=which, method=method, tol=tol, max_iter=max_iter,
@@ -60,4 +67,4 @@ def checked_eigs(model, loss, data, *, k: int, which: str, tol: float, max_iter:
     scale = float(vals.abs().max()) or 1.0
     rel = res / scale
     return CheckedEigs(values=vals.double().cpu().numpy(), vectors=Y, rel_residual=rel, converged=rel <= tol,
-                       tol=float(tol), which=which, hvps=int(op.n_products), notes=notes)
+                       tol=float(tol), which=which, hvps=int(op.n_products - start), notes=notes)

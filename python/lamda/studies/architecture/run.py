@@ -12,6 +12,8 @@ import time
 import numpy as np
 import torch
 
+from lamda_ext.hessian import HessianOperator
+
 from ...data import load_dataset
 from ...landscape import loss_surface, mode_connectivity, sharpness
 from ...landscape.eigcheck import checked_eigs
@@ -74,10 +76,9 @@ def analyse_model(arch: str, seed: int, data, s: dict, dev, run_dir: pathlib.Pat
     hdata = _batched(data.x_train, data.y_train, s["hessian_samples"])
     gen = torch.Generator().manual_seed(seed * 31 + 1)
     t0 = time.perf_counter()
-    top = checked_eigs(model, "cross_entropy", hdata, k=s["k"], which="LA", tol=s["eig_tol"],
-                       max_iter=s["eig_max_iter"], generator=gen)
-    neg = checked_eigs(model, "cross_entropy", hdata, k=s["k_neg"], which="SA", tol=s["eig_tol"],
-                       max_iter=s["eig_max_iter"], generator=gen)
+    op = HessianOperator(model, "cross_entropy", hdata)          # one tangent graph serves both ends
+    top = checked_eigs(op, k=s["k"], which="LA", tol=s["eig_tol"], max_iter=s["eig_max_iter"], generator=gen)
+    neg = checked_eigs(op, k=s["k_neg"], which="SA", tol=s["eig_tol"], max_iter=s["eig_max_iter"], generator=gen)
     h_time = time.perf_counter() - t0
     sdata = _batched(data.x_train, data.y_train, s["sharp_samples"])
     sh = sharpness(model, "cross_entropy", sdata, rho=RHO, kind="adversarial")
