@@ -14,6 +14,8 @@ import torch
 from lamda import result_files
 from lamda.cli import main
 
+pytestmark = pytest.mark.xdist_group("diagnostic")      # the smoke run (a module fixture) is made once, on one worker
+
 FAMILY_FILES = {
     "01_baseline": "baseline_comparison.png",
     "02_dropout": "dropout_comparison.png",
@@ -168,13 +170,20 @@ def _run_killed_then_resumed(args: list, out, victim: str) -> str:
     return done.stdout
 
 
-def test_smoke_acceptance_killed_and_resumed(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
     """The acceptance command `lamda run diagnostic --preset smoke` (the offline digits set), killed mid-run and
-    started again: no finished run redone, every file of the study's tree by the study's names, every file loads;
-    then `lamda analyze` from disk writes the same summary."""
-    out = tmp_path / "out"
+    started again: ``(its output folder, the resumed run's stdout)``."""
+    out = tmp_path_factory.mktemp("smoke") / "out"
     log = _run_killed_then_resumed(["run", "diagnostic", "--preset", "smoke", "--out", str(out), "--no-progress"],
                                    out, "02_dropout/dropout_0.5/checkpoint.pt")
+    return out, log
+
+
+def test_smoke_acceptance_killed_and_resumed(smoke_run):
+    """The smoke run, killed and resumed: no finished run redone, every file of the study's tree by the study's
+    names, every file loads; then `lamda analyze` from disk writes the same summary."""
+    out, log = smoke_run
     assert "the cell phase took" in log and "rank 0 wrote the analysis in" in log
     assert (out / "experiment_config.json").is_file() and (out / "summary.md").is_file()
     check_dataset_tree(out, SMOKE_RUNS, epochs=2, points=8)
@@ -371,15 +380,13 @@ def test_cv_separates_anisotropic_from_isotropic_directions():
     assert _measured_cv(True, "per-point") < aniso / 2
 
 
-def test_cv_and_k_convergence_csvs_match_the_npz(tmp_path):
+def test_cv_and_k_convergence_csvs_match_the_npz(smoke_run):
     """Recompute CV over directions and the K-convergence numbers from lambda_data.npz alone and compare with the
-    CSVs the analysis wrote."""
+    CSVs the analysis of the smoke run wrote."""
     from lamda.studies.diagnostic.validation.metrics import REF_WINDOW, joint_metrics
     from lamda.stats import cv
     from lamda.measure import fit_lambda
-    out = tmp_path / "out"
-    assert main(["run", "diagnostic", "--preset", "smoke", "--methods", "baseline,sam", "--epochs", "1",
-                 "--points", "4", "--out", str(out), "--no-progress"]) == 0
+    out = smoke_run[0]
     for rel in ("01_baseline", "06_sam/sam_rho_0.1"):
         label = result_files.read_json(out / rel / "config.json")["label"]
         z = result_files.read_npz(out / rel / "lambda_data.npz")
