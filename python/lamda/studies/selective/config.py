@@ -28,7 +28,7 @@ PRESETS = {
                  penalty_points=None, scale=200.0),
     "quick": dict(train=3000, test=4000, epochs=3, batch=128, lr=1e-3, seeds=3, max_boundary=200,
                   penalty_points=64, scale=200.0),
-    "smoke": dict(train=1000, test=1000, epochs=2, batch=128, lr=1e-3, seeds=1, max_boundary=30,
+    "smoke": dict(train=512, test=500, epochs=2, batch=128, lr=1e-3, seeds=1, max_boundary=30,
                   penalty_points=16, scale=200.0),
 }
 
