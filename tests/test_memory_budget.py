@@ -255,6 +255,28 @@ def test_vit_split_matches_func_and_one_direction_at_a_time():
     assert rel_err(split, single) <= 1e-12
 
 
+@pytest.mark.skipif(os.environ.get("LAMDA_SLOW_TESTS") != "1", reason="ViT-B/16 at 224×224, K = 15 and 15 single "
+                    "directions, fused and taylor: minutes; set LAMDA_SLOW_TESTS=1")
+@pytest.mark.parametrize("backend", ["fused", "taylor"])
+def test_vit_b_16_all_directions_equal_one_at_a_time(backend):
+    """torchvision's ViT-B/16 (float32, one 224×224 image, eval) with default arguments: K = 15 directions at N = 6
+    in one call give the numbers of the 15 directions taken one call each (≤ 1e-6 per order)."""
+    if backend == "fused" and not lamda_ext.build_info()["cpu"]:
+        pytest.skip("extension lamda_ext._C not built: " + str(lamda_ext.build_info().get("extension_error")))
+    torch.manual_seed(0)
+    m = torchvision.models.vit_b_16(num_classes=10).eval()
+    nn.init.normal_(m.heads.head.weight, std=0.05)          # torchvision starts the head at zero: constant logits
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1, 3, 224, 224, generator=g), torch.randint(0, 10, (1,), generator=g)
+    u = lamda_ext.random_directions(x, 15, g)
+    with torch.no_grad():
+        together = lamda_ext.directional_derivs(m, x, y, order=6, directions=u, backend=backend)
+        single = torch.cat([lamda_ext.directional_derivs(m, x, y, order=6, directions=u[k:k + 1], backend=backend)
+                            for k in range(15)], dim=1)
+    assert together.shape == (1, 15, 6) and together.abs().amax() > 0
+    assert rel_err(together, single) <= 1e-6
+
+
 _FAULTS = """
 import resource, torch
 from lamda_ext.memory import _glibc, heap_reuse
