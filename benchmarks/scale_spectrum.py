@@ -5,8 +5,8 @@ CIFAR-10 training images, ``hessian_eigs(k=10)`` and a 100-probe Hutchinson trac
     LAMDA_DATA_ROOT=../shared/data python benchmarks/scale_spectrum.py --images 2048 --batch 256 --budget-gib 2
 
 Prints one JSON line: the RSS before the operator (model, images), the peak RSS of the process (and after the
-eigenvalues), the budget, the products (quadratic forms for the trace) and time of each solve, the top-10 eigenvalues with their convergence, and the trace with its standard
-error.
+eigenvalues), the budget, the products (quadratic forms for the trace) and time of each solve, the top-10
+eigenvalues with their convergence, and the trace with its standard error.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import time
 
 import torch
 import torchvision
+from _bench import peak_rss_bytes
 
 from lamda.data import load_dataset
 from lamda_ext.hessian import HessianOperator, hessian_eigs, hessian_trace
@@ -50,12 +51,12 @@ def main() -> None:
     t0 = time.perf_counter()
     eig = hessian_eigs(op, k=args.k, generator=torch.Generator().manual_seed(0))
     t_eig, n_eig = time.perf_counter() - t0, op.n_products
-    peak_eig = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak_eig = peak_rss_bytes() / 2**30
     print(f"eigs: {t_eig:.0f} s, {n_eig} products, peak RSS {peak_eig:.2f} GiB", flush=True)
     t0 = time.perf_counter()
     tr = hessian_trace(op, probes=args.probes, generator=torch.Generator().manual_seed(1))
     t_tr = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_rss_bytes() / 2**30
     print(json.dumps({
         "model": "resnet18", "images": args.images, "batch": args.batch, "P": op.size,
         "threads": torch.get_num_threads(), "budget_gib": args.budget_gib, "rss_before_gib": round(before, 3),

@@ -1,14 +1,24 @@
-"""Shared test helpers (``from tests._helpers import ...``): the relative errors every comparison uses, the small
-float64 models and batches of the HVP/Hessian tests, and the study-runner contract of the study tests."""
+"""Shared test helpers (``from tests._helpers import ...``): the relative errors every comparison uses, the skip of
+the fused backend without the extension, the small float64 models and batches of the HVP/Hessian tests, and the
+study-runner contract of the study tests."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
+import lamda_ext
+import lamda_ext.ops
 from lamda_ext.params import flatten_params, trainable_parameters, unflatten_params
 
-__all__ = ["DT", "rel_err", "rel_norm", "mlp", "tiny_cnn", "batch", "train_briefly", "dense_param_hessian"]
+__all__ = ["DT", "rel_err", "needs_backend", "rel_norm", "mlp", "tiny_cnn", "batch", "train_briefly", "dense_param_hessian"]
+
+
+def needs_backend(backend: str) -> None:
+    """Skip the calling test when ``backend`` is ``"fused"`` and the extension ``lamda_ext._C`` is not built."""
+    if backend == "fused" and not lamda_ext.ops.available():
+        pytest.skip("extension lamda_ext._C not built: " + str(lamda_ext.build_info().get("extension_error")))
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor, dim: int = -1, floor: float = 1e-300) -> float:

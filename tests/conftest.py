@@ -47,4 +47,3 @@ def _check_xdist_groups(config):
         raise pytest.UsageError(f"--dist loadgroup does not group tests with pytest {pytest.__version__} and "
                                 f"pytest-xdist {version('pytest-xdist')}: install the test extra's pins "
                                 "(pip install -e '.[test]')")
-

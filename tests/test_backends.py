@@ -4,7 +4,7 @@ import torch
 
 import lamda_ext
 import lamda_ext.ops
-from tests._helpers import rel_err
+from tests._helpers import needs_backend, rel_err
 from tests._models import build
 
 MODELS = ["sequential", "functional", "mnist_cnn", "sigmoid_mlp", "cifar_resnet", "tv_resnet"]
@@ -39,16 +39,11 @@ def _reference(cases, name, train, wrt):
     return cases[key]
 
 
-def _needs(backend):
-    if backend == "fused" and not lamda_ext.ops.available():
-        pytest.skip("extension lamda_ext._C not built: " + str(lamda_ext.build_info().get("extension_error")))
-
-
 @pytest.mark.parametrize("backend", ["taylor", "fused"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("name", MODELS)
 def test_taylor_matches_autograd_input(cases, name, train, backend):
-    _needs(backend)
+    needs_backend(backend)
     m, x, y, u, ref = _reference(cases, name, train, "input")
     assert ref.shape == (x.shape[0], 3, 6)
     assert ref.abs().amax() > 0
@@ -72,7 +67,7 @@ def test_func_matches_autograd_input(cases, name, train):
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("name", ["sequential", "functional", "sigmoid_mlp", "cifar_resnet"])
 def test_params_mode_matches_autograd(cases, name, train, backend):
-    _needs(backend)
+    needs_backend(backend)
     m, x, y, v, ref = _reference(cases, name, train, "params")
     assert ref.shape == (3, 6)
     order = FUNC_ORDER.get(name, 6) if backend == "func" else 6
@@ -115,7 +110,7 @@ def test_other_losses(loss):
                          ids=["mnist_cnn-dropout-train", "cifar_resnet-batchnorm-train"])
 def test_gradients_through_derivatives_match(backend, name, k, order, orders_used):
     """d(mean |d_1..3|)/dθ agrees with autograd (rtol 1e-6, float64), in train mode."""
-    _needs(backend)
+    needs_backend(backend)
     grads = {}
     for b in ("autograd", backend):
         m, x, y = build(name)
@@ -168,7 +163,7 @@ def test_first_and_second_derivative_closed_forms():
 
 @pytest.mark.parametrize("backend", ["autograd", "func", "taylor", "fused"])
 def test_no_grad_mode_gives_the_same_numbers(backend):
-    _needs(backend)
+    needs_backend(backend)
     m, x, y = build("sigmoid_mlp")
     u = lamda_ext.random_directions(x, 2, torch.Generator().manual_seed(0))
     with_grad = lamda_ext.directional_derivs(m, x, y, order=3, directions=u, backend=backend)
@@ -183,7 +178,7 @@ def test_no_grad_mode_gives_the_same_numbers(backend):
 @pytest.mark.parametrize("backend", ["autograd", "func", "taylor", "fused"])
 def test_return_loss_is_the_loss_at_t0_with_the_same_dropout_mask(backend, wrt):
     """The per-sample loss comes from the same pass (same dropout mask) and trains like a plain forward."""
-    _needs(backend)
+    needs_backend(backend)
     m, x, y = build("sequential")
     m.train()
     torch.manual_seed(11)
@@ -224,7 +219,7 @@ SHARED_CASES = [(b, name) for b in ("taylor", "fused") for name in MODELS] + \
 def test_shared_directions_equal_the_expanded_call(cases, backend, name, train):
     """[K, *S] broadcast over the batch gives the numbers of the same directions expanded to [K, B, *S]
     (float64, ≤ 1e-12 relative to the largest |d_n| per order), in eval and train mode (dropout, batch norm)."""
-    _needs(backend)
+    needs_backend(backend)
     m, x, y = build(name)
     m.train(train)
     u = lamda_ext.random_directions(x, 2, torch.Generator().manual_seed(5), shared=True)

@@ -18,7 +18,7 @@ from lamda_ext.planning import SAFETY
 from lamda_ext.split import Job
 from lamda_ext.checks import check_forward
 from lamda_ext.hvp import HVP_KEEP, HVP_ROW_PARAMS, HVP_ROW_POINT, hvp_chunks
-from tests._helpers import rel_err
+from tests._helpers import needs_backend, rel_err
 from tests._models import build
 
 DT = torch.float64
@@ -261,8 +261,7 @@ def test_vit_split_matches_func_and_one_direction_at_a_time():
 def test_vit_b_16_all_directions_equal_one_at_a_time(backend):
     """torchvision's ViT-B/16 (float32, one 224×224 image, eval) with default arguments: K = 15 directions at N = 6
     in one call give the numbers of the 15 directions taken one call each (≤ 1e-6 per order)."""
-    if backend == "fused" and not lamda_ext.build_info()["cpu"]:
-        pytest.skip("extension lamda_ext._C not built: " + str(lamda_ext.build_info().get("extension_error")))
+    needs_backend(backend)
     torch.manual_seed(0)
     m = torchvision.models.vit_b_16(num_classes=10).eval()
     nn.init.normal_(m.heads.head.weight, std=0.05)          # torchvision starts the head at zero: constant logits
