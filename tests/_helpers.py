@@ -12,6 +12,9 @@ import lamda_ext
 import lamda_ext.ops
 from lamda_ext.params import flatten_params, trainable_parameters, unflatten_params
 
+DRAFT_DPI = 150                          # the figure resolution of the study runs in tests (`--dpi`)
+DRAFT = ["--dpi", str(DRAFT_DPI)]
+
 __all__ = ["DT", "rel_err", "needs_backend", "rel_norm", "mlp", "tiny_cnn", "batch", "train_briefly", "dense_param_hessian"]
 
 
@@ -101,14 +104,14 @@ def check_analyze_and_resume(main, out, argv, top_files, capsys, cell: str, run_
     before = (out / "results.csv").read_text()
     for f in top_files[2:]:
         (out / f).unlink()
-    assert main(["analyze", str(out)]) == 0
+    assert main(["analyze", str(out), *DRAFT]) == 0
     for f in top_files:
         assert (out / f).is_file(), f
     assert (out / "results.csv").read_text() == before
     marker = out / ".cells" / f"{cell}.done.json"
     marker.unlink()
     capsys.readouterr()
-    assert main(["analyze", str(out)]) == 2
+    assert main(["analyze", str(out), *DRAFT]) == 2
     assert cell in capsys.readouterr().err
     stamp = (out / run_dir / "final_model.pt").stat().st_mtime_ns
     assert main(argv) == 0

@@ -18,6 +18,7 @@ import torch
 from lamda import result_files
 from lamda.cli import main
 from lamda.studies import runner
+from tests._helpers import DRAFT
 
 pytestmark = pytest.mark.xdist_group("cli_errors")      # its module fixture is computed once, on one worker
 
@@ -55,7 +56,15 @@ RUN_CASES = {
     "seeds_overflow": (lambda t: ["--seeds", "1,4294967296"], ["--seeds must lie in [0, 2147483647]"]),
     "ddp_without_torchrun": (lambda t: ["--ddp"], ["--ddp needs torchrun"]),
     "bad_shard": (lambda t: ["--shard", "3/2"], ["--shard"]),
+    "dpi_too_low": (lambda t: ["--dpi", "72"], ["--dpi", "must be in [150, 300]"]),
+    "dpi_not_int": (lambda t: ["--dpi", "150.5"], ["--dpi", "must be an integer"]),
 }
+
+
+def test_figures_default_to_the_studies_resolution(tmp_path):
+    from lamda.cli import build_parser
+    assert build_parser().parse_args(["run", "probe"]).dpi == 300
+    assert build_parser().parse_args(["analyze", str(tmp_path)]).dpi == 300
 
 
 @pytest.mark.parametrize("case", sorted(RUN_CASES))
@@ -68,8 +77,9 @@ def test_run_refuses_bad_flags_in_one_line(case, tmp_path, capsys):
         rc = main(argv)
     except SystemExit as exc:          # argparse refuses a flag's type before `lamda run` starts
         rc = exc.code
-    prefix = "lamda run probe: error:" if case not in ("seed_overflow", "seed_negative", "seed_not_int") \
-        else "lamda run probe: error: argument --seed"
+    flag = {"seed": "--seed", "dpi": "--dpi"}.get(case.split("_")[0])
+    argparse_refusal = case.startswith(("seed_", "dpi_"))
+    prefix = f"lamda run probe: error: argument {flag}" if argparse_refusal else "lamda run probe: error:"
     one_line_error(capsys, rc, phrases, prefix)
     assert not (tmp_path / "out" / "runs").exists()                 # nothing was trained
 
@@ -94,11 +104,11 @@ def test_second_run_on_a_busy_folder_is_refused(tmp_path, capsys, sleeper):
     out.mkdir()
     result_files.write_json(out / runner.LOCK_NAME, {"pid": sleeper, "host": runner.socket.gethostname(), "job": None,
                                             "since": "now"})
-    rc = main(["run", "probe", "--preset", "smoke", "--dataset", "digits", "--out", str(out)])
+    rc = main(["run", "probe", "--preset", "smoke", *DRAFT, "--dataset", "digits", "--out", str(out)])
     one_line_error(capsys, rc, [f"in use by another lamda process (pid {sleeper}", "choose another --out"],
                    "lamda run probe: error:")
     assert not (out / "experiment_config.json").exists()
-    rc = main(["analyze", str(out)])          # analyze is refused too (before it looks at anything else)
+    rc = main(["analyze", str(out), *DRAFT])          # analyze is refused too (before it looks at anything else)
     assert rc == 2
 
 
@@ -108,7 +118,7 @@ def finished(tmp_path_factory):
     """A finished `lamda run probe --preset smoke` folder (two optimizers, the offline digits set)."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("finished") / "probe"
-    assert main(["run", "probe", "--preset", "smoke", "--dataset", "digits", "--optimizers", "sgd,adam",
+    assert main(["run", "probe", "--preset", "smoke", *DRAFT, "--dataset", "digits", "--optimizers", "sgd,adam",
                  "--out", str(out), "--no-progress"]) == 0
     return out
 
@@ -151,23 +161,23 @@ ANALYZE_CASES = {
 def test_analyze_refuses_damaged_results_in_one_line(case, finished, tmp_path, capsys):
     out = tmp_path / "probe"
     shutil.copytree(finished, out)
-    assert main(["analyze", str(out)]) == 0                        # the intact copy analyses
+    assert main(["analyze", str(out), *DRAFT]) == 0                        # the intact copy analyses
     capsys.readouterr()
     damage, phrases = ANALYZE_CASES[case]
     damage(out)
-    one_line_error(capsys, main(["analyze", str(out)]), phrases, "lamda analyze: error:")
+    one_line_error(capsys, main(["analyze", str(out), *DRAFT]), phrases, "lamda analyze: error:")
 
 
 def test_resume_redoes_a_damaged_cell_then_analyze_passes(finished, tmp_path, capsys):
     out = tmp_path / "probe"
     shutil.copytree(finished, out)
     _truncate(out / "runs" / "sgd" / "seed_42" / "steps.csv")
-    assert main(["run", "probe", "--preset", "smoke", "--dataset", "digits", "--optimizers", "sgd,adam",
+    assert main(["run", "probe", "--preset", "smoke", *DRAFT, "--dataset", "digits", "--optimizers", "sgd,adam",
                  "--out", str(out)]) == 0
     log = capsys.readouterr().out
     assert "sgd/seed_42 redone from scratch: its file runs/sgd/seed_42/steps.csv changed size" in log
     assert "adam/seed_42 finished earlier, skipped" in log
-    assert main(["analyze", str(out)]) == 0
+    assert main(["analyze", str(out), *DRAFT]) == 0
     a, b = result_files.read_csv(out / "runs" / "sgd" / "seed_42" / "steps.csv"), \
         result_files.read_csv(finished / "runs" / "sgd" / "seed_42" / "steps.csv")
     assert a == b                                                   # the redone run gives the same numbers

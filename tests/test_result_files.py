@@ -88,12 +88,3 @@ def test_checkpoint_missing_corrupt_foreign(tmp_path):
 
 class _Custom:
     pass
-
-
-def test_save_figure_writes_png(tmp_path):
-    from lamda import plots
-    fig, ax = plots.new_figure()
-    ax[0, 0].plot([0, 1], [1, 0])
-    plots.save(fig, tmp_path / "sub" / "f.png")
-    assert (tmp_path / "sub" / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert os.listdir(tmp_path / "sub") == ["f.png"]

@@ -9,6 +9,7 @@ from lamda.studies.architecture.analysis import condition_number
 from lamda.studies.architecture.config import CONNECTIVITY_COLUMNS, RESULT_COLUMNS
 from lamda.models import STUDY_SIZES, build_model, count_parameters
 from scipy import stats
+from tests._helpers import DRAFT
 
 TOP_FILES = ["config.json", "experiment_config.json", "summary.md", "summary_table.png", "results.csv",
              "connectivity.csv", "correlations.csv", "landscape_data.npz", "training_curves.png",
@@ -49,7 +50,7 @@ def test_mean_ci_and_pearson_ci_hand_computed():
                                          ("--archs", "cnn,cnn")])
 def test_meaningless_flags_fail_in_the_parser(flag, value, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        main(["run", "landscape", "--preset", "smoke", "--out", str(tmp_path / "x"), flag, value])
+        main(["run", "landscape", "--preset", "smoke", *DRAFT, "--out", str(tmp_path / "x"), flag, value])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lamda run landscape: error: argument") and flag in err[-1]
@@ -58,7 +59,7 @@ def test_meaningless_flags_fail_in_the_parser(flag, value, capsys, tmp_path):
 
 def test_landscape_smoke_writes_every_file(data_root, tmp_path, capsys):
     out = tmp_path / "landscape"
-    argv = ["run", "landscape", "--preset", "smoke", "--data-root", str(data_root), "--out", str(out), "--no-progress"]
+    argv = ["run", "landscape", "--preset", "smoke", *DRAFT, "--data-root", str(data_root), "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     for f in TOP_FILES:
         assert (out / f).is_file(), f
@@ -117,7 +118,7 @@ def test_landscape_smoke_writes_every_file(data_root, tmp_path, capsys):
     # `lamda analyze` regenerates every file from the folder
     for f in TOP_FILES[2:]:
         (out / f).unlink()
-    assert main(["analyze", str(out)]) == 0
+    assert main(["analyze", str(out), *DRAFT]) == 0
     for f in TOP_FILES:
         assert (out / f).is_file(), f
     capsys.readouterr()

@@ -13,6 +13,7 @@ import torch
 
 from lamda import result_files
 from lamda.cli import main
+from tests._helpers import DRAFT, DRAFT_DPI
 
 pytestmark = pytest.mark.xdist_group("diagnostic")      # the smoke run (a module fixture) is made once, on one worker
 
@@ -141,8 +142,8 @@ def check_every_file_loads(out: pathlib.Path):
             result_files.load_checkpoint(p)
         elif p.suffix in (".png", ".gif"):
             with Image.open(p) as im:
-                if p.suffix == ".png":      # every PNG at 300 dpi
-                    assert tuple(round(v) for v in im.info["dpi"]) == (300, 300), p
+                if p.suffix == ".png":      # every PNG at the run's --dpi
+                    assert tuple(round(v) for v in im.info["dpi"]) == (DRAFT_DPI, DRAFT_DPI), p
                 im.verify()
 
 
@@ -175,7 +176,7 @@ def smoke_run(tmp_path_factory):
     """The acceptance command `lamda run diagnostic --preset smoke` (the offline digits set), killed mid-run and
     started again: ``(its output folder, the resumed run's stdout)``."""
     out = tmp_path_factory.mktemp("smoke") / "out"
-    log = _run_killed_then_resumed(["run", "diagnostic", "--preset", "smoke", "--out", str(out), "--no-progress"],
+    log = _run_killed_then_resumed(["run", "diagnostic", "--preset", "smoke", *DRAFT, "--out", str(out), "--no-progress"],
                                    out, "02_dropout/dropout_0.5/checkpoint.pt")
     return out, log
 
@@ -206,7 +207,7 @@ def test_smoke_acceptance_killed_and_resumed(smoke_run):
         (out / r / "lambda_evolution.png").unlink()
     for fam, f in FAMILY_FILES.items():
         (out / fam / f).unlink()
-    assert main(["analyze", str(out)]) == 0
+    assert main(["analyze", str(out), *DRAFT]) == 0
     check_dataset_tree(out, SMOKE_RUNS, epochs=2, points=8)
     assert (out / "summary.md").read_text() == before
 
@@ -214,7 +215,7 @@ def test_smoke_acceptance_killed_and_resumed(smoke_run):
 def test_offline_digits_with_shards(tmp_path):
     """Digits needs no data root; two shards fill one grid and the second one writes the analyses."""
     out = tmp_path / "out"
-    common = ["run", "diagnostic", "--preset", "smoke", "--methods", "baseline,dropout,sam", "--epochs", "1",
+    common = ["run", "diagnostic", "--preset", "smoke", *DRAFT, "--methods", "baseline,dropout,sam", "--epochs", "1",
               "--points", "4", "--out", str(out), "--no-progress"]
     assert main(common + ["--shard", "0/2"]) == 0
     assert (out / "01_baseline" / "final_model.pt").is_file() and (out / "06_sam" / "sam_rho_0.1" / "final_model.pt").is_file()
@@ -225,7 +226,7 @@ def test_offline_digits_with_shards(tmp_path):
     check_dataset_tree(out, runs, epochs=1, points=4)
     assert "## digits" in (out / "summary.md").read_text()
     # a different configuration in the same folder is refused
-    assert main(["run", "diagnostic", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 2
+    assert main(["run", "diagnostic", "--preset", "smoke", *DRAFT, "--out", str(out), "--no-progress"]) == 2
     with pytest.raises(SystemExit):
         main(common + ["--shard", "2/2", "--bogus"])
     assert main(common + ["--shard", "2/2"]) == 2
@@ -235,7 +236,7 @@ def test_both_datasets_put_cifar_in_a_subtree(data_root, tmp_path):
     if not (data_root / "CIFAR10-jpeg").is_dir():
         pytest.skip("CIFAR10-jpeg not in the data root")
     out = tmp_path / "out"
-    assert main(["run", "diagnostic", "--dataset", "both", "--preset", "smoke", "--methods", "baseline,augmentation",
+    assert main(["run", "diagnostic", "--dataset", "both", "--preset", "smoke", *DRAFT, "--methods", "baseline,augmentation",
                  "--epochs", "1", "--points", "4", "--data-root", str(data_root), "--out", str(out),
                  "--no-progress"]) == 0
     check_dataset_tree(out, ["01_baseline", "04_data_augmentation/rotation_translation"], epochs=1, points=4)
@@ -440,7 +441,7 @@ def test_two_seeds_per_point_mode(tmp_path, capsys):
     seeds; --direction-mode per-point draws the directions per point (none stored)."""
     from scipy import stats as st
     out = tmp_path / "out"
-    assert main(["run", "diagnostic", "--preset", "smoke", "--methods", "baseline,sam", "--epochs", "1",
+    assert main(["run", "diagnostic", "--preset", "smoke", *DRAFT, "--methods", "baseline,sam", "--epochs", "1",
                  "--points", "4", "--seeds", "3,4", "--direction-mode", "per-point", "--out", str(out),
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -459,5 +460,5 @@ def test_two_seeds_per_point_mode(tmp_path, capsys):
     assert base["test_acc_ci95"] == pytest.approx(st.t.ppf(0.975, 1) * np.std(accs, ddof=1) / np.sqrt(2))
     summary = (out / "summary.md").read_text()
     assert "| baseline | 2 |" in summary and "per-point" in summary and "seed(s) 3, 4" in summary
-    assert main(["run", "diagnostic", "--preset", "smoke", "--methods", "baseline,sam", "--epochs", "1",
+    assert main(["run", "diagnostic", "--preset", "smoke", *DRAFT, "--methods", "baseline,sam", "--epochs", "1",
                  "--points", "4", "--seeds", "3,4", "--out", str(out), "--no-progress"]) == 2   # other protocol

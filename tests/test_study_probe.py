@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tests._helpers import check_analyze_and_resume
+from tests._helpers import DRAFT, DRAFT_DPI, check_analyze_and_resume
 from lamda import result_files
 from lamda.cli import main
 from lamda.studies.probe.analysis import paired_difference
@@ -55,7 +55,7 @@ def test_matched_lr_needs_a_finished_probe_run(tmp_path):
 
 def test_probe_smoke_writes_every_file(data_root, tmp_path, capsys):
     out = tmp_path / "probe"
-    argv = ["run", "probe", "--preset", "smoke", "--data-root", str(data_root), "--out", str(out), "--no-progress"]
+    argv = ["run", "probe", "--preset", "smoke", *DRAFT, "--data-root", str(data_root), "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     for f in TOP_FILES:
         assert (out / f).is_file(), f
@@ -119,7 +119,7 @@ def test_probe_smoke_writes_every_file(data_root, tmp_path, capsys):
     from PIL import Image
     for f in TOP_FILES[-3:]:
         with Image.open(out / f) as im:
-            assert round(im.info["dpi"][0]) == 300, f
+            assert round(im.info["dpi"][0]) == DRAFT_DPI, f
     text = (out / "summary.md").read_text()
     for phrase in ("| optimizer |", "| sgd_matched |", "Caveat: `smoke` preset", "running reference",
                    "probe − sgd_matched", "final curvature", "± n/a"):
@@ -128,7 +128,7 @@ def test_probe_smoke_writes_every_file(data_root, tmp_path, capsys):
 
 
 def test_sgd_matched_without_probe_is_refused(tmp_path, capsys):
-    assert main(["run", "probe", "--preset", "smoke", "--out", str(tmp_path / "p"), "--optimizers",
+    assert main(["run", "probe", "--preset", "smoke", *DRAFT, "--out", str(tmp_path / "p"), "--optimizers",
                  "sgd,sgd_matched"]) == 2
     assert "needs probe" in capsys.readouterr().err
 
@@ -139,7 +139,7 @@ def test_sgd_matched_without_probe_is_refused(tmp_path, capsys):
                                          ("--ref-decay", "1"), ("--ref-decay", "0")])
 def test_probe_flags_refuse_meaningless_values(flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["run", "probe", "--preset", "smoke", "--out", str(tmp_path / "x"), flag, value])
+        main(["run", "probe", "--preset", "smoke", *DRAFT, "--out", str(tmp_path / "x"), flag, value])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert flag in err[-1] and "error" in err[-1]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import lamda_ext
-from tests._helpers import check_analyze_and_resume
+from tests._helpers import DRAFT, DRAFT_DPI, check_analyze_and_resume
 from lamda import result_files
 from lamda.cli import main
 from lamda.stats import t_halfwidth
@@ -134,7 +134,7 @@ def test_selectivity_index_and_ci_against_hand_values():
 
 def test_selective_smoke_writes_every_file(data_root, tmp_path, capsys):
     out = tmp_path / "selective"
-    argv = ["run", "selective", "--preset", "smoke", "--data-root", str(data_root), "--out", str(out), "--no-progress"]
+    argv = ["run", "selective", "--preset", "smoke", *DRAFT, "--data-root", str(data_root), "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     for f in TOP_FILES:
         assert (out / f).is_file(), f
@@ -183,7 +183,7 @@ def test_selective_smoke_writes_every_file(data_root, tmp_path, capsys):
     from PIL import Image
     for f in ("lambda_per_pair.png", "selectivity_index.png", "penalty_share.png"):
         with Image.open(out / f) as im:
-            assert round(im.info["dpi"][0]) == 300, f
+            assert round(im.info["dpi"][0]) == DRAFT_DPI, f
     text = (out / "summary.md").read_text()
     for phrase in ("Caveat: `smoke` preset", "per-point", "true label in the pair", "95 % CI", "± n/a",
                    "## Selectivity index"):
@@ -200,7 +200,7 @@ def test_selective_smoke_writes_every_file(data_root, tmp_path, capsys):
                                          ("--max-boundary", "5"), ("--boundary-rule", "margin")])
 def test_selective_flags_refuse_meaningless_values(flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["run", "selective", "--preset", "smoke", "--out", str(tmp_path / "x"), flag, value])
+        main(["run", "selective", "--preset", "smoke", *DRAFT, "--out", str(tmp_path / "x"), flag, value])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert flag in err[-1] and "error" in err[-1]

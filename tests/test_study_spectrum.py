@@ -14,6 +14,7 @@ from lamda.studies.spectrum.config import COLLAPSE_ACC, MODEL_COLUMNS, curvature
 from lamda.studies.spectrum.training import train_model
 from lamda.models import SigmoidMLP
 from torch.func import functional_call
+from tests._helpers import DRAFT
 
 
 P_TINY = 784 * 2 + 2 + 2 * 2 + 2 + 2 * 10 + 10          # parameters of the 784-2-2-10 MLP
@@ -133,7 +134,7 @@ def test_collapse_rule_and_epoch_cap_flag():
                                          ("--eigvec-format", "txt"), ("--curvature", "fisher")])
 def test_meaningless_flags_fail_in_the_parser(flag, value, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        main(["run", "spectrum", "--preset", "smoke", "--out", str(tmp_path / "x"), flag, value])
+        main(["run", "spectrum", "--preset", "smoke", *DRAFT, "--out", str(tmp_path / "x"), flag, value])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lamda run spectrum: error: argument") and flag in err[-1]
@@ -142,7 +143,7 @@ def test_meaningless_flags_fail_in_the_parser(flag, value, capsys, tmp_path):
 
 def test_spectrum_npy_eigenvectors(data_root, tmp_path, capsys):
     out = tmp_path / "spectrum"
-    argv = ["run", "spectrum", "--preset", "smoke", "--data-root", str(data_root), "--out", str(out),
+    argv = ["run", "spectrum", "--preset", "smoke", *DRAFT, "--data-root", str(data_root), "--out", str(out),
             "--hidden", "2,2", "--steps", "1", "--eigvec-format", "npy", "--which", "LA"]
     assert main(argv) == 0
     cfg = result_files.read_json(out / "config.json")
@@ -161,7 +162,7 @@ def test_spectrum_npy_eigenvectors(data_root, tmp_path, capsys):
         c = result_files.read_json(out / name)
         del c["curvature"]
         result_files.write_json(out / name, c)
-    assert main(["analyze", str(out)]) == 0
+    assert main(["analyze", str(out), *DRAFT]) == 0
     capsys.readouterr()
     assert main(argv) == 0
     assert "id_42/l2_0.00000 finished earlier, skipped" in capsys.readouterr().out
@@ -179,7 +180,7 @@ def test_spectrum_npy_eigenvectors(data_root, tmp_path, capsys):
 def test_spectrum_smoke_files_and_dense_eigh(data_root, tmp_path):
     out = tmp_path / "spectrum"
     # a tiny MLP (784-2-2-10, P = 1606) so that the dense Hessian is cheap; tight Lanczos tolerance
-    assert main(["run", "spectrum", "--preset", "smoke", "--data-root", str(data_root), "--out", str(out),
+    assert main(["run", "spectrum", "--preset", "smoke", *DRAFT, "--data-root", str(data_root), "--out", str(out),
                  "--hidden", "2,2", "--tol", "1e-10"]) == 0
     cfg = result_files.read_json(out / "config.json")
     assert cfg["which"] == "LM" and cfg["settings"]["eigvec_format"] == "csv"
@@ -240,13 +241,13 @@ def test_spectrum_smoke_files_and_dense_eigh(data_root, tmp_path):
     for f in ("summary.md", "spectrum.npz", "spectrum_vs_l2.png", "lambda_max_vs_test_accuracy.png",
               "test_data/Model-42.csv"):
         (out / f).unlink()
-    assert main(["analyze", str(out)]) == 0
+    assert main(["analyze", str(out), *DRAFT]) == 0
     for f in ("summary.md", "spectrum.npz", "spectrum_vs_l2.png", "lambda_max_vs_test_accuracy.png",
               "test_data/Model-42.csv"):
         assert (out / f).is_file(), f
     # a missing cell: analyze refuses, naming it
     (out / "cells" / "42-0.09000.json").unlink()
-    assert main(["analyze", str(out)]) == 2
+    assert main(["analyze", str(out), *DRAFT]) == 2
 
 
 def _dense_ggn(logits, flat0, y) -> torch.Tensor:
@@ -262,7 +263,7 @@ def _dense_ggn(logits, flat0, y) -> torch.Tensor:
 
 def test_spectrum_both_curvatures_files_figure_and_dense_ggn(data_root, tmp_path, capsys):
     out = tmp_path / "spectrum"
-    argv = ["run", "spectrum", "--preset", "smoke", "--data-root", str(data_root), "--out", str(out),
+    argv = ["run", "spectrum", "--preset", "smoke", *DRAFT, "--data-root", str(data_root), "--out", str(out),
             "--hidden", "2,2", "--tol", "1e-10", "--curvature", "both"]
     assert main(argv) == 0
     cfg = result_files.read_json(out / "config.json")
@@ -305,19 +306,19 @@ def test_spectrum_both_curvatures_files_figure_and_dense_ggn(data_root, tmp_path
 
     # `lamda analyze` redraws the figure; a resumed run skips both cells
     png.unlink()
-    assert main(["analyze", str(out)]) == 0 and png.is_file()
+    assert main(["analyze", str(out), *DRAFT]) == 0 and png.is_file()
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("finished earlier, skipped") == 2
     # a lost GGN eigenvalue file: the analysis refuses, naming it
     (d / "GGN-eigenvalues-42-0.09000.csv").unlink()
-    assert main(["analyze", str(out)]) == 2
+    assert main(["analyze", str(out), *DRAFT]) == 2
     assert "GGN-eigenvalues-42-0.09000.csv" in capsys.readouterr().err
 
 
 def test_spectrum_ggn_only(data_root, tmp_path):
     out = tmp_path / "spectrum"
-    assert main(["run", "spectrum", "--preset", "smoke", "--data-root", str(data_root), "--out", str(out),
+    assert main(["run", "spectrum", "--preset", "smoke", *DRAFT, "--data-root", str(data_root), "--out", str(out),
                  "--hidden", "2,2", "--steps", "1", "--curvature", "ggn"]) == 0
     d = out / "test_data"
     assert (d / "GGN-eigenvalues-42-0.00000.csv").is_file() and (d / "GGN-eigenvectors-42-0.00000.csv").is_file()

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from lamda import result_files
 from lamda.cli import main
+from tests._helpers import DRAFT
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -79,7 +80,7 @@ SMOKE = {      # experiment -> its smoke flags (each grid has at least one cell 
 
 def _args(exp, data_root, out):
     return ["-m", "lamda", "run", exp, *SMOKE[exp], "--data-root", str(data_root), "--out", str(out),
-            "--no-progress"]
+            "--no-progress", *DRAFT]
 
 
 @pytest.fixture(scope="module")

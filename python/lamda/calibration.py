@@ -81,10 +81,9 @@ def reliability_diagram(probs, labels, path: str | os.PathLike, n_bins: int = 15
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .result_files import save_figure
+    from .plots import check_dpi, save
 
-    if not 150 <= int(dpi) <= 300:
-        raise ValueError(f"dpi must be in [150, 300], got {dpi}")
+    check_dpi(dpi)
     b = calibration_bins(probs, labels, n_bins)
     ece = expected_calibration_error(probs, labels, n_bins)
     edges = b["edges"]
@@ -105,5 +104,5 @@ def reliability_diagram(probs, labels, path: str | os.PathLike, n_bins: int = 15
     axh.bar(centers, b["counts"] / b["counts"].sum(), width=width, color="gray", edgecolor="black")
     axh.set_xlabel("confidence")
     axh.set_ylabel("share")
-    save_figure(fig, path, dpi=int(dpi))
+    save(fig, path, dpi=dpi)
     return str(path)

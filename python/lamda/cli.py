@@ -15,9 +15,10 @@ import sys
 from lamda_ext.hessian import rank_local
 
 from . import distributed
+from .plots import DPI, DPI_RANGE, figure_dpi
 from .result_files import check_output_folder, read_json_object
 from .studies import broken, get, registry
-from .studies.argtypes import SEED_MAX, seed
+from .studies.argtypes import SEED_MAX, number, seed
 from .studies.runner import folder_lock, parse_shard, recorded_cells, require_complete
 from .trainer import resolve_device
 
@@ -34,6 +35,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _add_dpi(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dpi", type=number(int, low=DPI_RANGE[0], high=DPI_RANGE[1]), default=DPI,
+                   help=f"resolution of the PNG figures, in [{DPI_RANGE[0]}, {DPI_RANGE[1]}] (default {DPI}, the "
+                        "studies'; lower draws faster)")
+
+
 def _add_common(p: argparse.ArgumentParser, exp) -> None:
     p.add_argument("--preset", choices=exp.presets, default=exp.default_preset,
                    help=f"problem size (default {exp.default_preset}): smoke = the smallest run that writes every "
@@ -48,6 +55,7 @@ def _add_common(p: argparse.ArgumentParser, exp) -> None:
                         "time) instead of giving each rank its own runs of the grid")
     p.add_argument("--seed", type=seed, default=42, help=f"global seed in [0, {SEED_MAX}] (default 42)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_dpi(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         exp.add_arguments(p)
     an = sub.add_parser("analyze", help="re-run the post-hoc analyses of a results folder from the files on disk")
     an.add_argument("dir", help="a results folder written by `lamda run`")
+    _add_dpi(an)
     sub.add_parser("list", help="list the experiments")
     return parser
 
@@ -78,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         return _run(args)
-    return _analyze(pathlib.Path(args.dir))
+    with figure_dpi(args.dpi):
+        return _analyze(pathlib.Path(args.dir))
 
 
 def _fail(where: str, exc: BaseException) -> int:
@@ -102,7 +112,7 @@ def _run(args) -> int:
         distributed.request_ddp(args.ddp)
         # grid mode: each rank's cells are its own work (no Hessian sharding); --ddp: all ranks share each run
         scope = contextlib.nullcontext() if args.ddp else rank_local()
-        with folder_lock(out), scope:
+        with folder_lock(out), scope, figure_dpi(args.dpi):
             rc = int(exp.run(args) or 0)
     except _USER_ERRORS as exc:
         return _fail(where, exc)

@@ -1,4 +1,8 @@
-"""Plot helpers shared by the experiments (matplotlib, Agg backend, atomic 300-dpi PNG and GIF writes).
+"""Plot helpers shared by the experiments (matplotlib, Agg backend, atomic PNG and GIF writes).
+
+Figures are written at the resolution of the enclosing [`figure_dpi`][lamda.plots.figure_dpi] block: 300 dpi
+([`DPI`][lamda.plots.DPI], the studies' resolution) outside any block; ``lamda run/analyze --dpi`` sets it for a
+command.
 
 Heatmaps always carry a colourbar and take an explicit colour range, so one figure family shares one scale;
 labelled scatter plots name their points in a legend (no overlapping text) and draw a least-squares line only
@@ -6,6 +10,8 @@ through at least ``MIN_FIT_POINTS`` points.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import pathlib
 from typing import Sequence
 
@@ -19,9 +25,12 @@ from .result_files import atomic_path
 from .stats import MIN_FIT_POINTS
 
 __all__ = ["plt", "new_figure", "save", "grid", "heatmap", "scatter_labeled", "lambda_evolution_figure",
-           "save_gif", "DPI", "color_cycle", "value_range", "MARKERS"]
+           "save_gif", "DPI", "DPI_RANGE", "check_dpi", "figure_dpi", "current_dpi", "color_cycle", "value_range",
+           "MARKERS"]
 
-DPI = 300
+DPI = 300                   # the studies' figure resolution
+DPI_RANGE = (150, 300)      # the resolutions a figure may be written at
+_dpi = contextvars.ContextVar("lamda_figure_dpi", default=DPI)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
 
 
@@ -43,11 +52,41 @@ def grid(n: int, size=(3.2, 2.6), max_cols: int = 5):
     return fig, flat[:n]
 
 
-def save(fig, path, dpi: int = DPI) -> None:
-    """Write ``fig`` atomically (format from the suffix; PNG at ``dpi``, fast zlib level) and close it."""
+def check_dpi(dpi) -> int:
+    """``dpi`` as an int; ValueError outside [`DPI_RANGE`][lamda.plots.DPI_RANGE]."""
+    lo, hi = DPI_RANGE
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not lo <= dpi <= hi or int(dpi) != dpi:
+        raise ValueError(f"dpi must be an integer in [{lo}, {hi}], got {dpi!r}")
+    return int(dpi)
+
+
+@contextlib.contextmanager
+def figure_dpi(dpi: int):
+    """Write figures saved without an explicit ``dpi`` at ``dpi`` within the block.
+
+    ``dpi`` is checked by [`check_dpi`][lamda.plots.check_dpi].
+    """
+    token = _dpi.set(check_dpi(dpi))
+    try:
+        yield
+    finally:
+        _dpi.reset(token)
+
+
+def current_dpi() -> int:
+    """The resolution [`save`][lamda.plots.save] uses without an explicit ``dpi``."""
+    return _dpi.get()
+
+
+def save(fig, path, dpi: int | None = None) -> None:
+    """Write ``fig`` atomically (format from the suffix; PNG at ``dpi``, fast zlib level) and close it.
+
+    ``dpi`` defaults to [`current_dpi`][lamda.plots.current_dpi].
+    """
     path = pathlib.Path(path)
     fmt = path.suffix.lstrip(".") or "png"
     try:
+        dpi = current_dpi() if dpi is None else check_dpi(dpi)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi, format=fmt, bbox_inches="tight",
                         **({"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 __all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "read_json", "write_csv", "read_csv",
-           "write_npz", "read_npz", "save_figure", "save_checkpoint", "load_checkpoint", "CheckpointError",
+           "write_npz", "read_npz", "save_checkpoint", "load_checkpoint", "CheckpointError",
            "CHECKPOINT_FORMAT", "remove_stale_temp_files", "MissingEntryError", "read_json_object",
            "check_output_folder", "jsonable"]
 
@@ -275,17 +275,6 @@ def read_npz(path) -> dict[str, np.ndarray]:
         why = "it holds object arrays" if "pickle" in str(exc).lower() else f"{type(exc).__name__}"
         raise ValueError(f"{path} is not a readable .npz file ({why}: truncated, damaged or not written by "
                          f"lamda); delete it and rerun the command that writes it") from None
-
-
-def save_figure(fig, path, dpi: int = 150) -> None:
-    """Save a matplotlib figure atomically (format from the suffix) and close it."""
-    import matplotlib.pyplot as plt
-    path = pathlib.Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
 
 
 def save_checkpoint(path, payload: Mapping[str, Any]) -> None:

@@ -130,12 +130,6 @@ def surface_grid(span: float, resolution: int) -> np.ndarray:
     return float(span) * (np.arange(R) - half) / half
 
 
-def _check_dpi(dpi: int) -> int:
-    if not 150 <= int(dpi) <= 300:
-        raise ValueError(f"dpi must be in [150, 300], got {dpi}")
-    return int(dpi)
-
-
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -145,7 +139,7 @@ def _plt():
 
 def plot_surface_1d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int = 200, title: str = "") -> str:
     """Loss (left axis) and accuracy (right axis) along the 1-D direction; PNG written atomically."""
-    from ..result_files import save_figure
+    from ..plots import save
     if result.ndim != 1:
         raise ValueError("plot_surface_1d needs a 1-D result (loss_surface(..., directions=1))")
     plt = _plt()
@@ -158,14 +152,14 @@ def plot_surface_1d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int 
         ax2.plot(result.alphas, result.accuracies, "r--", lw=1.2, label="accuracy")
         ax2.set_ylabel("accuracy", color="r")
     ax.set_title(title or "1-D loss surface", fontsize=9)
-    save_figure(fig, path, dpi=_check_dpi(dpi))
+    save(fig, path, dpi=dpi)
     return str(path)
 
 
 def plot_contour(result: SurfaceResult, path: str | os.PathLike, *, levels: int = 30, dpi: int = 200,
                  title: str = "") -> str:
     """Filled contour plot of the 2-D loss surface; PNG written atomically."""
-    from ..result_files import save_figure
+    from ..plots import save
     if result.ndim != 2:
         raise ValueError("plot_contour needs a 2-D result (loss_surface(..., directions=2))")
     plt = _plt()
@@ -178,7 +172,7 @@ def plot_contour(result: SurfaceResult, path: str | os.PathLike, *, levels: int 
     ax.set_xlabel("α")
     ax.set_ylabel("β")
     ax.set_title(title or "loss contours", fontsize=9)
-    save_figure(fig, path, dpi=_check_dpi(dpi))
+    save(fig, path, dpi=dpi)
     return str(path)
 
 
@@ -190,7 +184,7 @@ def plot_surface_3d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int 
     PNG written atomically. ``vmin``/``vmax`` fix the colour scale and the z range (to share them between surfaces);
     values outside are clipped.
     """
-    from ..result_files import save_figure
+    from ..plots import save
     if result.ndim != 2:
         raise ValueError("plot_surface_3d needs a 2-D result (loss_surface(..., directions=2))")
     plt = _plt()
@@ -209,7 +203,7 @@ def plot_surface_3d(result: SurfaceResult, path: str | os.PathLike, *, dpi: int 
     ax.set_ylabel("β")
     ax.set_zlabel("loss", labelpad=10)
     ax.set_title(title or "loss surface", fontsize=9)
-    save_figure(fig, path, dpi=_check_dpi(dpi))
+    save(fig, path, dpi=dpi)
     return str(path)
 
 
@@ -225,7 +219,7 @@ def plot_contour_panels(results: dict, path: str | os.PathLike, *, levels: int =
     """
     from matplotlib.colors import LogNorm
 
-    from ..result_files import save_figure
+    from ..plots import save
     if not results:
         raise ValueError("results is empty")
     for name, r in results.items():
@@ -267,5 +261,5 @@ def plot_contour_panels(results: dict, path: str | os.PathLike, *, levels: int =
     cb.set_label("loss (cross-entropy, nats)" + (", log colour scale" if use_log else ""))
     if title:
         fig.suptitle(title, fontsize=10)
-    save_figure(fig, path, dpi=dpi)
+    save(fig, path, dpi=dpi)
     return str(path)

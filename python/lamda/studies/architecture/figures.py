@@ -14,10 +14,9 @@ from ...landscape import SurfaceResult, plot_contour_panels, plot_surface_3d
 from ...result_files import read_npz
 from .config import RHO
 
-__all__ = ["DPI", "COLORS", "training_curves_figure", "hessian_spectrum_figure", "mode_connectivity_figure",
+__all__ = ["COLORS", "training_curves_figure", "hessian_spectrum_figure", "mode_connectivity_figure",
            "metrics_comparison_figure", "correlation_figure", "surface_figures", "summary_table_figure"]
 
-DPI = 300
 COLORS = {"cnn": "tab:blue", "resnet": "tab:orange"}
 SEED_LINES = ["-", "--", ":", "-."]
 # quantity → axis label of the per-architecture comparison
@@ -50,7 +49,7 @@ def training_curves_figure(path: pathlib.Path, hist: dict, seeds: list[int]) -> 
     _legend_right(axes[0, 0])
     _legend_right(axes[0, 1])
     fig.tight_layout()
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
 
 
 def hessian_spectrum_figure(path: pathlib.Path, an_all: dict, seeds: list[int], s: dict) -> None:
@@ -79,7 +78,7 @@ def hessian_spectrum_figure(path: pathlib.Path, an_all: dict, seeds: list[int], 
     _legend_right(ax)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
 
 
 def mode_connectivity_figure(path: pathlib.Path, conn: list[dict], seeds: list[int], test_size: int) -> None:
@@ -100,7 +99,7 @@ def mode_connectivity_figure(path: pathlib.Path, conn: list[dict], seeds: list[i
     fig.suptitle(f"linear paths on the {n_eval} test images of the model table; BN statistics re-estimated at "
                  "every α (ResNet)", fontsize=8)
     fig.tight_layout()
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
 
 
 def metrics_comparison_figure(path: pathlib.Path, archs: list[str], vals: dict, cis: dict) -> None:
@@ -124,7 +123,7 @@ def metrics_comparison_figure(path: pathlib.Path, archs: list[str], vals: dict, 
     fig.suptitle("CNN vs ResNet: bars = mean, error bars = 95 % CI over seeds (n/a for n < 2), dots = seeds "
                  "(barrier: seed pairs)", fontsize=8)
     fig.tight_layout()
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
 
 
 def _scatter(ax, rows, key, xlabel, corr) -> None:
@@ -147,7 +146,7 @@ def correlation_figure(path: pathlib.Path, rows: list[dict], corrs: dict) -> Non
     for ax, q in zip(axes.ravel(), ("sharpness", "lambda_max", "condition_number")):
         _scatter(ax, rows, q, METRIC_LABELS[q], corrs[f"{q}_vs_test_acc"])
     fig.tight_layout()
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
 
 
 def surface_figures(out: pathlib.Path, archs: list[str], seeds: list[int], s: dict) -> None:
@@ -157,11 +156,11 @@ def surface_figures(out: pathlib.Path, archs: list[str], seeds: list[int], s: di
         z = read_npz(out / "pairs" / f"surface_{a}.npz")
         surf[a] = SurfaceResult(z["alphas"], z["losses"], z["accuracies"], z["betas"])
     plot_contour_panels({f"{a} (seed {seeds[0]})": r for a, r in surf.items()}, out / "surface_contour.png",
-                        dpi=DPI, title=f"filter-normalised loss surfaces on {s['surface_samples']} test images, "
+                        dpi=plots.current_dpi(), title=f"filter-normalised loss surfaces on {s['surface_samples']} test images, "
                                        f"{s['surface_res']}×{s['surface_res']} grid")
     zall = np.concatenate([r.losses.ravel() for r in surf.values()])
     for a, r in surf.items():
-        plot_surface_3d(r, out / f"surface_3d_{a}.png", dpi=DPI, vmin=float(zall.min()), vmax=float(zall.max()),
+        plot_surface_3d(r, out / f"surface_3d_{a}.png", dpi=plots.current_dpi(), vmin=float(zall.min()), vmax=float(zall.max()),
                         title=f"{a}: filter-normalised loss surface (z and colour shared across architectures)")
 
 
@@ -176,4 +175,4 @@ def summary_table_figure(path: pathlib.Path, table: tuple[list[str], list[list]]
     tab.set_fontsize(7)
     tab.scale(1.0, 1.3)
     ax.set_title("CNN vs ResNet on CIFAR-10 (per model; * = some Lanczos pairs unconverged, left out)", fontsize=9)
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)

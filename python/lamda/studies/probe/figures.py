@@ -12,9 +12,8 @@ from ... import plots
 from .config import MIN_SCALE, OPTIMIZERS
 from .series import smooth, window
 
-__all__ = ["DPI", "curvature_figure", "lr_scale_figure", "accuracy_figure"]
+__all__ = ["curvature_figure", "lr_scale_figure", "accuracy_figure"]
 
-DPI = 300
 SEED_LINES = ("-", "--", ":", "-.")          # one line style per seed in the probe's own panels
 STYLES = {"sgd": ("-", "o"), "adam": ("--", "s"), "sam": ("-.", "^"), "probe": ("-", "D"),
           "sgd_matched": (":", "v")}
@@ -61,7 +60,7 @@ def curvature_figure(path: pathlib.Path, raw: dict, cfg: dict) -> None:
     fig.suptitle(f"probed curvature (light: every probe; dark: trailing mean over {w} probes; one line per seed)",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
 
 
 def _lr_panel(ax, raw: dict, opts, seeds, colors) -> None:
@@ -127,7 +126,7 @@ def lr_scale_figure(path: pathlib.Path, raw: dict, cfg: dict) -> None:
     for a in axes.ravel():
         a.grid(alpha=0.3)
     fig.tight_layout()
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
 
 
 def accuracy_figure(path: pathlib.Path, raw: dict, cfg: dict) -> None:
@@ -152,4 +151,4 @@ def accuracy_figure(path: pathlib.Path, raw: dict, cfg: dict) -> None:
         ax.grid(alpha=0.3)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=len(opts), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)

@@ -9,9 +9,8 @@ from ... import plots
 from ...stats import fmt
 from .config import CONDITIONS, PAIR_NAMES
 
-__all__ = ["DPI", "condition_colors", "lambda_per_pair_figure", "selectivity_index_figure", "penalty_share_figure"]
+__all__ = ["condition_colors", "lambda_per_pair_figure", "selectivity_index_figure", "penalty_share_figure"]
 
-DPI = 300
 
 
 def condition_colors() -> dict:
@@ -52,7 +51,7 @@ def lambda_per_pair_figure(path: pathlib.Path, rows: list[dict], table: list[dic
                  + ("bars: 95 % CI)" if n_seeds > 1 else "no CI for one seed)"), fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
 
 
 def selectivity_index_figure(path: pathlib.Path, sel: list[dict], st: list[dict], n_seeds: int) -> None:
@@ -78,7 +77,7 @@ def selectivity_index_figure(path: pathlib.Path, sel: list[dict], st: list[dict]
     if ax.get_legend_handles_labels()[0]:
         _legend_right(ax)
     fig.tight_layout()
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
 
 
 def penalty_share_figure(path: pathlib.Path, shares: dict, cfg: dict) -> None:
@@ -103,4 +102,4 @@ def penalty_share_figure(path: pathlib.Path, shares: dict, cfg: dict) -> None:
     else:
         ax.text(0.5, 0.5, "no penalised condition in this run", transform=ax.transAxes, ha="center")
     fig.tight_layout()
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)

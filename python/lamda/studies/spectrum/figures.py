@@ -11,9 +11,8 @@ import numpy as np
 from ... import plots
 from .config import COLLAPSE_ACC, CURVATURE_LABEL, NUM_CLASSES
 
-__all__ = ["DPI", "spectrum_vs_l2_figure", "lambda_max_vs_accuracy_figure", "hessian_vs_ggn_figure"]
+__all__ = ["spectrum_vs_l2_figure", "lambda_max_vs_accuracy_figure", "hessian_vs_ggn_figure"]
 
-DPI = 300
 SEED_MARKERS = "osD^v<>ph*"        # run ID i of a figure: marker i (cycled)
 
 
@@ -72,7 +71,7 @@ def spectrum_vs_l2_figure(path: pathlib.Path, sp, k: int, which: str) -> None:
     _eigenvalue_panel(axes[0, 0], sp, k, which)
     _magnitude_heatmap(fig, axes[0, 1], sp, k, which)
     fig.tight_layout()
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
 
 
 def lambda_max_vs_accuracy_figure(path: pathlib.Path, sp, corr) -> None:
@@ -106,7 +105,7 @@ def lambda_max_vs_accuracy_figure(path: pathlib.Path, sp, corr) -> None:
     ax.set_title(corr.text() + " — collapsed models excluded", fontsize=7)
     ax.legend(fontsize=6, loc="best")
     ax.grid(alpha=0.3)
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
 
 
 def _set_shared_scale(ax, values: np.ndarray) -> None:
@@ -190,4 +189,4 @@ def hessian_vs_ggn_figure(path: pathlib.Path, hess, ggn, k: int, which: str) -> 
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), label="L2 strength (coefficient of Σθ²)")
     fig.suptitle(f"top-{k} ({which}) spectra: Hessian vs generalised Gauss–Newton, one line per model", fontsize=9)
     _comparison_legend(fig, (hess, ggn))
-    plots.save(fig, path, dpi=DPI)
+    plots.save(fig, path)
