@@ -9,8 +9,11 @@ flat, then put in eval mode. On the same images, float32, the Hessian of the mea
 
 * ``hessian_eigs(k=K, per_layer=True)``, K = ``LAMDA_BENCH_BLOCKS_K`` (default 3), Lanczos tolerance
   ``LAMDA_BENCH_BLOCKS_EIG_TOL`` (default: the library's) and step cap ``LAMDA_BENCH_BLOCKS_EIG_MAX_ITER``;
-* ``hessian_trace(method="hutch++", rtol=R, per_layer=True)`` and the full ``hessian_trace(method="hutch++",
-  rtol=R)``, R = ``LAMDA_BENCH_BLOCKS_RTOL`` (default 0.05), ``LAMDA_BENCH_BLOCKS_BLOCK`` rows per block product
+* ``hessian_trace(method=M, per_layer=True)`` and the full ``hessian_trace(method=M)`` (another seed),
+  M = ``LAMDA_BENCH_BLOCKS_METHOD``: ``hutchinson`` (the default: probes shared by the blocks,
+  ``LAMDA_BENCH_BLOCKS_PROBES`` of them, default 192) or ``hutch++`` / ``xtrace`` (each block its own operator, to a
+  relative standard error R = ``LAMDA_BENCH_BLOCKS_RTOL``, default 0.05: a block whose trace is near zero against
+  its Frobenius norm needs thousands of products there); ``LAMDA_BENCH_BLOCKS_BLOCK`` rows per block product
   (default 32, the library's).
 
 Reported for every block: its name (the module owning its parameters), size, top-K eigenvalues and whether they
@@ -47,6 +50,8 @@ B = int(ENV("LAMDA_BENCH_BLOCKS_B", "256"))
 TRAIN_STEPS = int(ENV("LAMDA_BENCH_BLOCKS_TRAIN_STEPS", "20"))
 K = int(ENV("LAMDA_BENCH_BLOCKS_K", "3"))
 RTOL = float(ENV("LAMDA_BENCH_BLOCKS_RTOL", "0.05"))
+METHOD = ENV("LAMDA_BENCH_BLOCKS_METHOD", "hutchinson")
+PROBES = int(ENV("LAMDA_BENCH_BLOCKS_PROBES", "192"))
 BLOCK = int(ENV("LAMDA_BENCH_BLOCKS_BLOCK", "32"))
 EIG_TOL = float(ENV("LAMDA_BENCH_BLOCKS_EIG_TOL")) if ENV("LAMDA_BENCH_BLOCKS_EIG_TOL") else None
 EIG_MAX_ITER = int(ENV("LAMDA_BENCH_BLOCKS_EIG_MAX_ITER")) if ENV("LAMDA_BENCH_BLOCKS_EIG_MAX_ITER") else None
@@ -132,7 +137,9 @@ def test_resnet18_per_layer_eigs_and_traces():
     sizes = {blk: sum(params[n].numel() for n in ns) for blk, ns in layer_blocks(names).items()}
     out = {"model": "torchvision resnet18(num_classes=10), seed 0, eval mode", "data": f"CIFAR-10 train, {B} images "
            "(lamda.data.load_dataset seed 0)", "train_steps": TRAIN_STEPS, "train_losses": losses, "k": K,
-           "rtol": RTOL, "block": BLOCK, "eig_tol": EIG_TOL, "eig_max_iter": EIG_MAX_ITER, "device": DEVICE,
+           "trace_method": METHOD, "probes": PROBES if METHOD == "hutchinson" else None,
+           "rtol": RTOL if METHOD != "hutchinson" else None, "block": BLOCK, "eig_tol": EIG_TOL,
+           "eig_max_iter": EIG_MAX_ITER, "device": DEVICE,
            "torch": torch.__version__, "threads": torch.get_num_threads(), "seconds": {}}
     kw = dict(memory_budget=int(BUDGET) if BUDGET.isdigit() else BUDGET)
     t = time.perf_counter()
@@ -142,12 +149,12 @@ def test_resnet18_per_layer_eigs_and_traces():
     out["blocks"] = _block_rows(sizes, eigs, None)
     write_json(_result_path(), out)
     t = time.perf_counter()
-    traces = hessian_trace(model, "cross_entropy", (x, y), method="hutch++", rtol=RTOL, block=BLOCK, per_layer=True,
-                           generator=torch.Generator().manual_seed(2), **kw)
+    work = dict(method=METHOD, block=BLOCK, **({"matvecs": PROBES} if METHOD == "hutchinson" else {"rtol": RTOL}), **kw)
+    traces = hessian_trace(model, "cross_entropy", (x, y), per_layer=True, generator=torch.Generator().manual_seed(2),
+                           **work)
     out["seconds"]["trace_per_layer"] = time.perf_counter() - t
     t = time.perf_counter()
-    full = hessian_trace(model, "cross_entropy", (x, y), method="hutch++", rtol=RTOL, block=BLOCK,
-                         generator=torch.Generator().manual_seed(3), **kw)
+    full = hessian_trace(model, "cross_entropy", (x, y), generator=torch.Generator().manual_seed(3), **work)
     out["seconds"]["trace_full"] = time.perf_counter() - t
     out["blocks"], out["agreement"] = _block_rows(sizes, eigs, traces), _agreement(traces, full)
     write_json(_result_path(), out)

@@ -3,7 +3,10 @@ the fused backend without the extension, the small float64 models and batches of
 study-runner contract of the study tests."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -92,7 +95,9 @@ def dense_param_hessian(model, x, y, loss=None):
         out = functional_call(model, (unflatten_params(flat, params), bufs), (x,))
         return loss(out, y).mean()
 
-    return torch.func.hessian(f)(theta)
+    with warnings.catch_warnings():        # torch.func.hessian's linearize path scripts a helper (a FutureWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+        return torch.func.hessian(f)(theta)
 
 
 def check_analyze_and_resume(main, out, argv, top_files, capsys, cell: str, run_dir: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from lamda_ext.hessian import hessian_eigs, hessian_trace, layer_blocks
@@ -58,3 +59,32 @@ def test_per_layer_eigenvalues_and_traces_of_a_cnn_against_its_dense_hessian():
     total = sum(float(t) for t in traces.values())
     se = math.sqrt(sum(t.std_error ** 2 for t in traces.values()) + full.std_error ** 2)
     assert se > 0 and abs(total - float(full)) <= 3 * se
+
+
+def test_per_layer_hutchinson_shares_its_probes_among_the_blocks():
+    """Hutchinson per layer: one product per probe serves every block; each block within 4 of its standard errors of
+    its exact trace, the blocks summing to the whole estimate of the same probes, and the products counted once."""
+    model, x, y, H, sizes = _model_and_blocks()
+    exact = {name: float(b.trace()) for name, b in _diagonal_blocks(H, sizes).items()}
+    traces = hessian_trace(model, "cross_entropy", (x, y), probes=400, per_layer=True, block=50,
+                           generator=torch.Generator().manual_seed(4))
+    assert list(traces) == list(sizes)
+    for name, t in traces.items():
+        assert t.method == "hutchinson" and t.matvecs == 400 and t.samples.shape == (400,)
+        assert abs(float(t) - exact[name]) <= 4 * t.std_error, (name, float(t), exact[name], t.std_error)
+    # the per-probe block samples sum to the whole space's zᵀAz of the same probes (a plain Rademacher draw)
+    z = torch.empty(400, H.shape[0], dtype=H.dtype)
+    g = torch.Generator().manual_seed(4)
+    from lamda_ext.hessian.lanczos import rademacher
+    for i in range(0, 400, 50):
+        z[i:i + 50] = rademacher((50, H.shape[0]), g, H.dtype, torch.device("cpu"))
+    whole = ((z @ H) * z).sum(dim=1)
+    torch.testing.assert_close(sum(t.samples for t in traces.values()), whole, rtol=1e-9, atol=1e-9)
+
+
+def test_per_layer_hutchinson_with_rtol_names_the_blocks_it_missed():
+    model, x, y, H, sizes = _model_and_blocks()
+    with pytest.warns(RuntimeWarning, match=r"blocks above rtol=1e-06 after 16 products"):
+        traces = hessian_trace(model, "cross_entropy", (x, y), matvecs=16, rtol=1e-6, per_layer=True, block=8,
+                               generator=torch.Generator().manual_seed(5))
+    assert not any(t.converged for t in traces.values())

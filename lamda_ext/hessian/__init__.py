@@ -19,6 +19,7 @@ empirical Fisher.
   ([`slq_nodes`][lamda_ext.hessian.density.slq_nodes]).
 - The estimators on any operator ([`MatrixOperator`][lamda_ext.hessian.matrix.MatrixOperator] for a dense matrix):
   [`hutchinson_trace`][lamda_ext.hessian.hutchinson.hutchinson_trace],
+  [`hutchinson_block_traces`][lamda_ext.hessian.hutchinson.hutchinson_block_traces],
   [`hutchpp_trace`][lamda_ext.hessian.hutchpp.hutchpp_trace], [`xtrace`][lamda_ext.hessian.xtrace],
   [`hutchinson_diagonal`][lamda_ext.hessian.hutchinson.hutchinson_diagonal].
 """
@@ -28,7 +29,7 @@ from .density import hessian_density, slq_nodes
 from .diagonal import hessian_diagonal
 from .eigs import EigResult, hessian_eigs
 from .estimates import DiagonalEstimate, TraceEstimate
-from .hutchinson import hutchinson_diagonal, hutchinson_trace
+from .hutchinson import hutchinson_block_traces, hutchinson_diagonal, hutchinson_trace
 from .hutchpp import hutchpp_trace
 from .lanczos import Lanczos
 from .matrix import MatrixOperator
@@ -39,4 +40,4 @@ from .xtrace import xtrace
 __all__ = ["HessianOperator", "hessian_eigs", "hessian_trace", "hessian_diagonal", "hessian_density", "slq_nodes",
            "Lanczos", "check_deterministic", "iter_batches", "rank_local", "EigResult", "TraceEstimate",
            "DiagonalEstimate", "MatrixOperator", "hutchinson_trace", "hutchpp_trace", "xtrace",
-           "hutchinson_diagonal", "layer_blocks"]
+           "hutchinson_block_traces", "hutchinson_diagonal", "layer_blocks"]

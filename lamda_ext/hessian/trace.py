@@ -12,7 +12,7 @@ from ..checks import check_int
 from ..losses import LossSpec
 from .blocks import layer_blocks
 from .estimates import TraceEstimate
-from .hutchinson import hutchinson_trace
+from .hutchinson import hutchinson_block_traces, hutchinson_trace
 from .hutchpp import hutchpp_trace
 from .operator import as_operator
 from .xtrace import xtrace
@@ -49,7 +49,9 @@ def hessian_trace(model, loss: LossSpec | None = None, data=None, probes: int | 
         block: rows per block product ``A @ [block, P]`` (and probes per adaptive step).
         per_layer: one estimate per parameter block (the parameters of each module, see
             [`layer_blocks`][lamda_ext.hessian.blocks.layer_blocks]), each the trace of its diagonal block; the blocks'
-            traces sum to the full trace.
+            traces sum to the full trace. Hutchinson shares its probes among the blocks (one product of the whole
+            operator per probe serves all: [`hutchinson_block_traces`][lamda_ext.hessian.hutchinson.hutchinson_block_traces]);
+            Hutch++ and XTrace run on each block's own operator (its sketch captures that block's outliers).
         **operator_kw: passed to [`HessianOperator`][lamda_ext.hessian.operator.HessianOperator] (``curvature``,
             ``loss_fn``, ``reduction``, ``params``, ``memory_budget``, ...).
 
@@ -89,6 +91,9 @@ def hessian_trace(model, loss: LossSpec | None = None, data=None, probes: int | 
     def run(o) -> TraceEstimate:
         return TRACE_METHODS[method](o, matvecs=budget, rtol=rtol, generator=generator, block=block)
 
+    if per_layer and method == "hutchinson":
+        return hutchinson_block_traces(op, layer_blocks(op.params), matvecs=budget, rtol=rtol, generator=generator,
+                                       block=block)
     if per_layer:
         return {name: run(op.restrict(names)) for name, names in layer_blocks(op.params).items()}
     return run(op)
