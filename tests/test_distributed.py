@@ -91,3 +91,35 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert ref["local_samples"] == 60
     # both ranks hold identical results
     torch.testing.assert_close(results[0]["multi"]["eigs"], results[1]["multi"]["eigs"], rtol=0, atol=0)
+
+
+_SHUTDOWN_SCRIPT = """
+import gc, weakref
+import torch, torch.distributed as dist
+from lamda import distributed
+assert distributed.init_from_env("cpu")
+t = torch.ones(3)
+dist.all_reduce(t)
+import torch._dynamo  # what torch.func and fake tensors import on first use
+group = weakref.ref(dist.group.WORLD)
+distributed.shutdown()
+gc.collect()
+print("group freed" if group() is None else "group alive")
+"""
+
+
+def test_shutdown_frees_the_group_after_torch_dynamo_is_imported():
+    """After `lamda.distributed.shutdown` no module still holds the process group (its gloo worker threads end
+    there, not at interpreter exit, where one still releasing a finished collective aborts the process)."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _SHUTDOWN_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "group freed", done.stdout

@@ -59,6 +59,18 @@ def backend_for(device: str | None) -> str:
     return "nccl" if wants_gpu and torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
 
 
+def _import_group_defaults() -> None:
+    """Import the torch modules whose functions default to ``group=group.WORLD`` before the group exists.
+
+    Such a default is evaluated at import: imported after ``init_process_group`` (``torch._dynamo`` imports
+    ``torch.distributed.nn.functional`` on first use of ``torch.func`` or fake tensors), every one of them holds a
+    reference to the group, ``destroy_process_group`` then leaves it (and gloo's worker threads) alive, and a worker
+    still releasing a finished collective when the interpreter exits aborts the process ("terminate called without
+    an active exception"). Imported first, they hold None.
+    """
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def init_from_env(device: str | None = "auto") -> bool:
     """Initialise the default process group from the torchrun environment (``env://``), once.
 
@@ -79,6 +91,7 @@ def init_from_env(device: str | None = "auto") -> bool:
             raise ValueError(f"LOCAL_RANK {lr} has no GPU (this node has {n}); start at most {n} processes per "
                              f"node (--nproc_per_node) or use --device cpu")
         torch.cuda.set_device(lr)
+    _import_group_defaults()
     timeout = datetime.timedelta(minutes=float(os.environ.get(_TIMEOUT_ENV, str(7 * 24 * 60))))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
