@@ -22,6 +22,7 @@ its ops (a ``RuntimeWarning`` names it).
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 
@@ -90,6 +91,20 @@ def _tangent(dual) -> torch.Tensor:
     return torch.zeros_like(primal) if tangent is None else tangent
 
 
+def _one_fake_mode():
+    """A context in which ``make_fx`` records every traced value's metadata with one fake-tensor mode.
+
+    Without it, ``make_fx`` makes a new ``FakeTensorMode`` for every value of a real-tensor trace, and each records
+    the Python stack at its creation; through torch's tracing context (``torch._guards``) they share one.
+    """
+    try:
+        from torch._guards import TracingContext, tracing
+        from torch._subclasses.fake_tensor import FakeTensorMode
+    except ImportError:         # a torch without the tracing context: one mode per value
+        return contextlib.nullcontext()
+    return tracing(TracingContext(FakeTensorMode(allow_fallback_kernels=True)))
+
+
 def _trace_jvp(g: Callable, primal) -> tuple[torch.fx.GraphModule, list[torch.Tensor], object, object]:
     """The aten graph of one forward-mode evaluation of ``g`` at ``primal``.
 
@@ -107,7 +122,8 @@ def _trace_jvp(g: Callable, primal) -> tuple[torch.fx.GraphModule, list[torch.Te
             return [_tangent(d) for d in flat_out]
 
     tangents = [p.new_empty(()).expand_as(p) for p in flat_primals]
-    gm = make_fx(trace_fn)(tangents)
+    with _one_fake_mode():
+        gm = make_fx(trace_fn)(tangents)
     return gm, tangents, in_spec, out_spec[0]
 
 
