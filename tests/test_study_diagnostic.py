@@ -212,26 +212,6 @@ def test_smoke_acceptance_killed_and_resumed(smoke_run):
     assert (out / "summary.md").read_text() == before
 
 
-def test_offline_digits_with_shards(tmp_path):
-    """Digits needs no data root; two shards fill one grid and the second one writes the analyses."""
-    out = tmp_path / "out"
-    common = ["run", "diagnostic", "--preset", "smoke", *DRAFT, "--methods", "baseline,dropout,sam", "--epochs", "1",
-              "--points", "4", "--out", str(out), "--no-progress"]
-    assert main(common + ["--shard", "0/2"]) == 0
-    assert (out / "01_baseline" / "final_model.pt").is_file() and (out / "06_sam" / "sam_rho_0.1" / "final_model.pt").is_file()
-    assert not (out / "02_dropout" / "dropout_0.5" / "final_model.pt").exists()
-    assert not (out / "summary.md").exists()
-    assert main(common + ["--shard", "1/2"]) == 0
-    runs = ["01_baseline", "02_dropout/dropout_0.5", "06_sam/sam_rho_0.1"]
-    check_dataset_tree(out, runs, epochs=1, points=4)
-    assert "## digits" in (out / "summary.md").read_text()
-    # a different configuration in the same folder is refused
-    assert main(["run", "diagnostic", "--preset", "smoke", *DRAFT, "--out", str(out), "--no-progress"]) == 2
-    with pytest.raises(SystemExit):
-        main(common + ["--shard", "2/2", "--bogus"])
-    assert main(common + ["--shard", "2/2"]) == 2
-
-
 def test_both_datasets_put_cifar_in_a_subtree(data_root, tmp_path):
     if not (data_root / "CIFAR10-jpeg").is_dir():
         pytest.skip("CIFAR10-jpeg not in the data root")
@@ -436,29 +416,41 @@ def test_shared_meter_stores_the_directions_it_used():
         MeasureConfig(direction_mode="bogus")
 
 
-def test_two_seeds_per_point_mode(tmp_path, capsys):
-    """--seeds puts one seed_<s>/ folder per seed in every run folder and the tables give mean ± 95 % CI over
-    seeds; --direction-mode per-point draws the directions per point (none stored)."""
+def test_two_seeds_per_point_mode_in_two_shards(tmp_path, capsys):
+    """The offline digits set (no data root) with --seeds 3,4 --direction-mode per-point, in two shards: the
+    first shard runs every other cell and writes no analysis, the second fills the grid and writes it; one
+    seed_<s>/ folder per seed in every run folder, the tables give mean ± 95 % CI over seeds, and per-point
+    directions are drawn per point (none stored). Another configuration or protocol in the same folder is
+    refused, as are a bad flag and a shard out of range."""
     from scipy import stats as st
     out = tmp_path / "out"
-    assert main(["run", "diagnostic", "--preset", "smoke", *DRAFT, "--methods", "baseline,sam", "--epochs", "1",
-                 "--points", "4", "--seeds", "3,4", "--direction-mode", "per-point", "--out", str(out),
-                 "--no-progress"]) == 0
+    common = ["run", "diagnostic", "--preset", "smoke", *DRAFT, "--methods", "baseline,sam", "--epochs", "1",
+              "--points", "4", "--seeds", "3,4", "--direction-mode", "per-point", "--out", str(out), "--no-progress"]
+    cells = [out / rel / f"seed_{seed}" for rel in ("01_baseline", "06_sam/sam_rho_0.1") for seed in (3, 4)]
+    assert main(common + ["--shard", "0/2"]) == 0
+    done = [(c / "final_model.pt").is_file() for c in cells]
+    assert done == [True, False, True, False], done
+    assert not (out / "summary.md").exists()
+    capsys.readouterr()
+    assert main(common + ["--shard", "1/2"]) == 0
     printed = capsys.readouterr().out
     assert f"summary: {out / 'summary.md'}" in printed and f"figures: {out / 'validation_analysis'}" in printed
-    for rel in ("01_baseline", "06_sam/sam_rho_0.1"):
-        for seed in (3, 4):
-            d = out / rel / f"seed_{seed}"
-            assert result_files.read_json(d / "config.json")["seed"] == seed
-            z = result_files.read_npz(d / "lambda_data.npz")
-            assert "directions" not in z and str(z["direction_mode"]) == "per-point"
-            assert (d / "lambda_evolution.png").is_file()
+    for d in cells:
+        assert result_files.read_json(d / "config.json")["seed"] == int(d.name.split("_")[1])
+        z = result_files.read_npz(d / "lambda_data.npz")
+        assert "directions" not in z and str(z["direction_mode"]) == "per-point"
+        assert (d / "lambda_evolution.png").is_file()
     table = result_files.read_csv(out / "00_summary" / "summary_statistics.csv")
     base = next(t for t in table if t["method"] == "baseline")
     accs = [result_files.read_csv(out / "01_baseline" / f"seed_{s}" / "training_metrics.csv")[-1]["test_acc"] for s in (3, 4)]
     assert base["n_seeds"] == 2 and base["test_acc_mean"] == pytest.approx(np.mean(accs))
     assert base["test_acc_ci95"] == pytest.approx(st.t.ppf(0.975, 1) * np.std(accs, ddof=1) / np.sqrt(2))
     summary = (out / "summary.md").read_text()
+    assert "## digits" in summary
     assert "| baseline | 2 |" in summary and "per-point" in summary and "seed(s) 3, 4" in summary
-    assert main(["run", "diagnostic", "--preset", "smoke", *DRAFT, "--methods", "baseline,sam", "--epochs", "1",
-                 "--points", "4", "--seeds", "3,4", "--out", str(out), "--no-progress"]) == 2   # other protocol
+    other_protocol = [a for a in common if a not in ("--direction-mode", "per-point")]
+    assert main(other_protocol) == 2
+    assert main(["run", "diagnostic", "--preset", "smoke", *DRAFT, "--out", str(out), "--no-progress"]) == 2
+    with pytest.raises(SystemExit):
+        main(common + ["--shard", "2/2", "--bogus"])
+    assert main(common + ["--shard", "2/2"]) == 2
