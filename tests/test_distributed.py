@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,9 +114,6 @@ print("group freed" if group() is None else "group alive")
 def test_shutdown_frees_the_group_after_torch_dynamo_is_imported():
     """After `lamda.distributed.shutdown` no module still holds the process group (its gloo worker threads end
     there, not at interpreter exit, where one still releasing a finished collective aborts the process)."""
-    import socket
-    import subprocess
-    import sys
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -78,13 +78,16 @@ OLD_NAMES = ["order_sensitivity/order_sensitivity.png", "temporal_directional_st
              "joint_K_order_optimization/deviation_heatmap.png", "joint_K_order_optimization/per_method_grid.png"]
 
 
-def check_dataset_tree(root: pathlib.Path, runs, epochs: int, points: int):
-    """Every file of the study's tree, and the npz keys/shapes of every run."""
+def check_dataset_tree(root: pathlib.Path, runs, epochs: int, points: int, seeds: tuple = (),
+                       direction_mode: str = "shared"):
+    """Every file of the study's tree, and the npz keys/shapes of every run (of every ``seed_<s>/`` folder of a run
+    with ``seeds``; ``direction_mode="per-point"``: no directions stored)."""
     M = len([e for e in range(epochs + 1) if e <= 10 or e == epochs])   # schedule for epochs <= 11
     for f in SUMMARY_FILES:
         assert (root / "00_summary" / f).is_file(), f
-    configs = [result_files.read_json(root / r / "config.json") for r in runs]
-    labels = [c["label"] for c in configs]
+    folders = [f"{r}/seed_{s}" for r in runs for s in seeds] if seeds else list(runs)
+    configs = [result_files.read_json(root / r / "config.json") for r in folders]
+    labels = list(dict.fromkeys(c["label"] for c in configs))
     families = {c["family"] for c in configs}
     from lamda.studies.diagnostic.validation import validation_files
     listed = set(validation_files(labels, families))
@@ -98,7 +101,7 @@ def check_dataset_tree(root: pathlib.Path, runs, epochs: int, points: int):
     fams = {r.split("/")[0] for r in runs}
     for fam in fams:
         assert (root / fam / FAMILY_FILES[fam]).is_file(), fam
-    for r in runs:
+    for r in folders:
         for f in RUN_FILES:
             assert (root / r / f).is_file(), f"{r}/{f}"
         z = result_files.read_npz(root / r / "lambda_data.npz")
@@ -109,12 +112,14 @@ def check_dataset_tree(root: pathlib.Path, runs, epochs: int, points: int):
         for k in ("epochs", "train_acc", "test_acc", "train_loss", "test_loss"):
             assert z[k].shape == (M,), k
         assert z["direction_seeds"].ndim == 1 and z["measurement_indices"].shape == (points,)
-        # the study's protocol: 15 shared input directions, stored, the same at every measurement
-        d = z["directions"]
-        assert d.dtype == np.float32 and d.shape[:2] == (M, 15) and d.shape[2] in (784, 3 * 32 * 32)
-        assert all(np.array_equal(d[0], d[j]) for j in range(M))
-        np.testing.assert_allclose(np.linalg.norm(d[0].astype(np.float64), axis=1), 1.0, rtol=1e-5)
-        assert str(z["direction_mode"]) == "shared"
+        assert str(z["direction_mode"]) == direction_mode
+        if direction_mode == "per-point":      # directions drawn per point: none stored
+            assert "directions" not in z
+        else:     # the study's protocol: 15 shared input directions, stored, the same at every measurement
+            d = z["directions"]
+            assert d.dtype == np.float32 and d.shape[:2] == (M, 15) and d.shape[2] in (784, 3 * 32 * 32)
+            assert all(np.array_equal(d[0], d[j]) for j in range(M))
+            np.testing.assert_allclose(np.linalg.norm(d[0].astype(np.float64), axis=1), 1.0, rtol=1e-5)
         assert np.all(np.isfinite(z["lambda_values"]))
         assert not (root / r / "checkpoint.pt").exists()
         rows = result_files.read_csv(root / r / "training_metrics.csv")
@@ -435,11 +440,10 @@ def test_two_seeds_per_point_mode_in_two_shards(tmp_path, capsys):
     assert main(common + ["--shard", "1/2"]) == 0
     printed = capsys.readouterr().out
     assert f"summary: {out / 'summary.md'}" in printed and f"figures: {out / 'validation_analysis'}" in printed
+    check_dataset_tree(out, ["01_baseline", "06_sam/sam_rho_0.1"], epochs=1, points=4, seeds=(3, 4),
+                       direction_mode="per-point")
     for d in cells:
         assert result_files.read_json(d / "config.json")["seed"] == int(d.name.split("_")[1])
-        z = result_files.read_npz(d / "lambda_data.npz")
-        assert "directions" not in z and str(z["direction_mode"]) == "per-point"
-        assert (d / "lambda_evolution.png").is_file()
     table = result_files.read_csv(out / "00_summary" / "summary_statistics.csv")
     base = next(t for t in table if t["method"] == "baseline")
     accs = [result_files.read_csv(out / "01_baseline" / f"seed_{s}" / "training_metrics.csv")[-1]["test_acc"] for s in (3, 4)]
