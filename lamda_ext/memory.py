@@ -18,6 +18,7 @@ import weakref
 from typing import Union
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
@@ -77,11 +78,33 @@ def format_bytes(n: float) -> str:
 
 
 def _storage_key(t: torch.Tensor):
+    if isinstance(t, FakeTensor):                 # tracing on fake tensors allocates nothing
+        return None
     try:
         st = t.untyped_storage()
-    except (RuntimeError, NotImplementedError):   # tensors without storage (meta, sparse)
+        ptr = st.data_ptr()
+    except (RuntimeError, NotImplementedError):   # tensors without storage (meta, sparse, functorch wrappers)
         return None
-    return (t.device, st.data_ptr()) if st.data_ptr() else None
+    return (t.device, ptr) if ptr else None
+
+
+class _Storage:
+    """A storage made inside the tracker: its bytes, the tensor objects alive that refer to it, a weak reference."""
+
+    __slots__ = ("nbytes", "objects", "_weak", "_free")
+
+    def __init__(self, st: torch.UntypedStorage):
+        self.nbytes = st.nbytes()
+        self.objects = 0
+        self._weak = st._weak_ref()
+        self._free = torch.UntypedStorage._free_weak_ref
+
+    def freed(self) -> bool:
+        """Whether nothing refers to the storage any more (its memory is returned)."""
+        return torch.UntypedStorage._expired(self._weak)
+
+    def __del__(self):
+        self._free(self._weak)
 
 
 class AllocationTracker(TorchDispatchMode):
@@ -90,32 +113,59 @@ class AllocationTracker(TorchDispatchMode):
     ``peak`` (bytes alive at once), ``total`` (bytes allocated) and ``flops`` (of the matrix products, convolutions and
     attention kernels, by the formulas `torch.utils.flop_counter.FlopCounterMode` uses).
 
-    A storage counts from the op that creates it (an output that does not alias an input) until the last
-    tensor object referring to it is garbage; outputs that alias an input (views, in-place ops) keep an
-    already-counted storage alive and add nothing. Tensors that autograd saves for a backward pass outlive
-    their Python objects, so under grad mode ``peak`` undercounts and ``total`` is the bound to use.
+    A storage counts from the op that creates it (an output that does not alias an input) until it is freed;
+    outputs that alias an input (views, in-place ops) keep an already-counted storage alive and add nothing. A
+    storage whose tensor objects are all garbage may still be held elsewhere (a tensor autograd saved for a
+    backward pass, a traced graph's constant): it is followed by a weak reference and counts until it is freed,
+    so ``peak`` holds under grad mode and inside ``torch.func`` transforms too. ``live``: bytes alive now.
     """
 
     def __init__(self):
         super().__init__()
-        self.live = 0
+        self._live = 0
         self.peak = 0
         self.total = 0
         self.flops = 0
-        self._refs: dict = {}          # storage key -> [nbytes, tensor objects alive]
+        self._refs: dict = {}          # storage key -> _Storage
+        self._held: set = set()        # keys whose tensor objects are garbage but whose storage may be held
+
+    @property
+    def live(self) -> int:
+        """Bytes of the storages made inside the mode that are alive now."""
+        self._sweep()
+        return self._live
+
+    def _drop(self, key) -> None:
+        self._live -= self._refs.pop(key).nbytes
+        self._held.discard(key)
+
+    def _sweep(self) -> None:
+        """Forget the held storages that have been freed since."""
+        for key in [k for k in self._held if self._refs[k].freed()]:
+            self._drop(key)
 
     def _release(self, key) -> None:
         ref = self._refs.get(key)
         if ref is None:
             return
-        ref[1] -= 1
-        if ref[1] == 0:
-            self.live -= ref[0]
-            del self._refs[key]
+        ref.objects -= 1
+        if ref.objects == 0:
+            self._held.add(key)        # the storage outlives its last tensor object while it is being freed
 
     def _follow(self, t: torch.Tensor, key) -> None:
-        self._refs[key][1] += 1
+        self._refs[key].objects += 1
+        self._held.discard(key)
         weakref.finalize(t, self._release, key)
+
+    def _allocated(self, t: torch.Tensor, key) -> None:
+        ref = _Storage(t.untyped_storage())
+        if self._live + ref.nbytes > self.peak:   # a new peak only if the held storages are still alive
+            self._sweep()
+        self._refs[key] = ref
+        self._live += ref.nbytes
+        self.total += ref.nbytes
+        self.peak = max(self.peak, self._live)
+        self._follow(t, key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -131,15 +181,12 @@ class AllocationTracker(TorchDispatchMode):
             key = _storage_key(t)
             if key is None:
                 continue
+            if key in self._held and self._refs[key].freed():   # the address of a freed storage, reused
+                self._drop(key)
             if key in self._refs:              # a view or in-place result of a storage made in here
                 self._follow(t, key)
             elif key not in inputs:            # a fresh allocation
-                nbytes = t.untyped_storage().nbytes()
-                self._refs[key] = [nbytes, 0]
-                self.live += nbytes
-                self.total += nbytes
-                self.peak = max(self.peak, self.live)
-                self._follow(t, key)
+                self._allocated(t, key)
         return out
 
 

@@ -2,6 +2,7 @@
 the peak, and a budget too small is refused with the smallest one that works."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
@@ -353,3 +354,28 @@ def test_a_backward_pass_that_does_not_fit_is_refused_when_asked_for():
     assert d.requires_grad and torch.isfinite(d).all()
     with pytest.raises(ValueError, match="too small to differentiate .* smallest budget that works"):
         d.sum().backward()
+
+
+def test_allocation_tracker_follows_storages_past_their_python_objects():
+    """Under torch.func transforms and tracing, storages outlive the tensor objects the tracker saw (a linearised
+    HVP keeps the traced graph's constants): they count until freed, so the tracker sees what the linearisation
+    keeps, and a forward-over-reverse pass is followed without error."""
+    from torch.func import grad, jvp
+
+    from lamda_ext.hvp import LinearizedHVP
+    from lamda_ext.losses import resolve_loss
+    from lamda_ext.params import model_loss_fn
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 5)).double()
+    x, y = torch.randn(32, 20, dtype=DT), torch.randint(0, 5, (32,))
+    params = dict(m.named_parameters())
+    with AllocationTracker() as tr:
+        lin = LinearizedHVP(model_loss_fn(m, x, y, resolve_loss("cross_entropy", 0.0), list(params)), params)
+    kept = tr.live
+    assert kept >= 0.9 * lin.nbytes and tr.peak >= kept
+    del lin
+    gc.collect()
+    assert tr.live == 0
+    with AllocationTracker() as tr:
+        jvp(grad(lambda t: torch.exp(torch.sin(t) * 2).sum()), (x[0],), (torch.ones_like(x[0]),))
+    assert tr.peak > 0
