@@ -1,6 +1,6 @@
 """The Hessian tools at scale, in one process (peak memory is a per-process figure): torchvision's resnet18 on
 CIFAR-10 training images, ``hessian_eigs(k=10)`` and a 100-probe Hutchinson trace through one
-``HessianOperator`` with a memory budget for the linearised batches it keeps.
+``HessianOperator`` within a memory budget (each product's working memory and the linearisations it keeps).
 
     LAMDA_DATA_ROOT=../shared/data python benchmarks/scale_spectrum.py --images 2048 --batch 256 --budget-gib 2
 
@@ -34,7 +34,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=2048)
     p.add_argument("--batch", type=int, default=256, help="images per batch of the operator")
-    p.add_argument("--budget-gib", type=float, default=2.0, help="memory budget of the kept linearisations")
+    p.add_argument("--budget-gib", type=float, default=2.0,
+                   help="memory budget of the operator (a product's working memory and the kept linearisations)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--probes", type=int, default=100)
     p.add_argument("--data-root", default=None)

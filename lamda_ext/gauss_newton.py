@@ -73,7 +73,7 @@ class LinearizedGaussNewton:
             return functional_call(model, (p, state), (x,))
 
         kept: list[int] = []
-        seen: set = set()
+        seen: set = {t.untyped_storage().data_ptr() for t in self.primal.values()}   # the parameters: not kept here
 
         def pack(t):          # count the bytes the recorded graph keeps, without holding the tensors here
             kept.append(storage_bytes([t], seen))

@@ -140,14 +140,17 @@ class LinearizedHVP:
     the tangent pass needs (the activations and backward intermediates, [`nbytes`][lamda_ext.hvp.LinearizedHVP.nbytes]
     bytes); every call replays only the tangent part, for one direction ``[P]`` or each row of ``[K, P]``
     (``chunk_size`` rows per vmapped replay; None = one at a time on the CPU, all at once elsewhere). In-place ops on
-    values of the point (``h += r``, ``relu_``, a model that changes its input) replay in their out-of-place form. For
-    deterministic functions only: random ops would draw again on every replay. Where no consistent replay is found
-        ([`lamda_ext.linearize.linearize`][lamda_ext.linearize.linearize];
+    values of the point (``h += r``, ``relu_``, a model that changes its input) replay in their out-of-place form.
+    Random ops (dropout) draw again on every replay: with ``start`` (the random-number state taken before
+    construction) every direction restarts from it and sees the masks of the construction, as
+    [`loss_hvp`][lamda_ext.hvp.loss_hvp] does; without it, for deterministic functions only. Where no consistent
+    replay is found ([`lamda_ext.linearize.linearize`][lamda_ext.linearize.linearize];
     [`replays`][lamda_ext.hvp.LinearizedHVP.replays] False) nothing is kept and every direction takes its own ``jvp``.
     """
 
-    def __init__(self, f: Callable, primal: dict[str, torch.Tensor]):
+    def __init__(self, f: Callable, primal: dict[str, torch.Tensor], start: RngReplay | None = None):
         self.primal = {k: t.detach() for k, t in primal.items()}
+        self._start = start
         with torch.enable_grad():
             self._map = tangent_map(grad(f), self.primal)
 
@@ -158,8 +161,8 @@ class LinearizedHVP:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the kept intermediates (0 when nothing is kept)."""
-        return linearized_nbytes(self._map)
+        """Bytes of the kept intermediates (0 when nothing is kept; the parameters themselves are not counted)."""
+        return linearized_nbytes(self._map, {t.untyped_storage().data_ptr() for t in self.primal.values()})
 
     def __call__(self, v: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """``H v`` for v ``[P]`` or ``[K, P]`` (same shape out, detached)."""
@@ -167,7 +170,7 @@ class LinearizedHVP:
         V = v if batched else v.unsqueeze(0)
         with torch.enable_grad():
             out = _apply_tangent_map(self._map, V, lambda vec: unflatten_params(vec, self.primal),
-                                     flatten_params, chunk_size if self.replays else 1).detach()
+                                     flatten_params, chunk_size if self.replays else 1, self._start).detach()
         return out if batched else out[0]
 
 

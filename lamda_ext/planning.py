@@ -28,7 +28,8 @@ from ._state import RngReplay
 from .memory import AllocationTracker, format_bytes
 from .split import Chunk, Job
 
-__all__ = ["CostModel", "Plan", "SAFETY", "ESTIMATE_MARGIN", "measure_cost", "choose_chunks", "make_plan"]
+__all__ = ["CostModel", "Plan", "SAFETY", "ESTIMATE_MARGIN", "measure_cost", "choose_chunks", "make_plan",
+           "budget_too_small"]
 
 # share of the budget a plan fills with its predicted peak; the rest absorbs the allocator's overhead (on the CPU the
 # heap that serves large tensors during a call, memory.heap_reuse, keeps freed blocks resident between reuses)
@@ -269,6 +270,18 @@ def _attention_rows_that_fit(job: Job, backend: str, usable: float, start: RngRe
     return None
 
 
+def budget_too_small(budget: int, unit: str, working: float) -> ValueError:
+    """The refusal of a budget too small for the smallest piece of a call's work.
+
+    ``unit`` says what that piece is (``"1 point(s) and one direction"``), ``working`` its bytes of working memory;
+    the message names the smallest budget that works (``working / SAFETY``).
+    """
+    need = working / SAFETY
+    return ValueError(f"memory_budget={budget} bytes ({format_bytes(budget)}) is too small for even {unit} of this "
+                      f"call (about {format_bytes(working)} of working memory); the smallest budget that works is "
+                      f"about {math.ceil(need)} bytes ({format_bytes(need)})")
+
+
 def make_plan(job: Job, backend: str, budget: int, needs_grad: bool, forward_bytes: Optional[int] = None,
               measure: bool = False, start: Optional[RngReplay] = None) -> tuple[Plan, dict]:
     """The plan of ``job`` within ``budget`` bytes, and the results of any chunks measured to make it.
@@ -313,11 +326,7 @@ def make_plan(job: Job, backend: str, budget: int, needs_grad: bool, forward_byt
         if rows is not None:
             return make_plan(replace(job, attention_rows=rows), backend, budget, needs_grad, None, True, start)
     if not chunks:
-        need = cost.peak(b_min, 1) / SAFETY
-        raise ValueError(f"memory_budget={budget} bytes ({format_bytes(budget)}) is too small for even "
-                         f"{b_min} point(s) and one direction of this call (about {format_bytes(cost.peak(b_min, 1))}"
-                         f" of working memory); the smallest budget that works is about {math.ceil(need)} bytes "
-                         f"({format_bytes(need)})")
+        raise budget_too_small(budget, f"{b_min} point(s) and one direction", cost.peak(b_min, 1))
     recompute, refusal = (), None
     if needs_grad:
         mode = "recompute"

@@ -185,7 +185,7 @@ def test_empirical_fisher_of_a_loss_fn_from_per_sample_gradients():
     op = HessianOperator(model, data=parts, loss_fn=mean_loss, curvature="empirical_fisher")
     for _ in range(2):
         assert rel(op @ V, ref) < 1e-12
-    assert op.n_linearizations == 2 and op.cached_bytes == x.shape[0] * V.shape[1] * 8   # gradients kept
+    assert op.n_linearizations == 2 and op.cached_bytes >= x.shape[0] * V.shape[1] * 8   # gradients kept
     streamed = HessianOperator(model, data=parts, loss_fn=mean_loss, curvature="empirical_fisher", memory_budget=0)
     assert rel(streamed @ V, ref) < 1e-12 and streamed.cached_bytes == 0
     total = HessianOperator(model, data={"x": x, "y": y}, loss_fn=sum_loss, curvature="empirical_fisher",

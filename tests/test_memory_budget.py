@@ -356,6 +356,160 @@ def test_a_backward_pass_that_does_not_fit_is_refused_when_asked_for():
         d.sum().backward()
 
 
+# ---------------------------------------------------------------- HessianOperator within memory_budget
+
+def _small_cnn(B=16, width=4, side=8, dropout=0.0):
+    """A small CNN with batch norm (eval) on float64 images, its (x, y) and a list of two batches."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width, 3),
+              nn.Tanh(), nn.Flatten()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    m = nn.Sequential(*layers, nn.Linear(width * (side - 2) ** 2, 5)).double()
+    for bn in m.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+    m.eval()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(B, 3, side, side, generator=g, dtype=DT), torch.randint(0, 5, (B,), generator=g)
+    return m, x, y
+
+
+def _split_pair(m, data, curvature, **kw):
+    """The operator with a budget that fits everything unsplit, and one whose budget cuts the batches into slices."""
+    whole = lamda_ext.HessianOperator(m, "cross_entropy", data, curvature=curvature, memory_budget=2**40, **kw)
+    unit = whole.memory_plan().min_budget
+    split = lamda_ext.HessianOperator(m, "cross_entropy", data, curvature=curvature, memory_budget=2 * unit, **kw)
+    return whole, split
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn", "fisher_mc", "empirical_fisher"])
+def test_operator_split_equals_unsplit(curvature):
+    """Within a budget that cuts each batch into slices of samples, products, quadratic forms, eigenvalues and
+    traces are those of the unsplit operator (float64, ≤ 1e-12): the slices are weighted by their sample counts,
+    and fisher_mc keeps the targets drawn for the whole batch (same seed, same matrix)."""
+    m, x, y = _small_cnn()
+    data = [(x[:10], y[:10]), (x[10:], y[10:])]
+    whole, split = _split_pair(m, data, curvature, mc_samples=2, mc_seed=3)
+    P = whole.size
+    V = torch.randn(4, P, generator=torch.Generator().manual_seed(5), dtype=DT)
+    a, b = whole @ V, split @ V
+    assert split.plan.splits_samples and split.plan.sub_batch < 6, str(split.plan)
+    assert whole.plan.sub_batch >= 10
+    assert rel_err(b, a, dim=1) <= 1e-12
+    assert rel_err(split.quadratic_forms(V), whole.quadratic_forms(V), dim=0) <= 1e-12
+    kw = dict(k=3, max_iter=40, tol=1e-10)
+    ea = lamda_ext.hessian_eigs(whole, generator=torch.Generator().manual_seed(0), **kw).eigenvalues
+    eb = lamda_ext.hessian_eigs(split, generator=torch.Generator().manual_seed(0), **kw).eigenvalues
+    assert rel_err(eb, ea, dim=0) <= 1e-12
+    ta = lamda_ext.hessian_trace(whole, probes=8, generator=torch.Generator().manual_seed(1))
+    tb = lamda_ext.hessian_trace(split, probes=8, generator=torch.Generator().manual_seed(1))
+    assert abs(float(tb) - float(ta)) <= 1e-12 * abs(float(ta))
+    if curvature == "fisher_mc":      # the targets matter: another seed is another matrix
+        other = lamda_ext.HessianOperator(m, "cross_entropy", data, curvature=curvature, mc_samples=2, mc_seed=4)
+        assert rel_err(other @ V, a, dim=1) > 1e-6
+
+
+def test_operator_peak_stays_within_the_budget():
+    """The tracked peak of a product (the first: with the trials; the later ones: with kept linearisations) and of a
+    block of quadratic forms stays within a budget that the unsplit product exceeds: one batch is cut into slices;
+    as six smaller batches, some of them are kept and the rest recomputed."""
+    m, x, y = _small_cnn(B=48, width=16, side=12)
+    V = torch.randn(2, sum(p.numel() for p in m.parameters()), generator=torch.Generator().manual_seed(0),
+                    dtype=DT)
+    whole = lamda_ext.HessianOperator(m, "cross_entropy", (x, y), memory_budget=0)     # unsplit, nothing kept
+    with AllocationTracker() as tr:
+        ref = whole @ V
+    unsplit_peak = tr.peak
+    budget = unsplit_peak // 2
+    op = lamda_ext.HessianOperator(m, "cross_entropy", (x, y), memory_budget=budget)
+    assert op.memory_plan().min_budget < budget
+    for _ in range(2):
+        with AllocationTracker() as tr:
+            out = op @ V
+        assert tr.peak <= budget < unsplit_peak, (tr.peak, budget, unsplit_peak)
+        assert rel_err(out, ref, dim=1) <= 1e-12
+    assert 1 < op.plan.sub_batch < 48 and op.plan.corrected == 1.0
+    Z = V.sign()
+    with AllocationTracker() as tr:
+        q = op.quadratic_forms(Z)
+    assert tr.peak <= budget
+    assert rel_err(q, whole.quadratic_forms(Z), dim=0) <= 1e-12
+    parts = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 48, 8)]
+    kept = lamda_ext.HessianOperator(m, "cross_entropy", parts, memory_budget=budget)
+    for _ in range(3):
+        with AllocationTracker() as tr:
+            out = kept @ V
+        assert tr.peak <= budget and rel_err(out, ref, dim=1) <= 1e-12
+    assert 0 < kept.n_linearizations < 6 and 0 < kept.cached_bytes <= kept.plan.cache_limit
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_operator_budget_too_small_names_the_smallest_that_works(curvature):
+    m, x, y = _small_cnn()
+    V = torch.randn(2, sum(p.numel() for p in m.parameters()), dtype=DT)
+    op = lamda_ext.HessianOperator(m, "cross_entropy", (x, y), curvature=curvature, memory_budget=1000)
+    with pytest.raises(ValueError, match=r"memory_budget=1000 bytes .* too small for even one sample and one "
+                       r"direction .* smallest budget that works is about (\d+) bytes") as err:
+        op @ V
+    need = int(err.value.args[0].split("works is about ")[1].split(" bytes")[0])
+    ok = lamda_ext.HessianOperator(m, "cross_entropy", (x, y), curvature=curvature, memory_budget=need)
+    ref = lamda_ext.HessianOperator(m, "cross_entropy", (x, y), curvature=curvature) @ V
+    assert ok.memory_plan().sub_batch >= 1 and rel_err(ok @ V, ref, dim=1) <= 1e-12
+
+
+def test_operator_does_not_split_dependent_samples():
+    """With allow_nondeterministic (active dropout) the batch is taken whole and only the directions are split
+    (the same masks: the unsplit numbers under the same seed); a loss_fn batch holding a tensor without the sample
+    dimension is not cut either; the same data as (x, y) pairs is."""
+    m, x, y = _small_cnn(dropout=0.3)
+    m[-2].train()
+    V = torch.randn(3, sum(p.numel() for p in m.parameters()), generator=torch.Generator().manual_seed(2),
+                    dtype=DT)
+    kw = dict(allow_nondeterministic=True, chunk=3)
+    big = lamda_ext.HessianOperator(m, "cross_entropy", (x, y), memory_budget=2**40, **kw)
+    plan = big.memory_plan()
+    assert not plan.splits_samples and plan.sub_batch == x.shape[0] and plan.chunk["products"] == 3
+    small = lamda_ext.HessianOperator(m, "cross_entropy", (x, y), memory_budget=plan.min_budget, **kw)
+    assert small.memory_plan().chunk["products"] < 3
+    torch.manual_seed(9)
+    a = big @ V
+    torch.manual_seed(9)
+    b = small @ V
+    assert rel_err(b, a, dim=1) <= 1e-12
+    with pytest.raises(ValueError, match=r"a batch of 16 samples \(its samples cannot be taken apart\)"):
+        lamda_ext.HessianOperator(m, "cross_entropy", (x, y), memory_budget=plan.min_budget // 2, **kw) @ V
+    m.eval()
+    weights = torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0], dtype=DT)
+
+    def loss_fn(model, batch):
+        return nn.functional.cross_entropy(model(batch["x"]), batch["y"], weight=batch["w"])
+
+    tiny = 2 * lamda_ext.HessianOperator(m, "cross_entropy", (x, y), memory_budget=2**40).memory_plan().min_budget
+    pairs = lamda_ext.HessianOperator(m, "cross_entropy", (x, y), memory_budget=tiny)
+    assert pairs.memory_plan().splits_samples and pairs.plan.sub_batch < x.shape[0]
+    dicts = lamda_ext.HessianOperator(m, data={"x": x, "y": y, "w": weights}, loss_fn=loss_fn,
+                                      memory_budget=2**40)
+    assert not dicts.memory_plan().splits_samples and dicts.plan.sub_batch == x.shape[0]
+    assert not dicts.memory_plan().splits_samples
+
+
+def test_operator_plan_is_readable_and_logged(caplog):
+    m, x, y = _small_cnn()
+    op = lamda_ext.HessianOperator(m, "cross_entropy", [(x[:10], y[:10]), (x[10:], y[10:])], memory_budget=2**30)
+    assert "not yet planned" in repr(op)
+    with caplog.at_level(logging.DEBUG, logger="lamda_ext"):
+        op.quadratic_forms(torch.ones(2, op.size, dtype=DT))
+        op @ torch.ones(op.size, dtype=DT)
+    plans = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hessian plan:")]
+    assert len(plans) == 2 and "forms" in plans[0] and "products" in plans[1], plans
+    p = op.plan
+    assert set(p.chunk) == {"forms", "products"} and p.sub_batch >= 10 and p.min_budget < 2**30
+    assert f"sub_batch={p.sub_batch}" in repr(op) and "chunk={" in repr(op)
+    assert "slices of ≤" in str(p) and "smallest budget" in str(p)
+
+
 def test_allocation_tracker_follows_storages_past_their_python_objects():
     """Under torch.func transforms and tracing, storages outlive the tensor objects the tracker saw (a linearised
     HVP keeps the traced graph's constants): they count until freed, so the tracker sees what the linearisation

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, RandomSampler, SubsetRandomSampler, Wei
 
 __all__ = ["is_single_batch", "iter_batches", "check_deterministic", "dist_info", "shard_batches", "rank_local",
            "map_tensors", "tensor_leaves", "is_single_loss_batch", "batch_samples", "iter_loss_batches",
-           "shard_loss_batches", "Shard", "indexed_shards"]
+           "shard_loss_batches", "Shard", "indexed_shards", "cut_samples", "splits_into_samples"]
 
 _RANDOM_SAMPLERS = (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
 
@@ -136,14 +136,37 @@ def indexed_shards(data, rank: int, world: int, loss_fn_form: bool = False) -> I
         if world == 1:
             yield Shard(0, 0, n, data if loss_fn_form else (data[0], data[1]))
         elif hi > lo:
-            cut = lambda t: t[lo:hi] if t.dim() > 0 and t.shape[0] == n else t   # noqa: E731
-            share = map_tensors(cut, data) if loss_fn_form else (data[0][lo:hi], map_tensors(cut, data[1]))
+            share = cut_samples(data if loss_fn_form else (data[0], data[1]), lo, hi, n)
             yield Shard(0, lo, n, share)
         return
     for i, batch in enumerate(iter_loss_batches(data) if loss_fn_form else iter_batches(data)):
         if i % world == rank:
             n = batch_samples(batch) if loss_fn_form else batch[0].shape[0]
             yield Shard(i, 0, n, batch)
+
+
+def cut_samples(batch, lo: int, hi: int, n: int):
+    """Samples ``lo .. hi − 1`` of a batch of ``n``: every tensor with leading size ``n`` sliced, others passed whole.
+
+    ``batch``: an ``(x, y)`` pair or a batch of the ``loss_fn`` form. The slices are views of the batch's tensors.
+    """
+    return map_tensors(lambda t: t[lo:hi] if t.dim() > 0 and t.shape[0] == n else t, batch)
+
+
+def splits_into_samples(batch, n: int) -> bool:
+    """Whether `cut_samples` gives sub-batches of ``batch`` (``n`` samples) that hold their samples and nothing else.
+
+    True when every tensor in it has the leading size ``n`` and besides tensors it holds only nested dicts, lists,
+    tuples, None, numbers and strings: a tensor of another size (whole-batch data such as class weights) or an object
+    that may hide tensors would be passed whole to every sub-batch, so such a batch is not split.
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch.dim() > 0 and batch.shape[0] == n
+    if isinstance(batch, Mapping):
+        return all(splits_into_samples(v, n) for v in batch.values())
+    if isinstance(batch, (list, tuple)):
+        return all(splits_into_samples(v, n) for v in batch)
+    return batch is None or isinstance(batch, (bool, int, float, str))
 
 
 def shard_batches(data, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,13 +1,15 @@
-"""The Hessian's per-batch work for [`HessianOperator`][lamda_ext.hessian.HessianOperator]: HVPs and quadratic forms.
+"""The Hessian's per-slice work for [`HessianOperator`][lamda_ext.hessian.HessianOperator]: HVPs and quadratic forms.
 
-Products are forward-over-reverse HVPs ([`lamda_ext.hvp`][lamda_ext.hvp]). Every product of a spectral method uses the
-same batches, so each batch is linearised once ([`lamda_ext.hvp.LinearizedHVP`][lamda_ext.hvp.LinearizedHVP]: one primal
-forward and backward, the intermediates kept) and every later product replays only the tangent pass, as long as the kept
-intermediates fit in the operator's ``memory_budget``; batches beyond it are recomputed per product.
+The operator cuts its batches into slices of samples within its ``memory_budget``
+([`budget`][lamda_ext.hessian.budget]). Products are forward-over-reverse HVPs ([`lamda_ext.hvp`][lamda_ext.hvp]). Every
+product of a spectral method uses the same slices, so each slice is linearised once
+([`lamda_ext.hvp.LinearizedHVP`][lamda_ext.hvp.LinearizedHVP]: one primal forward and backward, the intermediates kept)
+and every later product replays only the tangent pass, as long as the kept intermediates fit in what the budget leaves;
+slices beyond it are recomputed per product.
 
 Quadratic forms ``zᵀHz`` (Hutchinson probes) need no HVP: ``zᵀHz = d²/dt² L(θ + t z)`` at t = 0, the second
 directional derivative. For ``(x, y)`` batches when every trainable parameter is differentiated, one reverse pass
-per batch gives the adjoint of every op output, and each probe then needs only a first-order Taylor pass whose
+per slice gives the adjoint of every op output, and each probe then needs only a first-order Taylor pass whose
 second-order terms are contracted with those adjoints where they arise
 ([`lamda_ext.taylor.quadratic`][lamda_ext.taylor.quadratic]); models or losses that contraction does not cover take the
 plain order-2 Taylor run ([`lamda_ext.directional_derivs`][lamda_ext.directional_derivs]).
@@ -21,18 +23,18 @@ from torch import nn
 from torch.func import functional_call
 
 from .._ext import build_info
-from .._state import fresh_input
+from .._state import RngReplay, fresh_input
 from ..checks import check_hvp_inputs
 from ..derivs import directional_derivs
 from ..hvp import LinearizedHVP, loss_hvp
+from ..linearization import default_chunk
 from ..params import Bound, functional_state, model_loss_fn
 from ..taylor.impl import Composite, Fused
 from ..taylor.quadratic import QuadraticForms
-from .data import tensor_leaves
 
 __all__ = ["HessianProducts", "LossCall", "TAYLOR_SAMPLES"]
 
-TAYLOR_SAMPLES = 2048   # probes × samples per Taylor pass (bounds its memory: activations [probes·B, ...])
+TAYLOR_SAMPLES = 2048   # probes × samples per Taylor pass at most (activations [probes·B, ...]), within the budget
 
 
 class LossCall(nn.Module):
@@ -62,12 +64,12 @@ class LossCall(nn.Module):
 
 
 class HessianProducts:
-    """HVPs and quadratic forms of the loss Hessian, batch by batch, for the operator ``op``.
+    """HVPs and quadratic forms of the loss Hessian, slice by slice, for the operator ``op``.
 
-    ``op`` provides the model, loss, parameters, cache and counters.
+    ``op`` provides the model, loss, parameters and options. Per kind of work (``"products"``, ``"forms"``):
+    `prepare` a slice (its linearisation, or its adjoints), `apply` a prepared slice to rows, or `direct` (one
+    forward-over-reverse HVP, or the plain order-2 Taylor run where the forms' contraction does not apply).
     """
-
-    store = "hessian"
 
     def __init__(self, op):
         self.op = op
@@ -83,39 +85,75 @@ class HessianProducts:
         return LossCall(op.model, op.batch_loss_fn).of_params(names, batch)
 
     def weight(self, n: int) -> float:
-        """The factor that turns a batch's product into its share of the summed loss's.
+        """The factor that turns a slice's result into its share of the summed loss's.
 
-        A loss_fn of ``reduction="sum"`` gives the batch's sum already.
+        A loss_fn of ``reduction="sum"`` gives the slice's sum already.
         """
         return 1.0 if self.op.batch_loss_fn is not None and self.op.reduction == "sum" else float(n)
 
-    def product(self, i: int, shard, batch, n: int, V: torch.Tensor) -> torch.Tensor:
-        """The i-th batch's ``H V`` ``[K, P]``, weighted by `weight`.
+    @staticmethod
+    def store(kind: str) -> str:
+        """The cache store of a kind's prepared slices."""
+        return "hessian" if kind == "products" else "adjoints"
 
-        From its cached linearisation when there is one (or room for one).
+    @staticmethod
+    def has_direct(kind: str) -> bool:
+        """Whether one row can be evaluated without preparing the slice (a single HVP)."""
+        return kind == "products"
+
+    def row_cap(self, kind: str, n: int) -> int | None:
+        """The most rows one evaluation may take on a slice of ``n`` samples (None: no limit).
+
+        ``chunk``, else for products one at a time on the CPU and all at once elsewhere, for the forms' Taylor passes
+        ``TAYLOR_SAMPLES // n``.
+        """
+        if self.op.chunk is not None:
+            return self.op.chunk
+        return default_chunk(self.op.device) if kind == "products" else max(1, TAYLOR_SAMPLES // n)
+
+    def prepare(self, kind: str, shard, batch, n: int):
+        """A slice prepared for ``kind``.
+
+        Its [`LinearizedHVP`][lamda_ext.hvp.LinearizedHVP] (products) or its
+        [`QuadraticForms`][lamda_ext.taylor.quadratic.QuadraticForms] (forms; None where they do not apply).
         """
         op = self.op
-        f = self._loss_of_params(batch)
-        if op.cache.budget > 0:
-            leaves = tensor_leaves(batch)
-            kept = op.cache.get(self.store, i, leaves)
-            if kept is not None:
-                return kept(V, op.chunk) * self.weight(n)
-            if self.store not in op.cache.full:
-                lin = LinearizedHVP(f, op.params)
-                op.n_linearizations += 1
-                out = lin(V, op.chunk)      # the first call folds the primal part: nbytes is known after it
-                op.cache.put(self.store, i, leaves, lin)
-                return out * self.weight(n)
-        with torch.enable_grad():
-            return loss_hvp(f, op.params, V, op.chunk).detach() * self.weight(n)
+        if kind == "products":
+            start = None if op.deterministic else RngReplay(op.device)   # dropout: every row sees one mask
+            return LinearizedHVP(self._loss_of_params(batch), op.params, start)
+        return self._contracted_forms(batch) if self.forms_available else None
+
+    def apply(self, kind: str, entry, rows: torch.Tensor) -> torch.Tensor:
+        """``H_s v`` ``[k, P]`` (products) or ``v ᵀH_s v`` ``[k]`` float64 (forms) of a prepared slice, for ``rows``."""
+        if kind == "products":
+            return entry(rows, rows.shape[0])
+        with torch.no_grad():
+            return entry(rows).to(torch.float64)
+
+    def direct(self, kind: str, shard, batch, n: int, rows: torch.Tensor) -> torch.Tensor:
+        """`apply`'s result without a prepared slice.
+
+        HVPs by ``jvp`` (a trace for several rows), forms by the plain order-2 Taylor run within what the budget
+        leaves.
+        """
+        op = self.op
+        if kind == "products":
+            with torch.enable_grad():
+                return loss_hvp(self._loss_of_params(batch), op.params, rows, rows.shape[0]).detach()
+        x, y = batch
+        left = max(1, op.memory_budget - op.cache.nbytes)
+        with torch.no_grad():
+            q = directional_derivs(op.model, x, y, order=2, directions=rows, loss=op.loss, wrt="params",
+                                   backend=self._backend(), label_smoothing=op.label_smoothing,
+                                   memory_budget=left)[:, 1]
+        return q.to(torch.float64)
 
     # ------------------------------------------------------------------ quadratic forms by Taylor passes
     @property
     def forms_available(self) -> bool:
-        """Whether `forms` uses Taylor passes rather than HVPs.
+        """Whether the forms use Taylor passes rather than HVPs.
 
-        It does for ``(x, y)`` data, all trainable parameters and a deterministic setup.
+        They do for ``(x, y)`` data, all trainable parameters and a deterministic setup.
         """
         op = self.op
         return (op.batch_loss_fn is None and op.deterministic and self._taylor_ok
@@ -125,46 +163,25 @@ class HessianProducts:
         """Use HVPs for the quadratic forms from now on (the Taylor passes do not apply to this model)."""
         self._taylor_ok = False
 
-    def forms(self, i: int, shard, batch, n: int, Z: torch.Tensor) -> torch.Tensor:
-        """``n · z_jᵀ H_b z_j`` for the rows of ``Z`` ``[m, P]`` → ``[m]`` float64, for the i-th batch."""
-        op = self.op
-        x, y = batch
+    def _backend(self) -> str:
         info = build_info()
-        fused = info["cpu"] if op.device.type == "cpu" else info["cuda_available"]
-        backend = "fused" if fused else "taylor"
-        acc = torch.zeros(Z.shape[0], dtype=torch.float64, device=op.device)
-        step = max(1, TAYLOR_SAMPLES // n)
-        forms = self._contracted_forms(i, x, y, backend)
-        with torch.no_grad():
-            for j in range(0, Z.shape[0], step):
-                if forms is not None:
-                    q = forms(Z[j:j + step])
-                else:
-                    q = directional_derivs(op.model, x, y, order=2, directions=Z[j:j + step], loss=op.loss,
-                                           wrt="params", backend=backend, label_smoothing=op.label_smoothing)[:, 1]
-                acc[j:j + step] += float(n) * q.to(torch.float64)
-        return acc
+        fused = info["cpu"] if self.op.device.type == "cpu" else info["cuda_available"]
+        return "fused" if fused else "taylor"
 
-    def _contracted_forms(self, i: int, x, y, backend: str):
-        """[`QuadraticForms`][lamda_ext.taylor.quadratic.QuadraticForms] for the i-th batch, or None.
+    def _contracted_forms(self, batch):
+        """[`QuadraticForms`][lamda_ext.taylor.quadratic.QuadraticForms] of a slice, or None.
 
-        One adjoint pass, then first-order Taylor passes per block of probes; kept for later calls on the same batch and
-        parameters within ``memory_budget``. None where the model or loss needs the plain order-2 Taylor run (the same
-        numbers, more arithmetic). A new batch is checked first (one plain forward).
+        One adjoint pass, then first-order Taylor passes per block of probes. None where the model or loss needs the
+        plain order-2 Taylor run (the same numbers, more arithmetic). The slice is checked first (one plain forward).
         """
         if not self._contract_ok:
             return None
         op = self.op
-        leaves = tensor_leaves((x, y))
-        kept = op.cache.get("adjoints", i, leaves)
-        if kept is not None:
-            return kept
+        x, y = batch
         y = check_hvp_inputs(op.model, x, y, op.loss, "params", forward=True)
         try:
-            forms = QuadraticForms(op.model, x, y, op.loss, op.label_smoothing,
-                                   Fused() if backend == "fused" else Composite())
+            return QuadraticForms(op.model, x, y, op.loss, op.label_smoothing,
+                                  Fused() if self._backend() == "fused" else Composite())
         except (NotImplementedError, RuntimeError):
             self._contract_ok = False
             return None
-        op.cache.put("adjoints", i, leaves, forms)
-        return forms

@@ -10,7 +10,7 @@
 * ``"fisher_mc"``: its Monte-Carlo estimate with ``mc_samples`` targets per sample drawn from the predictive
   distribution, seeded by ``(mc_seed, batch position)``
   ([`lamda_ext.loss_curvature.sample_targets`][lamda_ext.loss_curvature.sample_targets]): a fixed matrix for a given
-  seed, the same on any number of ranks.
+  seed, the same on any number of ranks and however the batches are cut into slices.
 * ``"empirical_fisher"``: ``Σ_b g_b g_bᵀ`` (per ``reduction``) over the per-sample loss gradients ``g_b``.
 
 The GGN-type curvatures are ``Jᵀ M J`` by a Jacobian–vector / vector–Jacobian pair
@@ -18,8 +18,12 @@ The GGN-type curvatures are ``Jᵀ M J`` by a Jacobian–vector / vector–Jacob
 y)`` batches and a ``loss`` (the output and the loss apart); the empirical Fisher also takes ``loss_fn(model, batch)``
 (per-sample gradients of one-sample batches).
 
-Every batch's linearisation is kept between products within ``memory_budget`` ([`cache`][lamda_ext.hessian.cache]) and
-dropped when a parameter changes or a batch differs from the kept one.
+``memory_budget`` bounds the working memory of a product (and of a block of quadratic forms) together with what is
+kept between products: the work is planned from measured trial slices of the first batch
+([`budget`][lamda_ext.hessian.budget]) — each batch is cut into slices of samples where its samples are independent,
+and the rows go a chunk at a time — and the linearisation of a slice is kept ([`cache`][lamda_ext.hessian.cache]) only
+in what the working memory leaves; kept values are dropped when a parameter changes or a slice differs from the kept
+one. The numbers are those of the unsplit work up to the order of the float sums.
 
 With ``torch.distributed`` initialised, every rank evaluates its share of the data (batches ``i % world == rank``,
 or a contiguous slice of the samples of a single batch) and the sample-weighted partial products are all-reduced,
@@ -39,12 +43,14 @@ from ..batches import holds_batches, own_loss_fn
 from ..checks import check_hvp_inputs, check_int, check_reduction, check_vector_like
 from ..losses import LossSpec, resolve_loss
 from ..loss_curvature import check_curvature
-from ..memory import Budget, resolve_budget
+from ..memory import Budget, format_bytes, resolve_budget
 from ..params import select_parameters
+from .budget import HessianPlan
 from .cache import BatchCache
 from .data import batch_samples, check_deterministic, dist_info, indexed_shards, map_tensors
 from .gauss_newton_products import GaussNewtonProducts, PerSampleFisherProducts
 from .hessian_products import HessianProducts
+from .slicing import planned, run_slice, slices
 
 __all__ = ["HessianOperator", "as_operator"]
 
@@ -122,15 +128,24 @@ class HessianOperator:
         shard: with ``torch.distributed`` initialised, split ``data`` across ranks (default). Pass ``False`` when
             every rank already holds only its own share (e.g. a ``DistributedSampler``); the products are all-reduced
             in both cases.
-        chunk: the most directions one vmapped tangent evaluation takes at once (bounds memory; all directions share
-            one primal pass); None = one at a time on the CPU, all at once on a GPU.
+        chunk: the most directions one evaluation takes at once (a vmapped tangent pass, a Taylor pass of quadratic
+            forms; all directions share one primal pass); None = products one at a time on the CPU, all at once on a
+            GPU, quadratic forms up to 2048 probes × samples per Taylor pass; fewer where ``memory_budget`` demands.
         loss_fn: ``loss_fn(model, batch) -> scalar`` instead of ``loss``: the batch-mean loss (``reduction="mean"``;
             batches are weighted by their sample count, the leading size of the batch's first tensor) or the batch's
             summed loss (``reduction="sum"``). Curvatures ``"hessian"`` and ``"empirical_fisher"`` only.
         reduction: ``"mean"`` (the curvature of the mean loss over all samples) or ``"sum"`` (of the summed loss).
-        memory_budget: bytes of linearised batches to keep between products, or ``"auto"`` (and None): half of the
-            free memory of the parameters' device ([`resolve_budget`][lamda_ext.memory.resolve_budget]); 0 =
-            recompute every product.
+        memory_budget: bytes a product (or a block of quadratic forms) may use beyond the model, the data and the
+            vectors in and out — its working memory together with the linearised slices kept between products — or
+            ``"auto"`` (and None): half of the free memory of the parameters' device
+            ([`resolve_budget`][lamda_ext.memory.resolve_budget]); 0 = keep nothing between products (the work
+            within ``"auto"``). The first product (or block of forms) measures the work on slices of 1, 4 and 8
+            samples of the first batch and plans from that ([`plan`][lamda_ext.hessian.budget.HessianPlan]): each
+            batch in slices of at most ``plan.sub_batch`` samples (``(x, y)`` batches, and batches of the
+            ``loss_fn`` form whose every tensor has the leading sample size; with ``allow_nondeterministic`` batches
+            are taken whole) and as many directions per evaluation as fit; the rest of the budget keeps slices'
+            linearisations. A budget too small for one sample (a whole batch where it is not split) and one
+            direction is refused (ValueError naming the smallest budget that works).
         mc_samples: ``curvature="fisher_mc"``: sampled targets per sample.
         mc_seed: ``curvature="fisher_mc"``: the seed of the sampled targets.
 
@@ -143,12 +158,15 @@ class HessianOperator:
         curvature: the curvature's name.
         n_products: operator-vector products evaluated (rows).
         n_quadratic_forms: quadratic forms ``zᵀAz`` evaluated without a product.
-        n_linearizations: primal passes kept for reuse.
+        n_linearizations: linearised slices kept for reuse.
+        plan: the [`HessianPlan`][lamda_ext.hessian.budget.HessianPlan] (slices, directions per evaluation, cache
+            share), made by the first product or block of forms (None before; see `memory_plan`).
 
     Raises:
         ValueError: no or empty data, a non-deterministic setup (dropout active, batch norm in train mode, a shuffling
             loader: the message names the module; ``model.eval()`` fixes it), ``loss`` with ``loss_fn``, an unknown
-            curvature or one the loss does not allow.
+            curvature or one the loss does not allow; at the first product, a ``memory_budget`` too small for one
+            sample and one direction.
         TypeError: a model that is not an ``nn.Module``, a ``loss_fn`` that is not callable.
 
     Example:
@@ -200,11 +218,16 @@ class HessianOperator:
         self.chunk = None if chunk is None else int(chunk)
         self.label_smoothing = float(label_smoothing)
         self.mc_samples, self.mc_seed = int(mc_samples), int(mc_seed)
-        budget = (0 if memory_budget == 0 else resolve_budget(memory_budget, self.device)) if self.deterministic else 0
-        self.cache = BatchCache(budget, self.flat_params)
+        self._budget = resolve_budget("auto" if memory_budget == 0 else memory_budget, self.device)
+        self.keeps = self.deterministic and memory_budget != 0    # whether slices are kept between products
+        self.cache = BatchCache(0, self.flat_params)
+        self.plan: HessianPlan | None = None
+        self._unplanned: set = set()     # kinds of work with nothing to prepare (planned by their own calls)
+        self._unverified: set = set()    # kinds planned whose first slice has not been measured yet
+        self._widest = 0                 # the most samples a slice has had
         self.n_products = 0       # number of operator-vector products evaluated (rows)
         self.n_quadratic_forms = 0  # zᵀAz evaluated without a product
-        self.n_linearizations = 0  # primal passes kept for reuse (linearisations, per-sample gradients)
+        self.n_linearizations = 0  # slices kept for reuse (linearisations, adjoints, per-sample gradients)
         self.local_samples = 0    # samples this rank evaluated in the last product
         if curvature == "hessian":
             self._work = HessianProducts(self)
@@ -215,8 +238,20 @@ class HessianOperator:
 
     @property
     def memory_budget(self) -> int:
-        """Bytes the kept batches may hold (0: every product recomputes)."""
-        return self.cache.budget
+        """Bytes a product's working memory and the kept slices may use together."""
+        return self._budget
+
+    def memory_plan(self, kind: str = "products") -> HessianPlan:
+        """The plan of ``kind`` (``"products"`` or ``"forms"``), measured on the first batch if not yet (no product).
+
+        Raises:
+            ValueError: a ``memory_budget`` too small for one sample and one direction.
+        """
+        if kind not in ("products", "forms"):
+            raise ValueError(f"kind must be 'products' or 'forms', got {kind!r}")
+        for _, shard, batch, n in self._shards():
+            return planned(self, kind, shard, batch, n)
+        raise ValueError("data yielded no samples")
 
     def restrict(self, params) -> "HessianOperator":
         """The same curvature, data and options on another parameter selection (``params`` as in the constructor)."""
@@ -274,8 +309,8 @@ class HessianOperator:
             if n:
                 yield i, shard, batch, n
 
-    def _accumulate(self, fn: Callable, like: torch.Tensor) -> torch.Tensor:
-        """``Σ_batches fn(position, shard, batch, n)`` over all ranks' data.
+    def _accumulate(self, kind: str | None, like: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The sum over all ranks' slices of ``kind``'s weighted results for ``rows`` (``kind`` None: the diagonal).
 
         Divided by the sample count for ``reduction="mean"``.
         """
@@ -283,16 +318,19 @@ class HessianOperator:
         self.cache.check()
         acc = torch.zeros_like(like)
         count = 0
-        for i, shard, batch, n in self._shards():
-            acc.add_(fn(i, shard, batch, n).detach())
+        for key, shard, batch, n in slices(self, kind):
+            if kind is None:
+                acc.add_(self._work.diagonal(key, shard, batch, n).detach())
+            else:
+                run_slice(self, acc, kind, key, shard, batch, n, rows)
             count += n
         total = _all_reduce_sum(acc, count, world)
         self.local_samples = count
-        return acc / total if self.reduction == "mean" else acc
+        return acc.div_(total) if self.reduction == "mean" else acc
 
     def _rows(self, V: torch.Tensor) -> torch.Tensor:
         """``A`` applied to each row of ``V`` ``[K, P]`` → ``[K, P]`` (over all data)."""
-        out = self._accumulate(lambda i, shard, batch, n: self._work.product(i, shard, batch, n, V), V)
+        out = self._accumulate("products", V, V)
         self.n_products += V.shape[0]
         return out
 
@@ -319,7 +357,7 @@ class HessianOperator:
         if self._work.forms_available:
             like = torch.zeros(Z.shape[0], dtype=torch.float64, device=self.device)
             try:
-                out = self._accumulate(lambda i, shard, batch, n: self._work.forms(i, shard, batch, n, Z), like)
+                out = self._accumulate("forms", like, Z)
                 self.n_quadratic_forms += Z.shape[0]
                 return out.cpu()
             except NotImplementedError as err:   # an op without a Taylor rule: HVPs still work
@@ -343,7 +381,7 @@ class HessianOperator:
             raise NotImplementedError("the exact diagonal is available for curvature 'ggn', 'fisher', 'fisher_mc' "
                                       "and 'empirical_fisher'; for the Hessian use method='hutchinson'")
         like = torch.zeros(self.size, dtype=self.dtype, device=self.device)
-        return self._accumulate(lambda i, shard, batch, n: self._work.diagonal(i, shard, batch, n), like)
+        return self._accumulate(None, like)
 
     @outside_inference_mode
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -381,9 +419,14 @@ class HessianOperator:
         return LinearOperator(self.shape, matvec=_mv, rmatvec=_mv, matmat=_mm, rmatmat=_mm, dtype=np.float64)
 
     def __repr__(self) -> str:
+        plan = "not yet planned"
+        if self.plan is not None:
+            rows = ", ".join(f"{kind}: {'all' if k is None else k}" for kind, k in self.plan.chunk.items())
+            plan = f"sub_batch={self.plan.sub_batch}, chunk={{{rows}}}"
         return (f"HessianOperator(P={self.size}, curvature={self.curvature!r}, dtype={self.dtype}, "
                 f"device={self.device}, loss={self.loss if self.batch_loss_fn is None else self.batch_loss_fn!r}, "
-                f"reduction={self.reduction!r}, world={dist_info()[1]})")
+                f"reduction={self.reduction!r}, world={dist_info()[1]}, memory_budget={format_bytes(self._budget)}, "
+                f"{plan})")
 
 
 def as_operator(model, loss, data, **kw) -> HessianOperator:
