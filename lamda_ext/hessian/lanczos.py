@@ -17,7 +17,7 @@ DGKS = 2 ** -0.5     # repeat the Gram-Schmidt pass when it left less than this 
 def rademacher(shape, generator: torch.Generator | None, dtype, device) -> torch.Tensor:
     """A tensor of ``shape`` with ±1 entries in ``dtype`` on ``device`` (drawn on the CPU from ``generator``)."""
     z = torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8)
-    return (z.to(dtype) * 2 - 1).to(device)
+    return z.to(dtype).mul_(2).sub_(1).to(device)      # in place: one tensor of shape in dtype at a time
 
 
 class Lanczos:
