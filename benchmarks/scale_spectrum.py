@@ -53,7 +53,7 @@ def main() -> None:
     eig = hessian_eigs(op, k=args.k, generator=torch.Generator().manual_seed(0))
     t_eig, n_eig = time.perf_counter() - t0, op.n_products
     peak_eig = peak_rss_bytes() / 2**30
-    print(f"eigs: {t_eig:.0f} s, {n_eig} products, peak RSS {peak_eig:.2f} GiB", flush=True)
+    print(f"eigs: {t_eig:.0f} s, {n_eig} products, peak RSS {peak_eig:.2f} GiB; {op.plan}", flush=True)
     t0 = time.perf_counter()
     tr = hessian_trace(op, probes=args.probes, generator=torch.Generator().manual_seed(1))
     t_tr = time.perf_counter() - t0
@@ -66,7 +66,7 @@ def main() -> None:
         "eigenvalues": [round(float(v), 6) for v in eig.eigenvalues], "converged": eig.converged.tolist(),
         "trace_s": round(t_tr, 1), "trace_products": op.n_products - n_eig,
         "trace_quadratic_forms": op.n_quadratic_forms, "trace": float(tr),
-        "trace_std_error": tr.std_error}))
+        "trace_std_error": tr.std_error, "plan": str(op.plan)}))
 
 
 if __name__ == "__main__":

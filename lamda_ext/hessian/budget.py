@@ -42,7 +42,8 @@ from ..memory import AllocationTracker, format_bytes
 from ..planning import SAFETY, budget_too_small
 from .data import cut_samples
 
-__all__ = ["Curve", "fit_curve", "SliceCost", "HessianPlan", "trial_sizes", "measure_costs", "make_plan"]
+__all__ = ["Curve", "fit_curve", "SliceCost", "HessianPlan", "trial_sizes", "measure_costs", "bound_costs",
+           "make_plan"]
 
 log = logging.getLogger("lamda_ext")
 
@@ -142,6 +143,9 @@ class HessianPlan:
         min_budget: the smallest budget in which every planned kind runs (one sample — a whole batch where batches
             are not split — and one row).
         costs: the measured [`SliceCost`][lamda_ext.hessian.budget.SliceCost] per kind.
+        bounded: the kinds whose costs are the bound of one eager HVP
+            ([`bound_costs`][lamda_ext.hessian.budget.bound_costs]: it fitted the whole batch) rather than measured;
+            their ``predicted_peak`` and ``min_budget`` are upper bounds.
     """
     budget: int
     sub_batch: int
@@ -153,6 +157,7 @@ class HessianPlan:
     cache_limit: int = 0
     min_budget: int = 0
     costs: dict = field(default_factory=dict)
+    bounded: frozenset = frozenset()
 
     @property
     def usable(self) -> float:
@@ -166,15 +171,18 @@ class HessianPlan:
                  f"{math.ceil(self.batch / self.sub_batch)} slice(s))" if self.splits_samples
                  else "whole batches (samples not split)")
         fix = "" if self.corrected == 1.0 else f"; costs scaled ×{self.corrected:.2f} after the first slice"
+        if self.bounded:
+            fix += f"; {', '.join(sorted(self.bounded))} bounded by an eager HVP, not measured"
         return (f"hessian plan: {split}; {parts or 'nothing planned'}; budget {format_bytes(self.budget)}, "
                 f"cache ≤ {format_bytes(self.cache_limit)}, smallest budget {format_bytes(self.min_budget)}{fix}")
 
 
-def _tracked(fn: Callable, start: RngReplay):
+def _tracked(fn: Callable, start: RngReplay, collect: bool = True):
     start.reset()
     with AllocationTracker() as tr:
         out = fn()
-    gc.collect()              # cycles (traced graphs) that are garbage
+    if collect:
+        gc.collect()          # cycles (traced graphs) that are garbage
     return out, tr
 
 
@@ -200,14 +208,13 @@ def _measure_slice(work, kinds, shard, batch, n: int, W: torch.Tensor, ks, start
 
 def _fit(points: list[tuple[int, dict]]) -> SliceCost:
     line = lambda key: fit_curve([(b, r[key]) for b, r in points])     # noqa: E731
+    direct = line("direct") if all("direct" in r for _, r in points) else None   # not where an eager HVP failed
     if 3 not in points[0][1]:
-        return SliceCost(line("prepare"), line("keep"), line(1), direct=line("direct") if "direct" in points[0][1]
-                         else None)
+        return SliceCost(line("prepare"), line("keep"), line(1), direct=direct)
     for _, r in points:        # rows k = 2, 3 at once → base + k·row
         r["row"] = max(r[3] - r[2], 0.0)
         r["base"] = max(r[2] - 2 * r["row"], 0.0)
-    return SliceCost(line("prepare"), line("keep"), line(1), line("base"), line("row"),
-                     line("direct") if "direct" in points[0][1] else None)
+    return SliceCost(line("prepare"), line("keep"), line(1), line("base"), line("row"), direct)
 
 
 def trial_sizes(n: int) -> list[int]:
@@ -215,27 +222,66 @@ def trial_sizes(n: int) -> list[int]:
     return [1, 4, 8] if n >= 8 else sorted({1, max(1, n // 2), n})
 
 
-def measure_costs(work, kinds, shard, batch, n: int, split: bool, like: torch.Tensor, ks) -> dict:
+def measure_costs(work, kinds, shard, batch, n: int, split: bool, like: torch.Tensor, ks, points: dict,
+                  sizes: Optional[list] = None) -> dict:
     """``{kind: SliceCost}`` of ``work`` from trial slices of the first batch (``batch``, ``n`` samples).
 
-    ``split``: slices of `trial_sizes` samples, else the whole batch. ``like``: a parameter vector (dtype, device)
-    for the trial rows; ``ks(kind)``: the row counts measured (1, or 1, 2, 3). The random-number state is left as
-    it was.
+    ``split``: slices of ``sizes`` samples (default `trial_sizes`), else the whole batch. ``like``: a parameter
+    vector (dtype, device) for the trial rows; ``ks(kind)``: the row counts measured (1, or 1, 2, 3); ``points``:
+    ``{kind: [(samples, bytes by term)]}`` measured so far, extended in place and fitted together. The
+    random-number state is left as it was.
     """
     g = torch.Generator().manual_seed(0)
     W = torch.randn(3, like.shape[-1], generator=g, dtype=torch.float64).to(like.device, like.dtype)
-    sizes = trial_sizes(n) if split else [n]
+    sizes = (sizes or trial_sizes(n)) if split else [n]
     start = RngReplay(like.device)
-    points: dict = {kind: [] for kind in kinds}
     try:
         for b in sizes:
             sub = batch if b == n else cut_samples(batch, 0, b, n)
             sub_shard = shard._replace(batch=sub)
             for kind, rec in _measure_slice(work, kinds, sub_shard, sub, b, W, ks, start).items():
-                points[kind].append((b, rec))
+                points.setdefault(kind, []).append((b, rec))
     finally:
         start.reset()
     return {kind: _fit(p) for kind, p in points.items() if p}
+
+
+MARGIN = 2.0   # the bound's factor over the bytes of one eager forward-over-reverse HVP
+
+
+def bound_costs(probe: Callable, shard, batch, n: int, split: bool, like: torch.Tensor, points: list,
+                enough: Callable[[SliceCost], bool]) -> Optional[SliceCost]:
+    """A [`SliceCost`][lamda_ext.hessian.budget.SliceCost] bounding every kind of work by one eager HVP (no trace).
+
+    ``probe(shard, batch, n, rows)`` evaluates one row the eager way (a forward-over-reverse HVP); its tracked peak
+    ``D(b)`` on a slice of 1 sample, then of 2 (the whole batch where batches are not split) is fitted by
+    `fit_curve` and scaled by `MARGIN`: one point bounds ``D(b) ≤ b·D(1)`` (a fixed part and a per-sample part),
+    two separate them. Each of preparing, keeping, one row and the direct way is bounded by ``M(b) = MARGIN · D(b)``,
+    so ``k`` rows on a slice of ``b`` samples peak at ``(1 + k) · M(b)``.
+
+    ``points``: the ``(samples, MARGIN · bytes)`` measured so far, extended in place; the second slice is measured
+    only where ``enough`` (whether a bound settles the plan) is False for the first one. The random-number state is
+    left as it was. None where the eager HVP fails (an op without a forward-mode rule, e.g. CPU flash attention).
+    """
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(1, like.shape[-1], generator=g, dtype=torch.float64).to(like.device, like.dtype)
+    start = RngReplay(like.device)
+    cost = lambda: SliceCost(*(fit_curve(points),) * 3, Curve(((0.0, 0.0),)), *(fit_curve(points),) * 2)  # noqa
+    try:
+        for b in ([1, 2] if split and n > 2 else [n]):
+            if any(b == p for p, _ in points):
+                continue
+            if points and enough(cost()):
+                break
+            sub = batch if b == n else cut_samples(batch, 0, b, n)
+            try:
+                peak = _tracked(lambda: probe(shard._replace(batch=sub), sub, b, W), start, collect=False)[1].peak
+            except (NotImplementedError, RuntimeError):     # an op without an eager forward-mode rule
+                return None
+            points.append((b, MARGIN * peak))
+    finally:
+        start.reset()
+    return cost()
 
 
 def _largest_sub_batch(costs: dict, usable: float, n: int) -> int:
@@ -251,7 +297,7 @@ def _largest_sub_batch(costs: dict, usable: float, n: int) -> int:
 
 
 def make_plan(costs: dict, budget: int, n: int, split: bool, caps: Callable[[str, int], Optional[int]],
-              corrected: float = 1.0) -> HessianPlan:
+              corrected: float = 1.0, bounded: frozenset = frozenset()) -> HessianPlan:
     """The plan for ``costs`` (``{kind: SliceCost}``) within ``budget`` bytes, measured on a batch of ``n`` samples.
 
     ``split``: whether batches may be cut into slices; ``caps(kind, b)``: the most rows one evaluation may take (None:
@@ -266,7 +312,7 @@ def make_plan(costs: dict, budget: int, n: int, split: bool, caps: Callable[[str
         raise budget_too_small(budget, f"{what} and one direction of a curvature product", worst)
     b = _largest_sub_batch(costs, usable, n) if split and costs else n
     plan = HessianPlan(budget=budget, sub_batch=b, splits_samples=split, batch=n, corrected=corrected,
-                       costs=dict(costs), min_budget=math.ceil(worst / SAFETY))
+                       costs=dict(costs), min_budget=math.ceil(worst / SAFETY), bounded=bounded)
     s = min(b, n)             # the first batch's slices
     for kind, c in costs.items():
         k = c.chunk(s, usable, caps(kind, s))

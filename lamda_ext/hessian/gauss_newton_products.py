@@ -21,7 +21,7 @@ from ..gauss_newton import LinearizedGaussNewton, output_curvature_factory
 from ..linearization import default_chunk
 from ..params import functional_state, split_bound
 from .data import tensor_leaves
-from .hessian_products import LossCall
+from .hessian_products import HessianProducts, LossCall
 from .per_sample import per_sample_grads
 
 __all__ = ["GaussNewtonProducts", "PerSampleFisherProducts"]
@@ -37,6 +37,7 @@ class GaussNewtonProducts:
 
     def __init__(self, op):
         self.op = op
+        self._hessian = HessianProducts(op)     # its eager HVP bounds this work's memory
 
     def disable_forms(self) -> None:    # the forms are tangent forwards of the linearisation: always available
         """Nothing to do: the forms are tangent forwards of the linearisation, always available."""
@@ -82,6 +83,10 @@ class GaussNewtonProducts:
     def direct(self, kind: str, shard, batch, n: int, rows: torch.Tensor) -> torch.Tensor:
         """`apply` on a linearisation made for this call only."""
         return self.apply(kind, self.prepare(kind, shard, batch, n), rows)
+
+    def probe(self, shard, batch, n: int, rows: torch.Tensor) -> torch.Tensor:
+        """The slice's loss HVP by eager forward-over-reverse: the budget's bound (it outweighs ``Jᵀ M J v``)."""
+        return self._hessian.probe(shard, batch, n, rows)
 
     def diagonal(self, key, shard, batch, n: int) -> torch.Tensor:
         """The slice's ``n · diag(Jᵀ M J)`` ``[P]``.

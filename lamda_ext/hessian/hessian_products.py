@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._ext import build_info
 from .._state import RngReplay, fresh_input
@@ -75,6 +76,7 @@ class HessianProducts:
         self.op = op
         self._taylor_ok = True
         self._contract_ok = True
+        self._eager_ok = True     # False once an eager HVP met an op without a forward-mode rule
 
     def _loss_of_params(self, batch) -> Callable:
         op = self.op
@@ -96,10 +98,9 @@ class HessianProducts:
         """The cache store of a kind's prepared slices."""
         return "hessian" if kind == "products" else "adjoints"
 
-    @staticmethod
-    def has_direct(kind: str) -> bool:
-        """Whether one row can be evaluated without preparing the slice (a single HVP)."""
-        return kind == "products"
+    def has_direct(self, kind: str) -> bool:
+        """Whether one row can be evaluated without preparing the slice (a single eager HVP; not where it failed)."""
+        return kind == "products" and self._eager_ok
 
     def row_cap(self, kind: str, n: int) -> int | None:
         """The most rows one evaluation may take on a slice of ``n`` samples (None: no limit).
@@ -138,8 +139,10 @@ class HessianProducts:
         """
         op = self.op
         if kind == "products":
-            with torch.enable_grad():
-                return loss_hvp(self._loss_of_params(batch), op.params, rows, rows.shape[0]).detach()
+            try:
+                return self.probe(shard, batch, n, rows)
+            except NotImplementedError:       # no eager forward-mode rule: the linearisation's way
+                return self.apply(kind, self.prepare(kind, shard, batch, n), rows)
         x, y = batch
         left = max(1, op.memory_budget - op.cache.nbytes)
         with torch.no_grad():
@@ -147,6 +150,19 @@ class HessianProducts:
                                    backend=self._backend(), label_smoothing=op.label_smoothing,
                                    memory_budget=left)[:, 1]
         return q.to(torch.float64)
+
+    def probe(self, shard, batch, n: int, rows: torch.Tensor) -> torch.Tensor:
+        """``H_s v`` ``[k, P]`` of the slice by eager forward-over-reverse (what the budget's bound measures).
+
+        Attention takes torch's math kernel (the fused CPU kernels have no forward-mode rule). Raises
+        NotImplementedError (and `has_direct` is False from then on) where an op has no forward-mode rule.
+        """
+        try:
+            with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+                return loss_hvp(self._loss_of_params(batch), self.op.params, rows, rows.shape[0]).detach()
+        except NotImplementedError:
+            self._eager_ok = False
+            raise
 
     # ------------------------------------------------------------------ quadratic forms by Taylor passes
     @property

@@ -139,8 +139,10 @@ class HessianOperator:
             vectors in and out — its working memory together with the linearised slices kept between products — or
             ``"auto"`` (and None): half of the free memory of the parameters' device
             ([`resolve_budget`][lamda_ext.memory.resolve_budget]); 0 = keep nothing between products (the work
-            within ``"auto"``). The first product (or block of forms) measures the work on slices of 1, 4 and 8
-            samples of the first batch and plans from that ([`plan`][lamda_ext.hessian.budget.HessianPlan]): each
+            within ``"auto"``). The first product (or block of forms) plans the work on the first batch
+            ([`plan`][lamda_ext.hessian.budget.HessianPlan]): from one eager HVP on one or two samples where twice
+            its bytes, per direction and the kept slice, fit the whole batch; else from the work measured on
+            slices of 1, 4 and 8 samples. Each
             batch in slices of at most ``plan.sub_batch`` samples (``(x, y)`` batches, and batches of the
             ``loss_fn`` form whose every tensor has the leading sample size; with ``allow_nondeterministic`` batches
             are taken whole) and as many directions per evaluation as fit; the rest of the budget keeps slices'
@@ -225,6 +227,7 @@ class HessianOperator:
         self._unplanned: set = set()     # kinds of work with nothing to prepare (planned by their own calls)
         self._unverified: set = set()    # kinds planned whose first slice has not been measured yet
         self._widest = 0                 # the most samples a slice has had
+        self._bound_points: list = []    # (samples, bytes) of the eager HVPs that bound the work (slicing)
         self.n_products = 0       # number of operator-vector products evaluated (rows)
         self.n_quadratic_forms = 0  # zᵀAz evaluated without a product
         self.n_linearizations = 0  # slices kept for reuse (linearisations, adjoints, per-sample gradients)
@@ -244,13 +247,16 @@ class HessianOperator:
     def memory_plan(self, kind: str = "products") -> HessianPlan:
         """The plan of ``kind`` (``"products"`` or ``"forms"``), measured on the first batch if not yet (no product).
 
+        Measured on trial slices even where a product would plan from the bound of one eager HVP
+        ([`HessianPlan.bounded`][lamda_ext.hessian.budget.HessianPlan]), so ``min_budget`` is the measured one.
+
         Raises:
             ValueError: a ``memory_budget`` too small for one sample and one direction.
         """
         if kind not in ("products", "forms"):
             raise ValueError(f"kind must be 'products' or 'forms', got {kind!r}")
         for _, shard, batch, n in self._shards():
-            return planned(self, kind, shard, batch, n)
+            return planned(self, kind, shard, batch, n, measure=True)
         raise ValueError("data yielded no samples")
 
     def restrict(self, params) -> "HessianOperator":

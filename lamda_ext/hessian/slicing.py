@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import torch
 
 from ..memory import AllocationTracker
-from ..planning import budget_too_small
-from .budget import KINDS, HessianPlan, make_plan, measure_costs
+from ..planning import SAFETY, budget_too_small
+from .budget import KINDS, HessianPlan, bound_costs, make_plan, measure_costs, trial_sizes
 from .data import cut_samples, splits_into_samples, tensor_leaves
 
 __all__ = ["splittable", "planned", "slices", "run_slice"]
@@ -33,22 +33,58 @@ def splittable(op, batch, n: int) -> bool:
     return getattr(op._work, "splits_any_batch", False) or splits_into_samples(batch, n)
 
 
-def planned(op, kind: str, shard, batch, n: int) -> HessianPlan:
-    """``op.plan``, measured for ``kind`` (and the kinds sharing its prepared slices) on this batch if not yet."""
+def planned(op, kind: str, shard, batch, n: int, measure: bool = False) -> HessianPlan:
+    """``op.plan``, planned for ``kind`` (and the kinds sharing its prepared slices) on this batch if not yet.
+
+    Where an eager HVP's bound (`bound_costs`) fits the whole batch the plan takes it, else it measures trial
+    slices (`measure_costs`). ``measure``: trial slices in any case (a bounded plan is measured again).
+    """
     plan = op.plan
-    if plan is not None and (kind in plan.costs or kind in op._unplanned):
+    redo = set(plan.bounded) if plan is not None and measure else set()
+    if plan is not None and (kind in plan.costs or kind in op._unplanned) and kind not in redo:
         return plan
     work = op._work
-    kinds = [k for k in KINDS if work.store(k) == work.store(kind) and (plan is None or k not in plan.costs)]
+    known = {} if plan is None else {k: c for k, c in plan.costs.items() if k not in redo}
+    bounded = set() if plan is None else set(plan.bounded) - redo
+    kinds = [k for k in KINDS if work.store(k) == work.store(kind) and k not in known]
     split = splittable(op, batch, n)
     like = torch.empty(0, op.size, dtype=op.dtype, device=op.device)
-    costs = measure_costs(work, kinds, shard, batch, n, split, like,
-                          lambda k: (1,) if work.row_cap(k, 1) == 1 else (1, 2, 3))
+    costs = None if measure else _bound_that_fits(op, kinds, shard, batch, n, split, like)
+    if costs is not None:
+        bounded.update(costs)
+        op.plan = make_plan({**known, **costs}, op.memory_budget, n, split, work.row_cap, bounded=frozenset(bounded))
+        return op.plan
+    points: dict = {}
+    rows = lambda k: (1,) if work.row_cap(k, 1) == 1 else (1, 2, 3)      # noqa: E731
+    costs = measure_costs(work, kinds, shard, batch, n, split, like, rows, points)
+    op.plan = make_plan({**known, **costs}, op.memory_budget, n, split, work.row_cap, bounded=frozenset(bounded))
+    larger = min(op.plan.sub_batch, n) // 4 if split else 0
+    if larger > max(trial_sizes(n)):    # a trial a quarter of the planned slice: the fit spans the slices it plans
+        costs = measure_costs(work, kinds, shard, batch, n, split, like, rows, points, [larger])
+        op.plan = make_plan({**known, **costs}, op.memory_budget, n, split, work.row_cap, bounded=frozenset(bounded))
     op._unplanned.update(k for k in kinds if k not in costs)
     op._unverified.update(costs)
-    if plan is None or costs:
-        op.plan = make_plan({**(plan.costs if plan else {}), **costs}, op.memory_budget, n, split, work.row_cap)
     return op.plan
+
+
+def _bound_that_fits(op, kinds, shard, batch, n: int, split: bool, like: torch.Tensor) -> dict | None:
+    """The bound of `bound_costs` where the whole batch, every kind's row cap at once, fits half the budget; else None.
+
+    The other half is left for kept slices. None too where the work has no eager probe or a kind takes all rows at
+    once (no cap to bound).
+    """
+    work = op._work
+    probe = getattr(work, "probe", None)
+    caps = {kind: work.row_cap(kind, n) for kind in kinds}
+    if probe is None or any(k is None for k in caps.values()):
+        return None
+    usable = SAFETY * op.memory_budget / 2
+    fits = lambda c: all(c.peak(n, k) <= usable for k in caps.values())      # noqa: E731
+    cost = bound_costs(probe, shard, batch, n, split, like, op._bound_points, fits)
+    if cost is None:
+        op._work.probe = None        # no eager HVP for this model: trial slices from now on
+        return None
+    return {kind: cost for kind in kinds} if fits(cost) else None
 
 
 def slices(op, kind: str | None) -> Iterator[tuple]:
@@ -146,5 +182,5 @@ def _verify(op, kind: str, peak: int, predicted: float) -> None:
     factor = peak / predicted
     costs = {**plan.costs, kind: plan.costs[kind].scaled(factor)}
     op.plan = make_plan(costs, op.memory_budget, plan.batch, plan.splits_samples, op._work.row_cap,
-                        corrected=max(plan.corrected, factor))
+                        corrected=max(plan.corrected, factor), bounded=plan.bounded)
     op.cache.clear()         # kept slices may be cut otherwise now
