@@ -13,14 +13,16 @@ are identical (the derivative at exactly 0 is 0, as in autograd; NaN propagates)
 
 ``scaled_dot_product_attention`` runs as its math in elementary ops
 ([`lamda_ext.routing.composite_sdpa`][lamda_ext.routing.composite_sdpa]): the fused CPU/flash kernels have no
-forward-mode derivative.
+forward-mode derivative. ``nn.MultiheadAttention`` (and the transformer layers) reach it through
+``F.multi_head_attention_forward``, whose body runs with the routes active. ``hardsigmoid`` (MobileNetV3) runs as
+its composite: the forward-mode derivative of ``hardsigmoid_backward`` is missing.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .routing import RoutingMode, composite_sdpa
+from .routing import ROUTED_MHA, RoutingMode, composite_hardsigmoid, composite_sdpa
 
 __all__ = ["ForwardOverReverseOps"]
 
@@ -32,11 +34,12 @@ def _relu(input, inplace=False):
 
 
 class ForwardOverReverseOps(RoutingMode):
-    """Route ReLU and SDPA to forms whose forward-over-reverse derivatives are cheap.
+    """Route ReLU, SDPA and hardsigmoid to forms whose forward-over-reverse derivatives are cheap or exist.
 
-    ReLU becomes a formulation whose forward-over-reverse derivative is one ``where`` pass, and SDPA its math
-    (forward-mode differentiable).
+    ReLU becomes a formulation whose forward-over-reverse derivative is one ``where`` pass, SDPA its math
+    (forward-mode differentiable, also inside ``F.multi_head_attention_forward``), hardsigmoid its composite.
     """
 
     routes = {F.relu: _relu, torch.relu: _relu, torch.relu_: _relu, torch.Tensor.relu: _relu,
-              torch.Tensor.relu_: _relu, F.scaled_dot_product_attention: composite_sdpa}
+              torch.Tensor.relu_: _relu, F.scaled_dot_product_attention: composite_sdpa,
+              F.hardsigmoid: composite_hardsigmoid, F.multi_head_attention_forward: ROUTED_MHA}

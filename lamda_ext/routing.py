@@ -15,7 +15,8 @@ import warnings
 
 import torch
 
-__all__ = ["RoutingMode", "HigherOrderSafe", "unguarded", "torch_jvp_warning_filtered", "sdpa_masks", "composite_sdpa"]
+__all__ = ["RoutingMode", "HigherOrderSafe", "unguarded", "torch_jvp_warning_filtered", "sdpa_masks", "composite_sdpa",
+           "composite_hardsigmoid", "ROUTED_MHA"]
 
 
 @contextlib.contextmanager
@@ -65,7 +66,7 @@ def _composite_silu(input, inplace=False):
     return input * torch.sigmoid(input)
 
 
-def _composite_hardsigmoid(input, inplace=False):
+def composite_hardsigmoid(input, inplace=False):
     """relu6(x + 3) / 6 (the native backward has no derivative of its own)."""
     return torch.clamp(input + 3.0, 0.0, 6.0) / 6.0
 
@@ -150,14 +151,15 @@ class _Reenter:
         self.fn = fn
 
 
+# nn.MultiheadAttention's slow path: torch's body, with the SDPA/layer-norm calls inside it routed
+ROUTED_MHA = _Reenter(unguarded(torch.nn.functional.multi_head_attention_forward))
+
 _COMPOSITES = {torch.nn.functional.batch_norm: _composite_batch_norm,
                torch.nn.functional.layer_norm: _composite_layer_norm,
                torch.nn.functional.silu: _composite_silu,
-               torch.nn.functional.hardsigmoid: _composite_hardsigmoid,
+               torch.nn.functional.hardsigmoid: composite_hardsigmoid,
                torch.nn.functional.scaled_dot_product_attention: composite_sdpa,
-               # nn.MultiheadAttention's slow path: torch's body, with the SDPA/layer-norm calls inside it routed
-               torch.nn.functional.multi_head_attention_forward:
-                   _Reenter(unguarded(torch.nn.functional.multi_head_attention_forward))}
+               torch.nn.functional.multi_head_attention_forward: ROUTED_MHA}
 
 
 class RoutingMode(torch.overrides.TorchFunctionMode):

@@ -444,3 +444,25 @@ def test_results_pickle_with_their_attributes():
     r2 = pickle.loads(pickle.dumps(r))
     vals, vecs = r2
     assert torch.equal(vals, r.eigenvalues) and r2.steps == 3 and bool(r2.converged.all())
+
+
+@pytest.mark.parametrize("name", ["block", "mobilenet"])
+def test_products_of_eval_attention_and_mobilenet_equal_nested_autograd(name):
+    """An eval-mode transformer block (nn.MultiheadAttention takes the fused CPU attention kernel) and MobileNetV3
+    (hardsigmoid) have no forward-mode rule in their native backward kernels; the operator's products, one row and
+    a block of rows, equal nested autograd's HVP (float64) through the routed forms."""
+    from lamda_ext.routing import HigherOrderSafe
+    from tests.test_memory_budget import _case
+    m, x, y = _case(name)
+    m.eval()
+    op = HessianOperator(m, "cross_entropy", (x, y))
+    v = torch.randn(op.size, dtype=DT, generator=torch.Generator().manual_seed(0))
+    params = [p for p in m.parameters() if p.requires_grad]
+    with HigherOrderSafe():     # the reference's double backward through the composites
+        g = torch.autograd.grad(nn.functional.cross_entropy(m(x), y), params, create_graph=True)
+        ref = torch.autograd.grad(sum((gi * vi.view_as(gi)).sum()
+                                      for gi, vi in zip(g, torch.split(v, [p.numel() for p in params]))), params)
+    ref = torch.cat([r.reshape(-1) for r in ref])
+    assert rel(op @ v, ref) <= 1e-12
+    block = op @ torch.stack([v, -2 * v])
+    assert rel(block[0], ref) <= 1e-12 and rel(block[1], -2 * ref) <= 1e-12
