@@ -14,13 +14,15 @@ alive at once for a slice of ``b`` samples are modelled as
 
 each term the largest of the lines through consecutive points measured on trial slices of the first batch (1, 4
 and 8 samples, [`trial_sizes`][lamda_ext.hessian.budget.trial_sizes]; the whole batch where batches are not split)
-under [`AllocationTracker`][lamda_ext.memory.AllocationTracker]; the trials' results are discarded and the
-random-number state is restored after them. The plan ([`HessianPlan`][lamda_ext.hessian.budget.HessianPlan]) takes
+under [`AllocationTracker`][lamda_ext.memory.AllocationTracker] (plus one trial of a quarter of the planned slice
+where that is larger); the trials' results are discarded and the random-number state is restored after them. Where
+the work is small against the budget, every term is instead bounded by one eager HVP
+([`bound_costs`][lamda_ext.hessian.budget.bound_costs]), which traces nothing. The plan ([`HessianPlan`][lamda_ext.hessian.budget.HessianPlan]) takes
 the largest ``sub_batch`` with ``peak(sub_batch, 1)`` within [`SAFETY`][lamda_ext.planning.SAFETY] × the budget; each
 slice then takes the most rows ``k`` whose peak fits besides what the cache holds (dropping kept values when not even
 one row fits), and the cache may keep a slice's values only while that still leaves the slice's peak free. The first
-slice of each kind of work is measured too: where it took more than predicted, that kind's costs are scaled up by the
-ratio and the plan is made again.
+slice of each measured kind of work is measured too: where it took more than predicted, that kind's costs are scaled up by the
+ratio and the plan is made again (not for the bounded kinds).
 
 Batches are split only where their samples are independent: a deterministic setup (no active dropout, no train-mode
 batch norm) and a batch of which every tensor has the leading sample size
@@ -206,6 +208,18 @@ def _measure_slice(work, kinds, shard, batch, n: int, W: torch.Tensor, ks, start
     return out
 
 
+def _trial_rows(k: int, like: torch.Tensor) -> torch.Tensor:
+    """``k`` fixed random rows ``[k, P]`` in ``like``'s dtype and device (the same for every trial)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(k, like.shape[-1], generator=g, dtype=torch.float64).to(like.device, like.dtype)
+
+
+def _first_samples(shard, batch, b: int, n: int) -> tuple:
+    """``(shard, slice)`` of the first ``b`` samples of a batch of ``n``."""
+    sub = batch if b == n else cut_samples(batch, 0, b, n)
+    return shard._replace(batch=sub), sub
+
+
 def _fit(points: list[tuple[int, dict]]) -> SliceCost:
     line = lambda key: fit_curve([(b, r[key]) for b, r in points])     # noqa: E731
     direct = line("direct") if all("direct" in r for _, r in points) else None   # not where an eager HVP failed
@@ -231,14 +245,12 @@ def measure_costs(work, kinds, shard, batch, n: int, split: bool, like: torch.Te
     ``{kind: [(samples, bytes by term)]}`` measured so far, extended in place and fitted together. The
     random-number state is left as it was.
     """
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn(3, like.shape[-1], generator=g, dtype=torch.float64).to(like.device, like.dtype)
+    W = _trial_rows(3, like)
     sizes = (sizes or trial_sizes(n)) if split else [n]
     start = RngReplay(like.device)
     try:
         for b in sizes:
-            sub = batch if b == n else cut_samples(batch, 0, b, n)
-            sub_shard = shard._replace(batch=sub)
+            sub_shard, sub = _first_samples(shard, batch, b, n)
             for kind, rec in _measure_slice(work, kinds, sub_shard, sub, b, W, ks, start).items():
                 points.setdefault(kind, []).append((b, rec))
     finally:
@@ -263,19 +275,21 @@ def bound_costs(probe: Callable, shard, batch, n: int, split: bool, like: torch.
     only where ``enough`` (whether a bound settles the plan) is False for the first one. The random-number state is
     left as it was. None where the eager HVP fails (an op without a forward-mode rule, e.g. CPU flash attention).
     """
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn(1, like.shape[-1], generator=g, dtype=torch.float64).to(like.device, like.dtype)
+    def cost() -> SliceCost:
+        m = fit_curve(points)
+        return SliceCost(prepare=m, keep=m, one=m, base=Curve(((0.0, 0.0),)), row=m, direct=m)
+
+    W = _trial_rows(1, like)
     start = RngReplay(like.device)
-    cost = lambda: SliceCost(*(fit_curve(points),) * 3, Curve(((0.0, 0.0),)), *(fit_curve(points),) * 2)  # noqa
     try:
         for b in ([1, 2] if split and n > 2 else [n]):
             if any(b == p for p, _ in points):
                 continue
             if points and enough(cost()):
                 break
-            sub = batch if b == n else cut_samples(batch, 0, b, n)
+            sub_shard, sub = _first_samples(shard, batch, b, n)
             try:
-                peak = _tracked(lambda: probe(shard._replace(batch=sub), sub, b, W), start, collect=False)[1].peak
+                peak = _tracked(lambda: probe(sub_shard, sub, b, W), start, collect=False)[1].peak
             except (NotImplementedError, RuntimeError):     # an op without an eager forward-mode rule
                 return None
             points.append((b, MARGIN * peak))

@@ -19,8 +19,8 @@ y)`` batches and a ``loss`` (the output and the loss apart); the empirical Fishe
 (per-sample gradients of one-sample batches).
 
 ``memory_budget`` bounds the working memory of a product (and of a block of quadratic forms) together with what is
-kept between products: the work is planned from measured trial slices of the first batch
-([`budget`][lamda_ext.hessian.budget]) — each batch is cut into slices of samples where its samples are independent,
+kept between products: the work is planned on the first batch, from one eager HVP's bound where the work is small
+against the budget, else from measured trial slices ([`budget`][lamda_ext.hessian.budget]) — each batch is cut into slices of samples where its samples are independent,
 and the rows go a chunk at a time — and the linearisation of a slice is kept ([`cache`][lamda_ext.hessian.cache]) only
 in what the working memory leaves; kept values are dropped when a parameter changes or a slice differs from the kept
 one. The numbers are those of the unsplit work up to the order of the float sums.
@@ -227,7 +227,7 @@ class HessianOperator:
         self._unplanned: set = set()     # kinds of work with nothing to prepare (planned by their own calls)
         self._unverified: set = set()    # kinds planned whose first slice has not been measured yet
         self._widest = 0                 # the most samples a slice has had
-        self._bound_points: list = []    # (samples, bytes) of the eager HVPs that bound the work (slicing)
+        self._bound_points: list | None = []   # (samples, bytes) of the eager HVPs bounding the work; None: failed
         self.n_products = 0       # number of operator-vector products evaluated (rows)
         self.n_quadratic_forms = 0  # zᵀAz evaluated without a product
         self.n_linearizations = 0  # slices kept for reuse (linearisations, adjoints, per-sample gradients)

@@ -49,19 +49,22 @@ def planned(op, kind: str, shard, batch, n: int, measure: bool = False) -> Hessi
     kinds = [k for k in KINDS if work.store(k) == work.store(kind) and k not in known]
     split = splittable(op, batch, n)
     like = torch.empty(0, op.size, dtype=op.dtype, device=op.device)
+    def plan_with(costs: dict) -> HessianPlan:
+        op.plan = make_plan({**known, **costs}, op.memory_budget, n, split, work.row_cap, bounded=frozenset(bounded))
+        return op.plan
+
     costs = None if measure else _bound_that_fits(op, kinds, shard, batch, n, split, like)
     if costs is not None:
         bounded.update(costs)
-        op.plan = make_plan({**known, **costs}, op.memory_budget, n, split, work.row_cap, bounded=frozenset(bounded))
-        return op.plan
+        return plan_with(costs)
     points: dict = {}
     rows = lambda k: (1,) if work.row_cap(k, 1) == 1 else (1, 2, 3)      # noqa: E731
     costs = measure_costs(work, kinds, shard, batch, n, split, like, rows, points)
-    op.plan = make_plan({**known, **costs}, op.memory_budget, n, split, work.row_cap, bounded=frozenset(bounded))
-    larger = min(op.plan.sub_batch, n) // 4 if split else 0
+    sub_batch = plan_with(costs).sub_batch
+    larger = min(sub_batch, n) // 4 if split else 0
     if larger > max(trial_sizes(n)):    # a trial a quarter of the planned slice: the fit spans the slices it plans
         costs = measure_costs(work, kinds, shard, batch, n, split, like, rows, points, [larger])
-        op.plan = make_plan({**known, **costs}, op.memory_budget, n, split, work.row_cap, bounded=frozenset(bounded))
+        plan_with(costs)
     op._unplanned.update(k for k in kinds if k not in costs)
     op._unverified.update(costs)
     return op.plan
@@ -71,18 +74,18 @@ def _bound_that_fits(op, kinds, shard, batch, n: int, split: bool, like: torch.T
     """The bound of `bound_costs` where the whole batch, every kind's row cap at once, fits half the budget; else None.
 
     The other half is left for kept slices. None too where the work has no eager probe or a kind takes all rows at
-    once (no cap to bound).
+    once (no cap to bound), or where an eager HVP has failed on this operator.
     """
     work = op._work
     probe = getattr(work, "probe", None)
     caps = {kind: work.row_cap(kind, n) for kind in kinds}
-    if probe is None or any(k is None for k in caps.values()):
+    if probe is None or op._bound_points is None or any(k is None for k in caps.values()):
         return None
     usable = SAFETY * op.memory_budget / 2
     fits = lambda c: all(c.peak(n, k) <= usable for k in caps.values())      # noqa: E731
     cost = bound_costs(probe, shard, batch, n, split, like, op._bound_points, fits)
     if cost is None:
-        op._work.probe = None        # no eager HVP for this model: trial slices from now on
+        op._bound_points = None      # no eager HVP for this model: trial slices from now on
         return None
     return {kind: cost for kind in kinds} if fits(cost) else None
 
