@@ -89,6 +89,20 @@ def test_rtol_target(method):
         assert est.matvecs * 3 <= plain.matvecs
 
 
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_rtol_target_draws_what_the_spread_asks(method):
+    # a target that asks about 400 plain probes (Var zᵀAz = 2(‖A‖_F² − Σ A_ii²) for Rademacher z): after each
+    # block of 64, the estimators add what the spread asks, so they stop between multiples of the block
+    A, exact = _matrix(P=200, power=0.5, seed=3)
+    var = 2 * (float((A ** 2).sum()) - float((A.diagonal() ** 2).sum()))
+    rtol = math.sqrt(var / 400) / exact
+    for seed in (20, 22):
+        op = MatrixOperator(A)
+        est = ESTIMATORS[method](op, rtol=rtol, generator=_gen(seed), block=64)
+        assert est.converged and abs(float(est) - exact) <= 4 * est.std_error
+        assert est.samples.numel() % 64 != 0 and op.n_products == est.matvecs
+
+
 @pytest.mark.parametrize("method", list(ESTIMATORS))
 def test_budget_caps_an_unreachable_target(method):
     A, _ = _matrix(power=0.0, signs=True)        # flat spectrum, trace near 0: 1e-4 is out of reach
@@ -98,20 +112,24 @@ def test_budget_caps_an_unreachable_target(method):
     assert not est.converged and est.matvecs <= 40 and op.n_products <= 40
 
 
-def test_hutchpp_plain_samples_and_fallback():
-    # every deflated probe also yields its plain sample gᵀAg without a product
+def test_hutchpp_sketch_forms_and_fallback():
+    # the sketch's vectors give their plain samples sᵀAs; its trace and the deflated probes take one form a row
     A, _ = _matrix(P=50, signs=True)
     op = MatrixOperator(A)
-    sk = Sketch(op, block=8)
+    sk = Sketch(op, block=4)
     S = torch.randn(6, 50, generator=_gen(1), dtype=DT)
     torch.testing.assert_close(sk.grow(S), ((S @ A) * S).sum(dim=1), rtol=1e-12, atol=1e-12)
+    assert sk.Q.shape[0] == 6 and sk.matvecs == 12 and op.n_products == 12
+    torch.testing.assert_close(sk.Q @ sk.Q.t(), torch.eye(6, dtype=DT), rtol=0, atol=1e-12)
+    assert sk.trace == pytest.approx(float(torch.trace(sk.Q @ A @ sk.Q.t())), rel=1e-12)
     G = torch.randn(5, 50, generator=_gen(2), dtype=DT)
-    before = op.n_products
-    d, h = sk.probe(G)
-    assert op.n_products - before == 5                     # one quadratic form per probe, nothing more
-    torch.testing.assert_close(h, ((G @ A) * G).sum(dim=1), rtol=1e-12, atol=1e-12)
+    d = sk.probe(G)
+    assert op.n_products == 17                              # one quadratic form per probe, nothing more
     Gp = G - (G @ sk.Q.t()) @ sk.Q
     torch.testing.assert_close(d, ((Gp @ A) * Gp).sum(dim=1), rtol=1e-12, atol=1e-12)
+    # growing adds only the new directions, each measured once
+    sk.grow(torch.randn(3, 50, generator=_gen(3), dtype=DT))
+    assert sk.Q.shape[0] == 9 and sk.matvecs == 12 + 3 + 3
     assert sk.trace == pytest.approx(float(torch.trace(sk.Q @ A @ sk.Q.t())), rel=1e-12)
     # a diagonally dominant A with a flat spectrum: deflation adds off-diagonal mass, the plain samples spread
     # less; the adaptive estimate falls back to them (sketch 0) and costs little more than Hutchinson
@@ -122,7 +140,7 @@ def test_hutchpp_plain_samples_and_fallback():
     est = hutchpp_trace(MatrixOperator(D), rtol=0.002, generator=_gen(4), block=16)
     plain = hutchinson_trace(MatrixOperator(D), rtol=0.002, generator=_gen(4), block=16)
     assert est.sketch == 0 and est.converged and abs(float(est) - exact) <= 4 * est.std_error
-    assert est.samples.numel() == est.probes and est.matvecs <= plain.matvecs + 3 * 16 + 16
+    assert est.samples.numel() == est.probes - 16 and est.matvecs <= plain.matvecs + 3 * 16
 
 
 def test_exact_cases():

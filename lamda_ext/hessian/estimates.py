@@ -16,7 +16,7 @@ from ..checks import check_int
 from .lanczos import rademacher
 
 __all__ = ["TraceEstimate", "DiagonalEstimate", "draw_probes", "apply_blocks", "product_budget", "reached",
-           "warn_unconverged", "gram64", "rowdot64", "extend_basis", "MIN_SAMPLES", "DEFAULT_MATVECS", "MAX_ADAPTIVE_MATVECS"]
+           "next_draw", "warn_unconverged", "gram64", "rowdot64", "extend_basis", "MIN_SAMPLES", "DEFAULT_MATVECS", "MAX_ADAPTIVE_MATVECS"]
 
 MIN_SAMPLES = 8                 # samples before a standard error is trusted to stop an adaptive estimate
 DEFAULT_MATVECS = 100           # products when neither a budget nor a target is given
@@ -115,6 +115,18 @@ def product_budget(matvecs, rtol, block) -> tuple[int, float | None, int]:
 def reached(estimate: float, std_error: float, n: int, rtol: float | None) -> bool:
     """Whether an adaptive estimate may stop: ``n ≥`` `MIN_SAMPLES` and ``std_error ≤ rtol · |estimate|``."""
     return rtol is not None and n >= MIN_SAMPLES and std_error <= rtol * abs(estimate)
+
+
+def next_draw(estimate: float, std_error: float, n: int, rtol: float, block: int) -> int:
+    """How many probes to add toward ``std_error ≤ rtol · |estimate|`` after ``n``.
+
+    What the spread so far asks, ``n (std_error / (rtol |estimate|))² − n``, at least `MIN_SAMPLES` (a step
+    that falls short is followed by another) and at most ``block``; ``block`` while the spread is unknown.
+    """
+    if n < 2 or not math.isfinite(std_error) or estimate == 0:
+        return block
+    need = n * (std_error / (rtol * abs(estimate))) ** 2
+    return max(MIN_SAMPLES, min(block, math.ceil(need) - n))
 
 
 def warn_unconverged(est: TraceEstimate) -> TraceEstimate:

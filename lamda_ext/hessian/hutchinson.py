@@ -11,7 +11,8 @@ import warnings
 
 import torch
 
-from .estimates import DiagonalEstimate, TraceEstimate, draw_probes, product_budget, reached, warn_unconverged
+from .estimates import (DiagonalEstimate, TraceEstimate, draw_probes, next_draw, product_budget, reached,
+                        warn_unconverged)
 
 __all__ = ["hutchinson_trace", "hutchinson_block_traces", "hutchinson_diagonal"]
 
@@ -23,8 +24,9 @@ def hutchinson_trace(op, *, matvecs: int | None = None, rtol: float | None = Non
     Args:
         op: the operator (see [`lamda_ext.hessian.estimates`][lamda_ext.hessian.estimates]).
         matvecs: the number of probes (the product budget); default 100, or 10 000 with ``rtol``.
-        rtol: stop once the standard error is at most ``rtol · |estimate|`` (checked after every block, from
-            8 probes on); a ``RuntimeWarning`` when the budget ends first.
+        rtol: stop once the standard error is at most ``rtol · |estimate|`` (checked after every call, from
+            8 probes on; after the first block, each call draws what the spread so far asks:
+            [`next_draw`][lamda_ext.hessian.estimates.next_draw]); a ``RuntimeWarning`` when the budget ends first.
         generator: draws the probes (on the CPU).
         block: probes per quadratic-form call.
 
@@ -32,15 +34,17 @@ def hutchinson_trace(op, *, matvecs: int | None = None, rtol: float | None = Non
         A [`TraceEstimate`][lamda_ext.hessian.TraceEstimate] (samples: the per-probe ``zᵀAz``).
     """
     budget, rtol, block = product_budget(matvecs, rtol, block)
-    parts, done = [], 0
+    parts, done, step = [], 0, block
     while done < budget:
-        n = min(block, budget - done)
+        n = min(step, budget - done)
         parts.append(op.quadratic_forms(draw_probes(op, n, generator)))
         done += n
         s = torch.cat(parts)
-        if rtol is not None and s.numel() >= 2 and reached(float(s.mean()), float(s.std()) / math.sqrt(s.numel()),
-                                                           s.numel(), rtol):
-            break
+        if rtol is not None and s.numel() >= 2:
+            t, se = float(s.mean()), float(s.std()) / math.sqrt(s.numel())
+            if reached(t, se, s.numel(), rtol):
+                break
+            step = next_draw(t, se, s.numel(), rtol, block)
     s = torch.cat(parts)
     return warn_unconverged(TraceEstimate(float(s.mean()), s, "hutchinson", done, rtol=rtol))
 

@@ -1,20 +1,24 @@
 """Hutch++ (Meyer, Musco, Musco, Woodruff 2021): the trace of a low-rank sketch exactly, Hutchinson on the rest.
 
-The sketch ``Q = orth(A S)`` (Rademacher S) comes from block products ``A @ [s, P]``; ``A Q`` takes s more products
-and gives ``tr(QᵀAQ)``; Rademacher probes g are deflated, ``g_⊥ = g − Qᵀ(Q g)``, and their quadratic forms
-``d = g_⊥ᵀ A g_⊥`` estimate the trace of the rest, ``tr((I − QQᵀ) A (I − QQᵀ))``. The standard error is that of the
-deflated forms (the sketched part is exact given Q).
+The sketch ``Q = orth(A S)`` (Rademacher S) comes from block products ``A @ [s, P]``. Its trace ``tr(QᵀAQ) =
+Σ_i q_iᵀ A q_i`` needs only the diagonal of ``QᵀAQ``: s quadratic forms, which the operator evaluates without a
+product where its curvature allows (the Hessian's second directional derivatives, the GGN's tangent forwards: about
+half a product's arithmetic; see
+[`HessianOperator.quadratic_forms`][lamda_ext.hessian.operator.HessianOperator.quadratic_forms]). Rademacher probes g
+are deflated, ``g_⊥ = g − Qᵀ(Q g)``, and their quadratic forms ``d = g_⊥ᵀ A g_⊥`` estimate the trace of the rest,
+``tr((I − QQᵀ) A (I − QQᵀ))``. The standard error is that of the deflated forms (the sketched part is exact given Q).
+Each of the three parts counts one operator use per row in ``matvecs``.
 
 With a budget only (``matvecs``), a third of it sketches and a third measures the sketch, as in the paper.
 
-With an ``rtol`` target the sketch size adapts. Every probe also gives its plain Hutchinson sample without a product:
-``gᵀAg = d + 2 cᵀ(AQ) g_⊥ + cᵀ(QᵀAQ)c`` with ``c = Q g`` (the sketch's vectors ``s`` likewise give ``sᵀ(As)``). After
-each pilot block the sketch doubles while the remaining probes the target needs exceed four times the doubling's
-cost and the last doubling (the first sketch: against the plain samples) at least halved the per-probe variance.
-Deflation can also spread the samples more than it removes (a near-diagonal A gains off-diagonal mass under the
-projection); where the deflated forms vary more than the plain samples, the estimate is plain Hutchinson on every
-probe drawn (``sketch = 0`` in the result). Probes are then added block by block until the standard error is at
-most ``rtol · |estimate|``.
+With an ``rtol`` target the sketch size adapts. The sketch's own vectors give plain Hutchinson samples ``sᵀ(As)``
+without more work. After each pilot block of deflated probes the sketch doubles while the remaining probes the target
+needs exceed four times the doubling's cost and the last doubling (the first sketch: against the plain samples) at
+least halved the per-probe variance. Deflation can also spread the samples more than it removes (a near-diagonal A
+gains off-diagonal mass under the projection); where the deflated forms vary more than the plain samples, the
+estimate is plain Hutchinson (``sketch = 0`` in the result): on the sketch's samples and new undeflated probes.
+Probes are then added, as many as the spread so far asks (at most a block at a time,
+[`next_draw`][lamda_ext.hessian.estimates.next_draw]), until the standard error is at most ``rtol · |estimate|``.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import math
 
 import torch
 
-from .estimates import (TraceEstimate, apply_blocks, draw_probes, extend_basis, gram64, product_budget, reached,
+from .estimates import (TraceEstimate, apply_blocks, draw_probes, extend_basis, next_draw, product_budget, reached,
                         rowdot64, warn_unconverged)
 
 __all__ = ["hutchpp_trace", "Sketch"]
@@ -31,52 +35,39 @@ __all__ = ["hutchpp_trace", "Sketch"]
 class Sketch:
     """The sketch of Hutch++ for the operator ``op``.
 
-    Orthonormal rows Q ``[r, P]``, ``Z = A Q`` (rows), ``H = Q Zᵀ`` (float64, CPU) and the products taken (``matvecs``);
-    grown by [`grow`][lamda_ext.hessian.hutchpp.Sketch.grow], probed by
-    [`probe`][lamda_ext.hessian.hutchpp.Sketch.probe]. Holds ``2 r P`` numbers of the operator's dtype.
+    Orthonormal rows Q ``[r, P]`` (the operator's dtype and device), their quadratic forms ``q_iᵀAq_i`` ``[r]``
+    (float64, CPU) and the operator uses taken (``matvecs``); grown by
+    [`grow`][lamda_ext.hessian.hutchpp.Sketch.grow], probed by [`probe`][lamda_ext.hessian.hutchpp.Sketch.probe].
     """
 
     def __init__(self, op, block: int):
         self.op, self.block = op, block
         self.Q = torch.zeros(0, op.size, dtype=op.dtype, device=op.device)
-        self.Z = torch.zeros_like(self.Q)
-        self.H = torch.zeros(0, 0, dtype=torch.float64)
+        self.forms = torch.zeros(0, dtype=torch.float64)
         self.matvecs = 0
 
     @property
     def trace(self) -> float:
-        """``tr(H)`` of the sketch, the exactly traced part."""
-        return float(torch.trace(self.H))
+        """``tr(QᵀAQ)`` of the sketch, the exactly traced part."""
+        return float(self.forms.sum())
 
     def grow(self, S: torch.Tensor) -> torch.Tensor:
         """Add the part of ``range(A S)`` not yet in Q (``S`` ``[s, P]``); the plain samples ``sᵀAs`` ``[s]``."""
         Y = apply_blocks(self.op, S, self.block)
         Qn = extend_basis(self.Q, Y)
-        k, r = self.Q.shape[0], Qn.shape[0]
-        H = torch.zeros(k + r, k + r, dtype=torch.float64)
-        H[:k, :k] = self.H
-        if r:
-            Zn = apply_blocks(self.op, Qn, self.block)
-            cross = gram64(Zn, self.Q)
-            H[k:, :k], H[:k, k:] = cross, cross.t()
-            new = gram64(Zn, Qn)
-            H[k:, k:] = (new + new.t()) / 2
-            self.Q, self.Z = torch.cat([self.Q, Qn]), torch.cat([self.Z, Zn])
-        self.H = H
-        self.matvecs += S.shape[0] + r
+        if Qn.shape[0]:
+            self.forms = torch.cat([self.forms, self._forms(Qn)])
+            self.Q = torch.cat([self.Q, Qn])
+        self.matvecs += S.shape[0] + Qn.shape[0]
         return rowdot64(S, Y)
 
-    def probe(self, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The deflated forms ``d`` and the plain samples ``gᵀAg`` ``[g]`` (float64, CPU) of probes ``G`` ``[g, P]``."""
-        if not self.Q.shape[0]:
-            d = self.op.quadratic_forms(G)
-            return d, d
-        c = G @ self.Q.t()                                        # [g, r] (a sample: the operator's dtype)
-        Gp = (G - c @ self.Q).contiguous()
-        d = self.op.quadratic_forms(Gp)
-        c64, zg = c.to("cpu", torch.float64), (Gp @ self.Z.t()).to("cpu", torch.float64)
-        h = d + 2 * (c64 * zg).sum(dim=1) + ((c64 @ self.H) * c64).sum(dim=1)
-        return d, h
+    def probe(self, G: torch.Tensor) -> torch.Tensor:
+        """The deflated forms ``g_⊥ᵀ A g_⊥`` ``[g]`` (float64, CPU) of probes ``G`` ``[g, P]``."""
+        Gp = (G - (G @ self.Q.t()) @ self.Q).contiguous() if self.Q.shape[0] else G
+        return self._forms(Gp)
+
+    def _forms(self, Z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.op.quadratic_forms(Z[i:i + self.block]) for i in range(0, Z.shape[0], self.block)])
 
 
 def _stats(samples: torch.Tensor, offset: float) -> tuple[float, float]:
@@ -89,14 +80,13 @@ def _stats(samples: torch.Tensor, offset: float) -> tuple[float, float]:
 def _grow_adaptively(op, sk: Sketch, plain: list, rtol: float, budget: int, generator, block: int) -> torch.Tensor:
     """Double the sketch while it pays (module docstring).
 
-    The last pilot's deflated forms (``plain`` collects every plain sample).
+    The last pilot's deflated forms (``plain`` collects the sketch's plain samples).
     """
     prev_var = None
     while True:
         g = min(block, budget - sk.matvecs)
-        d, h = sk.probe(draw_probes(op, g, generator))
+        d = sk.probe(draw_probes(op, g, generator))
         sk.matvecs += g
-        plain.append(h)
         t, _ = _stats(d, sk.trace)
         var = float(d.var()) if d.numel() >= 2 else math.inf
         base = float(torch.cat(plain).var()) if prev_var is None else prev_var
@@ -106,7 +96,7 @@ def _grow_adaptively(op, sk: Sketch, plain: list, rtol: float, budget: int, gene
         fits = sk.matvecs + 2 * grow + block <= budget and sk.Q.shape[0] + grow <= op.size
         if not (pays and fits):
             return d
-        prev_var = var            # the pilot's probes stay as plain samples; their deflated forms go with the sketch
+        prev_var = var            # the pilot's deflated forms go with the old sketch
         plain.append(sk.grow(draw_probes(op, grow, generator)))
 
 
@@ -135,22 +125,25 @@ def hutchpp_trace(op, *, matvecs: int | None = None, rtol: float | None = None,
         S = draw_probes(op, s, generator)
         G = draw_probes(op, budget - 2 * s, generator)
         sk.grow(S)
-        rest = sk.probe(G)[0]
+        rest = sk.probe(G)
         return TraceEstimate(sk.trace + float(rest.mean()), rest, "hutch++", S.shape[0] + G.shape[0],
                              matvecs=sk.matvecs + G.shape[0], sketch=sk.Q.shape[0])
     plain = [sk.grow(draw_probes(op, min(block, budget // 3), generator))]
     rest = _grow_adaptively(op, sk, plain, rtol, budget, generator, block)
-    use_sketch = rest.numel() >= 2 and float(rest.var()) < float(torch.cat(plain).var())
+    plain = torch.cat(plain)
+    use_sketch = rest.numel() >= 2 and float(rest.var()) < float(plain.var())
     while True:
-        t, se = _stats(rest, sk.trace) if use_sketch else _stats(torch.cat(plain), 0.0)
-        n = rest.numel() if use_sketch else sum(p.numel() for p in plain)
+        t, se = _stats(rest, sk.trace) if use_sketch else _stats(plain, 0.0)
+        n = rest.numel() if use_sketch else plain.numel()
         if reached(t, se, n, rtol) or sk.matvecs >= budget:
             break
-        g = min(block, budget - sk.matvecs)
-        d, h = sk.probe(draw_probes(op, g, generator))
-        sk.matvecs += g
-        rest, plain = torch.cat([rest, d]), plain + [h]
-    samples = rest if use_sketch else torch.cat(plain)
-    probes = sk.matvecs - sk.Q.shape[0]        # every product but the sketch's measurement drew a probe
+        G = draw_probes(op, min(next_draw(t, se, n, rtol, block), budget - sk.matvecs), generator)
+        sk.matvecs += G.shape[0]
+        if use_sketch:
+            rest = torch.cat([rest, sk.probe(G)])
+        else:
+            plain = torch.cat([plain, op.quadratic_forms(G)])
+    samples = rest if use_sketch else plain
+    probes = sk.matvecs - sk.Q.shape[0]        # every operator use but the sketch's forms drew a probe
     return warn_unconverged(TraceEstimate(t, samples, "hutch++", probes, std_error=se, matvecs=sk.matvecs,
                                           sketch=sk.Q.shape[0] if use_sketch else 0, rtol=rtol))
