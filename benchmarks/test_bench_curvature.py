@@ -19,8 +19,9 @@ Cases:
   ``LAMDA_BENCH_CURV_SEEDS`` seeds (default 5): lamda_ext ``hessian_trace(method="hutch++", rtol=...)`` with
   ``LAMDA_BENCH_CURV_RTOL`` (default 0.01) against PyHessian's and hessian-eigenthings' Hutchinson with as many probes
   as the same standard error needs (from the per-probe spread of a ``LAMDA_BENCH_CURV_PILOT``-probe pilot, default
-  64) and hessian-eigenthings' Hutch++ with the smallest doubling of lamda_ext's product count whose reported
-  standard error meets the target (``LAMDA_BENCH_CURV_ETH_HPP_BUDGET`` fixes it instead). A peer that needs more than
+  64) and hessian-eigenthings' Hutch++ with the smallest budget, on a grid of factors 1.25 around lamda_ext's
+  median product count (``LAMDA_BENCH_CURV_ETH_HPP_START`` when lamda_ext does not run), whose reported standard
+  error meets the target (``LAMDA_BENCH_CURV_ETH_HPP_BUDGET`` fixes it instead). A peer that needs more than
   ``LAMDA_BENCH_CURV_PEER_MAX_PROBES`` (default 4000) probes runs that many and its time is scaled linearly to the
   count it needs (marked ``extrapolated``). References, computed once and stored in
   ``benchmarks/curvature_reference.json`` (``LAMDA_BENCH_CURV_REF_FILE``): the MLP's exact trace (float64, blocks of
@@ -380,18 +381,33 @@ def test_trace_hessian_eigenthings(benchmark, trace_problem, seed):
 
 def _eth_hutchpp_budget(he, pb) -> int:
     """The product budget for hessian-eigenthings' Hutch++: fixed by ``LAMDA_BENCH_CURV_ETH_HPP_BUDGET``, else the
-    smallest doubling of lamda_ext's median product count whose reported standard error meets the target."""
+    smallest budget on a grid of factors 1.25 around lamda_ext's median product count (multiples of 3, the
+    estimator's thirds) whose reported standard error meets the target (seed 10 000)."""
     if "eth_hpp_budget" not in pb:
         fixed = ENV("LAMDA_BENCH_CURV_ETH_HPP_BUDGET")
+        if fixed:
+            pb["eth_hpp_budget"] = int(fixed)
+            return pb["eth_hpp_budget"]
         ours = [r["matvecs"] for m, r in RESULTS[pb["case"]].items() if m.startswith("lamda_ext")]
-        budget = int(fixed) if fixed else max(30, int(np.median(ours)) if ours else 30)
         op = he.HessianOperator(pb["model"], [(pb["x"], pb["y"])], he.supervised_loss(F.cross_entropy))
-        while not fixed and budget < PEER_MAX:
-            res = he.hutch_plus_plus(op, num_matvecs=budget, seed=10_000)
-            if res.stderr <= TRACE_RTOL * abs(res.estimate):
-                break
-            budget *= 2
-        pb["eth_hpp_budget"] = min(budget, PEER_MAX) if not fixed else budget
+        tried: dict[int, bool] = {}
+
+        def meets(budget: int) -> bool:
+            if budget not in tried:
+                res = he.hutch_plus_plus(op, num_matvecs=budget, seed=10_000)
+                tried[budget] = res.stderr <= TRACE_RTOL * abs(res.estimate)
+            return tried[budget]
+
+        grid = lambda b: max(6, 3 * round(b / 3))     # noqa: E731
+        budget = grid(float(ENV("LAMDA_BENCH_CURV_ETH_HPP_START", np.median(ours) if ours else 30)))
+        while not meets(budget) and budget < PEER_MAX:
+            budget = grid(budget * 1.25)
+        while budget > 6 and meets(grid(budget / 1.25)):
+            budget = grid(budget / 1.25)
+        pb["eth_hpp_budget"] = budget
+        RESULTS[pb["case"]]["hessian-eigenthings hutch++ budget search (seed 10000)"] = {
+            str(b): ok for b, ok in sorted(tried.items())}
+        print(f"\n[curvature] hessian-eigenthings hutch++ budgets tried {tried} -> {pb['eth_hpp_budget']}", flush=True)
     return pb["eth_hpp_budget"]
 
 
