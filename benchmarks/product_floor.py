@@ -74,7 +74,7 @@ def main() -> None:
     for k, (fn, per) in cases.items():
         with FlopCounterMode(display=False) as fc:
             fn()
-        print(f"{k:4s} {med[k] * 1e3:9.3f} ms per product ({med[k] / med['F']:5.2f} forwards, "
+        print(f"{k:4s} {med[k] * 1e3:9.3f} ms each ({med[k] / med['F']:5.2f} forwards, "
               f"{med[k] / med['G']:5.2f} gradients), {fc.get_total_flops() / per / 1e6:8.1f} MFLOP")
     print(f"E / L32 = {med['E'] / med['L32']:.2f}; E / Q32 = {med['E'] / med['Q32']:.2f}; E / G = {med['E'] / med['G']:.2f}")
 

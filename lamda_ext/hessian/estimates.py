@@ -91,9 +91,12 @@ def draw_probes(op, n: int, generator: torch.Generator | None) -> torch.Tensor:
     return op.broadcast(rademacher((n, op.size), generator, op.dtype, op.device))
 
 
-def apply_blocks(op, Z: torch.Tensor, block: int) -> torch.Tensor:
-    """``A`` on each row of ``Z`` ``[n, P]``, ``block`` rows per product."""
-    return torch.cat([op.matvec(Z[i:i + block]) for i in range(0, Z.shape[0], block)], dim=0)
+def apply_blocks(fn, Z: torch.Tensor, block: int) -> torch.Tensor:
+    """``fn`` on the rows of ``Z`` ``[n, P]``, ``block`` rows per call, results joined along the first dimension.
+
+    ``fn``: an operator's ``matvec`` (``[k, P] -> [k, P]``) or ``quadratic_forms`` (``[k, P] -> [k]``).
+    """
+    return torch.cat([fn(Z[i:i + block]) for i in range(0, Z.shape[0], block)], dim=0)
 
 
 def product_budget(matvecs, rtol, block) -> tuple[int, float | None, int]:

@@ -53,10 +53,10 @@ class Sketch:
 
     def grow(self, S: torch.Tensor) -> torch.Tensor:
         """Add the part of ``range(A S)`` not yet in Q (``S`` ``[s, P]``); the plain samples ``sᵀAs`` ``[s]``."""
-        Y = apply_blocks(self.op, S, self.block)
+        Y = apply_blocks(self.op.matvec, S, self.block)
         Qn = extend_basis(self.Q, Y)
         if Qn.shape[0]:
-            self.forms = torch.cat([self.forms, self._forms(Qn)])
+            self.forms = torch.cat([self.forms, apply_blocks(self.op.quadratic_forms, Qn, self.block)])
             self.Q = torch.cat([self.Q, Qn])
         self.matvecs += S.shape[0] + Qn.shape[0]
         return rowdot64(S, Y)
@@ -64,10 +64,7 @@ class Sketch:
     def probe(self, G: torch.Tensor) -> torch.Tensor:
         """The deflated forms ``g_⊥ᵀ A g_⊥`` ``[g]`` (float64, CPU) of probes ``G`` ``[g, P]``."""
         Gp = (G - (G @ self.Q.t()) @ self.Q).contiguous() if self.Q.shape[0] else G
-        return self._forms(Gp)
-
-    def _forms(self, Z: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.op.quadratic_forms(Z[i:i + self.block]) for i in range(0, Z.shape[0], self.block)])
+        return apply_blocks(self.op.quadratic_forms, Gp, self.block)
 
 
 def _stats(samples: torch.Tensor, offset: float) -> tuple[float, float]:

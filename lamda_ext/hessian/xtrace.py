@@ -58,9 +58,9 @@ class _State:
         self.matvecs = 0
 
     def add(self, Om: torch.Tensor) -> None:
-        Y = apply_blocks(self.op, Om, self.block)
+        Y = apply_blocks(self.op.matvec, Om, self.block)
         Qn = extend_basis(self.Q, Y)
-        Zn = apply_blocks(self.op, Qn, self.block) if Qn.shape[0] else Qn
+        Zn = apply_blocks(self.op.matvec, Qn, self.block) if Qn.shape[0] else Qn
         k = self.Q.shape[0]
         H = torch.zeros(k + Qn.shape[0], k + Qn.shape[0], dtype=torch.float64)
         H[:k, :k] = self.H
